@@ -1,0 +1,211 @@
+"""Serialized patch attention (Point Transformer V3 style) in plain PyTorch.
+
+Points are sorted along a space-filling curve (`serialization.py`) and cut into
+patches of P consecutive points; each point attends only to its own patch, so
+the cost is O(N·P) rather than O(N²). Each batch element is padded on its own
+to a multiple of P, so patches never mix batch elements, and padded slots are
+masked out as keys: real points never attend to padding, and their outputs do
+not depend on what the padding holds.
+
+PTv3's positional encoding is a sparse 3D convolution (spconv, CUDA only).
+Here each block encodes every point's position relative to the centroid of its
+patch, in units of the grid size, with Fourier features and a small MLP; the
+result is added to the features before attention (a relative, conditional
+positional encoding that runs anywhere PyTorch does).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .serialization import Serialization
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """Where every point sits in the padded (num_patches, P) patch grid.
+
+    Attributes:
+        gather: (M,) int64, M = num_patches · P; point index for every slot
+            (padding slots repeat a real point of the same patch, so gathered
+            values stay finite; they are masked out of attention anyway).
+        valid: (M,) bool; False for padding slots.
+        slot: (N,) int64; slot of every point, so `padded[slot]` unpads.
+        patch_size: P.
+    """
+
+    gather: Tensor
+    valid: Tensor
+    slot: Tensor
+    patch_size: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.gather.numel() // self.patch_size
+
+    @property
+    def has_padding(self) -> bool:
+        return self.gather.numel() != self.slot.numel()
+
+
+def patch_layout(
+    serialization: Serialization, patch_size: int, batch: Tensor | None = None
+) -> PatchLayout:
+    """Cut a serialized point set into patches of `patch_size` consecutive points.
+
+    Args:
+        serialization: the curve order (its `perm` sorts points by batch, then curve).
+        patch_size: P > 0.
+        batch: optional (N,) int batch index of every point (unsorted order).
+    """
+    if patch_size <= 0:
+        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    perm = serialization.perm
+    n = perm.numel()
+    device = perm.device
+    if batch is None:
+        counts = torch.tensor([n], device=device, dtype=torch.int64)
+        sorted_batch = torch.zeros(n, device=device, dtype=torch.int64)
+    else:
+        sorted_batch = batch.to(torch.int64)[perm]
+        counts = torch.bincount(sorted_batch)
+    padded = (counts + patch_size - 1) // patch_size * patch_size
+    start = torch.cumsum(counts, 0) - counts
+    padded_start = torch.cumsum(padded, 0) - padded
+    rank = torch.arange(n, device=device) - start[sorted_batch]
+    sorted_slot = padded_start[sorted_batch] + rank
+    m = int(padded.sum())
+    valid = torch.zeros(m, dtype=torch.bool, device=device)
+    valid[sorted_slot] = True
+    gather = torch.zeros(m, dtype=torch.int64, device=device)
+    gather[sorted_slot] = perm
+    # Padding slots copy the patch's first point (every patch holds >= 1 real point).
+    first = gather.view(-1, patch_size)[:, :1].expand(-1, patch_size).reshape(-1)
+    gather = torch.where(valid, gather, first)
+    slot = torch.empty_like(perm)
+    slot[perm] = sorted_slot
+    return PatchLayout(gather=gather, valid=valid, slot=slot, patch_size=patch_size)
+
+
+def fourier_features(x: Tensor, frequencies: Tensor) -> Tensor:
+    """[sin(ω x), cos(ω x)] for every frequency ω and coordinate.
+
+    Args:
+        x: (..., D). frequencies: (F,).
+    Returns:
+        (..., 2·F·D).
+    """
+    fx = (x[..., None, :] * frequencies[:, None]).flatten(-2)
+    return torch.cat([torch.sin(fx), torch.cos(fx)], dim=-1)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per point: drops a residual branch for a random subset of rows.
+
+    Surviving rows are scaled by 1/(1-p) so the expectation is unchanged; identity in eval.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class PatchPositionEncoding(nn.Module):
+    """Position of every point relative to its patch centroid, in grid cells, through an MLP.
+
+    `u = (x - centroid) / (grid_size · extent)`, extent = P^(1/3) cells being
+    about the half-width of a patch of P points on a surface-filling grid, so
+    typical |u| <= 1; Fourier features of u (frequencies π·2^k) and u itself
+    go through Linear-GELU-Linear to C channels.
+    """
+
+    def __init__(self, channels: int, patch_size: int, num_frequencies: int = 4) -> None:
+        super().__init__()
+        self.extent = float(patch_size) ** (1.0 / 3.0)
+        self.register_buffer(
+            "frequencies", math.pi * 2.0 ** torch.arange(num_frequencies), persistent=False
+        )
+        in_dim = 3 + 6 * num_frequencies
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, channels), nn.GELU(), nn.Linear(channels, channels)
+        )
+
+    def forward(self, points: Tensor, grid_size: float, layout: PatchLayout) -> Tensor:
+        """points: (N, 3) -> (N, C)."""
+        p = layout.patch_size
+        x = points.detach()[layout.gather].view(-1, p, 3)
+        w = layout.valid.view(-1, p, 1).to(x.dtype)
+        centroid = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+        u = ((x - centroid) / (grid_size * self.extent)).reshape(-1, 3)[layout.slot]
+        return self.mlp(torch.cat([u, fourier_features(u, self.frequencies)], dim=-1))
+
+
+class SerializedAttention(nn.Module):
+    """Multi-head self-attention within patches, via `F.scaled_dot_product_attention`."""
+
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} not divisible by heads {num_heads}")
+        self.channels, self.num_heads = channels, num_heads
+        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, feats: Tensor, layout: PatchLayout) -> Tensor:
+        """feats: (N, C) -> (N, C), each point attending to the real points of its patch."""
+        c, h, p = self.channels, self.num_heads, layout.patch_size
+        # Project before gathering so padding slots cost no matmul.
+        qkv = self.qkv(feats)[layout.gather].view(-1, p, 3, h, c // h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (num_patches, H, P, C/H)
+        mask = layout.valid.view(-1, 1, 1, p) if layout.has_padding else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(-1, c)[layout.slot]
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: positional encoding, patch attention, MLP, drop-path."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        patch_size: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.pos = PatchPositionEncoding(channels, patch_size)
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn = SerializedAttention(channels, num_heads)
+        self.norm2 = nn.LayerNorm(channels)
+        hidden = int(channels * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels)
+        )
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self, feats: Tensor, points: Tensor, grid_size: float, layout: PatchLayout
+    ) -> Tensor:
+        """feats: (N, C), points: (N, 3) -> (N, C)."""
+        feats = feats + self.pos(points, grid_size, layout)
+        feats = feats + self.drop_path(self.attn(self.norm1(feats), layout))
+        return feats + self.drop_path(self.mlp(self.norm2(feats)))
