@@ -1,0 +1,212 @@
+"""Per-Gaussian features from the input views (DESIGN.md §2, step 3).
+
+Each candidate's centre is projected into every input view, where we sample
+bilinearly the input RGB, the coarse render's RGB, its alpha and the absolute
+difference between the coarse render's depth and the candidate's own depth
+(8 channels per view). Views where the centre is behind the camera or outside
+the image are masked. A cross-attention whose query is the Gaussian (its
+backbone feature, or its own parameters when it has none, e.g. a splat file)
+and whose keys/values are the per-view samples fuses the views into one
+feature; the output is that feature concatenated with the query inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..gaussians import Gaussians
+from .config import ViewFeatureConfig
+
+if TYPE_CHECKING:  # only for annotations: this module must import without the camera code
+    from ..cameras import Cameras
+
+PARAM_FEATURES = 12
+"""Width of `gaussian_parameter_features`: RGB 3, opacity 1, log-scales 3, quaternion 4, mean
+log-scale 1."""
+
+
+def gaussian_parameter_features(gaussians: Gaussians, log_scale_offset: float = 0.0) -> Tensor:
+    """Features of Gaussians from their own parameters, for inputs without a backbone feature.
+
+    Args:
+        gaussians: N Gaussians.
+        log_scale_offset: subtracted from the log-scales (e.g. log of the grid
+            size) so the features do not depend on the scene's units.
+    Returns:
+        (N, 12): base RGB, opacity, log-scales, unit quaternion (sign fixed to w >= 0),
+        and the mean log-scale.
+    """
+    g = gaussians.detach()
+    q = g.rotations
+    q = torch.where(q[:, :1] < 0, -q, q)
+    ls = g.log_scales - log_scale_offset
+    return torch.cat(
+        [g.base_colors, g.opacities[:, None], ls, q, ls.mean(dim=1, keepdim=True)], dim=1
+    )
+
+
+@dataclass
+class ViewSamples:
+    """What every candidate sees in every input view.
+
+    Attributes:
+        samples: (N, V, 8) input RGB, coarse RGB, coarse alpha, and
+            log1p(|coarse depth - own depth| / depth_scale).
+        valid: (N, V) bool: in front of the camera and inside the image.
+    """
+
+    samples: Tensor
+    valid: Tensor
+
+
+def sample_views(
+    points: Tensor,
+    images: Tensor,
+    cameras: Cameras,
+    coarse_colors: Tensor,
+    coarse_alphas: Tensor,
+    coarse_depths: Tensor,
+    depth_scale: float = 1.0,
+) -> ViewSamples:
+    """Bilinear samples of the input and coarse-render images at projected centres.
+
+    Pixel (u, v) covers [u, u+1) x [v, v+1) (DESIGN.md §4), so continuous pixel
+    coordinates map to `grid_sample`'s [-1, 1] with align_corners=False as x / W · 2 - 1.
+
+    Args:
+        points: (N, 3) world positions.
+        images: (V, H, W, 3) input images.
+        cameras: V cameras.
+        coarse_colors: (V, H, W, 3), coarse_alphas: (V, H, W), coarse_depths:
+            (V, H, W) from rendering the coarse Gaussians into the same cameras.
+        depth_scale: the depth difference is divided by it (scene units) before log1p.
+    """
+    v, h, w = len(cameras), cameras.height, cameras.width
+    for name, t, shape in (
+        ("images", images, (v, h, w, 3)),
+        ("coarse_colors", coarse_colors, (v, h, w, 3)),
+        ("coarse_alphas", coarse_alphas, (v, h, w)),
+        ("coarse_depths", coarse_depths, (v, h, w)),
+    ):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    dtype = points.dtype
+    pixels, depth = cameras.project(points.detach())  # (V, N, 2), (V, N)
+    pixels, depth = pixels.to(dtype), depth.to(dtype)
+    stack = torch.cat(
+        [images, coarse_colors, coarse_alphas[..., None], coarse_depths[..., None]], dim=-1
+    ).to(device=points.device, dtype=dtype)
+    grid = torch.stack([pixels[..., 0] / w, pixels[..., 1] / h], dim=-1) * 2 - 1
+    # Points behind the camera have meaningless pixels: park them outside the image.
+    front = depth > 1e-6
+    grid = torch.where(front[..., None], grid, torch.full_like(grid, -2.0))
+    sampled = F.grid_sample(
+        stack.permute(0, 3, 1, 2),  # (V, 8, H, W)
+        grid[:, :, None, :],  # (V, N, 1, 2)
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )[..., 0]  # (V, 8, N)
+    sampled = sampled.permute(2, 0, 1)  # (N, V, 8)
+    inside = (
+        front
+        & (pixels[..., 0] >= 0) & (pixels[..., 0] < w)
+        & (pixels[..., 1] >= 0) & (pixels[..., 1] < h)
+    ).T  # fmt: skip
+    # log1p tames the large differences against background pixels (coarse depth 0).
+    depth_diff = torch.log1p((sampled[..., 7] - depth.T).abs() / depth_scale)
+    samples = torch.cat([sampled[..., :7], depth_diff[..., None]], dim=-1)
+    samples = torch.where(inside[..., None], samples, torch.zeros_like(samples))
+    return ViewSamples(samples, inside)
+
+
+class ViewFeatureEncoder(nn.Module):
+    """Cross-attention over views: per-Gaussian query, per-view samples as keys and values.
+
+    Output per Gaussian: [attention feature (cfg.dim), parameter features (12),
+    backbone feature (backbone_dim, if any)], i.e. `out_channels` wide. A learned
+    "no view" token is always attendable, so Gaussians seen by no view still get
+    a defined feature.
+
+    Args:
+        cfg: view feature settings.
+        backbone_dim: width of the optional backbone feature (0 for none).
+    """
+
+    def __init__(self, cfg: ViewFeatureConfig, backbone_dim: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.backbone_dim = cfg, backbone_dim
+        d = cfg.dim
+        self.query = nn.Sequential(
+            nn.LayerNorm(PARAM_FEATURES + backbone_dim), nn.Linear(PARAM_FEATURES + backbone_dim, d)
+        )
+        self.key_value = nn.Sequential(
+            nn.Linear(cfg.samples_per_view, d), nn.GELU(), nn.Linear(d, 2 * d)
+        )
+        self.null_kv = nn.Parameter(torch.zeros(2 * d))
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    @property
+    def out_channels(self) -> int:
+        return self.cfg.dim + PARAM_FEATURES + self.backbone_dim
+
+    def forward(
+        self, views: ViewSamples, param_feats: Tensor, backbone_feats: Tensor | None = None
+    ) -> Tensor:
+        """views: (N, V, 8) samples, param_feats: (N, 12), backbone_feats: (N, B) -> (N, out)."""
+        n, v, _ = views.samples.shape
+        d, h = self.cfg.dim, self.cfg.heads
+        if (backbone_feats is None) != (self.backbone_dim == 0):
+            raise ValueError(f"this encoder expects backbone features of width {self.backbone_dim}")
+        extra = [] if backbone_feats is None else [backbone_feats]
+        q_in = torch.cat([param_feats, *extra], dim=1)
+        q = self.query(q_in)  # (N, D)
+        kv = self.key_value(views.samples)  # (N, V, 2D)
+        kv = torch.cat([self.null_kv.expand(n, 1, 2 * d), kv], dim=1)  # (N, V+1, 2D)
+        k, val = kv.split(d, dim=-1)
+        split = lambda t: t.reshape(n, -1, h, d // h).transpose(1, 2)  # noqa: E731
+        mask = torch.cat([views.valid.new_ones(n, 1), views.valid], dim=1)  # (N, V+1)
+        att = F.scaled_dot_product_attention(
+            split(q[:, None]), split(k), split(val), attn_mask=mask[:, None, None, :]
+        )  # (N, H, 1, D/H)
+        feat = q + self.proj(att.transpose(1, 2).reshape(n, d))
+        feat = feat + self.mlp(self.norm(feat))
+        return torch.cat([feat, param_feats, *extra], dim=1)
+
+
+def candidate_features(
+    encoder: ViewFeatureEncoder,
+    candidates: Gaussians,
+    images: Tensor,
+    cameras: Cameras,
+    coarse_colors: Tensor,
+    coarse_alphas: Tensor,
+    coarse_depths: Tensor,
+    backbone_feats: Tensor | None = None,
+    grid_size: float = 1.0,
+) -> Tensor:
+    """Per-candidate features for the densifier: sample the views, then encode.
+
+    Args:
+        candidates: N Gaussians to densify.
+        images, cameras, coarse_*: see `sample_views`.
+        backbone_feats: optional (N, B).
+        grid_size: world-unit scale of the candidates (the level-1 grid size);
+            depth differences and log-scales are expressed relative to it.
+    Returns:
+        (N, encoder.out_channels).
+    """
+    views = sample_views(
+        candidates.means, images, cameras, coarse_colors, coarse_alphas, coarse_depths,
+        depth_scale=grid_size,
+    )  # fmt: skip
+    params = gaussian_parameter_features(candidates, math.log(grid_size))
+    return encoder(views, params, backbone_feats)

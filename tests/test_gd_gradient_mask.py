@@ -1,0 +1,112 @@
+"""Candidate selection by view-space gradient (engine/gd/gradient_mask.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.gaussians import Gaussians
+
+render_mod = pytest.importorskip("engine.render")
+if not hasattr(render_mod, "render"):
+    pytest.skip("the renderer is not in this tree yet", allow_module_level=True)
+cameras_mod = pytest.importorskip("engine.cameras")
+
+from engine.gd.config import OBJECT, SCENE  # noqa: E402
+from engine.gd.gradient_mask import (  # noqa: E402
+    candidate_budget,
+    gradient_mask,
+    select_top_k,
+    view_space_gradients,
+)
+
+RES = 24
+
+
+def _scene(n: int = 60, seed: int = 0) -> tuple[Gaussians, object]:
+    gen = torch.Generator().manual_seed(seed)
+    g = Gaussians.from_activated(
+        means=(torch.rand(n, 3, generator=gen) - 0.5) * 0.6,
+        scales=torch.full((n, 3), 0.04),
+        quats=torch.randn(n, 4, generator=gen),
+        opacities=torch.full((n,), 0.7),
+        colors=torch.rand(n, 3, generator=gen),
+    )
+    eyes = torch.tensor([[2.0, 0.0, 0.4], [0.0, 2.0, 0.4], [-2.0, 0.3, 0.4], [0.2, -2.0, 0.6]])
+    cams = cameras_mod.Cameras.look_at(eyes, torch.zeros(3), fov_x_deg=35, width=RES, height=RES)
+    return g, cams
+
+
+def _images(g: Gaussians, cams) -> torch.Tensor:
+    with torch.no_grad():
+        return render_mod.render(g, cams, background=torch.ones(3), backend="torch").colors
+
+
+def test_perfect_coarse_model_has_zero_gradient() -> None:
+    g, cams = _scene()
+    scores = view_space_gradients(g, _images(g, cams), cams, backend="torch")
+    assert scores.loss == 0.0
+    assert torch.equal(scores.plain, torch.zeros(len(g)))
+    assert (scores.visible_views > 0).sum() > len(g) // 2
+
+
+def test_perturbed_gaussians_get_the_largest_gradients() -> None:
+    g, cams = _scene(seed=1)
+    images = _images(g, cams)
+    gen = torch.Generator().manual_seed(2)
+    wrong = torch.zeros(len(g), dtype=torch.bool)
+    wrong[torch.randperm(len(g), generator=gen)[:8]] = True
+    coarse = g.clone()
+    # Recolour and shift a few Gaussians: only they disagree with the inputs.
+    coarse.sh[wrong] = -coarse.sh[wrong]
+    coarse.means[wrong] += 0.03
+    sel = gradient_mask(coarse, images, cams, k=8, variant="plain", backend="torch")
+    assert int(sel.selected.sum()) == 8
+    # Neighbours of the wrong ones also pull; most of the top 8 are the culprits.
+    assert int((sel.selected & wrong).sum()) >= 5
+    assert sel.scores.plain[wrong].mean() > 3 * sel.scores.plain[~wrong].mean()
+
+
+def test_abs_variant_bounds_the_plain_one() -> None:
+    pytest.importorskip("numba")
+    g, cams = _scene(seed=3)
+    images = _images(g, cams).flip(1)  # wrong everywhere
+    scores = view_space_gradients(g, images, cams, absgrad=True, backend="numba")
+    assert scores.absolute is not None
+    # |sum of per-pixel gradients| <= sum of |per-pixel gradients|, view by view.
+    assert (scores.absolute >= scores.plain - 1e-7).all()
+    assert (scores.absolute > scores.plain + 1e-6).any()
+    sel = gradient_mask(g, images, cams, k=10, variant="abs", backend="numba")
+    assert torch.equal(sel.selected, select_top_k(
+        scores.absolute, 10, (g.opacities > 0.005) & (scores.visible_views > 0)))
+
+
+def test_no_gradient_reaches_the_model_that_made_the_gaussians() -> None:
+    g, cams = _scene(seed=4)
+    images = _images(g, cams).flip(2)
+    layer = torch.nn.Linear(3, 3)
+    made = Gaussians.unchecked(layer(g.means), g.log_scales, g.quats, g.opacity_logits, g.sh)
+    sel = gradient_mask(made, images, cams, k=5, variant="plain", backend="torch")
+    assert int(sel.selected.sum()) == 5
+    assert layer.weight.grad is None and layer.bias.grad is None
+
+
+def test_explicit_selection_is_returned_as_given() -> None:
+    g, _ = _scene(n=10)
+    select = torch.tensor([True, False] * 5)
+    sel = gradient_mask(g, select=select)
+    assert torch.equal(sel.selected, select) and sel.scores is None
+    with pytest.raises(ValueError):
+        gradient_mask(g, select=torch.ones(9, dtype=torch.bool))
+    with pytest.raises(ValueError):
+        gradient_mask(g)  # neither views nor a selection
+
+
+def test_select_top_k_respects_eligibility_and_budget() -> None:
+    scores = torch.tensor([5.0, 1.0, 4.0, 3.0, 2.0])
+    eligible = torch.tensor([False, True, True, True, True])
+    assert select_top_k(scores, 2, eligible).tolist() == [False, False, True, True, False]
+    assert int(select_top_k(scores, 10, eligible).sum()) == 4
+    assert not select_top_k(scores, 0).any()
+    assert candidate_budget(OBJECT, 4) == 12_000
+    assert candidate_budget(SCENE, 2) == 60_000
