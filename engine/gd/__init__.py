@@ -6,7 +6,15 @@ See DESIGN.md §2 for the method. Public entry points:
     gd = GenerativeDensifier(cfg, in_channels)
     out = gd(means, feats)                         # DensifyOutput: gaussians, level, parent
     merged = merge(coarse, selected, out.gaussians, out.level, out.parent)
+
+    densifier = Densifier(cfg)                      # + gradient mask and view features
+    result = densifier(coarse, images, cameras, select=None, budget=K)
+
+`Densifier`, `gradient_mask` and the view-feature helpers use the renderer and
+cameras; they are imported on first use so `engine.gd` itself does not need them.
 """
+
+import importlib
 
 from .config import (
     OBJECT,
@@ -23,7 +31,31 @@ from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales, 
 from .merge import MergeResult, merge
 from .serialization import ORDERS, encode, hilbert_encode, serialize, z_order_encode
 
+_LAZY = {
+    "Densifier": "pipeline",
+    "DensifyResult": "pipeline",
+    "Selection": "gradient_mask",
+    "GradientScores": "gradient_mask",
+    "gradient_mask": "gradient_mask",
+    "view_space_gradients": "gradient_mask",
+    "select_top_k": "gradient_mask",
+    "candidate_budget": "gradient_mask",
+    "ViewFeatureEncoder": "view_features",
+    "ViewSamples": "view_features",
+    "sample_views": "view_features",
+    "candidate_features": "view_features",
+    "gaussian_parameter_features": "view_features",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    *_LAZY,
     "OBJECT",
     "ORDERS",
     "SCENE",

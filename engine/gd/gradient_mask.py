@@ -45,12 +45,17 @@ class GradientScores:
             the backend cannot compute it.
         visible_views: (N,) int64 number of views the Gaussian is visible in.
         loss: the summed per-view MSE of the coarse render (a float).
+        colors, alphas, depths: the coarse render itself, detached ((C, H, W, 3),
+            (C, H, W), (C, H, W)), reused for the candidates' view features.
     """
 
     plain: Tensor
     absolute: Tensor | None
     visible_views: Tensor
     loss: float
+    colors: Tensor
+    alphas: Tensor
+    depths: Tensor
 
     def get(self, variant: str) -> Tensor:
         if variant == "plain":
@@ -108,7 +113,10 @@ def view_space_gradients(
     plain = _mean_over_visible(out.means2d.grad, visible)
     abs_grad = getattr(out.means2d, "absgrad", None) if absgrad else None
     absolute = None if abs_grad is None else _mean_over_visible(abs_grad, visible)
-    return GradientScores(plain, absolute, visible.sum(0), float(loss.detach()))
+    return GradientScores(
+        plain, absolute, visible.sum(0), float(loss.detach()),
+        out.colors.detach(), out.alphas.detach(), out.depths.detach(),
+    )  # fmt: skip
 
 
 def select_top_k(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:

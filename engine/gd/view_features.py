@@ -172,7 +172,7 @@ class ViewFeatureEncoder(nn.Module):
         kv = self.key_value(views.samples)  # (N, V, 2D)
         kv = torch.cat([self.null_kv.expand(n, 1, 2 * d), kv], dim=1)  # (N, V+1, 2D)
         k, val = kv.split(d, dim=-1)
-        split = lambda t: t.reshape(n, -1, h, d // h).transpose(1, 2)  # noqa: E731
+        split = lambda t: t.reshape(n, t.shape[1], h, d // h).transpose(1, 2)  # noqa: E731
         mask = torch.cat([views.valid.new_ones(n, 1), views.valid], dim=1)  # (N, V+1)
         att = F.scaled_dot_product_attention(
             split(q[:, None]), split(k), split(val), attn_mask=mask[:, None, None, :]

@@ -1,0 +1,112 @@
+"""The whole densification step: select candidates, featurise them, densify, merge.
+
+    densifier = Densifier(get_config("small"))
+    result = densifier(coarse, images, cameras)              # top-K by gradient
+    result = densifier(coarse, images, cameras, select=mask)  # the artist's region
+    result.merged.gaussians                                    # coarse with the candidates replaced
+
+Works for any Gaussians: with a backbone feature per Gaussian (`backbone_dim`
+> 0, the object and scene models) or without (a splat file), in which case the
+Gaussians' own parameters stand in for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from ..gaussians import Gaussians
+from .config import DensifyConfig
+from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales
+from .gradient_mask import Selection, candidate_budget, gradient_mask
+from .merge import MergeResult, merge
+from .view_features import ViewFeatureEncoder, candidate_features
+
+if TYPE_CHECKING:
+    from ..cameras import Cameras
+
+
+@dataclass
+class DensifyResult:
+    """Output of `Densifier`.
+
+    Attributes:
+        merged: the coarse set with the candidates replaced by fine Gaussians.
+        fine: the densifier's raw output (parents index the candidates).
+        selection: which coarse Gaussians were candidates (and their scores).
+        grid_size: the level-1 grid size used.
+    """
+
+    merged: MergeResult
+    fine: DensifyOutput
+    selection: Selection
+    grid_size: float
+
+
+class Densifier(nn.Module):
+    """View-feature encoder + generative densification module, end to end.
+
+    Args:
+        cfg: densification config.
+        backbone_dim: width of the per-Gaussian backbone feature (0 for none).
+    """
+
+    def __init__(self, cfg: DensifyConfig, backbone_dim: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ViewFeatureEncoder(cfg.view, backbone_dim)
+        self.densifier = GenerativeDensifier(cfg, self.encoder.out_channels)
+
+    def forward(
+        self,
+        coarse: Gaussians,
+        images: Tensor,
+        cameras: Cameras,
+        select: Tensor | None = None,
+        budget: int | None = None,
+        backbone_feats: Tensor | None = None,
+        background: Tensor | Sequence[float] | float | None = None,
+        variant: str = "abs",
+        backend: str = "auto",
+    ) -> DensifyResult:
+        """Densify `coarse` (N Gaussians) seen in `images` (C, H, W, 3) from `cameras`.
+
+        Args:
+            select: explicit (N,) bool candidates; otherwise the top `budget`
+                (default: the config's K, per view for the scene model) by
+                view-space gradient.
+            backbone_feats: (N, backbone_dim) features of the coarse Gaussians.
+            background, variant, backend: see `gradient_mask`.
+        """
+        if budget is None:
+            budget = candidate_budget(self.cfg, len(cameras))
+        selection = gradient_mask(
+            coarse, images, cameras, k=budget, select=select, variant=variant,
+            background=background, backend=backend,
+        )  # fmt: skip
+        if selection.scores is not None:
+            s = selection.scores
+            colors, alphas, depths = s.colors, s.alphas, s.depths
+        else:
+            from ..render import render
+
+            with torch.no_grad():
+                out = render(coarse.detach(), cameras, background=background, backend=backend)
+            colors, alphas, depths = out.colors, out.alphas, out.depths
+
+        candidates = coarse[selection.selected]
+        grid_size = self.cfg.grid_size
+        if grid_size is None:
+            grid_size = grid_size_from_scales(candidates.log_scales)
+        feats = candidate_features(
+            self.encoder, candidates, images, cameras, colors, alphas, depths,
+            None if backbone_feats is None else backbone_feats[selection.selected],
+            grid_size=grid_size,
+        )  # fmt: skip
+        fine = self.densifier(candidates.means, feats, parents=candidates, grid_size=grid_size)
+        merged = merge(coarse, selection.selected, fine.gaussians, fine.level, fine.parent)
+        return DensifyResult(merged, fine, selection, grid_size)
