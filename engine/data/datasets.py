@@ -1,0 +1,127 @@
+"""PyTorch datasets and scene loaders for posed views.
+
+- `PropsDataset`: the generated props layout (see `layout.py`), one item per object.
+- `load_nerf_scene`: a NeRF-synthetic / instant-ngp `transforms.json` scene.
+- `load_colmap_scene`: a COLMAP sparse model plus its images folder.
+- LaRa's Gobjaverse and GSO layouts live in `lara.py`.
+
+All return images (V, H, W, 3) composited on a background colour (white by default for
+objects, DESIGN §4), alphas (V, H, W) and `engine.cameras.Cameras`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from engine.cameras import colmap_to_cameras, read_colmap, read_nerf_transforms
+
+from .images import WHITE, ViewSet, load_views
+from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path
+
+
+def load_nerf_scene(
+    path: str | os.PathLike, background: Sequence[float] = WHITE, resize: bool = False
+) -> ViewSet:
+    """Views of a `transforms.json` (or a folder holding `transforms.json`).
+
+    Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images
+    and images whose size differs from the cameras'.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "transforms.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: transforms file not found")
+    frames = read_nerf_transforms(path)
+    return load_views(frames.image_paths, frames.cameras, background, resize)
+
+
+def load_colmap_scene(
+    folder: str | os.PathLike,
+    images: str | os.PathLike = "images",
+    background: Sequence[float] = WHITE,
+) -> ViewSet:
+    """Views of a COLMAP reconstruction: the model in `folder` (or folder/sparse/0) and
+    images under `folder / images` (relative) or `images` (absolute), sorted by name."""
+    folder = Path(folder)
+    model = read_colmap(folder)
+    cameras, names = colmap_to_cameras(model)
+    image_dir = Path(images) if Path(images).is_absolute() else folder / images
+    return load_views([image_dir / name for name in names], cameras, background)
+
+
+class PropsDataset(Dataset):
+    """Objects of a generated props dataset (`gd data make`), one split.
+
+    Each item is a dict:
+        input_images (V, H, W, 3), input_alphas (V, H, W), input_cameras (V cameras),
+        target_images (T, H, W, 3), target_alphas (T, H, W), target_cameras (T cameras),
+        index (int, the object's number).
+
+    Args:
+        root: dataset folder (with manifest.json).
+        split: "train", "val", "test" or "all".
+        background: RGB the RGBA renders are composited on.
+        n_target: keep only the first n target views (None: all).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        background: Sequence[float] = WHITE,
+        n_target: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        if split == "all":
+            ids = sorted(i for name in SPLITS for i in manifest["splits"].get(name, []))
+        elif split in SPLITS:
+            ids = list(manifest["splits"].get(split, []))
+        else:
+            raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+        # The manifest is rewritten at the end of a run; trust the markers on disk.
+        self.indices = [i for i in ids if is_finished(object_dir(self.root, i))]
+        self.background = tuple(float(c) for c in background)
+        self.n_target = n_target
+        self.manifest = manifest
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def views(self, position: int, split: str) -> ViewSet:
+        """The "input" or "target" views of the object at `position` in this dataset."""
+        folder = object_dir(self.root, self.indices[position])
+        frames = read_nerf_transforms(transforms_path(folder, split))
+        paths, cameras = frames.image_paths, frames.cameras
+        if split == "target" and self.n_target is not None:
+            paths, cameras = paths[: self.n_target], cameras[: self.n_target]
+        return load_views(paths, cameras, self.background)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        inputs, targets = self.views(position, "input"), self.views(position, "target")
+        return {
+            "index": self.indices[position],
+            "input_images": inputs.images,
+            "input_alphas": inputs.alphas,
+            "input_cameras": inputs.cameras,
+            "target_images": targets.images,
+            "target_alphas": targets.alphas,
+            "target_cameras": targets.cameras,
+        }
+
+
+def collate_views(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader collate: stacks tensors to (B, ...) and keeps Cameras (and other
+    non-tensors) as lists of length B."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out

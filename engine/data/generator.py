@@ -1,0 +1,133 @@
+"""Render one object of a props dataset with real Blender (Cycles on the CPU).
+
+This is the only engine module that imports bpy, and it does so when `Generator` is
+created, so `import engine.data` never loads Blender. One process holds one Blender scene;
+`engine.data.worker` runs a Generator per process and `engine.data.make` runs several.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .layout import (
+    DONE_NAME,
+    GENERATOR_VERSION,
+    PROP_NAME,
+    VIEW_SPLITS,
+    is_finished,
+    object_dir,
+    transforms_path,
+    write_json_atomic,
+)
+from .procedural.spec import sample_prop
+from .views import distance_for_fill, plan_poses, sample_view_plan
+
+# Surface points recorded per object (world coordinates) for checks such as re-projecting
+# them into the renders: they must land on the silhouette.
+SURFACE_POINTS = 64
+_VIEW_STREAM, _POINT_STREAM = 1, 2
+
+
+class Generator:
+    """Renders objects into a dataset folder; holds the Blender scene of this process."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        seed: int,
+        resolution: int = 256,
+        n_input: int = 4,
+        n_target: int = 8,
+        samples: int = 4,
+        denoise: bool = True,
+        threads: int = 1,
+    ) -> None:
+        from .procedural import scene as blender_scene  # imports bpy
+
+        self.root, self.seed = Path(root), int(seed)
+        self.n_input, self.n_target = int(n_input), int(n_target)
+        self._scene_mod = blender_scene
+        self.settings = blender_scene.RenderSettings(resolution, samples, denoise, threads)
+        self.scene = blender_scene.configure(self.settings)
+
+    def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
+        """Render object `index` unless it is finished; returns its done-marker dict."""
+        from engine.cameras import from_blender, write_nerf_transforms
+
+        out = object_dir(self.root, index)
+        if is_finished(out) and not overwrite:
+            return {"index": index, "skipped": True}
+        if out.exists():  # leftovers of an interrupted run: start the object afresh
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        bs = self._scene_mod
+        spec = sample_prop(self.seed, index)
+        plan = sample_view_plan(
+            np.random.default_rng([self.seed, index, _VIEW_STREAM]), self.n_input, self.n_target
+        )
+        built = bs.build_prop(self.scene, spec)
+        poses = plan_poses(plan, built.radius)
+        camera = self.scene.camera
+        render = self.scene.render
+        for split in VIEW_SPLITS:
+            paths, matrices = [], []
+            for k, c2w in enumerate(poses[split]):
+                bs.set_camera(self.scene, c2w, plan.fov_deg)
+                path = out / split / f"{k:03d}.png"
+                bs.render_to(self.scene, path)
+                paths.append(path)
+                # Record the matrix Blender actually rendered with, not the one we asked for.
+                matrices.append(np.asarray(camera.matrix_world, dtype=np.float64))
+            if not paths:
+                continue
+            cameras = from_blender(
+                np.stack(matrices),
+                camera.data.lens,
+                camera.data.sensor_width,
+                camera.data.sensor_height,
+                camera.data.sensor_fit,
+                camera.data.shift_x,
+                camera.data.shift_y,
+                render.resolution_x,
+                render.resolution_y,
+                render.pixel_aspect_x,
+                render.pixel_aspect_y,
+                render.resolution_percentage,
+            )
+            write_nerf_transforms(transforms_path(out, split), cameras, paths)
+        point_rng = np.random.default_rng([self.seed, index, _POINT_STREAM])
+        points = bs.surface_points(built, point_rng, SURFACE_POINTS)
+        prop = {
+            "generator_version": GENERATOR_VERSION,
+            "spec": spec,
+            "views": {
+                "fov_deg": plan.fov_deg,
+                "fill": plan.fill,
+                "distance": distance_for_fill(built.radius, plan.fov_deg, plan.fill),
+                "input_azimuths_deg": plan.input_azimuths_deg.tolist(),
+                "input_elevations_deg": plan.input_elevations_deg.tolist(),
+                "target_azimuths_deg": plan.target_azimuths_deg.tolist(),
+                "target_elevations_deg": plan.target_elevations_deg.tolist(),
+            },
+            "bbox_min": built.bbox_min.tolist(),
+            "bbox_max": built.bbox_max.tolist(),
+            "radius": built.radius,
+            "normalisation": built.normalisation.tolist(),
+            "surface_points": points.round(6).tolist(),
+            "vertex_count": len(built.vertices),
+        }
+        write_json_atomic(out / PROP_NAME, prop)
+        done = {
+            "index": index,
+            "seconds": round(time.perf_counter() - start, 3),
+            "template": spec["template"],
+            "views": {"input": self.n_input, "target": self.n_target},
+        }
+        write_json_atomic(out / DONE_NAME, done)  # last: marks the object finished
+        return done

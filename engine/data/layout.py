@@ -1,0 +1,120 @@
+"""On-disk layout of a generated props dataset, its manifest and its object splits.
+
+One folder per object; everything a loader needs is inside it::
+
+    OUT/manifest.json                 seed, counts, resolution, splits, generator version
+    OUT/objects/000017/
+        input/000.png ...             RGBA renders on the input ring (transparent film)
+        target/000.png ...            RGBA renders at random poses
+        transforms_input.json         NeRF form: OpenGL camera-to-world, camera_angle_x,
+        transforms_target.json        fl_x fl_y cx cy w h (engine.cameras.write_nerf_transforms)
+        prop.json                     the sampled prop spec, normalisation, surface points
+        done.json                     completion marker, written last
+
+An object counts as finished only when `done.json` exists, so a run killed half-way
+through an object redoes that object and nothing else. Object i's content depends only on
+(seed, i), and its split only on (seed, i) too, so growing a dataset keeps every existing
+object and its split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Bump when the content of objects changes for the same (seed, index): a resumed run
+# refuses to mix objects made by different generator versions.
+GENERATOR_VERSION = "1"
+
+MANIFEST_NAME = "manifest.json"
+OBJECTS_DIR = "objects"
+DONE_NAME = "done.json"
+PROP_NAME = "prop.json"
+VIEW_SPLITS = ("input", "target")
+SPLITS = ("train", "val", "test")
+# Fractions of objects in val and test; the rest train. Per-object hashing rather than a
+# shuffled list, so adding objects never moves an existing object to another split.
+DEFAULT_SPLIT_FRACTIONS = {"val": 0.05, "test": 0.05}
+# Salt for the split stream so it never coincides with the prop or view streams.
+_SPLIT_STREAM = 7
+
+
+def object_dir(root: str | os.PathLike, index: int) -> Path:
+    """Folder of object `index` (zero-padded so listings sort numerically)."""
+    return Path(root) / OBJECTS_DIR / f"{index:06d}"
+
+
+def transforms_path(obj_dir: str | os.PathLike, split: str) -> Path:
+    """`transforms_<split>.json` of one object; split is "input" or "target"."""
+    if split not in VIEW_SPLITS:
+        raise ValueError(f"view split must be one of {VIEW_SPLITS}, got {split!r}")
+    return Path(obj_dir) / f"transforms_{split}.json"
+
+
+def is_finished(obj_dir: str | os.PathLike) -> bool:
+    """True when the object's completion marker exists (it is written last)."""
+    return (Path(obj_dir) / DONE_NAME).is_file()
+
+
+def split_of(seed: int, index: int, fractions: dict[str, float] | None = None) -> str:
+    """The split ("train", "val" or "test") of object `index`, fixed by (seed, index)."""
+    fractions = DEFAULT_SPLIT_FRACTIONS if fractions is None else fractions
+    u = float(np.random.default_rng([seed, index, _SPLIT_STREAM]).random())
+    edge = 0.0
+    for name in ("val", "test"):
+        edge += float(fractions.get(name, 0.0))
+        if u < edge:
+            return name
+    return "train"
+
+
+def split_indices(
+    seed: int, indices: Iterable[int], fractions: dict[str, float] | None = None
+) -> dict[str, list[int]]:
+    """Group object indices by split, each list sorted."""
+    out: dict[str, list[int]] = {name: [] for name in SPLITS}
+    for index in sorted(indices):
+        out[split_of(seed, index, fractions)].append(index)
+    return out
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers (and resumed runs)
+    never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file; errors name the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read JSON ({err})") from None
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The dataset's manifest.json (ValueError naming the file if it is not a dataset)."""
+    path = Path(root) / MANIFEST_NAME
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "seed" not in manifest or "splits" not in manifest:
+        raise ValueError(f"{path}: not a props dataset manifest (needs 'seed' and 'splits')")
+    return manifest

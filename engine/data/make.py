@@ -1,0 +1,219 @@
+"""Make (or resume) a props dataset with several Blender worker processes.
+
+bpy holds one scene per process, so parallelism is processes: each worker is
+`python -m engine.data.worker`, fed object indices on stdin one at a time (so fast and
+slow props balance across workers) and answering on stdout. Finished objects (done.json
+present) are skipped, which makes a killed run resumable with the same command.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import selectors
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .layout import (
+    DEFAULT_SPLIT_FRACTIONS,
+    GENERATOR_VERSION,
+    MANIFEST_NAME,
+    OBJECTS_DIR,
+    is_finished,
+    read_manifest,
+    split_indices,
+    write_json_atomic,
+)
+from .worker import DONE, FAIL
+
+# Manifest keys that must match when resuming into an existing folder.
+_FIXED_KEYS = ("seed", "resolution", "views", "generator_version", "render")
+
+
+@dataclass
+class MakeConfig:
+    """What to make. Object i depends only on (seed, i) and these settings."""
+
+    out: Path
+    objects: int
+    resolution: int = 256
+    seed: int = 0
+    workers: int = 0  # 0: one per CPU core
+    views_in: int = 4
+    views_target: int = 8
+    samples: int = 4
+    denoise: bool = True
+    progress: bool = True
+
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class MakeReport:
+    """Outcome of a run: objects rendered now, skipped as already finished, failed."""
+
+    rendered: list[int] = field(default_factory=list)
+    skipped: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def objects_per_minute(self) -> float:
+        return 60.0 * len(self.rendered) / self.seconds if self.seconds > 0 else 0.0
+
+
+def _manifest(cfg: MakeConfig, finished: list[int], created: str | None) -> dict[str, Any]:
+    splits = split_indices(cfg.seed, finished, DEFAULT_SPLIT_FRACTIONS)
+    return {
+        "format": "gd-props",
+        "generator_version": GENERATOR_VERSION,
+        "seed": cfg.seed,
+        "objects": cfg.objects,
+        "finished": len(finished),
+        "resolution": cfg.resolution,
+        "views": {"input": cfg.views_in, "target": cfg.views_target},
+        "render": {"engine": "CYCLES", "samples": cfg.samples, "denoise": cfg.denoise},
+        "split_fractions": DEFAULT_SPLIT_FRACTIONS,
+        "splits": splits,
+        "counts": {name: len(ids) for name, ids in splits.items()},
+        "created": created or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+    }
+
+
+def _check_resume(cfg: MakeConfig) -> str | None:
+    """Refuse to resume into a folder made with other settings; return its creation time."""
+    if not (cfg.out / MANIFEST_NAME).is_file():
+        return None
+    old = read_manifest(cfg.out)
+    new = _manifest(cfg, [], None)
+    for key in _FIXED_KEYS:
+        if old.get(key) != new[key]:
+            raise ValueError(
+                f"{cfg.out / MANIFEST_NAME}: {key} is {old.get(key)!r} there but {new[key]!r} "
+                "now; resume with the same settings or use another folder"
+            )
+    return old.get("created")
+
+
+def _finished(cfg: MakeConfig) -> list[int]:
+    """Indices of every finished object in the folder (also beyond cfg.objects, so a
+    smaller --objects on resume never drops objects from the manifest)."""
+    folder = cfg.out / OBJECTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and is_finished(p))
+
+
+class _Worker:
+    def __init__(self, cfg: MakeConfig, number: int, threads: int) -> None:
+        log_dir = cfg.out / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"worker{number}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in close())
+        cmd = [
+            sys.executable, "-m", "engine.data.worker", str(cfg.out),
+            "--seed", str(cfg.seed), "--res", str(cfg.resolution),
+            "--views-in", str(cfg.views_in), "--views-target", str(cfg.views_target),
+            "--samples", str(cfg.samples), "--threads", str(threads),
+        ]  # fmt: skip
+        if not cfg.denoise:
+            cmd.append("--no-denoise")
+        # Run from the folder holding `engine` so the worker imports this same package.
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            text=True, bufsize=1, env=env,
+        )  # fmt: skip
+        self.current: int | None = None
+
+    def send(self, index: int) -> None:
+        self.current = index
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{index}\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def make_dataset(cfg: MakeConfig) -> MakeReport:
+    """Render every unfinished object in range(cfg.objects) and (re)write the manifest."""
+    from tqdm import tqdm
+
+    cfg.out = Path(cfg.out)
+    if cfg.objects < 1:
+        raise ValueError(f"--objects must be >= 1, got {cfg.objects}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    created = _check_resume(cfg)
+    done_before = set(_finished(cfg))
+    todo = [i for i in range(cfg.objects) if i not in done_before]
+    write_json_atomic(cfg.out / MANIFEST_NAME, _manifest(cfg, sorted(done_before), created))
+    report = MakeReport(skipped=len(done_before))
+    start = time.perf_counter()
+    n_workers = min(cfg.worker_count(), len(todo))
+    threads = max(1, (os.cpu_count() or 1) // max(n_workers, 1))
+    queue = list(reversed(todo))
+    bar = tqdm(total=len(todo), unit="obj", disable=not cfg.progress, desc="rendering")
+    workers = [_Worker(cfg, k, threads) for k in range(n_workers)]
+    selector = selectors.DefaultSelector()
+    try:
+        for w in workers:
+            assert w.proc.stdout is not None
+            selector.register(w.proc.stdout, selectors.EVENT_READ, w)
+            if queue:
+                w.send(queue.pop())
+        busy = sum(w.current is not None for w in workers)
+        while busy:
+            for key, _ in selector.select():
+                w: _Worker = key.data
+                line = key.fileobj.readline()  # type: ignore[union-attr]
+                if not line:  # the process died: its object failed, no more work for it
+                    selector.unregister(key.fileobj)
+                    if w.current is not None:
+                        report.failed[w.current] = f"worker exited (see {w.log_path})"
+                        w.current = None
+                        busy -= 1
+                    continue
+                tag, _, rest = line.strip().partition(" ")
+                if tag not in (DONE, FAIL):
+                    continue
+                index_text, _, info = rest.partition(" ")
+                if tag == DONE:
+                    report.rendered.append(int(index_text))
+                else:
+                    report.failed[int(index_text)] = f"{info} (see {w.log_path})"
+                bar.update(1)
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(per_min=f"{60 * len(report.rendered) / max(elapsed, 1e-9):.1f}")
+                if queue:
+                    w.send(queue.pop())
+                else:
+                    w.current = None
+                    busy -= 1
+        for index in queue:  # every worker died before these were handed out
+            report.failed[index] = "not rendered: all workers exited"
+    finally:
+        bar.close()
+        selector.close()
+        for w in workers:
+            w.close()
+        report.seconds = time.perf_counter() - start
+        write_json_atomic(cfg.out / MANIFEST_NAME, _manifest(cfg, _finished(cfg), created))
+    return report
