@@ -39,12 +39,12 @@ def _scene(n: int = 60, seed: int = 0) -> tuple[Gaussians, object]:
 
 def _images(g: Gaussians, cams) -> torch.Tensor:
     with torch.no_grad():
-        return render_mod.render(g, cams, background=torch.ones(3), backend="torch").colors
+        return render_mod.render(g, cams, background=torch.ones(3), backend="auto").colors
 
 
 def test_perfect_coarse_model_has_zero_gradient() -> None:
     g, cams = _scene()
-    scores = view_space_gradients(g, _images(g, cams), cams, backend="torch")
+    scores = view_space_gradients(g, _images(g, cams), cams, backend="auto")
     assert scores.loss == 0.0
     assert torch.equal(scores.plain, torch.zeros(len(g)))
     assert (scores.visible_views > 0).sum() > len(g) // 2
@@ -60,7 +60,7 @@ def test_perturbed_gaussians_get_the_largest_gradients() -> None:
     # Recolour and shift a few Gaussians: only they disagree with the inputs.
     coarse.sh[wrong] = -coarse.sh[wrong]
     coarse.means[wrong] += 0.03
-    sel = gradient_mask(coarse, images, cams, k=8, variant="plain", backend="torch")
+    sel = gradient_mask(coarse, images, cams, k=8, variant="plain", backend="auto")
     assert int(sel.selected.sum()) == 8
     # Neighbours of the wrong ones also pull; most of the top 8 are the culprits.
     assert int((sel.selected & wrong).sum()) >= 5
@@ -86,7 +86,7 @@ def test_no_gradient_reaches_the_model_that_made_the_gaussians() -> None:
     images = _images(g, cams).flip(2)
     layer = torch.nn.Linear(3, 3)
     made = Gaussians.unchecked(layer(g.means), g.log_scales, g.quats, g.opacity_logits, g.sh)
-    sel = gradient_mask(made, images, cams, k=5, variant="plain", backend="torch")
+    sel = gradient_mask(made, images, cams, k=5, variant="plain", backend="auto")
     assert int(sel.selected.sum()) == 5
     assert layer.weight.grad is None and layer.bias.grad is None
 

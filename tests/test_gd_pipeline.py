@@ -40,12 +40,12 @@ def test_top_k_densify_and_merge_with_gradients_to_every_module() -> None:
     torch.manual_seed(0)
     coarse, images, cams = _setup()
     model = Densifier(CFG).train()
-    result = model(coarse, images, cams, budget=12, variant="plain", backend="torch")
+    result = model(coarse, images, cams, budget=12, variant="plain", backend="auto")
     assert int(result.selection.selected.sum()) == 12
     merged = result.merged
     assert len(merged.gaussians) == 50 - 12 + fine_count(12, CFG)
     merged.gaussians.validate()
-    out = render_mod.render(merged.gaussians, cams, background=torch.ones(3), backend="torch")
+    out = render_mod.render(merged.gaussians, cams, background=torch.ones(3), backend="auto")
     ((out.colors - images) ** 2).mean().backward()
     for name, module in (("encoder", model.encoder), ("densifier", model.densifier)):
         grads = [p.grad for p in module.parameters()]
@@ -61,7 +61,7 @@ def test_explicit_selection_keeps_the_rest_bit_identical_and_handles_backbone_fe
     model = Densifier(CFG, backbone_dim=4).eval()
     with torch.no_grad():
         result = model(coarse, images, cams, select=select, backbone_feats=torch.randn(50, 4),
-                       backend="torch")
+                       backend="auto")
     untouched = result.merged.level == 0
     assert torch.equal(result.merged.parent[untouched], (~select).nonzero().flatten())
     for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
@@ -75,6 +75,6 @@ def test_empty_selection_returns_the_coarse_set() -> None:
     model = Densifier(CFG.with_(grid_size=None)).eval()
     with torch.no_grad():
         result = model(coarse, images, cams, select=torch.zeros(20, dtype=torch.bool),
-                       backend="torch")
+                       backend="auto")
     assert len(result.fine.gaussians) == 0
     assert torch.equal(result.merged.gaussians.means, coarse.means)

@@ -110,6 +110,19 @@ def test_batch_index_goes_in_the_high_bits_and_sorts_first() -> None:
         encode(grid[:1], "z", 16, torch.tensor([2**15]))
 
 
+def test_grids_wider_than_16_bits_are_coarsened_for_ordering() -> None:
+    gen = torch.Generator().manual_seed(3)
+    pts = torch.rand(300, 3, generator=gen)
+    pts[:5] *= 1e4  # a far-flung background at a tiny grid size
+    ser = serialize(pts, 1e-3, "hilbert")
+    assert torch.equal(ser.perm[ser.inverse], torch.arange(300))
+    # Same order as serializing on the 16-bit coarsened grid explicitly.
+    grid = grid_coordinates(pts, 1e-3)
+    shift = int(grid.max()).bit_length() - MAX_DEPTH
+    code = encode(grid >> shift, "hilbert", MAX_DEPTH)
+    assert torch.equal(ser.code, code)
+
+
 def test_inverse_permutation_round_trip() -> None:
     gen = torch.Generator().manual_seed(1)
     perm = torch.randperm(100, generator=gen)

@@ -130,7 +130,7 @@ def test_candidate_features_from_a_coarse_render() -> None:
     torch.manual_seed(2)
     g, cams = _gaussians(40), _cameras()
     with torch.no_grad():
-        coarse = render_mod.render(g, cams, background=torch.ones(3), backend="torch")
+        coarse = render_mod.render(g, cams, background=torch.ones(3), backend="auto")
     enc = ViewFeatureEncoder(ViewFeatureConfig(dim=8, heads=2))
     feats = candidate_features(
         enc, g[:10], coarse.colors, cams, coarse.colors, coarse.alphas, coarse.depths,

@@ -132,7 +132,9 @@ class PatchPositionEncoding(nn.Module):
     `u = (x - centroid) / (grid_size · extent)`, extent = P^(1/3) cells being
     about the half-width of a patch of P points on a surface-filling grid, so
     typical |u| <= 1; Fourier features of u (frequencies π·2^k) and u itself
-    go through Linear-GELU-Linear to C channels.
+    go through Linear-GELU-Linear to C channels. u is clamped to [-4, 4]: in
+    sparse sets a patch can span far more cells, and the exact distance of a
+    far point matters little (PTv3's relative encoding clamps likewise).
     """
 
     def __init__(self, channels: int, patch_size: int, num_frequencies: int = 4) -> None:
@@ -152,7 +154,8 @@ class PatchPositionEncoding(nn.Module):
         x = points.detach()[layout.gather].view(-1, p, 3)
         w = layout.valid.view(-1, p, 1).to(x.dtype)
         centroid = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
-        u = ((x - centroid) / (grid_size * self.extent)).reshape(-1, 3)[layout.slot]
+        u = ((x - centroid) / (grid_size * self.extent)).clamp(-4.0, 4.0)
+        u = u.reshape(-1, 3)[layout.slot]
         return self.mlp(torch.cat([u, fourier_features(u, self.frequencies)], dim=-1))
 
 

@@ -238,11 +238,18 @@ def serialize(
         order: one of `ORDERS`.
         batch: optional (N,) int batch index; points of one batch element end
             up contiguous, batch elements in ascending order.
-        depth: bits per axis; by default the smallest that holds the grid.
+        depth: bits per axis; by default the smallest that holds the grid. A
+            grid wider than 2**16 cells (a splat file with a far-flung
+            background, say) is coarsened to 16 bits for ordering only: points
+            sharing a coarsened cell are then ordered by position.
         origin: (3,) grid origin; default the per-axis minimum over all points.
     """
     grid = grid_coordinates(points, grid_size, origin)
-    depth = depth_for(grid) if depth is None else depth
+    if depth is None:
+        bits = max(1, int(grid.max()).bit_length()) if grid.numel() else 1
+        if bits > MAX_DEPTH:
+            grid = grid >> (bits - MAX_DEPTH)
+        depth = min(bits, MAX_DEPTH)
     code = encode(grid, order, depth, batch)
     perm = sort_codes(code, points)
     return Serialization(order=order, code=code, perm=perm, inverse=inverse_permutation(perm))
