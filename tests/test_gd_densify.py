@@ -195,6 +195,24 @@ def test_residual_head_starts_from_the_parent_parameters() -> None:
         model(parents.means, torch.randn(30, 12))
 
 
+def test_child_sampler_feeds_the_head() -> None:
+    torch.manual_seed(10)
+    cfg = TINY.with_(child_samples=2)
+    model = GenerativeDensifier(cfg, in_channels=12).eval()
+    means, feats = _inputs(30)
+    seen = []
+
+    def sampler(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return torch.stack([x[:, 0], x[:, 1] * 0 + 1], dim=1)
+
+    with torch.no_grad():
+        out = model(means, feats, child_sampler=sampler)
+    assert sum(seen) == len(out.gaussians) == fine_count(30, cfg)
+    with pytest.raises(ValueError):
+        model(means, feats)
+
+
 def test_grid_size_from_parents_when_config_has_none() -> None:
     torch.manual_seed(8)
     cfg = TINY.with_(grid_size=None)

@@ -78,3 +78,15 @@ def test_empty_selection_returns_the_coarse_set() -> None:
                        backend="auto")
     assert len(result.fine.gaussians) == 0
     assert torch.equal(result.merged.gaussians.means, coarse.means)
+
+
+def test_children_can_read_the_views_at_their_own_positions() -> None:
+    torch.manual_seed(3)
+    coarse, images, cams = _setup(seed=3)
+    cfg = CFG.with_(child_samples=8)
+    model = Densifier(cfg).train()
+    result = model(coarse, images, cams, budget=6, backend="auto")
+    result.merged.gaussians.sh.sum().backward()
+    assert model.densifier.levels[1].head.net[0].weight.grad[:, -8:].abs().sum() > 0
+    with pytest.raises(ValueError):
+        Densifier(CFG.with_(child_samples=3))

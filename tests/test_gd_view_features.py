@@ -15,7 +15,9 @@ if not hasattr(cameras_mod, "Cameras"):
 
 from engine.gd.config import ViewFeatureConfig  # noqa: E402
 from engine.gd.view_features import (  # noqa: E402
+    CHILD_SAMPLES,
     PARAM_FEATURES,
+    ChildSampler,
     ViewFeatureEncoder,
     ViewSamples,
     candidate_features,
@@ -137,3 +139,27 @@ def test_candidate_features_from_a_coarse_render() -> None:
         grid_size=1 / 64,
     )  # fmt: skip
     assert feats.shape == (10, enc.out_channels) and torch.isfinite(feats).all()
+
+
+def test_child_sampler_averages_the_views_that_see_the_point() -> None:
+    cams = _cameras()
+    colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    images = colours[:, None, None, :].expand(3, H, W, 3).clone()
+    # A tight cluster: every point's depth is within ~0.003 of its view's mean depth.
+    pts = (torch.rand(10, 3, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.004
+    _, depth = cams.project(pts)
+    alphas = torch.full((3, H, W), 0.75)
+    # Coarse depth matches view 0 and 1 exactly enough; view 2 is "occluded" (depth 0.5).
+    depths = torch.stack([torch.full((H, W), float(depth[0].mean())),
+                          torch.full((H, W), float(depth[1].mean())),
+                          torch.full((H, W), 0.5)])
+    feats = ChildSampler(images, cams, alphas, depths, tolerance=1e6)(pts)
+    assert feats.shape == (10, CHILD_SAMPLES)
+    torch.testing.assert_close(feats[:, :3], colours.mean(0).expand(10, 3))
+    torch.testing.assert_close(feats[:, 6], torch.full((10,), 0.75))
+    torch.testing.assert_close(feats[:, 7], torch.ones(10), rtol=1e-4, atol=1e-5)
+    # A tight tolerance drops the occluded view: only red and green remain.
+    tight = ChildSampler(images, cams, alphas, depths, tolerance=0.05)(pts)
+    assert (tight[:, 2] < 1e-3).all()
+    torch.testing.assert_close(tight[:, 0], tight[:, 1], rtol=0.1, atol=0.02)
+    torch.testing.assert_close(tight[:, 0], torch.full((10,), 0.5), rtol=0.1, atol=0.02)

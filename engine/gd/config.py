@@ -64,6 +64,10 @@ class DensifyConfig:
             i.e. log(0.5 · voxel / 24) for the object model.
         sh_degree: SH degree of the fine Gaussians.
         residual: head predicts offsets on the parent candidate's parameters.
+        child_samples: width of extra per-child features the HEAD reads from a
+            sampler of the input views at each child's own position (0: off).
+            DESIGN.md §8: in the prototype, texture came from children
+            re-sampling the inputs where they are, not from the parent.
         view: per-view feature settings.
     """
 
@@ -86,6 +90,7 @@ class DensifyConfig:
     scale_divisor: float = 24.0
     sh_degree: int = 1
     residual: bool = False
+    child_samples: int = 0
     view: ViewFeatureConfig = field(default_factory=ViewFeatureConfig)
 
     def __post_init__(self) -> None:
@@ -109,6 +114,8 @@ class DensifyConfig:
             raise ValueError(f"orders must be a non-empty subset of {ORDERS}, got {self.orders}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError("drop_path must be in [0, 1)")
+        if self.child_samples < 0:
+            raise ValueError("child_samples must be >= 0")
         if self.grid_size is not None and self.grid_size <= 0:
             raise ValueError("grid_size must be positive")
 

@@ -15,6 +15,7 @@ it descends from.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -164,13 +165,15 @@ class SplitMask(nn.Module):
 
 
 class GaussianHead(nn.Module):
-    """HEAD: features -> raw Gaussian parameters (SH, opacity, scale, rotation)."""
+    """HEAD: features (plus optional per-child samples) -> raw Gaussian parameters."""
 
-    def __init__(self, channels: int, sh_degree: int) -> None:
+    def __init__(self, channels: int, sh_degree: int, extra: int = 0) -> None:
         super().__init__()
         self.num_sh = (sh_degree + 1) ** 2
         self.net = nn.Sequential(
-            nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, 3 * self.num_sh + 8)
+            nn.Linear(channels + extra, channels),
+            nn.GELU(),
+            nn.Linear(channels, 3 * self.num_sh + 8),
         )
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -208,7 +211,7 @@ class Level(nn.Module):
         last = index == cfg.levels - 1
         self.ratio = 1.0 if last else cfg.continue_ratio[index]
         self.split = SplitMask(out_channels) if self.ratio < 1.0 else None
-        self.head = GaussianHead(out_channels, cfg.sh_degree)
+        self.head = GaussianHead(out_channels, cfg.sh_degree, cfg.child_samples)
 
 
 class GenerativeDensifier(nn.Module):
@@ -248,6 +251,7 @@ class GenerativeDensifier(nn.Module):
         parents: Gaussians | None = None,
         batch: Tensor | None = None,
         grid_size: float | None = None,
+        child_sampler: Callable[[Tensor], Tensor] | None = None,
     ) -> DensifyOutput:
         """Densify candidates.
 
@@ -258,6 +262,9 @@ class GenerativeDensifier(nn.Module):
             batch: optional (N,) int64 batch index (contiguous or not).
             grid_size: level-1 grid size; default `cfg.grid_size`, else derived
                 from `parents`' scales.
+            child_sampler: maps leaf positions (M, 3) to (M, cfg.child_samples)
+                features for the HEAD (e.g. `view_features.ChildSampler`);
+                required when `cfg.child_samples > 0`.
         """
         cfg = self.cfg
         n = means.shape[0]
@@ -265,6 +272,8 @@ class GenerativeDensifier(nn.Module):
             raise ValueError(f"{n} means but {feats.shape[0]} feature rows")
         if cfg.residual and parents is None:
             raise ValueError("the residual head needs the parent Gaussians")
+        if (cfg.child_samples > 0) != (child_sampler is not None):
+            raise ValueError("pass a child_sampler exactly when cfg.child_samples > 0")
         if grid_size is None:
             grid_size = cfg.grid_size
         if grid_size is None:
@@ -306,6 +315,8 @@ class GenerativeDensifier(nn.Module):
 
         parts, levels, parents_idx, batches = [], [], [], []
         for xl, fl, rl, bl, li in outs:
+            if child_sampler is not None:
+                fl = torch.cat([fl, child_sampler(xl.detach())], dim=1)
             parts.append(self._gaussians(self.levels[li].head, xl, fl, rl, li, grid_size, parents))
             levels.append(torch.full_like(rl, li + 1))
             parents_idx.append(rl)

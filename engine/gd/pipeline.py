@@ -24,7 +24,7 @@ from .config import DensifyConfig
 from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales
 from .gradient_mask import Selection, candidate_budget, gradient_mask
 from .merge import MergeResult, merge
-from .view_features import ViewFeatureEncoder, candidate_features
+from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
 
 if TYPE_CHECKING:
     from ..cameras import Cameras
@@ -57,6 +57,8 @@ class Densifier(nn.Module):
 
     def __init__(self, cfg: DensifyConfig, backbone_dim: int = 0) -> None:
         super().__init__()
+        if cfg.child_samples not in (0, CHILD_SAMPLES):
+            raise ValueError(f"child_samples must be 0 or {CHILD_SAMPLES} (ChildSampler's width)")
         self.cfg = cfg
         self.encoder = ViewFeatureEncoder(cfg.view, backbone_dim)
         self.densifier = GenerativeDensifier(cfg, self.encoder.out_channels)
@@ -107,6 +109,12 @@ class Densifier(nn.Module):
             None if backbone_feats is None else backbone_feats[selection.selected],
             grid_size=grid_size,
         )  # fmt: skip
-        fine = self.densifier(candidates.means, feats, parents=candidates, grid_size=grid_size)
+        sampler = None
+        if self.cfg.child_samples:
+            # Depth tolerance of two coarse voxels (4 level-1 cells).
+            sampler = ChildSampler(images, cameras, alphas, depths, tolerance=4 * grid_size)
+        fine = self.densifier(
+            candidates.means, feats, parents=candidates, grid_size=grid_size, child_sampler=sampler
+        )
         merged = merge(coarse, selection.selected, fine.gaussians, fine.level, fine.parent)
         return DensifyResult(merged, fine, selection, grid_size)

@@ -96,34 +96,92 @@ def sample_views(
     ):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    stack = torch.cat(
+        [images, coarse_colors, coarse_alphas[..., None], coarse_depths[..., None]], dim=-1
+    )
+    sampled, depth, inside = _project_and_sample(points, stack, cameras)
+    # log1p tames the large differences against background pixels (coarse depth 0).
+    depth_diff = torch.log1p((sampled[..., 7] - depth).abs() / depth_scale)
+    samples = torch.cat([sampled[..., :7], depth_diff[..., None]], dim=-1)
+    samples = torch.where(inside[..., None], samples, torch.zeros_like(samples))
+    return ViewSamples(samples, inside)
+
+
+def _project_and_sample(
+    points: Tensor, stack: Tensor, cameras: Cameras
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear samples of per-view images at projected points.
+
+    Args:
+        points: (N, 3). stack: (V, H, W, S) images. cameras: V cameras.
+    Returns:
+        samples (N, V, S), camera depth (N, V), inside (N, V) bool (in front, in the image).
+    """
+    h, w = cameras.height, cameras.width
     dtype = points.dtype
     pixels, depth = cameras.project(points.detach())  # (V, N, 2), (V, N)
     pixels, depth = pixels.to(dtype), depth.to(dtype)
-    stack = torch.cat(
-        [images, coarse_colors, coarse_alphas[..., None], coarse_depths[..., None]], dim=-1
-    ).to(device=points.device, dtype=dtype)
     grid = torch.stack([pixels[..., 0] / w, pixels[..., 1] / h], dim=-1) * 2 - 1
     # Points behind the camera have meaningless pixels: park them outside the image.
     front = depth > 1e-6
     grid = torch.where(front[..., None], grid, torch.full_like(grid, -2.0))
     sampled = F.grid_sample(
-        stack.permute(0, 3, 1, 2),  # (V, 8, H, W)
+        stack.to(device=points.device, dtype=dtype).permute(0, 3, 1, 2),  # (V, S, H, W)
         grid[:, :, None, :],  # (V, N, 1, 2)
         mode="bilinear",
         padding_mode="border",
         align_corners=False,
-    )[..., 0]  # (V, 8, N)
-    sampled = sampled.permute(2, 0, 1)  # (N, V, 8)
+    )[..., 0]  # (V, S, N)
     inside = (
         front
         & (pixels[..., 0] >= 0) & (pixels[..., 0] < w)
         & (pixels[..., 1] >= 0) & (pixels[..., 1] < h)
-    ).T  # fmt: skip
-    # log1p tames the large differences against background pixels (coarse depth 0).
-    depth_diff = torch.log1p((sampled[..., 7] - depth.T).abs() / depth_scale)
-    samples = torch.cat([sampled[..., :7], depth_diff[..., None]], dim=-1)
-    samples = torch.where(inside[..., None], samples, torch.zeros_like(samples))
-    return ViewSamples(samples, inside)
+    )  # fmt: skip
+    return sampled.permute(2, 0, 1), depth.T, inside.T
+
+
+CHILD_SAMPLES = 8
+"""Width of `ChildSampler` features."""
+
+
+class ChildSampler:
+    """What the input views show at arbitrary points (the densifier's children).
+
+    Per point, over the V views: the weighted mean (3) and standard deviation
+    (3) of the input RGB, the weighted mean coarse alpha (1) and the total
+    weight / V (1). A view's weight is 1 if the point projects inside it, times
+    exp(-|coarse depth - point depth| / tolerance): a soft occlusion test
+    against the coarse render, so views where something else is in front count
+    little.
+
+    Args:
+        images: (V, H, W, 3) input images. cameras: V cameras.
+        coarse_alphas, coarse_depths: (V, H, W) coarse render.
+        tolerance: depth tolerance in world units (e.g. 4 grid cells).
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        cameras: Cameras,
+        coarse_alphas: Tensor,
+        coarse_depths: Tensor,
+        tolerance: float,
+    ) -> None:
+        self.cameras, self.tolerance = cameras, tolerance
+        self.stack = torch.cat([images, coarse_alphas[..., None], coarse_depths[..., None]], -1)
+
+    def __call__(self, points: Tensor) -> Tensor:
+        """points: (M, 3) -> (M, CHILD_SAMPLES)."""
+        s, depth, inside = _project_and_sample(points, self.stack, self.cameras)
+        wgt = inside * torch.exp(-(s[..., 4] - depth).abs() / self.tolerance)  # (M, V)
+        total = wgt.sum(1, keepdim=True)
+        norm = wgt / total.clamp_min(1e-6)
+        mean = (norm[..., None] * s[..., :3]).sum(1)
+        var = (norm[..., None] * (s[..., :3] - mean[:, None]).square()).sum(1)
+        alpha = (norm * s[..., 3]).sum(1, keepdim=True)
+        std = (var.clamp_min(0) + 1e-8).sqrt()  # the epsilon keeps d(sqrt) finite at 0
+        return torch.cat([mean, std, alpha, total / len(self.cameras)], 1)
 
 
 class ViewFeatureEncoder(nn.Module):
