@@ -155,3 +155,18 @@ def test_splits_fixed_by_seed_and_stable_when_growing():
     assert 20 <= len(big["val"]) <= 80 and 20 <= len(big["test"]) <= 80
     assert split_indices(6, range(1000)) != big
     assert all(split_of(5, i) == n for n, ids in big.items() for i in ids)
+
+
+def test_cli_registers_data_make_with_documented_defaults():
+    import argparse
+
+    from engine.data import cli
+
+    parser = argparse.ArgumentParser(prog="gd")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["data", "make", "OUT", "--objects", "5", "--seed", "9"])
+    assert (args.objects, args.seed, args.res, args.workers) == (5, 9, 256, 0)
+    assert (args.views_in, args.views_target, args.samples) == (4, 8, 4)
+    assert callable(args.func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "make", "OUT"])  # --objects is required
