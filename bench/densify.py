@@ -46,9 +46,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure(config: str, n: int, mode: str, device: str, repeats: int, seed: int) -> dict:
+def measure(
+    config: str, n: int, mode: str, device: str, repeats: int, seed: int, threads: int
+) -> dict:
     """One measurement, in this process. mode: "forward" (no_grad, eval) or "backward"."""
     import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
 
     from engine.gd import GenerativeDensifier, get_config
 
@@ -86,7 +91,7 @@ def measure(config: str, n: int, mode: str, device: str, repeats: int, seed: int
     run()
     means, feats = means_full, feats_full
     sync()
-    times, peak = [], 0
+    times, cpu_times, peak = [], [], 0
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -94,10 +99,11 @@ def measure(config: str, n: int, mode: str, device: str, repeats: int, seed: int
         else:
             reset = _reset_peak_rss()
             base = _status_kib("VmRSS") * 1024
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         count = run()
         sync()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         if device.startswith("cuda"):
             peak = max(peak, torch.cuda.max_memory_allocated() - base)
         else:
@@ -106,18 +112,24 @@ def measure(config: str, n: int, mode: str, device: str, repeats: int, seed: int
                 peak = -1
     return {
         "config": config, "n": n, "mode": mode, "device": device, "fine": count,
-        "seconds": min(times), "peak_bytes": peak, "threads": torch.get_num_threads(),
+        "seconds": min(times), "cpu_seconds": min(cpu_times), "peak_bytes": peak,
+        "threads": torch.get_num_threads(),
     }
 
 
 def _child(args: argparse.Namespace) -> None:
-    res = measure(args.config, args.n, args.mode, args.device, args.repeats, args.seed)
+    res = measure(
+        args.config, args.n, args.mode, args.device, args.repeats, args.seed, args.threads
+    )
     print("RESULT " + json.dumps(res))
 
 
-def _run_child(config: str, n: int, mode: str, device: str, repeats: int, env: dict) -> dict:
+def _run_child(
+    config: str, n: int, mode: str, device: str, repeats: int, threads: int, env: dict
+) -> dict:
     cmd = [sys.executable, __file__, "--child", "--config", config, "--n", str(n),
-           "--mode", mode, "--device", device, "--repeats", str(repeats)]
+           "--mode", mode, "--device", device, "--repeats", str(repeats),
+           "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -125,40 +137,62 @@ def _run_child(config: str, n: int, mode: str, device: str, repeats: int, env: d
     raise RuntimeError(f"benchmark child failed:\n{proc.stdout}\n{proc.stderr}")
 
 
-def _spawn(config: str, n: int, mode: str, device: str, repeats: int) -> dict:
-    """Time in one fresh process (default allocator), CPU memory in another."""
-    res = _run_child(config, n, mode, device, repeats, dict(os.environ))
-    if device == "cpu":
+# glibc keeps freed memory for reuse instead of unmapping it: large tensors stop costing
+# a page fault per 4 KiB on every allocation (a process-wide choice for whoever runs
+# training; the module cannot make it).
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
+VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
+    "1 thread": (1, {}),
+    "1 thread, tuned malloc": (1, TUNED_MALLOC),
+    "2 threads": (2, {}),
+}
+
+
+def _spawn(
+    config: str, n: int, mode: str, device: str, repeats: int, variant: str, memory: bool
+) -> dict:
+    """Time in one fresh process, CPU memory (if asked) in another."""
+    threads, extra_env = VARIANTS[variant] if device == "cpu" else (0, {})
+    res = _run_child(config, n, mode, device, repeats, threads, dict(os.environ, **extra_env))
+    res["variant"] = variant if device == "cpu" else "default"
+    if device == "cpu" and memory:
         # A fixed mmap threshold turns off glibc's adaptive one, so large buffers are
         # always mapped fresh and unmapped on free: peak RSS then tracks live tensors
         # rather than what the heap kept from earlier calls. It costs page faults, so
         # times come from the run above.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-        res["peak_bytes"] = _run_child(config, n, mode, device, 1, env)["peak_bytes"]
+        res["peak_bytes"] = _run_child(config, n, mode, device, 1, threads, env)["peak_bytes"]
+    elif device == "cpu":
+        res["peak_bytes"] = -1  # measured in the 1-thread row
     return res
 
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        "| device | mode | candidates | fine Gaussians | time (s) | peak memory (MiB) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| device | setting | mode | candidates | fine Gaussians | wall time (s) | CPU time (s) "
+        "| peak memory (MiB) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        mem = "n/a" if r["peak_bytes"] < 0 else f"{r['peak_bytes'] / 2**20:.0f}"
-        lines.append(f"| {r['device']} | {r['mode']} | {r['n']:,} | {r['fine']:,} | "
-                     f"{r['seconds']:.3f} | {mem} |")
+        mem = "-" if r["peak_bytes"] < 0 else f"{r['peak_bytes'] / 2**20:.0f}"
+        lines.append(f"| {r['device']} | {r['variant']} | {r['mode']} | {r['n']:,} | "
+                     f"{r['fine']:,} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {mem} |")
     return "\n".join(lines)
 
 
 def _growth(rows: list[dict]) -> str:
-    lines = ["| device | mode | sizes | time ratio | memory ratio |", "|---|---|---|---:|---:|"]
-    key = lambda r: (r["device"], r["mode"])  # noqa: E731
-    for dev_mode in dict.fromkeys(key(r) for r in rows):
-        rs = sorted((r for r in rows if key(r) == dev_mode), key=lambda r: r["n"])
+    lines = [
+        "| device | setting | mode | sizes | wall-time ratio | memory ratio |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    key = lambda r: (r["device"], r["variant"], r["mode"])  # noqa: E731
+    for k in dict.fromkeys(key(r) for r in rows):
+        rs = sorted((r for r in rows if key(r) == k), key=lambda r: r["n"])
         for a, b in zip(rs, rs[1:], strict=False):
-            mem = b["peak_bytes"] / a["peak_bytes"] if a["peak_bytes"] > 0 else float("nan")
-            lines.append(f"| {dev_mode[0]} | {dev_mode[1]} | {a['n']:,} -> {b['n']:,} | "
-                         f"{b['seconds'] / a['seconds']:.2f} | {mem:.2f} |")
+            ok = a["peak_bytes"] > 0 and b["peak_bytes"] > 0
+            mem = f"{b['peak_bytes'] / a['peak_bytes']:.2f}" if ok else "-"
+            lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {a['n']:,} -> {b['n']:,} | "
+                         f"{b['seconds'] / a['seconds']:.2f} | {mem} |")
     return "\n".join(lines)
 
 
@@ -169,6 +203,9 @@ def main() -> None:
     p.add_argument("--mode", default="forward", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="CPU settings to time (memory is measured with the first)")
     p.add_argument("--config", default="small", help="densify preset (small, object, scene)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     p.add_argument("--modes", nargs="+", default=["forward", "backward"])
@@ -187,14 +224,17 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for device in devices:
-        for mode in args.modes:
-            for n in args.sizes:
-                repeats = 1 if n >= 100_000 else args.repeats  # keep the run short
-                rows.append(_spawn(args.config, n, mode, device, repeats))
+        variants = args.variants if device == "cpu" else ["default"]
+        for vi, variant in enumerate(variants):
+            for mode in args.modes:
+                for n in args.sizes:
+                    # Keep the run short; a tuned heap needs one call to grow first.
+                    repeats = args.repeats if n < 100_000 else 1 + ("tuned" in variant)
+                    rows.append(_spawn(args.config, n, mode, device, repeats, variant, vi == 0))
+                    print(json.dumps(rows[-1]), flush=True)
+            for n in args.extra:
+                rows.append(_spawn(args.config, n, "forward", device, args.repeats, variant, False))
                 print(json.dumps(rows[-1]), flush=True)
-        for n in args.extra:
-            rows.append(_spawn(args.config, n, "forward", device, args.repeats))
-            print(json.dumps(rows[-1]), flush=True)
     load_after = os.getloadavg()
     main_rows = [r for r in rows if r["n"] in args.sizes]
     load = "1/5/15-min load average {:.1f}/{:.1f}/{:.1f} before, {:.1f}/{:.1f}/{:.1f} after".format(
@@ -211,18 +251,25 @@ def main() -> None:
 
 - date: {datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 - command: `{cmd}`
-- machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} \
-({rows[0]["threads"]} threads), Python {platform.python_version()}
+- machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, \
+Python {platform.python_version()}
 - config: `{args.config}`, candidate features {IN_CHANNELS} wide, candidates on a sphere
-  shell of radius 0.4; time is the best of {args.repeats} runs (1 at 100k) after a warm-up
-  on 64 candidates; forward is
+  shell of radius 0.4; time is the best of {args.repeats} runs (at 100k: 1, or 2 with the
+  tuned malloc) after a warm-up on 64 candidates; forward is
   `torch.no_grad()` in eval mode, backward is forward + backward in train mode.
 - memory: CPU = growth of peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS just
   before the call, in a second fresh process per row with glibc's mmap threshold fixed at
   128 KiB (freed tensors leave the RSS, so the peak tracks live tensors); CUDA = growth of
   max_memory_allocated.
 - **caveat**: the cores were shared with other engineers' jobs while this ran ({load}
-  on {os.cpu_count()} CPUs), so times are noisy, the small sizes most; memory is not affected.
+  on {os.cpu_count()} CPUs), so times are noisy; memory is not affected. With 2 intra-op
+  threads on a busy 2-core machine, every parallel region waits for a descheduled OpenMP
+  thread (CPU time ~ wall time: the threads spin), which costs ~0.9 s a forward even at 1k
+  candidates; the 1-thread rows are the contention-robust measure.
+- settings: torch intra-op threads; "tuned malloc" runs with
+  `MALLOC_MMAP_THRESHOLD_=2^32 MALLOC_TRIM_THRESHOLD_=2^34`, so glibc reuses freed memory
+  instead of mapping every tensor over 32 MB afresh (one page fault per 4 KiB, zeroed by
+  the kernel): at 100k candidates that system time otherwise rivals the arithmetic.
 
 {_table(rows)}
 

@@ -195,6 +195,25 @@ def test_residual_head_starts_from_the_parent_parameters() -> None:
         model(parents.means, torch.randn(30, 12))
 
 
+def test_chunked_inference_equals_the_one_piece_forward(monkeypatch) -> None:
+    import engine.gd.densify as densify_mod
+
+    torch.manual_seed(11)
+    model = GenerativeDensifier(TINY.with_(residual=True), in_channels=12).eval()
+    parents = _parents(90)
+    feats = torch.randn(90, 12)
+    with torch.enable_grad():
+        whole = model(parents.means, feats, parents=parents)
+    monkeypatch.setattr(densify_mod, "ROWWISE_CHUNK", 7)  # ragged chunks everywhere
+    with torch.no_grad():
+        chunked = model(parents.means, feats, parents=parents)
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        torch.testing.assert_close(
+            getattr(chunked.gaussians, name), getattr(whole.gaussians, name).detach()
+        )
+    assert torch.equal(chunked.parent, whole.parent) and torch.equal(chunked.level, whole.level)
+
+
 def test_child_sampler_feeds_the_head() -> None:
     torch.manual_seed(10)
     cfg = TINY.with_(child_samples=2)
