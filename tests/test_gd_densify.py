@@ -196,7 +196,7 @@ def test_residual_head_starts_from_the_parent_parameters() -> None:
 
 
 def test_chunked_inference_equals_the_one_piece_forward(monkeypatch) -> None:
-    import engine.gd.densify as densify_mod
+    import engine.gd.attention as attention_mod
 
     torch.manual_seed(11)
     model = GenerativeDensifier(TINY.with_(residual=True), in_channels=12).eval()
@@ -204,7 +204,7 @@ def test_chunked_inference_equals_the_one_piece_forward(monkeypatch) -> None:
     feats = torch.randn(90, 12)
     with torch.enable_grad():
         whole = model(parents.means, feats, parents=parents)
-    monkeypatch.setattr(densify_mod, "ROWWISE_CHUNK", 7)  # ragged chunks everywhere
+    monkeypatch.setattr(attention_mod, "ROWWISE_CHUNK", 7)  # ragged chunks everywhere
     with torch.no_grad():
         chunked = model(parents.means, feats, parents=parents)
     for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):

@@ -17,6 +17,7 @@ positional encoding that runs anywhere PyTorch does).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .serialization import Serialization
+
+ROWWISE_CHUNK = 8192
+"""Rows per chunk for per-point stages (MLPs, UP, HEAD) in inference."""
+
+
+def rowwise(fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor):
+    """`fn(*rows)` evaluated in chunks of rows when no gradient is recorded.
+
+    For stages that act on every point independently, chunking changes nothing
+    but the size of the temporaries: at 100k candidates the last level's would
+    be hundreds of MB each, and glibc serves blocks over 32 MB with fresh mmaps
+    whose page faults then cost as much as the arithmetic. With autograd on,
+    every activation is kept anyway, so the rows go in one piece.
+    """
+    n = rows[0].shape[0]
+    if torch.is_grad_enabled() or n <= ROWWISE_CHUNK:
+        return fn(*rows)
+    outs = [fn(*(r[i : i + ROWWISE_CHUNK] for r in rows)) for i in range(0, n, ROWWISE_CHUNK)]
+    if isinstance(outs[0], Tensor):
+        return torch.cat(outs)
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
 
 
 @dataclass(frozen=True)
@@ -211,4 +233,4 @@ class Block(nn.Module):
         """feats: (N, C), points: (N, 3) -> (N, C)."""
         feats = feats + self.pos(points, grid_size, layout)
         feats = feats + self.drop_path(self.attn(self.norm1(feats), layout))
-        return feats + self.drop_path(self.mlp(self.norm2(feats)))
+        return feats + self.drop_path(rowwise(lambda f: self.mlp(self.norm2(f)), feats))

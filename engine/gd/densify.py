@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
-from .attention import Block, DropPath, fourier_features, patch_layout
+from .attention import Block, DropPath, fourier_features, patch_layout, rowwise
 from .config import DensifyConfig
 from .serialization import serialize
 
@@ -300,7 +300,7 @@ class GenerativeDensifier(nn.Module):
                         ser = serialize(x, g, order, batch)
                         layouts[order] = patch_layout(ser, cfg.patch_size, batch)
                     f = block(f, x, g, layouts[order])
-            x, f = _rowwise(lambda xs, fs, up=level.up, g=g: up(xs, fs, g), x, f)
+            x, f = rowwise(lambda xs, fs, up=level.up, g=g: up(xs, fs, g), x, f)
             r = cfg.upsample[li]
             root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
             if li == cfg.levels - 1:  # every point of the last level is a leaf
@@ -323,7 +323,7 @@ class GenerativeDensifier(nn.Module):
                 g = self._gaussians(head, xs, fs, rs, li, grid_size, parents)
                 return tuple(getattr(g, name) for name in _FIELDS)
 
-            parts.append(Gaussians.unchecked(*_rowwise(emit, xl, fl, rl)))
+            parts.append(Gaussians.unchecked(*rowwise(emit, xl, fl, rl)))
             levels.append(torch.full_like(rl, li + 1))
             parents_idx.append(rl)
             batches.append(bl)
@@ -366,22 +366,3 @@ class GenerativeDensifier(nn.Module):
 
 
 _FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
-
-ROWWISE_CHUNK = 8192
-"""Rows per chunk for per-point stages (UP, HEAD) in inference."""
-
-
-def _rowwise(fn: Callable[..., tuple[Tensor, ...]], *rows: Tensor) -> tuple[Tensor, ...]:
-    """`fn(*rows)` evaluated in chunks of rows when no gradient is recorded.
-
-    UP and HEAD act on every point independently, so chunking changes nothing
-    but the size of the temporaries: at 100k candidates the last level's
-    would be hundreds of MB each, and glibc serves blocks over 32 MB with fresh
-    mmaps whose page faults then cost as much as the arithmetic. With autograd
-    on, every activation is kept anyway, so the rows go in one piece.
-    """
-    n = rows[0].shape[0]
-    if torch.is_grad_enabled() or n <= ROWWISE_CHUNK:
-        return fn(*rows)
-    outs = [fn(*(r[i : i + ROWWISE_CHUNK] for r in rows)) for i in range(0, n, ROWWISE_CHUNK)]
-    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
