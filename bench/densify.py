@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def measure(
     run()
     means, feats = means_full, feats_full
     sync()
-    times, cpu_times, peak = [], [], 0
+    times, user_times, sys_times, peak = [], [], [], 0
     for _ in range(repeats):
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -99,11 +100,13 @@ def measure(
         else:
             reset = _reset_peak_rss()
             base = _status_kib("VmRSS") * 1024
-        t0, c0 = time.perf_counter(), time.process_time()
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         count = run()
         sync()
         times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        user_times.append(r1.ru_utime - r0.ru_utime)
+        sys_times.append(r1.ru_stime - r0.ru_stime)
         if device.startswith("cuda"):
             peak = max(peak, torch.cuda.max_memory_allocated() - base)
         else:
@@ -112,7 +115,8 @@ def measure(
                 peak = -1
     return {
         "config": config, "n": n, "mode": mode, "device": device, "fine": count,
-        "seconds": min(times), "cpu_seconds": min(cpu_times), "peak_bytes": peak,
+        "seconds": min(times), "user_seconds": min(user_times), "sys_seconds": min(sys_times),
+        "peak_bytes": peak,
         "threads": torch.get_num_threads(),
     }
 
@@ -169,21 +173,22 @@ def _spawn(
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        "| device | setting | mode | candidates | fine Gaussians | wall time (s) | CPU time (s) "
-        "| peak memory (MiB) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| device | setting | mode | candidates | fine Gaussians | wall (s) | user CPU (s) "
+        "| system CPU (s) | peak memory (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mem = "-" if r["peak_bytes"] < 0 else f"{r['peak_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['device']} | {r['variant']} | {r['mode']} | {r['n']:,} | "
-                     f"{r['fine']:,} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | {mem} |")
+                     f"{r['fine']:,} | {r['seconds']:.3f} | {r['user_seconds']:.3f} | "
+                     f"{r['sys_seconds']:.3f} | {mem} |")
     return "\n".join(lines)
 
 
 def _growth(rows: list[dict]) -> str:
     lines = [
-        "| device | setting | mode | sizes | wall-time ratio | memory ratio |",
-        "|---|---:|---|---|---:|---:|",
+        "| device | setting | mode | sizes | wall ratio | user-CPU ratio | memory ratio |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     key = lambda r: (r["device"], r["variant"], r["mode"])  # noqa: E731
     for k in dict.fromkeys(key(r) for r in rows):
@@ -191,8 +196,9 @@ def _growth(rows: list[dict]) -> str:
         for a, b in zip(rs, rs[1:], strict=False):
             ok = a["peak_bytes"] > 0 and b["peak_bytes"] > 0
             mem = f"{b['peak_bytes'] / a['peak_bytes']:.2f}" if ok else "-"
+            user = b["user_seconds"] / max(a["user_seconds"], 1e-9)
             lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {a['n']:,} -> {b['n']:,} | "
-                         f"{b['seconds'] / a['seconds']:.2f} | {mem} |")
+                         f"{b['seconds'] / a['seconds']:.2f} | {user:.2f} | {mem} |")
     return "\n".join(lines)
 
 
@@ -263,9 +269,9 @@ Python {platform.python_version()}
   max_memory_allocated.
 - **caveat**: the cores were shared with other engineers' jobs while this ran ({load}
   on {os.cpu_count()} CPUs), so times are noisy; memory is not affected. With 2 intra-op
-  threads on a busy 2-core machine, every parallel region waits for a descheduled OpenMP
-  thread (CPU time ~ wall time: the threads spin), which costs ~0.9 s a forward even at 1k
-  candidates; the 1-thread rows are the contention-robust measure.
+  threads on a busy 2-core machine, every parallel region waits for whichever OpenMP
+  thread is descheduled, which can cost ~0.9 s a forward even at 1k candidates; the
+  1-thread rows, and their user CPU time, are the contention-robust measures.
 - settings: torch intra-op threads; "tuned malloc" runs with
   `MALLOC_MMAP_THRESHOLD_=2^32 MALLOC_TRIM_THRESHOLD_=2^34`, so glibc reuses freed memory
   instead of mapping every tensor over 32 MB afresh (one page fault per 4 KiB, zeroed by
