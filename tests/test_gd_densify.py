@@ -76,6 +76,21 @@ def test_counts_are_per_batch_element(n0: int, n1: int) -> None:
         assert (batch[out.parent[sel]] == b).all()
 
 
+def test_a_continue_ratio_of_one_disables_the_mask_of_that_level() -> None:
+    torch.manual_seed(12)
+    cfg = TINY.with_(upsample=(2, 2, 2), channels=(8, 8, 8), heads=(2, 2, 2), depths=(1, 1, 1),
+                     continue_ratio=(1.0, 0.5))
+    assert level_counts(10, cfg) == [(20, 0), (40, 20), (40, 40)]
+    model = GenerativeDensifier(cfg, in_channels=12).train()
+    assert model.levels[0].split is None and model.levels[0].head is None
+    means, feats = _inputs(10)
+    out = model(means, feats)
+    assert len(out.gaussians) == fine_count(10, cfg) == 60
+    assert torch.equal(out.level.bincount(minlength=4), torch.tensor([0, 0, 20, 40]))
+    out.gaussians.sh.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_split_top_k_keeps_ceil_ratio_per_batch_element() -> None:
     gen = torch.Generator().manual_seed(0)
     prob = torch.rand(103, generator=gen)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
-from .attention import Block, DropPath, fourier_features, patch_layout, rowwise
+from .attention import Block, DropPath, PatchLayout, fourier_features, patch_layout, rowwise
 from .config import DensifyConfig
 from .serialization import serialize
 
@@ -211,7 +211,10 @@ class Level(nn.Module):
         last = index == cfg.levels - 1
         self.ratio = 1.0 if last else cfg.continue_ratio[index]
         self.split = SplitMask(out_channels) if self.ratio < 1.0 else None
-        self.head = GaussianHead(out_channels, cfg.sh_degree, cfg.child_samples)
+        # A level whose mask is off (ratio 1.0, not last) emits nothing: no head, so
+        # that no parameter goes without a gradient.
+        emits = last or self.split is not None
+        self.head = GaussianHead(out_channels, cfg.sh_degree, cfg.child_samples) if emits else None
 
 
 class GenerativeDensifier(nn.Module):
@@ -293,7 +296,7 @@ class GenerativeDensifier(nn.Module):
             g = grid_size / 2**li
             if len(level.blocks) and x.shape[0]:
                 orders = self._orders()
-                layouts: dict[str, object] = {}
+                layouts: dict[str, PatchLayout] = {}
                 for bi, block in enumerate(level.blocks):
                     order = orders[bi % len(orders)]
                     if order not in layouts:
