@@ -145,7 +145,9 @@ class Gaussians:
         devices = {t.device for t in tensors.values()}
         dtypes = {t.dtype for t in tensors.values()}
         if len(devices) > 1 or len(dtypes) > 1:
-            raise GaussiansError(f"all parameters must share device and dtype, got {devices} {dtypes}")
+            raise GaussiansError(
+                f"all parameters must share device and dtype, got {devices} {dtypes}"
+            )
         for name, t in tensors.items():
             bad = ~torch.isfinite(t.detach())
             if bad.any():

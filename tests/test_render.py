@@ -1,0 +1,277 @@
+"""The tile rasterisers against the brute-force reference, gradients, and error handling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.cameras import Cameras
+from engine.gaussians import Gaussians
+from engine.render import RenderError, render, resolve_backend
+from engine.render.gsplat_backend import gsplat_available
+from engine.render.rasterize_numba import rasterize_numba
+from engine.render.rasterize_torch import rasterize_torch
+from engine.render.reference import render_reference
+from engine.render.sh import sh_basis
+
+PORTABLE = ("numba", "torch")
+
+
+def random_gaussians(
+    n: int, seed: int, sh_degree: int = 1, dtype=torch.float32, spread: float = 0.4
+) -> Gaussians:
+    gen = torch.Generator().manual_seed(seed)
+    k = (sh_degree + 1) ** 2
+    return Gaussians(
+        means=torch.randn(n, 3, generator=gen, dtype=dtype) * spread,
+        log_scales=torch.log(torch.rand(n, 3, generator=gen, dtype=dtype) * 0.08 + 0.01),
+        quats=torch.randn(n, 4, generator=gen, dtype=dtype),
+        opacity_logits=torch.randn(n, generator=gen, dtype=dtype) * 2,
+        sh=torch.randn(n, k, 3, generator=gen, dtype=dtype) * 0.3,
+    )
+
+
+def ring_cameras(
+    count: int, width: int, height: int, distance: float = 3.0, dtype=torch.float32
+) -> Cameras:
+    angles = torch.arange(count, dtype=torch.float64) * (2 * math.pi / count) + 0.3
+    eyes = torch.stack(
+        [distance * torch.cos(angles), distance * torch.sin(angles), 0.8 + 0.2 * angles], dim=-1
+    )
+    cams = Cameras.look_at(eyes, torch.zeros_like(eyes), fov_x_deg=40.0, width=width, height=height)
+    # An off-centre principal point and non-square pixels exercise the general intrinsics.
+    cams = Cameras(
+        cams.world_to_camera, cams.fx, cams.fy * 1.07, cams.cx + 0.7, cams.cy - 1.3, width, height
+    )
+    return cams.to(dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+@pytest.mark.parametrize(
+    ("n", "width", "height", "sh_degree", "seed"),
+    [(200, 40, 30, 0, 0), (500, 37, 53, 1, 1), (300, 64, 48, 3, 2), (1, 16, 16, 2, 3)],
+)
+def test_tile_rasteriser_matches_brute_force(backend, n, width, height, sh_degree, seed):
+    g = random_gaussians(n, seed, sh_degree)
+    cams = ring_cameras(3, width, height)
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    ref_colors, ref_alphas = render_reference(g, cams, background=bg)
+    out = render(g, cams, background=bg, backend=backend)
+    assert out.backend == backend
+    assert out.colors.shape == (3, height, width, 3) and out.alphas.shape == (3, height, width)
+    assert (out.colors.double() - ref_colors).abs().max() <= 1e-4
+    assert (out.alphas.double() - ref_alphas).abs().max() <= 1e-4
+    assert ref_alphas.max() > 0.05, "scene should actually cover the image"
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_dense_opaque_scene_hits_early_termination(backend):
+    # Many opaque Gaussians stacked in front of each other: most pixels stop early.
+    g = random_gaussians(800, 7, spread=0.15)
+    g = Gaussians(g.means, g.log_scales + 1.0, g.quats, g.opacity_logits.abs() + 3, g.sh)
+    cams = ring_cameras(2, 32, 24)
+    ref_colors, ref_alphas = render_reference(g, cams, background=torch.zeros(3))
+    out = render(g, cams, background=torch.zeros(3), backend=backend)
+    assert ref_alphas.max() > 0.999
+    assert (out.colors.double() - ref_colors).abs().max() <= 1e-4
+    assert (out.alphas.double() - ref_alphas).abs().max() <= 1e-4
+
+
+def test_backends_agree_with_each_other_on_a_larger_scene():
+    g = random_gaussians(5000, 11, sh_degree=2, spread=0.3)
+    cams = ring_cameras(2, 96, 80)
+    a = render(g, cams, backend="numba")
+    b = render(g, cams, backend="torch")
+    assert (a.colors - b.colors).abs().max() <= 1e-4
+    assert (a.depths - b.depths).abs().max() <= 1e-3
+    assert torch.equal(a.radii, b.radii)
+
+
+def test_gaussians_behind_or_beside_the_camera_are_culled_and_stay_finite():
+    g = random_gaussians(50, 4)
+    cams = ring_cameras(1, 24, 24)
+    center = cams.centers[0]
+    forward = cams.world_to_camera[0, 2, :3]
+    behind = center - 0.5 * forward
+    at_eye = center.clone()
+    means = torch.cat([g.means[:48], behind[None], at_eye[None]])
+    g = Gaussians(means, g.log_scales, g.quats, g.opacity_logits, g.sh).requires_grad_(True)
+    for backend in PORTABLE:
+        out = render(g, cams, backend=backend)
+        assert out.radii[0, 48] == 0 and out.radii[0, 49] == 0
+        (out.colors.sum() + out.depths.sum()).backward()
+        for p in g.parameters():
+            assert torch.isfinite(p.grad).all()
+            p.grad = None
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_gradcheck_full_render(backend):
+    g = random_gaussians(6, 5, sh_degree=2, dtype=torch.float64, spread=0.25)
+    g = Gaussians(g.means, g.log_scales + 1.0, g.quats, g.opacity_logits, g.sh)
+    cams = ring_cameras(2, 11, 9, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    w_color = torch.randn(2, 9, 11, 3, generator=gen, dtype=torch.float64)
+    w_alpha = torch.randn(2, 9, 11, generator=gen, dtype=torch.float64)
+    w_depth = torch.randn(2, 9, 11, generator=gen, dtype=torch.float64)
+
+    def loss(means, log_scales, quats, opacity_logits, sh):
+        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh), cams, backend=backend)
+        return (
+            (out.colors * w_color).sum()
+            + (out.alphas * w_alpha).sum()
+            + (out.depths * w_depth).sum()
+        )
+
+    params = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rasterize", [rasterize_numba, rasterize_torch])
+def test_gradcheck_screen_space_including_means2d(rasterize):
+    gen = torch.Generator().manual_seed(3)
+    n, w, h = 7, 10, 8
+    means2d = torch.rand(1, n, 2, generator=gen, dtype=torch.float64) * torch.tensor([w, h])
+    cov_l = torch.rand(1, n, 2, 2, generator=gen, dtype=torch.float64) * 2
+    cov = cov_l @ cov_l.transpose(-1, -2) + torch.eye(2, dtype=torch.float64) * 1.5
+    inv = torch.linalg.inv(cov)
+    conics = torch.stack([inv[..., 0, 0], inv[..., 0, 1], inv[..., 1, 1]], dim=-1)
+    colors = torch.rand(1, n, 4, generator=gen, dtype=torch.float64)
+    opacities = torch.rand(1, n, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    depths = torch.rand(1, n, generator=gen, dtype=torch.float64)
+    extents = torch.full((1, n, 2), 100.0, dtype=torch.float64)
+    w_acc = torch.randn(1, h, w, 4, generator=gen, dtype=torch.float64)
+    w_alpha = torch.randn(1, h, w, generator=gen, dtype=torch.float64)
+
+    def loss(m, c, col, op):
+        acc, alpha = rasterize(m, c, col, op, extents, depths, w, h)
+        return (acc * w_acc).sum() + (alpha * w_alpha).sum()
+
+    inputs = [t.clone().requires_grad_(True) for t in (means2d, conics, colors, opacities)]
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_gradients_match_autograd_through_the_reference(backend):
+    g = random_gaussians(25, 8, sh_degree=1, dtype=torch.float64)
+    cams = ring_cameras(2, 20, 16, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 16, 20, 3, generator=gen, dtype=torch.float64)
+    a = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    b = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    (render(Gaussians(*a), cams, backend=backend).colors * w).sum().backward()
+    (render_reference(Gaussians(*b), cams)[0] * w).sum().backward()
+    for pa, pb in zip(a, b, strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_means2d_gradient_available_for_frozen_gaussians(backend):
+    g = random_gaussians(40, 9)  # parameters do not require grad
+    cams = ring_cameras(2, 24, 20)
+    out = render(g, cams, backend=backend)
+    target = torch.rand_like(out.colors)
+    ((out.colors - target) ** 2).mean().backward()
+    grad = out.means2d.grad
+    assert grad is not None and grad.shape == (2, 40, 2)
+    assert grad[out.visible].abs().sum() > 0
+    assert torch.all(grad[~out.visible] == 0)
+    assert all(p.grad is None for p in g.parameters())
+
+
+def test_absgrad_is_the_sum_of_per_pixel_absolute_gradients():
+    g = random_gaussians(12, 10, dtype=torch.float64, spread=0.2)
+    g = Gaussians(g.means, g.log_scales + 0.8, g.quats, g.opacity_logits, g.sh)
+    cams = ring_cameras(1, 8, 6, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    w = torch.randn(1, 6, 8, 3, generator=gen, dtype=torch.float64)
+    out = render(g, cams, backend="numba", absgrad=True)
+    (out.colors * w).sum().backward()
+    # Brute force: one backward per pixel through the autograd-only backend.
+    expected = torch.zeros(1, 12, 2, dtype=torch.float64)
+    for y in range(6):
+        for x in range(8):
+            ref = render(g, cams, backend="torch")
+            (ref.colors[0, y, x] * w[0, y, x]).sum().backward()
+            expected += ref.means2d.grad.abs()
+    assert torch.allclose(out.means2d.absgrad, expected, atol=1e-10)
+    assert torch.all(out.means2d.absgrad >= out.means2d.grad.abs() - 1e-12)
+
+
+def test_expected_depth_of_a_single_opaque_gaussian():
+    cams = ring_cameras(1, 32, 32)
+    center = cams.centers[0]
+    forward = cams.world_to_camera[0, 2, :3]
+    point = center + 2.0 * forward
+    g = Gaussians.from_activated(
+        means=point[None], scales=torch.full((1, 3), 0.2), quats=torch.tensor([[1.0, 0, 0, 0]]),
+        opacities=torch.tensor([0.9]), colors=torch.tensor([[0.2, 0.4, 0.6]]),
+    )  # fmt: skip
+    for backend in PORTABLE:
+        out = render(g, cams, backend=backend)
+        hit = out.alphas > 0
+        assert hit.any()
+        assert torch.allclose(out.depths[hit], torch.tensor(2.0), atol=1e-4)
+        assert torch.all(out.depths[~hit] == 0)
+
+
+def test_empty_gaussians_render_the_background():
+    cams = ring_cameras(2, 10, 7)
+    for backend in PORTABLE:
+        out = render(Gaussians.empty(), cams, background=[0.1, 0.2, 0.3], backend=backend)
+        assert torch.allclose(out.colors, torch.tensor([0.1, 0.2, 0.3]).expand(2, 7, 10, 3))
+        assert torch.all(out.alphas == 0)
+
+
+def test_sh_basis_is_orthonormal_on_the_sphere():
+    # Fibonacci-sphere quadrature: the 16 real SH functions must be orthonormal.
+    n = 20000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = torch.sqrt(1 - z * z)
+    dirs = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
+    basis = sh_basis(dirs, 3)
+    gram = basis.T @ basis * (4 * math.pi / n)
+    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=2e-3)
+
+
+def test_bad_inputs_give_clear_errors():
+    g = random_gaussians(5, 0)
+    cams = ring_cameras(1, 8, 8)
+    with pytest.raises(RenderError, match="unknown render backend"):
+        render(g, cams, backend="vulkan")
+    with pytest.raises(RenderError, match="background"):
+        render(g, cams, background=[1.0, float("nan"), 0.0])
+    with pytest.raises(RenderError, match="background"):
+        render(g, cams, background=[1.0, 0.0])
+    with pytest.raises(RenderError, match="at least one camera"):
+        render(g, cams[torch.zeros(1, dtype=torch.bool)])
+    with pytest.raises(RenderError, match="absgrad"):
+        render(g, cams, backend="torch", absgrad=True)
+    assert resolve_backend("auto", torch.device("cpu")) == "numba"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not gsplat_available(), reason="needs CUDA and gsplat")
+def test_gsplat_parity():
+    # gsplat clamps alpha at 0.999 (we use 3DGS's 0.99) and cuts splats at 3.33σ, so
+    # Gaussians are kept below opacity 0.9 and images compared at 2e-3.
+    g = random_gaussians(2000, 12, sh_degree=3, spread=0.3).to("cuda")
+    g = Gaussians(g.means, g.log_scales, g.quats, g.opacity_logits.clamp(max=2.0), g.sh)
+    cams = ring_cameras(3, 128, 96).to("cuda")
+    a = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    b = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    out_g = render(Gaussians(*a), cams, backend="gsplat")
+    out_t = render(Gaussians(*b), cams, backend="torch")
+    assert (out_g.colors - out_t.colors).abs().max() < 2e-3
+    assert (out_g.alphas - out_t.alphas).abs().max() < 2e-3
+    w = torch.randn_like(out_g.colors)
+    (out_g.colors * w).sum().backward()
+    (out_t.colors * w).sum().backward()
+    for pa, pb in zip(a, b, strict=True):
+        scale = pb.grad.abs().max().clamp_min(1e-6)
+        assert (pa.grad - pb.grad).abs().max() / scale < 2e-2
+    assert torch.allclose(out_g.means2d.grad, out_t.means2d.grad, atol=1e-3 * scale.item())
