@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)" "numpy<2"
-	$(PY) -m pip install -e ".[test]" "numpy<2"
+	$(PY) -m pip install -e ".[test,blender]" "numpy<2"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m engine.cli demo --out out/demo
 
 test: $(STAMP)
-	$(PY) -m ruff check engine gd_blender_addon tests bench
+	$(PY) -m ruff check engine gd_blender_addon tests bench examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -1,0 +1,42 @@
+"""`gd` command line: one sub-command per job, each defined next to the code it drives.
+
+Sub-command modules expose `register(subparsers)`, which adds a parser whose
+`func` attribute takes the parsed namespace and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules providing `register(subparsers)`; imported lazily so `gd --help` stays fast
+# and a sub-command's heavy imports (bpy, numba) only happen when it runs.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "engine.render.cli",
+    "engine.demo",
+    "engine.data.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gd", description="Gaussian splat engine")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Bad input is reported as one clear line, not a traceback.
+        print(f"gd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
