@@ -22,6 +22,8 @@ from .rasterize_numba import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
 # Upper bound on tile-pixel-Gaussian triples evaluated at once (~4M: the autograd
 # graph of one group then stays within a few hundred MB).
 DEFAULT_MAX_ELEMENTS = 1 << 22
+# Gaussians per tile composited per step; tiles that are done drop out between steps.
+K_CHUNK = 64
 
 
 def bin_tiles(
@@ -63,10 +65,19 @@ def bin_tiles(
 
 
 def _composite(
-    means2d: Tensor, conics: Tensor, colors: Tensor, opacities: Tensor,
-    ids: Tensor, valid: Tensor, pix: Tensor, k_chunk: int = 64,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    means2d: Tensor,
+    conics: Tensor,
+    colors: Tensor,
+    opacities: Tensor,
+    ids: Tensor,
+    valid: Tensor,
+    pix: Tensor,
+    k_chunk: int = K_CHUNK,
+) -> tuple[Tensor, Tensor]:
     """Composite one group of tiles, front to back in slices of `k_chunk` Gaussians.
+
+    Tiles whose pixels have all stopped drop out of later slices, which is the
+    batched form of 3DGS's per-pixel early termination.
 
     Args:
         means2d (N, 2), conics (N, 3), colors (N, D), opacities (N,): one camera.
@@ -79,32 +90,39 @@ def _composite(
     trans = pix.new_ones(n_tiles, n_pix)
     acc = pix.new_zeros(n_tiles, n_pix, colors.shape[1])
     done = torch.zeros(n_tiles, n_pix, dtype=torch.bool, device=pix.device)
+    active = torch.arange(n_tiles, device=pix.device)
+    lengths = valid.sum(dim=1)  # slots are filled front first, so this ends each list
     for k0 in range(0, ids.shape[1], k_chunk):
-        sl = ids[:, k0 : k0 + k_chunk]
-        m = means2d[sl]  # (T, k, 2)
-        con = conics[sl]  # (T, k, 3)
-        dx = m[:, None, :, 0] - pix[:, :, None, 0]  # (T, P, k)
-        dy = m[:, None, :, 1] - pix[:, :, None, 1]
+        sl = ids[active, k0 : k0 + k_chunk]  # (A, k)
+        px = pix[active]
+        t_act = trans[active]
+        d_act = done[active]
+        m = means2d[sl]
+        con = conics[sl]
+        dx = m[:, None, :, 0] - px[:, :, None, 0]  # (A, P, k)
+        dy = m[:, None, :, 1] - px[:, :, None, 1]
         sigma = 0.5 * (con[:, None, :, 0] * dx * dx + con[:, None, :, 2] * dy * dy) + (
             con[:, None, :, 1] * dx * dy
         )
         alpha = (opacities[sl][:, None, :] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
-        used = valid[:, None, k0 : k0 + k_chunk] & (sigma >= 0) & (alpha >= ALPHA_MIN)
-        alpha = torch.where(used & ~done[..., None], alpha, torch.zeros_like(alpha))
+        used = valid[active, None, k0 : k0 + k_chunk] & (sigma >= 0) & (alpha >= ALPHA_MIN)
+        alpha = torch.where(used & ~d_act[..., None], alpha, torch.zeros_like(alpha))
         # 3DGS stops a pixel before the Gaussian that would take transmittance below
         # T_MIN; transmittance only falls, so what is kept is a prefix of each list.
         with torch.no_grad():
-            running = trans.detach()[..., None] * torch.cumprod(1.0 - alpha, dim=-1)
-            keep = running >= T_MIN
-            done = done | ~keep[..., -1]
+            keep = t_act.detach()[..., None] * torch.cumprod(1.0 - alpha, dim=-1) >= T_MIN
+            d_act = d_act | ~keep[..., -1]
         alpha = alpha * keep
         local_trans = torch.cumprod(1.0 - alpha, dim=-1)
         front = torch.cat([torch.ones_like(local_trans[..., :1]), local_trans[..., :-1]], dim=-1)
-        weights = alpha * front * trans[..., None]
-        acc = acc + torch.einsum("tpk,tkd->tpd", weights, colors[sl])
-        trans = trans * local_trans[..., -1]
-        if bool(done.all()):
+        weights = alpha * front * t_act[..., None]
+        acc = acc.index_add(0, active, torch.einsum("tpk,tkd->tpd", weights, colors[sl]))
+        trans = trans.index_copy(0, active, t_act * local_trans[..., -1])
+        done = done.index_copy(0, active, d_act)
+        still = ~d_act.all(dim=1) & (lengths[active] > k0 + k_chunk)
+        if not bool(still.any()):
             break
+        active = active[still]
     return acc, 1.0 - trans
 
 
@@ -137,6 +155,9 @@ def rasterize_torch(
         [(tile_index % tiles_x) * tile_size, (tile_index // tiles_x) * tile_size], dim=-1
     ).to(dtype)  # (n_tiles, 2)
 
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, colors, opacities)
+    )
     accs, alphas = [], []
     for c in range(num_cams):
         tile_ids, gauss_ids = bin_tiles(means2d[c], extents[c], depths[c], width, height, tile_size)
@@ -150,7 +171,10 @@ def rasterize_torch(
         i = 0
         while i < len(busy_counts):
             k_max = busy_counts[i]
-            n_group = max(1, min(len(busy_counts) - i, max_elements // (n_pix * k_max)))
+            # Without autograd only one slice of the group is alive at a time; with it,
+            # the recomputed group keeps every slice's graph until its backward.
+            k_alive = k_max if grad else min(k_max, K_CHUNK)
+            n_group = max(1, min(len(busy_counts) - i, max_elements // (n_pix * k_alive)))
             group = busy[i : i + n_group]
             # Dense (tile, slot) table of this group's Gaussians, front to back.
             row_of_tile = torch.full((n_tiles,), -1, dtype=torch.long, device=device)
@@ -163,7 +187,7 @@ def rasterize_torch(
             valid[rows[sel], slot[sel]] = True
             pix = tile_origin[group][:, None, :] + local_xy[None]
             args = (means2d[c], conics[c], colors[c], opacities[c], ids, valid, pix)
-            if torch.is_grad_enabled() and any(a.requires_grad for a in args[:4]):
+            if grad:
                 acc, alpha = checkpoint(_composite, *args, use_reentrant=False)
             else:
                 acc, alpha = _composite(*args)
