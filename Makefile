@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)" "numpy<2"
-	$(PY) -m pip install -e ".[test,blender]" "numpy<2"
+	$(PY) -m pip install -e ".[test,blender,data]" "numpy<2"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -187,7 +187,7 @@ def main() -> None:
                         # The portable backend is the CPU's fallback: one camera is enough there.
                         if device == "cpu" and backend == "torch" and cams > 1:
                             continue
-                        child = [str(n), str(res), str(cams), backend, device]
+                        child = ["run", str(n), str(res), str(cams), backend, device]
                         if n >= 1_000_000:
                             child.append("1")  # one timed run after the warm-up
                         r = run_child(child, args.timeout)
