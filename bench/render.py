@@ -96,6 +96,24 @@ def measure(n: int, res: int, cams: int, backend: str, device: str, repeats: int
     return result
 
 
+def measure_forward(n: int, res: int, backend: str, device: str) -> dict:
+    """One camera, forward only (no autograd): the bounded-memory check for huge scenes."""
+    import torch
+
+    from engine.render import render
+
+    g, cameras = make_scene(n, res, 1, device)
+    base_rss = peak_rss_mb()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        render(g, cameras, backend=backend)
+    return {
+        "fwd_s": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "base_rss_mb": base_rss,
+    }
+
+
 def measure_reference(n: int, res: int) -> dict:
     """Brute-force float64 reference, one camera, forward only."""
     import torch
@@ -166,6 +184,8 @@ def main() -> None:
         kind, *rest = args.child
         if kind == "ref":
             print(json.dumps(measure_reference(int(rest[0]), int(rest[1]))))
+        elif kind == "fwd":
+            print(json.dumps(measure_forward(int(rest[0]), int(rest[1]), rest[2], rest[3])))
         else:
             n, res, cams, backend, device, *repeats = rest
             count = int(repeats[0]) if repeats else args.repeats
