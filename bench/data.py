@@ -99,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Worker CPU time: {cpu:.0f} s in all, {cpu_per_object:.2f} CPU-s per object (startup "
         f"included), i.e. **{ideal:.1f} objects/min if all {os.cpu_count()} cores were ours** "
-        "(derived from CPU time, not measured on an idle machine).",
+        "(derived from CPU time).",
         "",
-        "Wall time includes starting the Blender worker processes (~2 s). The cores were shared "
-        "with other engineers' jobs during this run (see the load averages), so the "
-        "wall-clock objects/min is a lower bound.",
+        "Wall time includes starting the Blender worker processes (~2 s). If the load average "
+        "before the run was well above 0, other jobs shared the cores and the wall-clock "
+        "objects/min is a lower bound.",
         "",
     ]
     text = "\n".join(lines)

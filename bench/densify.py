@@ -267,11 +267,10 @@ Python {platform.python_version()}
   before the call, in a second fresh process per row with glibc's mmap threshold fixed at
   128 KiB (freed tensors leave the RSS, so the peak tracks live tensors); CUDA = growth of
   max_memory_allocated.
-- **caveat**: the cores were shared with other engineers' jobs while this ran ({load}
-  on {os.cpu_count()} CPUs), so times are noisy; memory is not affected. With 2 intra-op
-  threads on a busy 2-core machine, every parallel region waits for whichever OpenMP
-  thread is descheduled, which can cost ~0.9 s a forward even at 1k candidates; the
-  1-thread rows, and their user CPU time, are the contention-robust measures.
+- load: 1/5/15-min load average {load} on {os.cpu_count()} CPUs. When other jobs
+  share the cores, times are noisy (memory is not affected): with 2 intra-op threads on a
+  busy 2-core machine every parallel region waits for whichever OpenMP thread is
+  descheduled, so the 1-thread rows and their user CPU time are the robust measures.
 - settings: torch intra-op threads; "tuned malloc" runs with
   `MALLOC_MMAP_THRESHOLD_=2^32 MALLOC_TRIM_THRESHOLD_=2^34`, so glibc reuses freed memory
   instead of mapping every tensor over 32 MB afresh (one page fault per 4 KiB, zeroed by
