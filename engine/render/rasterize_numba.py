@@ -73,6 +73,12 @@ def _bin_tiles(means2d, extents, order, tile, tiles_x, tiles_y, width, height): 
     return offsets, ids
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _mahalanobis_half(conics, g, dx, dy):  # pragma: no cover
+    """sigma = ½ dᵀ Σ⁻¹ d for offset d = (dx, dy) from Gaussian g's centre."""
+    return 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + conics[g, 1] * dx * dy
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _forward_kernel(
     means2d,
@@ -107,9 +113,7 @@ def _forward_kernel(
                         g = ids[k]
                         dx = means2d[g, 0] - cx
                         dy = means2d[g, 1] - cy
-                        sigma = 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + (
-                            conics[g, 1] * dx * dy
-                        )
+                        sigma = _mahalanobis_half(conics, g, dx, dy)
                         if sigma < 0.0:
                             continue
                         alpha = min(ALPHA_MAX, opacities[g] * math.exp(-sigma))
@@ -174,9 +178,7 @@ def _backward_kernel(
                         g = ids[k]
                         dx = means2d[g, 0] - cx
                         dy = means2d[g, 1] - cy
-                        sigma = 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + (
-                            conics[g, 1] * dx * dy
-                        )
+                        sigma = _mahalanobis_half(conics, g, dx, dy)
                         if sigma < 0.0:
                             continue
                         gauss = math.exp(-sigma)
