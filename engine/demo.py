@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .cameras import read_nerf_transforms
+from .camera_formats import read_nerf_transforms
 from .images import save_png
 from .io import load
 from .render import render

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.cameras import Cameras, write_nerf_transforms
+from engine.camera_formats import write_nerf_transforms
+from engine.cameras import Cameras
 from engine.cli import main
 from engine.gaussians import Gaussians
 from engine.images import to_uint8

@@ -77,7 +77,7 @@ def test_images_have_transparent_background_and_content(dataset):
 
 
 def test_cameras_follow_the_recorded_plan(dataset):
-    from engine.cameras import read_nerf_transforms
+    from engine.camera_formats import read_nerf_transforms
 
     root, _ = dataset
     for i in (0, 1):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.cameras import Cameras, write_colmap, write_nerf_transforms
+from engine.camera_formats import write_colmap, write_nerf_transforms
+from engine.cameras import Cameras
 from engine.data.datasets import PropsDataset, collate_views, load_colmap_scene, load_nerf_scene
 from engine.data.layout import (
     DONE_NAME,

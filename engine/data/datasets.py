@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from engine.cameras import colmap_to_cameras, read_colmap, read_nerf_transforms
+from engine.camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 
 from .images import WHITE, ViewSet, load_views
 from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path

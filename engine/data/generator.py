@@ -57,7 +57,7 @@ class Generator:
 
     def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
         """Render object `index` unless it is finished; returns its done-marker dict."""
-        from engine.cameras import from_blender, write_nerf_transforms
+        from engine.camera_formats import from_blender, write_nerf_transforms
 
         out = object_dir(self.root, index)
         if is_finished(out) and not overwrite:

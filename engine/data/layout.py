@@ -7,7 +7,8 @@ One folder per object; everything a loader needs is inside it::
         input/000.png ...             RGBA renders on the input ring (transparent film)
         target/000.png ...            RGBA renders at random poses
         transforms_input.json         NeRF form: OpenGL camera-to-world, camera_angle_x,
-        transforms_target.json        fl_x fl_y cx cy w h (engine.cameras.write_nerf_transforms)
+        transforms_target.json        fl_x fl_y cx cy w h
+                                      (engine.camera_formats.write_nerf_transforms)
         prop.json                     the sampled prop spec, normalisation, surface points
         done.json                     completion marker, written last
 

@@ -1,8 +1,8 @@
 """Camera poses for one object: an input ring and random target views (pure numpy).
 
 Poses are Blender/OpenGL camera-to-world matrices (camera looks down its -Z, +Y up),
-which is what a Blender camera's `matrix_world` is; `engine.cameras.from_blender` turns
-them into the engine's OpenCV cameras. Every camera looks at the origin, where the
+which is what a Blender camera's `matrix_world` is; `engine.camera_formats.from_blender`
+turns them into the engine's OpenCV cameras. Every camera looks at the origin, where the
 normalised prop is centred.
 """
 

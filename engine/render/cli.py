@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..cameras import read_nerf_transforms
+from ..camera_formats import read_nerf_transforms
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..images import save_png
 from ..io import load

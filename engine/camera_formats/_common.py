@@ -1,0 +1,43 @@
+"""Helpers shared by the camera format modules: axis flip, file context, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..cameras import CameraError
+
+# OpenCV camera axes (y down, z forward) versus OpenGL/Blender ones (y up, z backward).
+_FLIP_YZ = (1.0, -1.0, -1.0, 1.0)
+
+
+def _flip_yz(dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+    return torch.diag(torch.tensor(_FLIP_YZ, dtype=dtype, device=device))
+
+
+@contextmanager
+def _in_file(path: Path) -> Iterator[None]:
+    """Prefix CameraErrors raised while parsing with the file they came from."""
+    try:
+        yield
+    except CameraError as err:
+        raise CameraError(f"{path}: {err}") from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file so a crash never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
