@@ -23,29 +23,70 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .serialization import Serialization
 
 ROWWISE_CHUNK = 8192
-"""Rows per chunk for per-point stages (MLPs, UP, HEAD) in inference."""
+"""Rows per chunk for per-point stages (blocks, UP, HEAD)."""
+
+CHECKPOINT_ROWS = 131_072
+"""With autograd on, stages over more rows than this recompute their activations in the
+backward, a chunk at a time (`torch.utils.checkpoint`), instead of keeping them."""
 
 
-def rowwise(fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor):
-    """`fn(*rows)` evaluated in chunks of rows when no gradient is recorded.
+def row_chunks(rows: tuple[Tensor | None, ...], size: int) -> list[tuple[Tensor | None, ...]]:
+    """Split every tensor of `rows` (None passes through) into pieces of `size` rows.
+
+    `torch.split` records one autograd node per tensor, whose backward concatenates
+    the pieces' gradients: linear in the rows, unlike one slice node per piece.
+    """
+    n = next(r for r in rows if r is not None).shape[0]
+    count = max(1, -(-n // size))
+    split = [[None] * count if r is None else torch.split(r, size) for r in rows]
+    return list(zip(*split, strict=True))
+
+
+def cat_outputs(outs: list) -> Tensor | tuple[Tensor, ...]:
+    """Concatenate the per-piece outputs of `row_chunks` (tensors or tuples of tensors)."""
+    if isinstance(outs[0], Tensor):
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+    if len(outs) == 1:
+        return outs[0]
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+
+
+def rowwise(fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor | None):
+    """`fn(*rows)` evaluated in chunks of `ROWWISE_CHUNK` rows (None rows pass through).
 
     For stages that act on every point independently, chunking changes nothing
     but the size of the temporaries: at 100k candidates the last level's would
     be hundreds of MB each, and glibc serves blocks over 32 MB with fresh mmaps
-    whose page faults then cost as much as the arithmetic. With autograd on,
-    every activation is kept anyway, so the rows go in one piece.
+    whose page faults then cost as much as the arithmetic. Chunk-sized blocks
+    come from (and go back to) the heap, so only the activations autograd keeps
+    and the concatenated outputs grow with N; in training that keeps the cost of
+    memory linear in the number of points (the per-row arithmetic is the same).
     """
-    n = rows[0].shape[0]
-    if torch.is_grad_enabled() or n <= ROWWISE_CHUNK:
+    n = next(r for r in rows if r is not None).shape[0]
+    if n <= ROWWISE_CHUNK:
         return fn(*rows)
-    outs = [fn(*(r[i : i + ROWWISE_CHUNK] for r in rows)) for i in range(0, n, ROWWISE_CHUNK)]
-    if isinstance(outs[0], Tensor):
-        return torch.cat(outs)
-    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+    return run_chunks(fn, row_chunks(rows, ROWWISE_CHUNK), n)
+
+
+def run_chunks(fn: Callable, pieces: list[tuple[Tensor | None, ...]], rows: int):
+    """`fn` on every piece, outputs concatenated; checkpointed per piece when large.
+
+    With autograd on and more than `CHECKPOINT_ROWS` rows in all, every piece runs
+    under `torch.utils.checkpoint` (non-reentrant): autograd keeps only the
+    piece's inputs and output, and the backward recomputes the piece's
+    activations, one piece at a time. At 100k candidates the kept activations
+    would otherwise be ~3 GB, which costs more in page faults (system time)
+    than the recomputation does. `fn` must draw no random numbers (callers draw
+    drop-path masks up front), so the recomputation repeats it exactly.
+    """
+    if torch.is_grad_enabled() and rows > CHECKPOINT_ROWS:
+        return cat_outputs([checkpoint(fn, *piece, use_reentrant=False) for piece in pieces])
+    return cat_outputs([fn(*piece) for piece in pieces])
 
 
 @dataclass(frozen=True)
@@ -138,11 +179,20 @@ class DropPath(nn.Module):
             raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def sample(self, rows: int, device: torch.device | str) -> Tensor | None:
+        """(rows,) bool keep mask for `apply`, drawn as `forward` draws it; None when identity."""
         if not self.training or self.p == 0.0:
+            return None
+        return torch.rand(rows, device=device) >= self.p
+
+    def apply(self, x: Tensor, keep: Tensor | None) -> Tensor:
+        """x with the rows where `keep` is False dropped (keep: from `sample`, or None)."""
+        if keep is None:
             return x
-        keep = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
+        return x * keep.view(-1, *([1] * (x.ndim - 1))).to(x.dtype) / (1.0 - self.p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.apply(x, self.sample(x.shape[0], x.device))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -172,12 +222,16 @@ class PatchPositionEncoding(nn.Module):
 
     def forward(self, points: Tensor, grid_size: float, layout: PatchLayout) -> Tensor:
         """points: (N, 3) -> (N, C)."""
-        p = layout.patch_size
-        x = points.detach()[layout.gather].view(-1, p, 3)
-        w = layout.valid.view(-1, p, 1).to(x.dtype)
+        padded = points.detach()[layout.gather]
+        return self.padded(padded, layout.valid, grid_size, layout.patch_size)[layout.slot]
+
+    def padded(self, points: Tensor, valid: Tensor, grid_size: float, patch_size: int) -> Tensor:
+        """Encoding of whole patches in slot order: points (m·P, 3), valid (m·P,) -> (m·P, C)."""
+        p = patch_size
+        x = points.view(-1, p, 3)
+        w = valid.view(-1, p, 1).to(x.dtype)
         centroid = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
-        u = ((x - centroid) / (grid_size * self.extent)).clamp(-4.0, 4.0)
-        u = u.reshape(-1, 3)[layout.slot]
+        u = ((x - centroid) / (grid_size * self.extent)).clamp(-4.0, 4.0).reshape(-1, 3)
         return self.mlp(torch.cat([u, fourier_features(u, self.frequencies)], dim=-1))
 
 
@@ -202,6 +256,18 @@ class SerializedAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(-1, c)[layout.slot]
         return self.proj(out)
+
+    def padded(self, feats: Tensor, valid: Tensor | None, patch_size: int) -> Tensor:
+        """Attention of whole patches in slot order: feats (m·P, C) -> (m·P, C).
+
+        valid: (m·P,) bool key mask, or None when no slot is padding.
+        """
+        c, h, p = self.channels, self.num_heads, patch_size
+        qkv = self.qkv(feats).view(-1, p, 3, h, c // h)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None if valid is None else valid.view(-1, 1, 1, p)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(-1, c))
 
 
 class Block(nn.Module):
@@ -230,7 +296,33 @@ class Block(nn.Module):
     def forward(
         self, feats: Tensor, points: Tensor, grid_size: float, layout: PatchLayout
     ) -> Tensor:
-        """feats: (N, C), points: (N, 3) -> (N, C)."""
-        feats = feats + self.pos(points, grid_size, layout)
-        feats = feats + self.drop_path(self.attn(self.norm1(feats), layout))
-        return feats + self.drop_path(rowwise(lambda f: self.mlp(self.norm2(f)), feats))
+        """feats: (N, C), points: (N, 3) -> (N, C).
+
+        The block runs on the padded patch grid (slot order), a chunk of whole
+        patches at a time, so that no temporary, in the forward or in the
+        backward, is larger than a chunk: see `rowwise`. Padding slots repeat a
+        real point; their rows are computed and dropped, and as attention keys
+        they are masked out. Drop-path masks are drawn per point up front, in
+        the order the one-piece block drew them.
+        """
+        n, p = feats.shape[0], layout.patch_size
+        keep_attn = self.drop_path.sample(n, feats.device)
+        keep_mlp = self.drop_path.sample(n, feats.device)
+        gather = layout.gather
+        rows = (
+            feats[gather],
+            points.detach()[gather],
+            layout.valid,
+            None if keep_attn is None else keep_attn[gather],
+            None if keep_mlp is None else keep_mlp[gather],
+        )
+        has_padding = layout.has_padding
+        size = max(1, ROWWISE_CHUNK // p) * p
+
+        def run(f, x, valid, k_attn, k_mlp):
+            f = f + self.pos.padded(x, valid, grid_size, p)
+            a = self.attn.padded(self.norm1(f), valid if has_padding else None, p)
+            f = f + self.drop_path.apply(a, k_attn)
+            return f + self.drop_path.apply(self.mlp(self.norm2(f)), k_mlp)
+
+        return run_chunks(run, row_chunks(rows, size), n)[layout.slot]

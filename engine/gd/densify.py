@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
@@ -131,17 +132,45 @@ class Upsample(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.out_norm = nn.LayerNorm(out_channels)
 
-    def forward(self, points: Tensor, feats: Tensor, grid_size: float) -> tuple[Tensor, Tensor]:
-        """points: (N, 3), feats: (N, C) -> child points (N·R, 3), child feats (N·R, C')."""
+    def forward(
+        self, points: Tensor, feats: Tensor, grid_size: float, keep: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """points: (N, 3), feats: (N, C) -> child points (N·R, 3), child feats (N·R, C').
+
+        keep: optional (N, R) drop-path mask of the children (`DropPath.sample` of
+        N·R rows), so that evaluation in row chunks draws the same mask as one
+        piece; drawn here when None.
+        """
         r = self.factor
+        if keep is None:
+            keep = self.drop_path.sample(points.shape[0] * r, points.device)
         feats = self.in_norm(feats)
         s = self.offset_scale * grid_size
         unit = torch.tanh(self.delta_x(feats)).reshape(-1, 3)  # (N·R, 3) in [-1, 1]
-        parent_f = feats.repeat_interleave(r, dim=0)
-        delta_f = self.delta_f(torch.cat([fourier_features(unit, self.frequencies), parent_f], -1))
+        hidden = self.delta_f_input(fourier_features(unit, self.frequencies), feats)
+        delta_f = self.delta_f[3](self.delta_f[2](hidden))
         child_x = points.repeat_interleave(r, dim=0) + s * unit
-        child_f = self.skip(parent_f) + self.drop_path(delta_f)
+        child_f = self.skip(feats).repeat_interleave(r, dim=0) + self.drop_path.apply(delta_f, keep)
         return child_x, self.out_norm(child_f)
+
+    def delta_f_input(self, pe: Tensor, feats: Tensor) -> Tensor:
+        """`Linear(LayerNorm([pe, parent feats]))` of `delta_f`, without the concatenation.
+
+        pe: (N·R, 6F) Fourier features of the children; feats: (N, C) of the parents.
+        The parent's share of the sums and of the matmul is computed once per parent
+        instead of once per child, and no (N·R, 6F + C) tensor is built (nor kept for
+        the backward): LayerNorm(z) = (z - μ)·rstd, so W·LN(z) = (W z - μ·W 1)·rstd.
+        """
+        r = self.factor
+        norm, lin = self.delta_f[0], self.delta_f[1]
+        d = pe.shape[-1] + feats.shape[-1]
+        w_pe, w_f = lin.weight[:, : pe.shape[-1]], lin.weight[:, pe.shape[-1] :]
+        mean = (pe.sum(-1) + feats.sum(-1).repeat_interleave(r)) / d
+        square = pe.square().sum(-1) + feats.square().sum(-1).repeat_interleave(r)
+        var = (square / d - mean.square()).clamp_min(0.0)
+        rstd = torch.rsqrt(var + norm.eps)
+        proj = F.linear(pe, w_pe) + F.linear(feats, w_f).repeat_interleave(r, dim=0)
+        return torch.addcmul(lin.bias, proj - mean[:, None] * lin.weight.sum(1), rstd[:, None])
 
 
 class SplitMask(nn.Module):
@@ -303,8 +332,10 @@ class GenerativeDensifier(nn.Module):
                         ser = serialize(x, g, order, batch)
                         layouts[order] = patch_layout(ser, cfg.patch_size, batch)
                     f = block(f, x, g, layouts[order])
-            x, f = rowwise(lambda xs, fs, up=level.up, g=g: up(xs, fs, g), x, f)
             r = cfg.upsample[li]
+            drop = level.up.drop_path.sample(x.shape[0] * r, device)
+            drop = None if drop is None else drop.view(-1, r)
+            x, f = rowwise(lambda xs, fs, ks, up=level.up, g=g: up(xs, fs, g, ks), x, f, drop)
             root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
             if li == cfg.levels - 1:  # every point of the last level is a leaf
                 outs.append((x, f, root, batch, li))
