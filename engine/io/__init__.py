@@ -11,15 +11,24 @@ import torch
 
 from ..gaussians import Gaussians
 from .ply import PlyData, PlyFormatError, read_ply, write_ply
+from .splat import SplatFormatError, read_splat, write_splat
+from .spz import SpzData, SpzFormatError, read_spz, write_spz
 
 __all__ = [
     "PlyData",
     "PlyFormatError",
+    "SplatFormatError",
+    "SpzData",
+    "SpzFormatError",
     "load",
     "read_ply",
+    "read_splat",
+    "read_spz",
     "save",
     "supported_suffixes",
     "write_ply",
+    "write_splat",
+    "write_spz",
 ]
 
 
@@ -27,9 +36,17 @@ def _load_ply(path: Path, device: torch.device | str) -> Gaussians:
     return read_ply(path, device=device).gaussians
 
 
+def _load_spz(path: Path, device: torch.device | str) -> Gaussians:
+    return read_spz(path, device=device).gaussians
+
+
 # suffix (lower case) -> (writer(gaussians, path, **options), reader(path, device))
 _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | str], Gaussians]]] = {
     ".ply": (lambda g, path, **options: write_ply(path, g, **options), _load_ply),
+    # SPZ v3, RUB axes (our Z-up world rotated as Blender's glTF exporter does), SH kept.
+    ".spz": (lambda g, path, **options: write_spz(path, g, **options), _load_spz),
+    # antimatter15 .splat: raw axes, SH degree 0 only (higher degrees are dropped).
+    ".splat": (lambda g, path, **options: write_splat(path, g, **options), read_splat),
 }
 
 
@@ -48,7 +65,14 @@ def _format_for(path: Path) -> tuple[Callable[..., None], Callable[..., Gaussian
 
 
 def save(gaussians: Gaussians, path: str | os.PathLike[str], **options: Any) -> None:
-    """Write `gaussians` to `path` in the format its suffix names; options go to the writer."""
+    """Write `gaussians` to `path` in the format its suffix names; options go to the writer.
+
+    .ply: INRIA PLY, float32, raw world axes (`write_ply`).
+    .spz: Niantic SPZ version 3, converted to SPZ's RUB axes from our Z-up world
+        ((x, y, z) -> (x, z, -y), rotating quaternions and SH too); options
+        `version`, `coordinate_system`, `fractional_bits`, ... (`write_spz`).
+    .splat: antimatter15 .splat, raw world axes, SH degree 0 only (`write_splat`).
+    """
     path = Path(path)
     writer, _ = _format_for(path)
     writer(gaussians, path, **options)

@@ -1,0 +1,399 @@
+"""Niantic SPZ reader and writer, versions 2 and 3 (DESIGN.md §6).
+
+An SPZ file is one gzip stream holding a 16-byte little-endian header
+
+    uint32 magic (0x5053474e, "NGSP")   uint32 version   uint32 numPoints
+    uint8 shDegree   uint8 fractionalBits   uint8 flags (bit 0: antialiased)   uint8 reserved
+
+followed by attribute blocks, each covering all N points in turn:
+
+    positions  N × 3 × 3 bytes  24-bit signed fixed point, value = int / 2^fractionalBits
+    alphas     N bytes          round(sigmoid(opacity_logit) · 255)
+    colors     N × 3 bytes      round(dc · 0.15 · 255 + 127.5)   (SH DC coefficient, not RGB)
+    scales     N × 3 bytes      round((log_scale + 10) · 16)
+    rotations  v2: N × 3 bytes  x y z of the unit quaternion with w >= 0, round(c · 127.5 + 127.5)
+               v3: N × 4 bytes  "smallest three": uint32 LE, bits 30-31 the index (in x y z w
+                                order) of the largest |component|, made positive; then per other
+                                component in increasing index order, 10 bits from high to low:
+                                a sign bit and a 9-bit magnitude round(511 · |c| / sqrt(1/2))
+    sh         N × (K-1) × 3    degree >= 1 coefficients, coefficient-major, colour channel
+                                innermost; byte = round(x · 128) + 128 rounded to a bucket
+                                of 2^(8 - bits) (5 bits for degree 1, 4 for degrees 2-3);
+                                decoded x = (byte - 128) / 128
+
+Constants (0.15 colour scale, sqrt(1/2), bucket rounding, 511 magnitudes) are those of the
+reference implementation, nianticlabs/spz `src/cc/load-spz.cc` and `splat-utils.h`. Values
+outside a byte's range are clamped, as there (colour DC outside ±3.33, log-scale outside
+[-10, 5.94], SH outside [-1, 0.99]); positions that do not fit 24 bits raise instead.
+
+Axes: SPZ stores RUB coordinates (x right, y up, z back: OpenGL / three.js / glTF).
+`coordinate_system="rub"` (the default) maps our Z-up world (Blender: x right, y forward,
+z up) to RUB the way Blender's glTF exporter does, (x, y, z) -> (x, z, -y), a proper
+rotation (-90° about x); quaternions and the SH coefficients of degrees 1-3 are rotated with
+it, so the Gaussians render identically. `coordinate_system="identity"` stores the raw
+coordinates. The reader applies the inverse.
+
+SPZ version 4 (zstd, "NGSP" multi-stream container) and the never-released version 1
+(float16 positions) are not supported; the reader says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
+from .ply import _write_atomically
+
+__all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "COORDINATE_SYSTEMS"]
+
+SPZ_MAGIC = 0x5053474E
+SUPPORTED_VERSIONS = (2, 3)
+COLOR_SCALE = 0.15
+SQRT1_2 = math.sqrt(0.5)
+FLAG_ANTIALIASED = 0x1
+_HEADER = struct.Struct("<IIIBBBB")
+# Deflate cannot expand data by more than 1032:1, so a header whose payload needs more than
+# this many bytes per compressed byte is lying; checked before anything is decompressed.
+_MAX_DEFLATE_RATIO = 1032
+_MAX_FRACTIONAL_BITS = 23
+# Largest component index -> the other three, in increasing order (x y z w = 0 1 2 3).
+_OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+
+# name -> 3x3 matrix taking our world coordinates to the stored ones.
+COORDINATE_SYSTEMS: dict[str, np.ndarray] = {
+    "rub": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),
+    "identity": np.eye(3),
+}
+
+
+class SpzFormatError(ValueError):
+    """A file is not an SPZ this module can read; the message names the file and the problem."""
+
+
+class _Problem(Exception):
+    """Internal: what is wrong with a file; `read_spz` adds the path."""
+
+
+@dataclass
+class SpzData:
+    """What `read_spz` returns: the Gaussians and the header fields worth keeping."""
+
+    gaussians: Gaussians
+    version: int
+    antialiased: bool
+    fractional_bits: int
+
+
+def _axes(coordinate_system: str) -> np.ndarray:
+    try:
+        return COORDINATE_SYSTEMS[coordinate_system]
+    except KeyError:
+        raise ValueError(
+            f"coordinate_system must be one of {', '.join(COORDINATE_SYSTEMS)}, "
+            f"got {coordinate_system!r}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _sh_rotation_cached(matrix: tuple[float, ...], degree: int) -> tuple[np.ndarray, ...]:
+    from ..render.sh import sh_basis  # local: io should not pull in the renderer at import
+
+    m = np.array(matrix).reshape(3, 3)
+    # Fibonacci sphere: well spread directions, plenty for a 16-coefficient exact fit.
+    i = np.arange(96) + 0.5
+    z = 1 - 2 * i / 96
+    r = np.sqrt(1 - z * z)
+    phi = math.pi * (1 + 5**0.5) * i
+    dirs = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+    # Coefficients c (old frame) and c' (new frame) describe the same function when
+    # c' · Y(d) = c · Y(Mᵀ d) for all directions d; each band maps onto itself.
+    new = sh_basis(torch.from_numpy(dirs), degree).numpy()
+    old = sh_basis(torch.from_numpy(dirs @ m), degree).numpy()  # rows are Mᵀ d
+    blocks = []
+    for band in range(1, degree + 1):
+        s = slice(band * band, (band + 1) ** 2)
+        t, *_ = np.linalg.lstsq(new[:, s], old[:, s], rcond=None)  # new @ t == old
+        blocks.append(t)  # c'_band = t @ c_band
+    return tuple(blocks)
+
+
+def _rotate_sh(rest: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(N, K-1, 3) degree >= 1 SH coefficients re-expressed in the frame `matrix` maps to."""
+    k = rest.shape[1] + 1
+    degree = math.isqrt(k) - 1
+    if degree == 0 or np.array_equal(matrix, np.eye(3)):
+        return rest
+    out = np.empty_like(rest)
+    for band, t in enumerate(_sh_rotation_cached(tuple(matrix.ravel()), degree), start=1):
+        s = slice(band * band - 1, (band + 1) ** 2 - 1)
+        out[:, s] = np.einsum("ij,njc->nic", t, rest[:, s])
+    return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+# ============================================================================ writing
+
+
+def write_spz(
+    path: str | os.PathLike[str],
+    gaussians: Gaussians,
+    *,
+    version: int = 3,
+    coordinate_system: str = "rub",
+    fractional_bits: int = 12,
+    antialiased: bool = False,
+    sh1_bits: int = 5,
+    sh_rest_bits: int = 4,
+) -> None:
+    """Write `gaussians` as a gzip SPZ file of `version` 2 or 3, atomically.
+
+    coordinate_system: "rub" (default) converts our Z-up world to SPZ's RUB axes, rotating
+        positions, quaternions and SH; "identity" writes raw coordinates. See the module doc.
+    fractional_bits: fixed-point precision of positions (resolution 2^-bits, range
+        ±2^(23-bits)); positions out of range raise `ValueError`.
+    sh1_bits / sh_rest_bits: SH quantisation (1..8 bits) for degree 1 / degrees 2-3.
+    Colour DC, log-scales and SH outside their byte ranges are clamped.
+    """
+    path = Path(path)
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"SPZ version must be one of {SUPPORTED_VERSIONS}, got {version!r}")
+    m = _axes(coordinate_system)
+    if not 0 <= fractional_bits <= _MAX_FRACTIONAL_BITS:
+        raise ValueError(f"fractional_bits must be in 0..{_MAX_FRACTIONAL_BITS}")
+    for name, bits in (("sh1_bits", sh1_bits), ("sh_rest_bits", sh_rest_bits)):
+        if not 1 <= bits <= 8:
+            raise ValueError(f"{name} must be in 1..8, got {bits!r}")
+    gaussians.validate()
+    g = gaussians.detach().to("cpu", torch.float64)
+    n, degree = len(g), g.sh_degree
+    if n > np.iinfo(np.int32).max:
+        raise ValueError(f"too many Gaussians for SPZ: {n}")
+    header = _HEADER.pack(
+        SPZ_MAGIC, version, n, degree, fractional_bits, FLAG_ANTIALIASED if antialiased else 0, 0
+    )
+    blocks = [
+        _pack_positions(g.means.numpy() @ m.T, fractional_bits),
+        _to_uint8(torch.sigmoid(g.opacity_logits).numpy() * 255.0),
+        _to_uint8(g.sh[:, 0, :].numpy() * (COLOR_SCALE * 255.0) + 127.5),
+        _to_uint8((g.log_scales.numpy() + 10.0) * 16.0),
+        _pack_rotations(g.quats.numpy(), m, version),
+        _pack_sh(_rotate_sh(g.sh[:, 1:, :].numpy(), m), sh1_bits, sh_rest_bits),
+    ]
+    payload = header + b"".join(np.ascontiguousarray(b).tobytes() for b in blocks)
+    _write_atomically(path, [_gzip(payload)])
+
+
+def _gzip(data: bytes) -> bytes:
+    # A raw gzip member without file name or time stamp, so equal inputs give equal files.
+    c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+def _pack_positions(positions: np.ndarray, fractional_bits: int) -> np.ndarray:
+    fixed = np.round(positions * float(1 << fractional_bits))
+    limit = (1 << 23) - 1
+    if (np.abs(fixed) > limit).any():
+        worst = float(np.abs(positions).max())
+        span = limit / (1 << fractional_bits)
+        raise ValueError(
+            f"a position coordinate of magnitude {worst:.6g} does not fit SPZ's 24-bit fixed "
+            f"point with fractional_bits={fractional_bits} (range ±{span:g}); "
+            "pass fewer fractional_bits"
+        )
+    le = fixed.astype("<i4").reshape(-1, 1).view(np.uint8)  # (3N, 4) little-endian bytes
+    return le[:, :3]
+
+
+def _pack_rotations(quats_wxyz: np.ndarray, m: np.ndarray, version: int) -> np.ndarray:
+    q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
+    # xyzw, the vector part rotated with the axes: R' = M R Mᵀ.
+    q = np.concatenate([q[:, 1:] @ m.T, q[:, :1]], axis=1)
+    if version == 2:
+        q = np.where(q[:, 3:] < 0, -q, q)
+        return _to_uint8(q[:, :3] * 127.5 + 127.5)
+    n = len(q)
+    rows = np.arange(n)
+    largest = np.argmax(np.abs(q), axis=1)  # first maximum, like the reference's strict '>'
+    negate = q[rows, largest] < 0
+    comp = largest.astype(np.uint32)
+    for j in range(3):
+        c = q[rows, _OTHERS[largest, j]]
+        sign = ((c < 0) ^ negate).astype(np.uint32)
+        mag = np.minimum(np.floor(511.0 * np.abs(c) / SQRT1_2 + 0.5), 511).astype(np.uint32)
+        comp = (comp << np.uint32(10)) | (sign << np.uint32(9)) | mag
+    return comp.astype("<u4").view(np.uint8).reshape(n, 4)
+
+
+def _pack_sh(rest: np.ndarray, sh1_bits: int, sh_rest_bits: int) -> np.ndarray:
+    """(N, K-1, 3) -> (N, K-1, 3) uint8, bucketed as in the reference's quantizeSH."""
+    if rest.shape[1] == 0:
+        return np.empty((len(rest), 0, 3), np.uint8)
+    bucket = np.full(rest.shape[1], 1 << (8 - sh_rest_bits), dtype=np.float64)
+    bucket[:3] = 1 << (8 - sh1_bits)
+    bucket = bucket[None, :, None]
+    q = np.round(rest * 128.0) + 128.0
+    q = np.floor((q + np.floor(bucket / 2)) / bucket) * bucket
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+# ============================================================================ reading
+
+
+def read_spz(
+    path: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    *,
+    coordinate_system: str = "rub",
+) -> SpzData:
+    """Read a gzip SPZ file (versions 2 and 3).
+
+    coordinate_system: how the file's axes map to our world, as for `write_spz`.
+    Raises `SpzFormatError` for anything malformed and `OSError` if the file cannot be read.
+    Data after the attribute blocks (e.g. extensions) is ignored; the gzip stream must be
+    complete.
+    """
+    path = Path(path)
+    m = _axes(coordinate_system)
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read()
+        fields, payload = _decompress(compressed)
+        return _unpack(fields, payload, m, device)
+    except _Problem as e:
+        raise SpzFormatError(f"{path}: {e}") from None
+
+
+def _payload_size(n: int, degree: int, version: int) -> int:
+    rotation = 4 if version >= 3 else 3
+    return n * (9 + 1 + 3 + 3 + rotation + 3 * ((degree + 1) ** 2 - 1))
+
+
+def _decompress(data: bytes) -> tuple[tuple[int, ...], bytes]:
+    """Header fields and exactly the attribute bytes, decompressing no more than needed."""
+    if data[:4] == b"NGSP":
+        raise _Problem("SPZ version 4 (zstd streams) is not supported; re-save it as version 3")
+    if data[:2] != b"\x1f\x8b":
+        raise _Problem("not an SPZ file (it is not a gzip stream)")
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        head, tail = _inflate(d, data, _HEADER.size)
+        if len(head) < _HEADER.size:
+            raise _Problem(f"the data ends after {len(head)} bytes, inside the 16-byte header")
+        fields = _check_header(_HEADER.unpack(head))
+        need = _payload_size(fields[2], fields[3], fields[1])
+        if need > len(data) * _MAX_DEFLATE_RATIO:
+            raise _Problem(
+                f"the header declares {fields[2]} points ({need} bytes) but a {len(data)}-byte "
+                "gzip file cannot hold that much"
+            )
+        payload, tail = _inflate(d, tail, need)
+        if len(payload) < need:
+            raise _Problem(
+                f"the header declares {fields[2]} points ({need} bytes of attributes) but the "
+                f"data ends after {len(payload)} bytes (truncated file?)"
+            )
+        while not d.eof:  # the rest (bounded by the ratio check) only to verify the CRC
+            before = len(tail)
+            piece, tail = _inflate(d, tail, 1 << 20)
+            if not piece and len(tail) == before:
+                break
+    except zlib.error as e:
+        raise _Problem(f"corrupt gzip stream ({e})") from None
+    if not d.eof:
+        raise _Problem("the gzip stream is truncated")
+    return fields, payload
+
+
+def _inflate(d: zlib._Decompress, data: bytes, want: int) -> tuple[bytes, bytes]:
+    """Up to `want` bytes out of `d` fed with `data`; returns them and the unconsumed input."""
+    out = bytearray()
+    while len(out) < want and not d.eof:
+        before = len(data)
+        piece = d.decompress(data, want - len(out))
+        data = d.unconsumed_tail
+        if not piece and len(data) == before:
+            break  # no progress: the input is used up
+        out += piece
+    return bytes(out), data
+
+
+def _check_header(fields: tuple[int, ...]) -> tuple[int, ...]:
+    magic, version, n, degree, fractional_bits, _flags, _reserved = fields
+    if magic != SPZ_MAGIC:
+        raise _Problem(f"not an SPZ file (magic {magic:#010x}, expected {SPZ_MAGIC:#010x})")
+    if version == 1:
+        raise _Problem("SPZ version 1 (float16 positions, never released) is not supported")
+    if version not in SUPPORTED_VERSIONS:
+        raise _Problem(f"unsupported SPZ version {version} (supported: 2, 3)")
+    if degree > MAX_SH_DEGREE:
+        raise _Problem(f"SH degree {degree} is above the supported maximum {MAX_SH_DEGREE}")
+    if fractional_bits > _MAX_FRACTIONAL_BITS:
+        raise _Problem(f"fractionalBits {fractional_bits} is above {_MAX_FRACTIONAL_BITS}")
+    if n > np.iinfo(np.int32).max:
+        raise _Problem(f"point count {n} is above the format's limit of 2^31 - 1")
+    return fields
+
+
+def _unpack(fields: tuple[int, ...], payload: bytes, m: np.ndarray, device) -> SpzData:
+    _, version, n, degree, fractional_bits, flags, _ = fields
+    k = (degree + 1) ** 2
+    buf = np.frombuffer(payload, dtype=np.uint8)
+    sizes = [9 * n, n, 3 * n, 3 * n, (4 if version >= 3 else 3) * n, 3 * (k - 1) * n]
+    parts = np.split(buf, np.cumsum(sizes)[:-1])
+    pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = parts
+
+    b = pos_b.reshape(n * 3, 3).astype(np.int32)
+    fixed = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+    fixed = fixed - ((fixed & 0x800000) << 1)  # sign-extend 24 bits
+    positions = (fixed.astype(np.float64) / float(1 << fractional_bits)).reshape(n, 3) @ m
+
+    # Byte 0 / 255 are opacity 0 / 1, whose logits are infinite: decode to a quarter step inside.
+    alpha = np.clip(alpha_b.astype(np.float64) / 255.0, 0.25 / 255.0, 1.0 - 0.25 / 255.0)
+    dc = (color_b.reshape(n, 1, 3).astype(np.float64) / 255.0 - 0.5) / COLOR_SCALE
+    rest = (sh_b.reshape(n, k - 1, 3).astype(np.float64) - 128.0) / 128.0
+    rest = _rotate_sh(rest, m.T)
+    arrays = {
+        "means": positions,
+        "log_scales": scale_b.reshape(n, 3).astype(np.float64) / 16.0 - 10.0,
+        "quats": _unpack_rotations(rot_b, n, version, m),
+        "opacity_logits": np.log(alpha / (1.0 - alpha)),
+        "sh": np.concatenate([dc, rest], axis=1),
+    }
+    tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
+    try:
+        gaussians = Gaussians(**tensors)
+    except GaussiansError as e:  # not expected: every byte pattern decodes to valid values
+        raise _Problem(str(e)) from None
+    return SpzData(gaussians, version, bool(flags & FLAG_ANTIALIASED), fractional_bits)
+
+
+def _unpack_rotations(raw: np.ndarray, n: int, version: int, m: np.ndarray) -> np.ndarray:
+    """(N, 4) unit quaternions w x y z in our frame."""
+    if version == 2:
+        xyz = raw.reshape(n, 3).astype(np.float64) / 127.5 - 1.0
+        w = np.sqrt(np.maximum(0.0, 1.0 - (xyz * xyz).sum(axis=1, keepdims=True)))
+        q = np.concatenate([xyz, w], axis=1)
+    else:
+        comp = raw.reshape(n, 4).copy().view("<u4").reshape(n).astype(np.int64)
+        largest = comp >> 30
+        rows = np.arange(n)
+        q = np.zeros((n, 4))
+        for j in range(3):
+            field = (comp >> (10 * (2 - j))) & 0x3FF
+            value = SQRT1_2 * (field & 0x1FF) / 511.0
+            q[rows, _OTHERS[largest, j]] = np.where(field & 0x200, -value, value)
+        q[rows, largest] = np.sqrt(np.maximum(0.0, 1.0 - (q * q).sum(axis=1)))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)  # never zero: see the module tests
+    return np.concatenate([q[:, 3:], q[:, :3] @ m], axis=1)  # xyzw -> wxyz, back to our axes
