@@ -674,12 +674,12 @@ def test_save_load_dispatch_on_suffix(tmp_path: Path) -> None:
         save(g, tmp_path / name, extra={"k": np.arange(7, dtype=np.int32)})
         assert_same(load(str(tmp_path / name)), g)
         assert read_ply(tmp_path / name).extra["k"].tolist() == list(range(7))
-    assert engine.io.supported_suffixes() == [".ply"]
+    assert engine.io.supported_suffixes() == [".ply", ".splat", ".spz"]
 
 
-@pytest.mark.parametrize("name", ["a.spz", "a.ply.gz", "noext"])
+@pytest.mark.parametrize("name", ["a.sog", "a.ply.gz", "noext"])
 def test_unknown_suffix_lists_supported(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match=r"unsupported splat file suffix.*supported: \.ply"):
+    with pytest.raises(ValueError, match=r"unsupported splat file suffix.*supported: \.ply, \.splat, \.spz"):
         save(random_gaussians(1), tmp_path / name)
     with pytest.raises(ValueError, match=r"supported: \.ply"):
         load(tmp_path / name)
