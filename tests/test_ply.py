@@ -679,7 +679,8 @@ def test_save_load_dispatch_on_suffix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["a.sog", "a.ply.gz", "noext"])
 def test_unknown_suffix_lists_supported(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match=r"unsupported splat file suffix.*supported: \.ply, \.splat, \.spz"):
+    supported = r"unsupported splat file suffix.*supported: \.ply, \.splat, \.spz"
+    with pytest.raises(ValueError, match=supported):
         save(random_gaussians(1), tmp_path / name)
     with pytest.raises(ValueError, match=r"supported: \.ply"):
         load(tmp_path / name)
