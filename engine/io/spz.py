@@ -39,7 +39,6 @@ SPZ version 4 (zstd, "NGSP" multi-stream container) and the never-released versi
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import struct
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
+from ..transforms import rotate_sh
 from .ply import _write_atomically
 
 __all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "COORDINATE_SYSTEMS"]
@@ -103,40 +103,12 @@ def _axes(coordinate_system: str) -> np.ndarray:
         ) from None
 
 
-@functools.lru_cache(maxsize=16)
-def _sh_rotation_cached(matrix: tuple[float, ...], degree: int) -> tuple[np.ndarray, ...]:
-    from ..render.sh import sh_basis  # local: io should not pull in the renderer at import
-
-    m = np.array(matrix).reshape(3, 3)
-    # Fibonacci sphere: well spread directions, plenty for a 16-coefficient exact fit.
-    i = np.arange(96) + 0.5
-    z = 1 - 2 * i / 96
-    r = np.sqrt(1 - z * z)
-    phi = math.pi * (1 + 5**0.5) * i
-    dirs = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
-    # Coefficients c (old frame) and c' (new frame) describe the same function when
-    # c' · Y(d) = c · Y(Mᵀ d) for all directions d; each band maps onto itself.
-    new = sh_basis(torch.from_numpy(dirs), degree).numpy()
-    old = sh_basis(torch.from_numpy(dirs @ m), degree).numpy()  # rows are Mᵀ d
-    blocks = []
-    for band in range(1, degree + 1):
-        s = slice(band * band, (band + 1) ** 2)
-        t, *_ = np.linalg.lstsq(new[:, s], old[:, s], rcond=None)  # new @ t == old
-        blocks.append(t)  # c'_band = t @ c_band
-    return tuple(blocks)
-
-
 def _rotate_sh(rest: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(N, K-1, 3) degree >= 1 SH coefficients re-expressed in the frame `matrix` maps to."""
-    k = rest.shape[1] + 1
-    degree = math.isqrt(k) - 1
-    if degree == 0 or np.array_equal(matrix, np.eye(3)):
+    if rest.shape[1] == 0 or np.array_equal(matrix, np.eye(3)):
         return rest
-    out = np.empty_like(rest)
-    for band, t in enumerate(_sh_rotation_cached(tuple(matrix.ravel()), degree), start=1):
-        s = slice(band * band - 1, (band + 1) ** 2 - 1)
-        out[:, s] = np.einsum("ij,njc->nic", t, rest[:, s])
-    return out
+    full = np.concatenate([np.zeros((len(rest), 1, 3)), rest], axis=1)  # DC: unchanged
+    return rotate_sh(torch.from_numpy(full), matrix).numpy()[:, 1:]
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
