@@ -674,7 +674,7 @@ def test_save_load_dispatch_on_suffix(tmp_path: Path) -> None:
         save(g, tmp_path / name, extra={"k": np.arange(7, dtype=np.int32)})
         assert_same(load(str(tmp_path / name)), g)
         assert read_ply(tmp_path / name).extra["k"].tolist() == list(range(7))
-    assert engine.io.supported_suffixes() == [".ply", ".splat", ".spz"]
+    assert engine.io.supported_suffixes() == [".compressed.ply", ".ply", ".splat", ".spz"]
 
 
 @pytest.mark.parametrize("name", ["a.sog", "a.ply.gz", "noext"])
