@@ -141,7 +141,7 @@ def write_compressed_ply(
     if degree > 0:
         lines.append(f"element sh {n}")
         lines += [f"property uchar f_rest_{i}" for i in range(3 * (rest.shape[1]))]
-        channel_major = rest.transpose(0, 2, 1).reshape(n, -1)
+        channel_major = rest.transpose(0, 2, 1).reshape(n, 3 * rest.shape[1])
         parts.append(np.clip(np.trunc((channel_major / 8.0 + 0.5) * 256.0), 0, 255).astype(_U8))
     lines.append("end_header")
     header = ("\n".join(lines) + "\n").encode("ascii")
