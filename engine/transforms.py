@@ -25,7 +25,7 @@ from torch import Tensor
 from .gaussians import Gaussians
 from .rotations import matrix_to_quaternion, normalize_quaternions, quaternion_multiply
 
-__all__ = ["rotate_gaussians", "rotate_sh", "sh_rotation_blocks"]
+__all__ = ["rotate_gaussians", "rotate_quaternions", "rotate_sh", "sh_rotation_blocks"]
 
 
 def _check_rotation(rotation: Tensor, proper: bool) -> None:
@@ -91,6 +91,18 @@ def rotate_sh(sh: Tensor, rotation: Tensor | np.ndarray) -> Tensor:
     return out
 
 
+def rotate_quaternions(quats: Tensor, rotation: Tensor | np.ndarray) -> Tensor:
+    """Orientations (..., 4) wxyz turned with the world: R_g -> R · R_g (q -> q_R ⊗ q).
+
+    Not the change of basis R · R_g · Rᵀ: the Gaussian's own axes (and so its scales) keep
+    their meaning, and its covariance becomes R Σ Rᵀ. Output is unit length, input dtype.
+    """
+    r = torch.as_tensor(rotation).detach().to(quats.device, torch.float64)
+    _check_rotation(r, proper=True)
+    q = quaternion_multiply(matrix_to_quaternion(r), normalize_quaternions(quats.to(torch.float64)))
+    return q.to(quats.dtype)
+
+
 def rotate_gaussians(
     gaussians: Gaussians,
     rotation: Tensor | np.ndarray,
@@ -108,12 +120,10 @@ def rotate_gaussians(
     if translation is not None:
         t = torch.as_tensor(translation).to(r.device, torch.float64).reshape(3)
     means = (g.means.to(torch.float64) @ r.T + t).to(g.means.dtype)
-    q_r = matrix_to_quaternion(r)
-    quats = quaternion_multiply(q_r, normalize_quaternions(g.quats.to(torch.float64)))
     return Gaussians(
         means=means,
         log_scales=g.log_scales.clone(),
-        quats=quats.to(g.quats.dtype),
+        quats=rotate_quaternions(g.quats, r),
         opacity_logits=g.opacity_logits.clone(),
         sh=rotate_sh(g.sh, r),
     )

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
-from ..transforms import rotate_sh
+from ..transforms import rotate_quaternions, rotate_sh
 from .ply import _write_atomically
 
 __all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "COORDINATE_SYSTEMS"]
@@ -190,8 +190,9 @@ def _pack_positions(positions: np.ndarray, fractional_bits: int) -> np.ndarray:
 
 def _pack_rotations(quats_wxyz: np.ndarray, m: np.ndarray, version: int) -> np.ndarray:
     q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
-    # xyzw, the vector part rotated with the axes: R' = M R Mᵀ.
-    q = np.concatenate([q[:, 1:] @ m.T, q[:, :1]], axis=1)
+    # Turned with the axes, R' = M R (covariance M Σ Mᵀ, scales unchanged); then xyzw.
+    q = rotate_quaternions(torch.from_numpy(q), m).numpy()
+    q = np.concatenate([q[:, 1:], q[:, :1]], axis=1)
     if version == 2:
         q = np.where(q[:, 3:] < 0, -q, q)
         return _to_uint8(q[:, :3] * 127.5 + 127.5)
@@ -368,4 +369,5 @@ def _unpack_rotations(raw: np.ndarray, n: int, version: int, m: np.ndarray) -> n
             q[rows, _OTHERS[largest, j]] = np.where(field & 0x200, -value, value)
         q[rows, largest] = np.sqrt(np.maximum(0.0, 1.0 - (q * q).sum(axis=1)))
     q /= np.linalg.norm(q, axis=1, keepdims=True)  # never zero: see the module tests
-    return np.concatenate([q[:, 3:], q[:, :3] @ m], axis=1)  # xyzw -> wxyz, back to our axes
+    wxyz = torch.from_numpy(np.concatenate([q[:, 3:], q[:, :3]], axis=1))
+    return rotate_quaternions(wxyz, m.T).numpy()  # back to our axes: R = Mᵀ R'
