@@ -674,15 +674,22 @@ def test_save_load_dispatch_on_suffix(tmp_path: Path) -> None:
         save(g, tmp_path / name, extra={"k": np.arange(7, dtype=np.int32)})
         assert_same(load(str(tmp_path / name)), g)
         assert read_ply(tmp_path / name).extra["k"].tolist() == list(range(7))
-    assert engine.io.supported_suffixes() == [".compressed.ply", ".ply", ".splat", ".spz"]
+    assert engine.io.supported_suffixes() == [
+        ".compressed.ply",
+        ".glb",
+        ".gltf",
+        ".ply",
+        ".splat",
+        ".spz",
+    ]
 
 
 @pytest.mark.parametrize("name", ["a.sog", "a.ply.gz", "noext"])
 def test_unknown_suffix_lists_supported(tmp_path: Path, name: str) -> None:
-    supported = r"unsupported splat file suffix.*supported: \.ply, \.splat, \.spz"
+    supported = r"unsupported splat file suffix.*supported: \.compressed\.ply, \.glb, \.gltf, \.ply"
     with pytest.raises(ValueError, match=supported):
         save(random_gaussians(1), tmp_path / name)
-    with pytest.raises(ValueError, match=r"supported: \.ply"):
+    with pytest.raises(ValueError, match=r"supported: \.compressed\.ply"):
         load(tmp_path / name)
     assert _dir_listing(tmp_path) == []
 

@@ -16,12 +16,14 @@ from .compressed_ply import (
     read_compressed_ply,
     write_compressed_ply,
 )
+from .gltf import GltfFormatError, read_gltf, write_gltf
 from .ply import PlyData, PlyFormatError, read_ply, write_ply
 from .splat import SplatFormatError, read_splat, write_splat
 from .spz import SpzData, SpzFormatError, read_spz, write_spz
 
 __all__ = [
     "CompressedPlyFormatError",
+    "GltfFormatError",
     "PlyData",
     "PlyFormatError",
     "SplatFormatError",
@@ -29,12 +31,14 @@ __all__ = [
     "SpzFormatError",
     "load",
     "read_compressed_ply",
+    "read_gltf",
     "read_ply",
     "read_splat",
     "read_spz",
     "save",
     "supported_suffixes",
     "write_compressed_ply",
+    "write_gltf",
     "write_ply",
     "write_splat",
     "write_spz",
@@ -64,6 +68,9 @@ _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | st
     ".spz": (lambda g, path, **options: write_spz(path, g, **options), _load_spz),
     # antimatter15 .splat: raw axes, SH degree 0 only (higher degrees are dropped).
     ".splat": (lambda g, path, **options: write_splat(path, g, **options), read_splat),
+    # glTF KHR_gaussian_splatting, Y-up (same axis change as SPZ); .gltf embeds base64.
+    ".glb": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
+    ".gltf": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
 }
 
 

@@ -320,7 +320,7 @@ def _decode(raw: bytes, layout: dict, device) -> Gaussians:
         "opacity_logits": np.log(alpha / (1.0 - alpha)),
         "sh": sh,
     }
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
     try:
         return Gaussians(**tensors)

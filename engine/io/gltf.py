@@ -1,0 +1,391 @@
+"""glTF 2.0 `.glb` / `.gltf` with `KHR_gaussian_splatting` (Khronos draft; DESIGN.md §6).
+
+One mesh with one POINTS primitive (mode 0) whose attributes are, all float32 except COLOR_0:
+
+    POSITION                                   VEC3  (with the min / max glTF requires)
+    COLOR_0                                    VEC4 uint8 normalised: fallback colour
+                                               clamp(0.5 + C0 · dc) and opacity
+    KHR_gaussian_splatting:ROTATION            VEC4  unit quaternion x y z w
+    KHR_gaussian_splatting:SCALE               VEC3  LINEAR scales exp(log_scale) (the draft
+                                               moved from log to linear, glTF issue #2563)
+    KHR_gaussian_splatting:OPACITY             SCALAR sigmoid(opacity_logit) in [0, 1]
+    KHR_gaussian_splatting:SH_DEGREE_l_COEF_n  VEC3  RGB of SH coefficient n of degree l,
+                                               l = 0 .. degree, n = 0 .. 2l
+
+and the primitive's extension object {kernel: ellipse, colorSpace: srgb_rec709_display,
+sortingMethod: cameraDistance, projection: perspective}; `extensionsUsed` lists it.
+
+Axes: glTF is Y-up. `y_up=True` (default) maps our Z-up world (x, y, z) -> (x, z, -y),
+a proper rotation (-90° about x) as Blender's glTF exporter does; positions, rotations
+(R' = M R) and SH degrees 1-3 are rotated with it, so the splats render identically.
+`y_up=False` stores raw coordinates. The reader applies the inverse.
+
+`.gltf` embeds the binary buffer as a base64 `data:application/octet-stream` URI (one
+file, written atomically); the reader also accepts a relative sidecar `.bin` URI beside
+the file. The reader reads every POINTS primitive with the extension (concatenated; node
+transforms are ignored) and accepts float32 accessors only (no KHR_mesh_quantization,
+meshopt or sparse accessors).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..gaussians import SH_C0, Gaussians, GaussiansError
+from ..rotations import matrix_to_quaternion, quaternion_multiply
+from .ply import _write_atomically
+from .spz import _rotate_sh  # the one SH rotation in engine (band-wise, fitted exactly)
+
+__all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "Y_UP"]
+
+EXTENSION = "KHR_gaussian_splatting"
+Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+GLB_MAGIC = 0x46546C67
+JSON_CHUNK = 0x4E4F534A
+BIN_CHUNK = 0x004E4942
+FLOAT, UNSIGNED_BYTE = 5126, 5121
+_COMPONENTS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
+_DATA_URI_PREFIXES = (
+    "data:application/octet-stream;base64,",
+    "data:application/gltf-buffer;base64,",
+)
+
+
+class GltfFormatError(ValueError):
+    """A file is not a splat glTF this module can read; the message names the file."""
+
+
+class _Problem(Exception):
+    """Internal: what is wrong with a file; `read_gltf` adds the path."""
+
+
+def _axes(y_up: bool) -> np.ndarray:
+    return Y_UP if y_up else np.eye(3)
+
+
+def _rotate_quats(quats_wxyz: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Unit quaternions of M R for rotations R (w x y z)."""
+    qm = matrix_to_quaternion(torch.from_numpy(m)[None]).expand(len(quats_wxyz), 4)
+    q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
+    return quaternion_multiply(qm, torch.from_numpy(q)).numpy()
+
+
+# ============================================================================ writing
+
+
+def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool = True) -> None:
+    """Write `gaussians` as `.glb` or `.gltf` (JSON, embedded base64 buffer), atomically."""
+    path = Path(path)
+    binary = path.suffix.lower() == ".glb"
+    gaussians.validate()
+    g = gaussians.detach().to("cpu", torch.float64)
+    n, degree = len(g), g.sh_degree
+    if n == 0:
+        raise ValueError("glTF accessors need count >= 1: cannot write zero Gaussians")
+    m = _axes(y_up)
+    sh = g.sh.numpy()
+    sh = np.concatenate([sh[:, :1], _rotate_sh(sh[:, 1:], m)], axis=1)
+    with np.errstate(over="ignore", under="ignore"):
+        scales = np.exp(g.log_scales.numpy()).astype(np.float32)
+    if not (np.isfinite(scales) & (scales > 0)).all():
+        raise ValueError("a scale exp(log_scale) over/underflows float32; cannot write glTF")
+    alpha = torch.sigmoid(g.opacity_logits).numpy()
+    rgba = np.concatenate([np.clip(0.5 + SH_C0 * sh[:, 0], 0, 1), alpha[:, None]], axis=1)
+    q = _rotate_quats(g.quats.numpy(), m)
+    positions = (g.means.numpy() @ m.T).astype(np.float32)
+    if not np.isfinite(positions).all():
+        raise ValueError("positions overflow float32; cannot write glTF")
+    attributes: list[tuple[str, np.ndarray]] = [
+        ("POSITION", positions),
+        ("COLOR_0", np.round(rgba * 255).astype(np.uint8)),
+        (f"{EXTENSION}:ROTATION", np.concatenate([q[:, 1:], q[:, :1]], axis=1)),
+        (f"{EXTENSION}:SCALE", scales),
+        (f"{EXTENSION}:OPACITY", alpha),
+    ]
+    for band in range(degree + 1):
+        for c in range(2 * band + 1):
+            attributes.append((f"{EXTENSION}:SH_DEGREE_{band}_COEF_{c}", sh[:, band * band + c]))
+    blob, views, accessors, names = bytearray(), [], [], {}
+    for i, (name, values) in enumerate(attributes):
+        arr = np.ascontiguousarray(values.astype(np.uint8 if name == "COLOR_0" else "<f4"))
+        views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": arr.nbytes})
+        views[-1]["target"] = 34962  # ARRAY_BUFFER
+        blob += arr.tobytes()
+        blob += b"\0" * (-len(blob) % 4)
+        width = 1 if arr.ndim == 1 else arr.shape[1]
+        acc: dict[str, Any] = {
+            "bufferView": i,
+            "componentType": UNSIGNED_BYTE if name == "COLOR_0" else FLOAT,
+            "count": n,
+            "type": {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[width],
+        }
+        if name == "COLOR_0":
+            acc["normalized"] = True
+        if name == "POSITION":
+            acc["min"] = [float(v) for v in arr.min(axis=0)]
+            acc["max"] = [float(v) for v in arr.max(axis=0)]
+        accessors.append(acc)
+        names[name] = i
+    buffer: dict[str, Any] = {"byteLength": len(blob)}
+    if not binary:
+        buffer["uri"] = _DATA_URI_PREFIXES[0] + base64.b64encode(bytes(blob)).decode("ascii")
+    doc = {
+        "asset": {"version": "2.0", "generator": "engine.io.gltf"},
+        "extensionsUsed": [EXTENSION],
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [
+            {
+                "primitives": [
+                    {
+                        "attributes": names,
+                        "mode": 0,
+                        "extensions": {
+                            EXTENSION: {
+                                "kernel": "ellipse",
+                                "colorSpace": "srgb_rec709_display",
+                                "sortingMethod": "cameraDistance",
+                                "projection": "perspective",
+                            }
+                        },
+                    }
+                ]
+            }
+        ],
+        "buffers": [buffer],
+        "bufferViews": views,
+        "accessors": accessors,
+    }
+    text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    if not binary:
+        _write_atomically(path, [text])
+        return
+    text += b" " * (-len(text) % 4)
+    total = 12 + 8 + len(text) + 8 + len(blob)
+    _write_atomically(
+        path,
+        [
+            struct.pack("<III", GLB_MAGIC, 2, total),
+            struct.pack("<II", len(text), JSON_CHUNK),
+            text,
+            struct.pack("<II", len(blob), BIN_CHUNK),
+            bytes(blob),
+        ],
+    )
+
+
+# ============================================================================ reading
+
+
+def read_gltf(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", *, y_up: bool = True
+) -> Gaussians:
+    """Read the `KHR_gaussian_splatting` primitives of a `.glb` or `.gltf` file.
+
+    Raises `GltfFormatError` for anything malformed and `OSError` if unreadable.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        doc, glb_bin = _split_glb(data) if data[:4] == b"glTF" else (_json(data), None)
+        return _decode(doc, glb_bin, path, _axes(y_up), device)
+    except _Problem as e:
+        raise GltfFormatError(f"{path}: {e}") from None
+
+
+def _json(data: bytes) -> dict:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _Problem(f"the glTF JSON does not parse ({type(e).__name__})") from None
+    if not isinstance(doc, dict):
+        raise _Problem("the glTF JSON is not an object")
+    return doc
+
+
+def _split_glb(data: bytes) -> tuple[dict, bytes | None]:
+    if len(data) < 20:
+        raise _Problem("too short for a GLB header (truncated file?)")
+    magic, version, length = struct.unpack_from("<III", data)
+    if magic != GLB_MAGIC or version != 2:
+        raise _Problem(f"not a GLB version 2 (magic {magic:#x}, version {version})")
+    if length > len(data):
+        raise _Problem(f"the GLB header declares {length} bytes but the file has {len(data)}")
+    json_len, json_type = struct.unpack_from("<II", data, 12)
+    if json_type != JSON_CHUNK or 20 + json_len > length:
+        raise _Problem("the first GLB chunk is not a JSON chunk that fits the file")
+    doc = _json(data[20 : 20 + json_len])
+    offset = 20 + json_len + (-json_len % 4)
+    if offset + 8 > length:
+        return doc, None
+    bin_len, bin_type = struct.unpack_from("<II", data, offset)
+    if bin_type != BIN_CHUNK or offset + 8 + bin_len > length:
+        raise _Problem("the second GLB chunk is not a BIN chunk that fits the file")
+    return doc, data[offset + 8 : offset + 8 + bin_len]
+
+
+def _field(obj: Any, key: str, kind: type, where: str, default: Any = None) -> Any:
+    if not isinstance(obj, dict):
+        raise _Problem(f"{where} is not a JSON object")
+    value = obj.get(key, default)
+    if value is None and default is None:
+        raise _Problem(f"{where} has no {key!r}")
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok or (kind is int and value < 0):
+        raise _Problem(f"{where}.{key} is not a valid {kind.__name__}")
+    return value
+
+
+def _item(doc: dict, key: str, index: int) -> dict:
+    items = _field(doc, key, list, "the glTF", [])
+    if index >= len(items) or not isinstance(items[index], dict):
+        raise _Problem(f"{key}[{index}] does not exist")
+    return items[index]
+
+
+def _buffer(doc: dict, index: int, glb_bin: bytes | None, path: Path, cache: dict) -> bytes:
+    if index in cache:
+        return cache[index]
+    buf = _item(doc, "buffers", index)
+    length = _field(buf, "byteLength", int, f"buffers[{index}]")
+    uri = buf.get("uri")
+    if uri is None:
+        if glb_bin is None or index != 0:
+            raise _Problem(f"buffers[{index}] has no uri and there is no GLB BIN chunk")
+        data = glb_bin
+    elif not isinstance(uri, str):
+        raise _Problem(f"buffers[{index}].uri is not a string")
+    elif uri.startswith("data:"):
+        prefix = next((p for p in _DATA_URI_PREFIXES if uri.startswith(p)), None)
+        if prefix is None:
+            raise _Problem(f"buffers[{index}] has an unsupported data URI")
+        try:
+            data = base64.b64decode(uri[len(prefix) :], validate=True)
+        except (binascii.Error, ValueError):
+            raise _Problem(f"buffers[{index}] has invalid base64") from None
+    else:
+        name = Path(uri)
+        if ":" in uri or name.is_absolute() or ".." in name.parts:
+            raise _Problem(f"buffers[{index}].uri {uri[:80]!r} is not a relative file name")
+        try:
+            data = (path.parent / name).read_bytes()
+        except OSError as e:
+            raise _Problem(f"cannot read buffer file {uri[:80]!r}: {e.strerror}") from None
+    if len(data) < length:
+        raise _Problem(f"buffers[{index}] declares {length} bytes but has {len(data)}")
+    cache[index] = data[:length]
+    return cache[index]
+
+
+def _accessor(doc: dict, index: Any, kind: str, glb_bin, path: Path, cache: dict) -> np.ndarray:
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise _Problem(f"attribute accessor index {index!r} is invalid")
+    where = f"accessors[{index}]"
+    acc = _item(doc, "accessors", index)
+    if acc.get("type") != kind or acc.get("componentType") != FLOAT or "sparse" in acc:
+        raise _Problem(f"{where} must be a non-sparse float {kind} accessor")
+    count = _field(acc, "count", int, where)
+    view_index = _field(acc, "bufferView", int, where)
+    view = _item(doc, "bufferViews", view_index)
+    vwhere = f"bufferViews[{view_index}]"
+    data = _buffer(doc, _field(view, "buffer", int, vwhere), glb_bin, path, cache)
+    v_off = _field(view, "byteOffset", int, vwhere, 0)
+    v_len = _field(view, "byteLength", int, vwhere)
+    width = _COMPONENTS[kind]
+    stride = _field(view, "byteStride", int, vwhere, 4 * width)
+    a_off = _field(acc, "byteOffset", int, where, 0)
+    if count == 0:
+        raise _Problem(f"{where} has count 0")
+    if v_off + v_len > len(data):
+        raise _Problem(f"{vwhere} runs past the end of its buffer")
+    if stride < 4 * width or stride % 4 or a_off % 4 or v_off % 4:
+        raise _Problem(f"{vwhere} / {where} have a bad stride or misaligned offset")
+    if a_off + stride * (count - 1) + 4 * width > v_len:
+        raise _Problem(f"{where}: {count} elements do not fit its buffer view")
+    return np.ndarray(
+        (count, width), dtype="<f4", buffer=data, offset=v_off + a_off, strides=(stride, 4)
+    ).astype(np.float64)
+
+
+def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
+    cache: dict[int, bytes] = {}
+    parts: list[dict[str, np.ndarray]] = []
+    for mi, mesh in enumerate(_field(doc, "meshes", list, "the glTF", [])):
+        for pi, prim in enumerate(_field(mesh, "primitives", list, f"meshes[{mi}]")):
+            ext = _field(prim, "extensions", dict, f"meshes[{mi}].primitives[{pi}]", {})
+            if EXTENSION not in ext:
+                continue
+            if prim.get("mode") != 0:
+                raise _Problem(f"meshes[{mi}].primitives[{pi}] is not POINTS (mode 0)")
+            parts.append(_decode_primitive(doc, prim, glb_bin, path, cache))
+    if not parts:
+        raise _Problem(f"no POINTS primitive with the {EXTENSION} extension")
+    if len({p["sh"].shape[1] for p in parts}) != 1:
+        raise _Problem("primitives have different SH degrees")
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    rest = _rotate_sh(arrays["sh"][:, 1:], m.T)
+    arrays["sh"] = np.concatenate([arrays["sh"][:, :1], rest], axis=1)
+    arrays["means"] = arrays["means"] @ m
+    arrays["quats"] = _rotate_quats(arrays["quats"], m.T)
+    tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
+    try:
+        return Gaussians(**tensors)
+    except GaussiansError as e:
+        raise _Problem(str(e)) from None
+
+
+def _decode_primitive(doc: dict, prim: dict, glb_bin, path: Path, cache: dict) -> dict:
+    attrs = _field(prim, "attributes", dict, "a primitive")
+
+    def get(name: str, kind: str) -> np.ndarray:
+        if name not in attrs:
+            raise _Problem(f"a splat primitive has no {name} attribute")
+        values = _accessor(doc, attrs[name], kind, glb_bin, path, cache)
+        if not np.isfinite(values).all():
+            raise _Problem(f"{name} holds NaN/Inf")
+        return values
+
+    means = get("POSITION", "VEC3")
+    n = len(means)
+    xyzw = get(f"{EXTENSION}:ROTATION", "VEC4")
+    scales = get(f"{EXTENSION}:SCALE", "VEC3")
+    alpha = get(f"{EXTENSION}:OPACITY", "SCALAR")[:, 0]
+    degree = 0
+    while degree < 3 and f"{EXTENSION}:SH_DEGREE_{degree + 1}_COEF_0" in attrs:
+        degree += 1
+    sh = np.stack(
+        [
+            get(f"{EXTENSION}:SH_DEGREE_{band}_COEF_{c}", "VEC3")
+            for band in range(degree + 1)
+            for c in range(2 * band + 1)
+        ],
+        axis=1,
+    )
+    for name, arr in [("ROTATION", xyzw), ("SCALE", scales), ("OPACITY", alpha), ("SH", sh)]:
+        if len(arr) != n:
+            raise _Problem(f"{EXTENSION}:{name} has {len(arr)} elements for {n} positions")
+    if (np.linalg.norm(xyzw, axis=1) == 0).any():
+        raise _Problem("a ROTATION is a zero quaternion")
+    if (scales <= 0).any():
+        raise _Problem("a SCALE is <= 0")
+    if ((alpha < 0) | (alpha > 1)).any():
+        raise _Problem("an OPACITY is outside [0, 1]")
+    alpha = np.clip(alpha, 1e-12, 1 - 1e-12)
+    return {
+        "means": means,
+        "log_scales": np.log(scales),
+        "quats": np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1),
+        "opacity_logits": np.log(alpha / (1 - alpha)),
+        "sh": sh,
+    }

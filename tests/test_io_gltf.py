@@ -1,0 +1,230 @@
+"""glTF KHR_gaussian_splatting: round trips, Y-up invariance, pygltflib validity, hostile files."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.gaussians import Gaussians
+from engine.io import GltfFormatError, load, read_gltf, save, write_gltf
+from engine.io.gltf import EXTENSION, Y_UP
+from engine.render.sh import sh_basis
+from engine.rotations import quaternion_to_matrix
+
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Tolerances: every attribute is float32, so the only loss is float32 rounding of values
+# computed in float64 (relative 2^-24 ≈ 6e-8), the sigmoid/logit and exp/log round trips
+# (opacity compared as opacity, |Δ| <= 2^-24) and the SH band rotation (an exact
+# least-squares fit, ~1e-12) -> absolute 1e-5 on values of magnitude <= ~10.
+TOL = 1e-5
+
+
+def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0) -> Gaussians:
+    gen = torch.Generator().manual_seed(seed)
+    return Gaussians(
+        means=torch.randn(n, 3, generator=gen) * 5,
+        log_scales=torch.rand(n, 3, generator=gen) * 8 - 6,
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.randn(n, generator=gen) * 3,
+        sh=torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen),
+    )
+
+
+def covariance(g: Gaussians) -> torch.Tensor:
+    r = quaternion_to_matrix(g.quats / g.quats.norm(dim=1, keepdim=True)).double()
+    s = torch.diag_embed(torch.exp(2 * g.log_scales.double()))
+    return r @ s @ r.transpose(1, 2)
+
+
+def check_close(g: Gaussians, h: Gaussians) -> None:
+    assert len(g) == len(h) and g.sh.shape == h.sh.shape
+    assert torch.allclose(g.means, h.means, atol=TOL)
+    assert torch.allclose(g.log_scales, h.log_scales, atol=TOL)
+    assert torch.allclose(
+        torch.sigmoid(g.opacity_logits), torch.sigmoid(h.opacity_logits), atol=TOL
+    )
+    assert torch.allclose(g.sh, h.sh, atol=TOL)
+    assert torch.allclose(covariance(g), covariance(h), atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".gltf"])
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+@pytest.mark.parametrize("y_up", [True, False])
+def test_round_trip(tmp_path: Path, suffix: str, degree: int, y_up: bool) -> None:
+    g = random_gaussians(50, degree, seed=degree)
+    path = tmp_path / f"a{suffix}"
+    write_gltf(path, g, y_up=y_up)
+    check_close(g, read_gltf(path, y_up=y_up))
+    if y_up:
+        check_close(g, load(path))
+
+
+def test_y_up_is_a_consistent_rotation(tmp_path: Path) -> None:
+    """Read raw, the file holds M p, M Σ Mᵀ and SH whose colour at M d equals ours at d."""
+    g = random_gaussians(40, 3)
+    save(g, tmp_path / "a.glb")
+    raw = read_gltf(tmp_path / "a.glb", y_up=False).to("cpu").detach()
+    m = torch.from_numpy(Y_UP)
+    assert torch.allclose(raw.means.double(), g.means.double() @ m.T, atol=TOL)
+    assert torch.allclose(covariance(raw), m @ covariance(g) @ m.T, atol=TOL, rtol=TOL)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3, dtype=torch.float64), dim=1)
+    ours = torch.einsum("dk,nkc->ndc", sh_basis(dirs, 3), g.sh.double())
+    theirs = torch.einsum("dk,nkc->ndc", sh_basis(dirs @ m.T, 3), raw.sh.double())
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".glb", ".gltf"])
+def test_pygltflib_sees_a_valid_file(tmp_path: Path, suffix: str) -> None:
+    g = random_gaussians(33, 2)
+    path = tmp_path / f"a{suffix}"
+    save(g, path)
+    doc = pygltflib.GLTF2().load(str(path))
+    assert doc.extensionsUsed == [EXTENSION]
+    prim = doc.meshes[0].primitives[0]
+    assert prim.mode == pygltflib.POINTS and EXTENSION in prim.extensions
+    data = path.read_bytes()
+    if suffix == ".glb":
+        doc_json = json.loads(data[20 : 20 + struct.unpack_from("<I", data, 12)[0]])
+    else:
+        doc_json = json.loads(data)
+    names = doc_json["meshes"][0]["primitives"][0]["attributes"]
+    expected = {"POSITION": "VEC3", f"{EXTENSION}:ROTATION": "VEC4"}
+    expected |= {f"{EXTENSION}:SCALE": "VEC3", f"{EXTENSION}:OPACITY": "SCALAR"}
+    blob = (
+        doc.binary_blob() if suffix == ".glb" else doc.get_data_from_buffer_uri(doc.buffers[0].uri)
+    )
+    for acc in doc.accessors:
+        assert acc.count == 33
+        view = doc.bufferViews[acc.bufferView]
+        size = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc.type] * (
+            4 if acc.componentType == 5126 else 1
+        )
+        assert view.byteOffset + view.byteLength <= len(blob) and view.byteLength == 33 * size
+    pos = doc.accessors[names["POSITION"]]
+    assert pos.type == "VEC3" and pos.componentType == pygltflib.FLOAT
+    stored = np.frombuffer(blob, "<f4", 99, doc.bufferViews[pos.bufferView].byteOffset).reshape(
+        33, 3
+    )
+    assert pos.min == stored.min(0).tolist() and pos.max == stored.max(0).tolist()
+    assert len(doc.accessors) == 5 + 9  # POSITION COLOR_0 ROTATION SCALE OPACITY + 9 SH
+    attributes = doc_json["meshes"][0]["primitives"][0]["attributes"]
+    for name, kind in expected.items():
+        assert doc_json["accessors"][attributes[name]]["type"] == kind
+    assert f"{EXTENSION}:SH_DEGREE_2_COEF_4" in attributes
+    assert doc_json["accessors"][attributes["COLOR_0"]]["normalized"] is True
+
+
+def test_empty_and_bad_values_rejected_by_writer(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="zero"):
+        save(Gaussians.empty(), tmp_path / "e.glb")
+    g = random_gaussians(2, 0)
+    g.log_scales[0, 0] = 200.0
+    with pytest.raises(ValueError, match="float32"):
+        save(g, tmp_path / "o.glb")
+    assert not (tmp_path / "o.glb").exists()
+
+
+def _valid(suffix: str, n: int = 20) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"v{suffix}"
+        write_gltf(p, random_gaussians(n, 1))
+        return p.read_bytes()
+
+
+GLB = _valid(".glb")
+GLTF = _valid(".gltf")
+JSON_LEN = struct.unpack_from("<I", GLB, 12)[0]
+DOC = json.loads(GLB[20 : 20 + JSON_LEN])
+
+
+def _glb_with(doc: dict) -> bytes:
+    text = json.dumps(doc).encode()
+    text += b" " * (-len(text) % 4)
+    blob = GLB[20 + JSON_LEN + 8 :]
+    total = 20 + len(text) + 8 + len(blob)
+    return (
+        struct.pack("<IIIII", 0x46546C67, 2, total, len(text), 0x4E4F534A)
+        + text
+        + struct.pack("<II", len(blob), 0x004E4942)
+        + blob
+    )
+
+
+def _doc(**changes) -> dict:
+    doc = json.loads(json.dumps(DOC))
+    for fn in changes.values():
+        fn(doc)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (GLB[:10], "too short"),
+        (b"glTF" + b"\0" * 30, "not a GLB"),
+        (GLB[:-4], "declares"),
+        (GLB[:12] + GLB[12:16] + b"XXXX" + GLB[20:], "JSON chunk"),
+        (GLB[:20] + b"{]" + GLB[22:], "does not parse"),
+        (b"[" * 100000 + b"]" * 100000, "does not parse"),
+        (b"[1, 2]", "not an object"),
+        (_glb_with(_doc(a=lambda d: d["accessors"][0].update(count=10**12))), "do not fit"),
+        (_glb_with(_doc(a=lambda d: d["bufferViews"][0].update(byteLength=10**9))), "past the end"),
+        (_glb_with(_doc(a=lambda d: d["accessors"][0].update(type="VEC2"))), "float VEC3"),
+        (_glb_with(_doc(a=lambda d: d["meshes"][0]["primitives"][0].update(mode=4))), "POINTS"),
+        (
+            _glb_with(_doc(a=lambda d: d["meshes"][0]["primitives"][0].pop("extensions"))),
+            "no POINTS",
+        ),
+        (_glb_with(_doc(a=lambda d: d["accessors"][0].update(bufferView=99))), "does not exist"),
+        (_glb_with(_doc(a=lambda d: d["accessors"][0].update(count=-1))), "count"),
+        (_glb_with(_doc(a=lambda d: d["buffers"][0].update(uri="../../etc/passwd"))), "relative"),
+        (GLTF.replace(b";base64,", b";base64,!!"), "base64"),
+        (GLTF[: len(GLTF) // 2], "does not parse"),
+    ],
+)
+def test_hostile_files(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "h.glb"
+    path.write_bytes(content)
+    with pytest.raises(GltfFormatError, match=match) as info:
+        read_gltf(path)
+    assert str(path) in str(info.value)
+
+
+def _read_bytes(content: bytes, suffix: str = ".glb") -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"f{suffix}"
+        path.write_bytes(content)
+        try:
+            g = read_gltf(path)
+        except GltfFormatError:
+            return
+        g.validate()
+
+
+@FUZZ
+@given(st.binary(max_size=2000))
+def test_fuzz_random_bytes(content: bytes) -> None:
+    _read_bytes(content)
+    _read_bytes(b"glTF" + content)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_truncations_and_flips(data: st.DataObject) -> None:
+    for valid, suffix in ((GLB, ".glb"), (GLTF, ".gltf")):
+        content = bytearray(valid[: data.draw(st.integers(0, len(valid)))])
+        for _ in range(data.draw(st.integers(0, 5))):
+            if content:
+                i = data.draw(st.integers(0, len(content) - 1))
+                content[i] = data.draw(st.integers(0, 255))
+        _read_bytes(bytes(content), suffix)
