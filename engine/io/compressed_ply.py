@@ -290,7 +290,8 @@ def _decode(raw: bytes, layout: dict, device) -> Gaussians:
     n, chunks, nprops, rest = layout["n"], layout["chunks"], layout["chunk_props"], layout["rest"]
     buf = np.frombuffer(raw, dtype=np.uint8)
     cb = chunks * nprops * 4
-    bounds = buf[:cb].view(_F32).reshape(chunks, nprops).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs are reported just below
+        bounds = buf[:cb].view(_F32).reshape(chunks, nprops).astype(np.float64)
     if not np.isfinite(bounds).all():
         bad = int(np.argmax(~np.isfinite(bounds).all(axis=1)))
         raise _Problem(f"chunk {bad} has NaN/Inf bounds")
