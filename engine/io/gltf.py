@@ -41,9 +41,8 @@ import numpy as np
 import torch
 
 from ..gaussians import SH_C0, Gaussians, GaussiansError
-from ..rotations import matrix_to_quaternion, quaternion_multiply
+from ..transforms import rotate_quaternions, rotate_sh
 from .ply import _write_atomically
-from .spz import _rotate_sh  # the one SH rotation in engine (band-wise, fitted exactly)
 
 __all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "Y_UP"]
 
@@ -74,9 +73,12 @@ def _axes(y_up: bool) -> np.ndarray:
 
 def _rotate_quats(quats_wxyz: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Unit quaternions of M R for rotations R (w x y z)."""
-    qm = matrix_to_quaternion(torch.from_numpy(m)[None]).expand(len(quats_wxyz), 4)
-    q = quats_wxyz / np.linalg.norm(quats_wxyz, axis=1, keepdims=True)
-    return quaternion_multiply(qm, torch.from_numpy(q)).numpy()
+    return rotate_quaternions(torch.from_numpy(quats_wxyz), m).numpy()
+
+
+def _rotate_sh(sh: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(N, K, 3) SH, DC first, re-expressed in the frame M maps to (DC unchanged)."""
+    return sh if np.array_equal(m, np.eye(3)) else rotate_sh(torch.from_numpy(sh), m).numpy()
 
 
 # ============================================================================ writing
@@ -93,7 +95,7 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
         raise ValueError("glTF accessors need count >= 1: cannot write zero Gaussians")
     m = _axes(y_up)
     sh = g.sh.numpy()
-    sh = np.concatenate([sh[:, :1], _rotate_sh(sh[:, 1:], m)], axis=1)
+    sh = _rotate_sh(sh, m)
     with np.errstate(over="ignore", under="ignore"):
         scales = np.exp(g.log_scales.numpy()).astype(np.float32)
     if not (np.isfinite(scales) & (scales > 0)).all():
@@ -334,8 +336,7 @@ def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
     if len({p["sh"].shape[1] for p in parts}) != 1:
         raise _Problem("primitives have different SH degrees")
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    rest = _rotate_sh(arrays["sh"][:, 1:], m.T)
-    arrays["sh"] = np.concatenate([arrays["sh"][:, :1], rest], axis=1)
+    arrays["sh"] = _rotate_sh(arrays["sh"], m.T)
     arrays["means"] = arrays["means"] @ m
     arrays["quats"] = _rotate_quats(arrays["quats"], m.T)
     tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
