@@ -16,6 +16,8 @@ from engine.gaussians import SH_C0, Gaussians
 from engine.io import SplatFormatError, load, read_splat, save, write_splat
 from engine.io.splat import SPLAT_DTYPE
 
+from ._rotation_helpers import rotation_angle
+
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Tolerances from the bit depths (the writer rounds to nearest):
@@ -43,12 +45,6 @@ def random_gaussians(n: int, sh_degree: int = 0, seed: int = 0) -> Gaussians:
         opacity_logits=torch.randn(n, generator=gen) * 3,
         sh=sh,
     )
-
-
-def rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = a.double() / a.double().norm(dim=1, keepdim=True)
-    b = b.double() / b.double().norm(dim=1, keepdim=True)
-    return 2 * torch.acos((a * b).sum(1).abs().clamp(max=1))
 
 
 @pytest.mark.parametrize("sh_degree", [0, 2])

@@ -18,6 +18,8 @@ from engine.gaussians import Gaussians
 from engine.io import SpzFormatError, load, read_spz, save, write_spz
 from engine.render.sh import eval_sh_colors
 
+from ._rotation_helpers import rotation_angle
+
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Tolerances, each derived from the encoding's bit depth (write rounds to nearest):
@@ -60,12 +62,6 @@ def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0) -> Gaussians:
         opacity_logits=torch.randn(n, generator=gen) * 3,
         sh=sh,
     )
-
-
-def rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = a.double() / a.double().norm(dim=1, keepdim=True)
-    b = b.double() / b.double().norm(dim=1, keepdim=True)
-    return 2 * torch.acos((a * b).sum(1).abs().clamp(max=1))
 
 
 def check_close(g: Gaussians, h: Gaussians, version: int, rotated: bool) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from engine.camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 
-from .images import WHITE, ViewSet, load_views
+from .images import WHITE, ViewSet, load_views, training_sample
 from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path
 
 
@@ -106,15 +106,7 @@ class PropsDataset(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         inputs, targets = self.views(position, "input"), self.views(position, "target")
-        return {
-            "index": self.indices[position],
-            "input_images": inputs.images,
-            "input_alphas": inputs.alphas,
-            "input_cameras": inputs.cameras,
-            "target_images": targets.images,
-            "target_alphas": targets.alphas,
-            "target_cameras": targets.cameras,
-        }
+        return training_sample(inputs, targets, index=self.indices[position])
 
 
 def collate_views(batch: list[dict[str, Any]]) -> dict[str, Any]:

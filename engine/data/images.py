@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,23 @@ class ViewSet:
     alphas: Tensor
     cameras: Cameras
     paths: list[Path]
+
+
+def training_sample(inputs: ViewSet, targets: ViewSet, **identity: Any) -> dict[str, Any]:
+    """The dict every object dataset yields: input and target views plus identifying keys.
+
+    Keys: `input_images` (V, H, W, 3), `input_alphas` (V, H, W), `input_cameras`, and the same
+    for `target_*`, after the `identity` keys (e.g. name or index).
+    """
+    return {
+        **identity,
+        "input_images": inputs.images,
+        "input_alphas": inputs.alphas,
+        "input_cameras": inputs.cameras,
+        "target_images": targets.images,
+        "target_alphas": targets.alphas,
+        "target_cameras": targets.cameras,
+    }
 
 
 def read_rgba(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from engine.cameras import Cameras
 
-from .images import WHITE, ViewSet, composite, load_views
+from .images import WHITE, ViewSet, composite, load_views, training_sample
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -119,15 +119,7 @@ class GobjaverseDataset(Dataset):
         groups = [np.asarray(group["groups"][f"groups_4_{k}"]).astype(int) for k in range(4)]
         inputs = self._views(group, [int(g[0]) for g in groups], name)
         targets = self._views(group, [int(g[-1]) for g in groups], name)
-        return {
-            "name": name,
-            "input_images": inputs.images,
-            "input_alphas": inputs.alphas,
-            "input_cameras": inputs.cameras,
-            "target_images": targets.images,
-            "target_alphas": targets.alphas,
-            "target_cameras": targets.cameras,
-        }
+        return training_sample(inputs, targets, name=name)
 
 
 def farthest_views(positions: np.ndarray, count: int) -> list[int]:
@@ -214,12 +206,4 @@ class GSODataset(Dataset):
         ins, tgts = order[: self.n_input], order[self.n_input :]
         inputs = load_views([paths[i] for i in ins], cams[ins], self.background)
         targets = load_views([paths[i] for i in tgts], cams[tgts], self.background)
-        return {
-            "name": name,
-            "input_images": inputs.images,
-            "input_alphas": inputs.alphas,
-            "input_cameras": inputs.cameras,
-            "target_images": targets.images,
-            "target_alphas": targets.alphas,
-            "target_cameras": targets.cameras,
-        }
+        return training_sample(inputs, targets, name=name)
