@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "engine.render.cli",
     "engine.demo",
     "engine.data.cli",
+    "engine.io.cli",
 )
 
 
