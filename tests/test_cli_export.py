@@ -1,0 +1,206 @@
+"""`gd export` (engine/io/cli.py) through `engine.cli.main`: formats, axes, clean-up, errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.gaussians import Gaussians
+from engine.io import load, read_gltf, read_spz, save
+from engine.io.gltf import Y_UP
+from engine.transforms import rotate_gaussians
+
+N = 120
+
+
+@pytest.fixture
+def scene(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    g = Gaussians(
+        means=torch.rand(N, 3, generator=gen) * 4 - 2,
+        log_scales=torch.rand(N, 3, generator=gen) - 4,
+        quats=torch.randn(N, 4, generator=gen),
+        opacity_logits=torch.randn(N, generator=gen) * 3,
+        sh=torch.rand(N, 16, 3, generator=gen) * 0.6 - 0.3,
+    )
+    path = tmp_path / "in.ply"
+    save(g, path)
+    return g, path
+
+
+def near(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest distance from a row of `a` to its nearest row of `b` (order-free: the
+    compressed PLY writer sorts along a Morton curve)."""
+    return float(torch.cdist(a.double(), b.double()).amin(dim=1).max())
+
+
+def export(capsys, *args) -> tuple[int, str, str]:
+    rc = main(["export", *map(str, args)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".spz", ".splat", ".glb", ".gltf"])
+def test_export_every_format_round_trips_to_our_world(scene, tmp_path, capsys, suffix):
+    g, src = scene
+    out = tmp_path / f"out{suffix}"
+    rc, text, err = export(capsys, src, out)
+    assert rc == 0 and err == ""
+    back = load(out)  # each reader undoes its writer's default axis change
+    assert len(back) == N
+    assert back.sh_degree == (0 if suffix == ".splat" else 3)
+    assert near(back.means, g.means) < 5e-3
+    assert f"wrote {out}: {N} of {N} Gaussians (0 dropped)" in text
+    assert f"SH degree {back.sh_degree}" in text
+    assert ("Y-up" if suffix in (".spz", ".glb", ".gltf") else "Z-up") in text
+
+
+def test_summary_reports_counts_size_and_bounds(scene, tmp_path, capsys):
+    g, src = scene
+    out = tmp_path / "out.ply"
+    rc, text, _ = export(capsys, src, out, "--min-opacity", "0.4", "--crop=-1,-1,-1,1,1,1.5")
+    assert rc == 0
+    alpha = torch.sigmoid(g.opacity_logits.double())
+    keep_alpha = alpha >= 0.4
+    inside = (
+        (g.means >= torch.tensor([-1.0, -1, -1])) & (g.means <= torch.tensor([1.0, 1, 1.5]))
+    ).all(1)
+    keep = keep_alpha & inside
+    n = int(keep.sum())
+    assert 0 < n < N
+    dropped_alpha, dropped_crop = N - int(keep_alpha.sum()), int(keep_alpha.sum()) - n
+    assert (
+        f"{n} of {N} Gaussians ({N - n} dropped: {dropped_alpha} below opacity 0.4, "
+        f"{dropped_crop} outside the crop box)" in text
+    )
+    size = out.stat().st_size
+    assert f"{size / 1024:.1f} KiB" in text
+    lo, hi = g.means[keep].amin(0), g.means[keep].amax(0)
+    assert "min (" + ", ".join(f"{float(v):.4g}" for v in lo) + ")" in text
+    assert "max (" + ", ".join(f"{float(v):.4g}" for v in hi) + ")" in text
+    back = load(out)
+    assert torch.equal(back.means, g.means[keep])
+
+
+def test_sh_degree_cap(scene, tmp_path, capsys):
+    _, src = scene
+    for d in range(4):
+        out = tmp_path / f"d{d}.spz"
+        rc, text, _ = export(capsys, src, out, "--sh-degree", d)
+        assert rc == 0 and f"SH degree {d}" in text
+        assert load(out).sh_degree == d
+
+
+def test_y_up_flags_for_formats_with_an_axis_option(scene, tmp_path, capsys):
+    g, src = scene
+    for flag, expect in [(None, Y_UP), ("--y-up", Y_UP), ("--no-y-up", torch.eye(3).numpy())]:
+        extra = [flag] if flag else []
+        m = torch.from_numpy(expect).float()
+        assert export(capsys, src, tmp_path / "o.glb", *extra)[0] == 0
+        raw = read_gltf(tmp_path / "o.glb", y_up=False)  # the file's own axes
+        assert torch.allclose(raw.means, g.means @ m.T, atol=1e-6), flag
+        assert export(capsys, src, tmp_path / "o.spz", *extra)[0] == 0
+        raw = read_spz(tmp_path / "o.spz", coordinate_system="identity").gaussians
+        assert torch.allclose(raw.means, g.means @ m.T, atol=1e-3), flag
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".splat"])
+def test_y_up_rotates_formats_without_an_axis_option(scene, tmp_path, capsys, suffix):
+    g, src = scene
+    assert export(capsys, src, tmp_path / f"raw{suffix}", "--no-y-up")[0] == 0
+    assert export(capsys, src, tmp_path / f"def{suffix}")[0] == 0
+    rc, text, _ = export(capsys, src, tmp_path / f"up{suffix}", "--y-up")
+    assert rc == 0 and "bounds (Y-up)" in text
+    raw, default, up = (load(tmp_path / f"{s}{suffix}") for s in ("raw", "def", "up"))
+    assert near(raw.means, default.means) == 0  # no flag: writer's default, raw axes
+    expected = rotate_gaussians(g, Y_UP)
+    tol = 5e-3 if suffix == ".compressed.ply" else 1e-6
+    assert near(up.means, expected.means) < tol
+    assert near(raw.means, g.means) < tol
+    assert near(up.means, g.means) > 0.5  # the rotation is real
+    if suffix == ".ply":
+        assert torch.allclose(up.sh, expected.sh, atol=1e-6)
+
+
+def test_reads_every_supported_input(scene, tmp_path, capsys):
+    g, src = scene
+    for suffix in (".compressed.ply", ".spz", ".splat", ".glb", ".gltf"):
+        mid = tmp_path / f"mid{suffix}"
+        save(g, mid)
+        out = tmp_path / f"from{suffix.replace('.', '_')}.ply"
+        assert export(capsys, mid, out)[0] == 0
+        assert near(load(out).means, g.means) < 5e-3
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+BAD_FLAGS = [
+    ["--sh-degree", "4"],
+    ["--sh-degree", "x"],
+    ["--min-opacity", "1"],
+    ["--min-opacity", "-0.1"],
+    ["--min-opacity", "nan"],
+    ["--crop", "1,2,3"],
+    ["--crop", "0,0,0,1,1,inf"],
+    ["--crop", "1,0,0,0,1,1"],
+    ["--crop", "a,b,c,d,e,f"],
+]
+
+
+def check_failure(capsys, args, out, before: bytes | None, match: str) -> None:
+    rc, text, err = export(capsys, *args)
+    assert rc == 2, (rc, text, err)
+    assert text == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gd export: error: "), err
+    assert match in lines[0], lines[0]
+    if before is None:
+        assert not out.exists()
+    else:
+        assert out.read_bytes() == before
+    if out.parent.is_dir():  # no temp file left behind either
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+def bad_cases(tmp_path, src):
+    garbage = tmp_path / "garbage.spz"
+    garbage.write_bytes(b"not an spz file at all")
+    truncated = tmp_path / "truncated.ply"
+    truncated.write_bytes(src.read_bytes()[:-100])
+    cases = [
+        ([tmp_path / "missing.ply"], ".ply", "missing.ply"),
+        ([src], ".obj", "unsupported splat file suffix"),
+        ([tmp_path / "in.xyz"], ".ply", "unsupported splat file suffix"),
+        ([garbage], ".ply", "garbage.spz"),
+        ([truncated], ".ply", "truncated.ply"),
+        ([tmp_path], ".ply", "unsupported"),
+        ([src, "--crop", "5,5,5,6,6,6"], ".glb", "kept 0 of 120"),
+    ]
+    cases += [([src, *flags], ".ply", flags[0]) for flags in BAD_FLAGS]
+    return cases
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["absent", "existing"])
+def test_bad_input_exits_2_and_writes_nothing(scene, tmp_path, capsys, existing):
+    _, src = scene
+    for i, (args, suffix, match) in enumerate(bad_cases(tmp_path, src)):
+        out = tmp_path / f"out{i}{suffix}"
+        before = None
+        if existing:
+            before = b"precious old bytes"
+            out.write_bytes(before)
+            os.utime(out, (1_000_000, 1_000_000))
+        check_failure(capsys, [args[0], out, *args[1:]], out, before, match)
+        if existing:
+            assert out.stat().st_mtime == 1_000_000
+
+
+def test_missing_output_folder_is_bad_input(scene, tmp_path, capsys):
+    _, src = scene
+    out = tmp_path / "nope" / "out.ply"
+    check_failure(capsys, [src, out], out, None, "no such folder")
+    assert not out.parent.exists()
