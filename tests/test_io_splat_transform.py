@@ -21,10 +21,16 @@ What splat-transform 2.7.1 does with axes (read from its dist/index.mjs and chec
   on RUB on disk); PLY <-> PLY and .splat -> PLY keep them too.
 * The SPZ writer defaults to SPZ version 4 (zstd), which we do not read:
   `--spz-version 3` asks for gzip version 3. There is no .splat writer.
+* PlayCanvas compressed PLY is raw axes both ways. Its decoder and ours agree bit for bit
+  on the same file; both writers sort along a Morton curve, but not in the same order,
+  so their file is matched to ours Gaussian by Gaussian by nearest position.
+* .glb is an output only (`--help`: not among SUPPORTED INPUTS), so splat-transform
+  cannot check our glTF files; tests/test_io_gltf.py checks them with pygltflib.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,7 +40,8 @@ import pytest
 import torch
 
 from engine.gaussians import SH_C0, Gaussians
-from engine.io import load, read_ply, read_spz, save
+from engine.io import load, read_compressed_ply, read_ply, read_spz, save
+from engine.io.compressed_ply import CHUNK_SIZE, write_compressed_ply
 from engine.io.spz import COORDINATE_SYSTEMS
 from engine.rotations import quaternion_to_matrix
 from engine.transforms import rotate_quaternions, rotate_sh
@@ -62,6 +69,16 @@ ALPHA_TOL = 0.5 / 255 + 1e-6
 DC_TOL = 0.5 / (0.15 * 255) + 1e-5
 SH1_TOL = (0.5 + 4) / 128 + 1e-5  # rounding to 1/128, then to buckets of 8 (5 bits)
 SH_REST_TOL = (0.5 + 8) / 128 + 1e-5  # buckets of 16 (4 bits)
+
+# Compressed PLY bounds (derived in tests/test_io_compressed_ply.py): 11/10/11-bit unorms
+# within a chunk's [min, max] -> |err| <= range / (2 (2^bits - 1)) per axis of positions
+# and log scales; 8-bit colour within the chunk's colour range; 8-bit opacity; SH rounded
+# to buckets of 1/32 (|err| <= 1/64); 10-bit smallest-three rotations (angle <= 0.005 rad).
+CPLY_BITS = torch.tensor([11.0, 10.0, 11.0], dtype=torch.float64)
+CPLY_ALPHA_TOL = 1 / 510 + 1e-6
+CPLY_SH_TOL = 1 / 64 + 1e-5
+CPLY_ROT_TOL = 1.05 * 2 * math.asin(math.sqrt(3) * math.sqrt(2) / 1023)
+EPS = 1e-5  # float32 decode
 
 
 def st(*args: str | Path) -> None:
@@ -249,3 +266,96 @@ def test_splat_transform_ply_from_our_splat_read_by_us(ours, tmp_path):
     alpha_back, alpha_mine = torch.sigmoid(back.opacity_logits), torch.sigmoid(mine.opacity_logits)
     assert float((alpha_back - alpha_mine).abs().max()) <= 1e-5
     assert_same_axes(back.quats, mine.quats, 0.05)
+
+
+# ------------------------------------------------------------- compressed PLY both ways
+
+
+def chunk_range(x: torch.Tensor) -> torch.Tensor:
+    """Per-splat (N, C) range of `x` over its chunk of CHUNK_SIZE, in file order."""
+    out = torch.empty_like(x)
+    for start in range(0, len(x), CHUNK_SIZE):
+        block = x[start : start + CHUNK_SIZE]
+        out[start : start + CHUNK_SIZE] = block.amax(0) - block.amin(0)
+    return out
+
+
+def rotation_angle(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+    r1 = quaternion_to_matrix(q1 / q1.norm(dim=1, keepdim=True))
+    r2 = quaternion_to_matrix(q2 / q2.norm(dim=1, keepdim=True))
+    cos = ((r1.transpose(1, 2) @ r2).diagonal(dim1=1, dim2=2).sum(1) - 1) / 2
+    return torch.arccos(cos.clamp(-1, 1))
+
+
+def assert_within_compressed_bounds(file: Gaussians, g: Gaussians) -> None:
+    """`file` (decoded, in file order) against the originals `g` (same order)."""
+    assert len(file) == len(g) and file.sh_degree == g.sh_degree
+    for name in ("means", "log_scales"):
+        x, y = getattr(g, name), getattr(file, name)
+        tol = chunk_range(x) / (2 * (2.0**CPLY_BITS - 1)) + EPS
+        assert bool(((x - y).abs() <= tol).all()), name
+    rgb = 0.5 + SH_C0 * g.sh[:, 0]
+    tol = chunk_range(rgb) / 510 / SH_C0 + EPS
+    assert bool(((g.sh[:, 0] - file.sh[:, 0]).abs() <= tol).all()), "dc"
+    alpha = torch.sigmoid(g.opacity_logits) - torch.sigmoid(file.opacity_logits)
+    assert float(alpha.abs().max()) <= CPLY_ALPHA_TOL
+    assert float((g.sh[:, 1:] - file.sh[:, 1:]).abs().max()) <= CPLY_SH_TOL
+    assert float(rotation_angle(g.quats, file.quats).max()) <= CPLY_ROT_TOL
+
+
+def table_gaussians(t: dict[str, np.ndarray], degree: int) -> Gaussians:
+    return Gaussians(
+        means=cols(t, "x", "y", "z"),
+        log_scales=cols(t, "scale_0", "scale_1", "scale_2"),
+        quats=cols(t, "rot_0", "rot_1", "rot_2", "rot_3"),
+        opacity_logits=torch.from_numpy(t["opacity"]),
+        sh=sh_from_csv(t, degree),
+    )
+
+
+def assert_same_decode(a: Gaussians, b: Gaussians) -> None:
+    """Two decoders of one compressed PLY: equal up to float32 rounding (opacity logits
+    compared as opacities, where the decoders may differ in the last bit)."""
+    for name in ("means", "log_scales", "quats", "sh"):
+        err = float((getattr(a, name) - getattr(b, name)).abs().max())
+        assert err <= 1e-6, (name, err)
+    assert float((a.opacities - b.opacities).abs().max()) <= 1e-7
+
+
+def test_our_compressed_ply_read_by_splat_transform(ours, tmp_path):
+    g, _ = ours
+    path = tmp_path / "ours.compressed.ply"
+    write_compressed_ply(path, g.to(dtype=torch.float32), sort=False)  # file order = g order
+    st(path, tmp_path / "out.csv")
+    theirs = table_gaussians(read_csv(tmp_path / "out.csv"), DEGREE)
+    assert len(theirs) == N
+    assert_within_compressed_bounds(theirs, g)
+    assert_same_decode(theirs, read_compressed_ply(path).to(dtype=torch.float64))
+
+
+def test_our_sorted_compressed_ply_read_by_splat_transform(ours, tmp_path):
+    g, d = ours
+    save(g.to(dtype=torch.float32), d / "sorted.compressed.ply")  # Morton-sorted (default)
+    st(d / "sorted.compressed.ply", tmp_path / "out.csv")
+    theirs = table_gaussians(read_csv(tmp_path / "out.csv"), DEGREE)
+    mine = load(d / "sorted.compressed.ply").to(dtype=torch.float64)
+    assert len(theirs) == N
+    assert_same_decode(theirs, mine)
+
+
+def test_splat_transform_compressed_ply_from_our_ply_read_by_us(ours, tmp_path):
+    g, d = ours
+    st(d / "ours.ply", tmp_path / "st.compressed.ply")
+    back = load(tmp_path / "st.compressed.ply").to(dtype=torch.float64)
+    assert len(back) == N and back.sh_degree == DEGREE
+    # Their decoder agrees with ours on their file...
+    st(tmp_path / "st.compressed.ply", tmp_path / "st.csv")
+    assert_same_decode(table_gaussians(read_csv(tmp_path / "st.csv"), DEGREE), back)
+    # ...and the values are ours within the format's bounds, once matched up: each decoded
+    # position's nearest original is its own (quantisation error << spacing of the points).
+    dist = torch.cdist(back.means, g.means)
+    match = dist.argmin(dim=1)
+    assert torch.equal(match.sort().values, torch.arange(N))  # a permutation
+    spacing = torch.cdist(g.means, g.means).fill_diagonal_(math.inf).min()
+    assert float(dist.amin(dim=1).max()) < float(spacing) / 4
+    assert_within_compressed_bounds(back, g[match])
