@@ -10,8 +10,9 @@ import argparse
 import importlib
 import sys
 
-# Modules providing `register(subparsers)`; imported lazily so `gd --help` stays fast
-# and a sub-command's heavy imports (bpy, numba) only happen when it runs.
+# Modules providing `register(subparsers)`, imported when the parser is built. They keep
+# their heavy imports (bpy, numba) inside the code that runs, so building the parser loads
+# only torch (through `engine`), never Blender or the numba kernels.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "engine.render.cli",
     "engine.demo",
