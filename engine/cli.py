@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "engine.demo",
     "engine.data.cli",
     "engine.io.cli",
+    "engine.evaluate_cli",
 )
 
 
