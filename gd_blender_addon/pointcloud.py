@@ -371,6 +371,8 @@ def object_to_gaussians(
         )
     n = _count(obj)
     means = _get(attributes, "position", n, "FLOAT_VECTOR")
+    if means is None:  # an empty point cloud has no position layer yet
+        means = np.zeros((n, 3), np.float32)
     g = Gaussians(
         means=torch.from_numpy(means),
         log_scales=torch.from_numpy(_get(attributes, "scale", n, "FLOAT_VECTOR")),
@@ -507,7 +509,10 @@ def points_in_region(obj: bpy.types.Object, region_obj: bpy.types.Object) -> Ten
         raise ValueError("no region object given")
     attributes = _point_attributes(obj)
     n = _count(obj)
-    pos = _get(attributes, "position", n, "FLOAT_VECTOR").astype(np.float64)
+    pos = _get(attributes, "position", n, "FLOAT_VECTOR")
+    if pos is None:
+        return torch.zeros(n, dtype=torch.bool)
+    pos = pos.astype(np.float64)
     to_region = np.linalg.inv(np.array(region_obj.matrix_world, dtype=np.float64))
     full = to_region @ np.array(obj.matrix_world, dtype=np.float64)
     local = pos @ full[:3, :3].T + full[:3, 3]

@@ -1,0 +1,339 @@
+"""Add-on: Gaussians <-> Blender POINTCLOUD objects, with real bpy (headless)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
+]
+
+FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
+
+
+@pytest.fixture
+def bpy():
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    return bpy
+
+
+def random_gaussians(n: int, degree: int = 0, seed: int = 0):
+    from engine.gaussians import Gaussians
+
+    gen = torch.Generator().manual_seed(seed)
+    k = (degree + 1) ** 2
+    return Gaussians(
+        means=torch.randn(n, 3, generator=gen),
+        log_scales=torch.randn(n, 3, generator=gen) - 3,
+        quats=torch.randn(n, 4, generator=gen) * 2.5,  # deliberately not unit length
+        opacity_logits=torch.randn(n, generator=gen) * 3,
+        sh=torch.randn(n, k, 3, generator=gen),
+    )
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """float32 bit patterns: equality here is bit-exact (-0.0 and 0.0 differ)."""
+    return t.contiguous().view(torch.int32)
+
+
+def counts(bpy) -> tuple[int, ...]:
+    d = bpy.data
+    return len(d.objects), len(d.meshes), len(d.pointclouds), len(d.materials), len(d.node_groups)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_round_trip_bit_exact(bpy, degree):
+    from gd_blender_addon import pointcloud
+
+    n = 257
+    g = random_gaussians(n, degree, seed=degree)
+    g.means[0] = torch.tensor([-0.0, 1e-38, 3.4e38])  # sign of zero, subnormal, huge
+    level = torch.randint(0, 4, (n,))
+    parent = torch.randint(0, 2**31 - 1, (n,))
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "splat", level=level, parent=parent)
+    assert obj.type == "POINTCLOUD" and len(obj.data.points) == n
+    assert pointcloud.is_gaussian_object(obj)
+    names = {a.name for a in obj.data.attributes}
+    expected = {"opacity", "scale", "rotation", "f_dc", "gd_level", "gd_parent", "radius"}
+    expected |= {f"f_rest_{i}" for i in range((degree + 1) ** 2 - 1)}
+    assert expected <= names and expected - {"radius"} <= set(pointcloud.ATTRIBUTES)
+    assert ".select_vert" not in names  # no mesh leftovers
+    types = {a.name: a.data_type for a in obj.data.attributes}
+    assert types["rotation"] == "QUATERNION" and types["opacity"] == "FLOAT"
+    assert types["scale"] == types["f_dc"] == "FLOAT_VECTOR" and types["gd_level"] == "INT"
+
+    g2, level2, parent2 = pointcloud.object_to_gaussians(obj)
+    assert g2.sh_degree == degree and g2.dtype == torch.float32
+    for f in FIELDS:
+        assert torch.equal(bits(getattr(g, f)), bits(getattr(g2, f))), f
+    assert level2.dtype == parent2.dtype == torch.int64
+    assert torch.equal(level2, level) and torch.equal(parent2, parent)
+
+
+def test_defaults_radius_and_no_leftovers(bpy):
+    from gd_blender_addon import pointcloud
+
+    g = random_gaussians(50)
+    before = counts(bpy)
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "splat")
+    after = counts(bpy)
+    assert after[0] == before[0] + 1 and after[1] == before[1] and after[2] == before[2] + 1
+    _, level, parent = pointcloud.object_to_gaussians(obj)
+    assert torch.equal(level, torch.zeros(50, dtype=torch.int64))
+    assert torch.equal(parent, torch.arange(50))
+    radius = np.empty(50, np.float32)
+    obj.data.attributes["radius"].data.foreach_get("value", radius)
+    want = pointcloud.SIGMA_EXTENT * torch.exp(g.log_scales.double().mean(1))
+    np.testing.assert_allclose(radius, want.numpy(), rtol=1e-6)
+
+
+def test_float64_and_empty(bpy):
+    from gd_blender_addon import pointcloud
+
+    g = random_gaussians(10, 1).to(dtype=torch.float64)
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "f64")
+    g2, _, _ = pointcloud.object_to_gaussians(obj)
+    assert torch.equal(g2.means, g.means.float())
+
+    empty = random_gaussians(0, 2)
+    obj0 = pointcloud.gaussians_to_object(bpy.context, empty, "empty")
+    assert obj0.type == "POINTCLOUD" and len(obj0.data.points) == 0
+    g0, level0, parent0 = pointcloud.object_to_gaussians(obj0)
+    assert len(g0) == 0 and g0.sh_degree == 2 and level0.shape == parent0.shape == (0,)
+
+
+def test_collection_selection_and_active_restored(bpy):
+    from gd_blender_addon import pointcloud
+
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    bpy.ops.mesh.primitive_uv_sphere_add()
+    sphere = bpy.context.active_object
+    sphere.select_set(False)
+    cube.select_set(True)
+    bpy.context.view_layer.objects.active = cube
+    sub = bpy.data.collections.new("Splats")
+    bpy.context.scene.collection.children.link(sub)
+
+    obj = pointcloud.gaussians_to_object(sub, random_gaussians(20), "in_sub")
+    assert [c.name for c in obj.users_collection] == ["Splats"]
+    assert bpy.context.view_layer.objects.active == cube
+    assert cube.select_get() and not sphere.select_get() and not obj.select_get()
+    assert cube.type == "MESH" and sphere.type == "MESH"
+    matrix = np.diag([2.0, 2.0, 2.0, 1.0])
+    matrix[:3, 3] = (1, 2, 3)
+    obj2 = pointcloud.gaussians_to_object(bpy.context, random_gaussians(5), "m", None, None, matrix)
+    np.testing.assert_allclose(np.array(obj2.matrix_world), matrix)
+
+
+def test_creation_while_another_object_is_in_edit_mode(bpy):
+    from gd_blender_addon import pointcloud
+
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    bpy.ops.object.mode_set(mode="EDIT")
+    obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(30), "while_editing")
+    assert obj.type == "POINTCLOUD" and len(obj.data.points) == 30
+    assert cube.mode == "EDIT" and bpy.context.view_layer.objects.active == cube
+    assert cube.type == "MESH"
+
+
+def test_bad_level_creates_nothing(bpy):
+    from gd_blender_addon import pointcloud
+
+    before = counts(bpy)
+    with pytest.raises(ValueError, match="32-bit"):
+        pointcloud.gaussians_to_object(
+            bpy.context, random_gaussians(4), "x", parent=torch.tensor([0, 1, 2, 2**40])
+        )
+    with pytest.raises(ValueError, match="shape"):
+        pointcloud.gaussians_to_object(bpy.context, random_gaussians(4), "x", level=torch.zeros(3))
+    assert counts(bpy) == before
+
+
+def _rotation(axis, angle) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def test_apply_transform_rigid_uniform_scale(bpy):
+    from engine.gaussians import Gaussians
+    from engine.transforms import rotate_gaussians
+    from gd_blender_addon import pointcloud
+
+    g = random_gaussians(100, 3, seed=7)
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "t")
+    obj.location = (0.5, -1.0, 2.0)
+    obj.rotation_euler = (0.3, -0.7, 1.9)
+    obj.scale = (1.7, 1.7, 1.7)
+    bpy.context.view_layer.update()
+    world, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)
+
+    m = np.array(obj.matrix_world, dtype=np.float64)
+    r = m[:3, :3] / 1.7
+    scaled = Gaussians(g.means * 1.7, g.log_scales + math.log(1.7), g.quats, g.opacity_logits, g.sh)
+    want = rotate_gaussians(scaled, torch.from_numpy(r), torch.from_numpy(m[:3, 3]))
+    torch.testing.assert_close(world.means, want.means, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(world.log_scales, want.log_scales, atol=1e-5, rtol=0)
+    q1, q2 = world.rotations, want.rotations
+    sign = torch.sign((q1 * q2).sum(-1, keepdim=True))
+    torch.testing.assert_close(q1, q2 * sign, atol=1e-5, rtol=0)
+    torch.testing.assert_close(world.sh, want.sh, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(world.sh[:, 1:], g.sh[:, 1:], atol=1e-2)  # really rotated
+    torch.testing.assert_close(world.opacity_logits, g.opacity_logits)
+    # Object space is untouched without apply_transform.
+    local, _, _ = pointcloud.object_to_gaussians(obj)
+    assert torch.equal(local.means, g.means)
+
+
+def test_apply_transform_general_matrix_maps_covariances(bpy):
+    from gd_blender_addon import pointcloud
+
+    g = random_gaussians(64, 1, seed=3)
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "t")
+    obj.location = (1.0, 2.0, -3.0)
+    obj.rotation_euler = (0.4, 0.1, -1.2)
+    obj.scale = (0.5, 2.0, -1.5)  # per-axis and a mirror
+    bpy.context.view_layer.update()
+    world, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)
+    m = torch.from_numpy(np.array(obj.matrix_world, dtype=np.float64))
+    a = m[:3, :3]
+    want_cov = a @ g.to(dtype=torch.float64).covariances @ a.T
+    got_cov = world.to(dtype=torch.float64).covariances
+    torch.testing.assert_close(got_cov, want_cov, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(world.means.double(), g.means.double() @ a.T + m[:3, 3],
+                               atol=1e-5, rtol=1e-6)  # fmt: skip
+    torch.testing.assert_close(world.sh[:, 0], g.sh[:, 0])  # DC colour unchanged
+
+
+def test_replace_gaussians_keeps_object(bpy):
+    from gd_blender_addon import display, pointcloud
+
+    obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(40), "keep")
+    display.ensure_display(obj, "ELLIPSOIDS")
+    data_name, materials = obj.data.name, [m.name for m in obj.data.materials]
+    n_pointclouds = len(bpy.data.pointclouds)
+    g = random_gaussians(90, 2, seed=5)
+    level = torch.cat([torch.zeros(40), torch.ones(50)]).long()
+    parent = torch.cat([torch.arange(40), torch.randint(0, 40, (50,))])
+    pointcloud.replace_gaussians(obj, g, level, parent)
+    assert bpy.data.objects["keep"] == obj and obj.data.name == data_name
+    assert [m.name for m in obj.data.materials] == materials
+    assert [m.name for m in obj.modifiers] == [display.MODIFIER_NAME]
+    assert len(bpy.data.pointclouds) == n_pointclouds and len(bpy.data.meshes) == 0
+    g2, level2, parent2 = pointcloud.object_to_gaussians(obj)
+    for f in FIELDS:
+        assert torch.equal(getattr(g, f), getattr(g2, f))
+    assert torch.equal(level2, level) and torch.equal(parent2, parent)
+
+
+def test_selected_point_mask(bpy):
+    from gd_blender_addon import pointcloud
+
+    obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(20), "sel")
+    assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20  # no attribute: all
+    # Blender's own edit-mode operator writes the attribute we read.
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.select_all(action="DESELECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    attr = obj.data.attributes[pointcloud.SELECTION_ATTRIBUTE]
+    assert attr.data_type == "BOOLEAN" and attr.domain == "POINT"
+    assert not pointcloud.selected_point_mask(obj).any()
+    want = np.zeros(20, bool)
+    want[[1, 4, 19]] = True
+    attr.data.foreach_set("value", want)
+    mask = pointcloud.selected_point_mask(obj)
+    assert mask.dtype == torch.bool and mask.tolist() == want.tolist()
+    # ...and what we read is what Blender acts on: deleting the selection removes exactly those.
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.delete()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert len(obj.data.points) == 17
+
+
+def test_points_in_region(bpy):
+    from gd_blender_addon import pointcloud
+
+    gen = np.random.default_rng(0)
+    pts = gen.uniform(-3, 3, size=(2000, 3)).astype(np.float32)
+    g = random_gaussians(2000)
+    g.means = torch.from_numpy(pts)
+    obj = pointcloud.gaussians_to_object(bpy.context, g, "region_test")
+    obj.location = (0.25, 0.0, -0.5)  # the cloud's own transform counts too
+    empty = bpy.data.objects.new("Box", None)
+    empty.empty_display_type = "CUBE"
+    empty.empty_display_size = 0.5
+    empty.location = (1.0, -0.5, 0.2)
+    empty.rotation_euler = (0.0, 0.0, math.radians(30))
+    empty.scale = (2.0, 1.0, 1.5)
+    bpy.context.scene.collection.objects.link(empty)
+    bpy.context.view_layer.update()
+    world = pts.astype(np.float64) + np.array([0.25, 0.0, -0.5])
+    rz = _rotation([0, 0, 1], math.radians(30))
+    local = ((world - [1.0, -0.5, 0.2]) @ rz) / [2.0, 1.0, 1.5]  # rows: Rᵀ (p - t) / s
+    want = np.all(np.abs(local) <= 0.5, axis=1)
+    got = pointcloud.points_in_region(obj, empty).numpy()
+    assert 20 < want.sum() < 1900 and np.array_equal(got, want)
+
+    bpy.ops.mesh.primitive_cube_add(size=2.0, location=(-1.0, 0.0, 0.0))
+    cube = bpy.context.active_object
+    cube.scale = (1.0, 2.0, 0.5)
+    bpy.context.view_layer.update()
+    rel = world - [-1.0, 0.0, 0.0]
+    want_cube = (np.abs(rel[:, 0]) <= 1) & (np.abs(rel[:, 1]) <= 2) & (np.abs(rel[:, 2]) <= 0.5)
+    assert np.array_equal(pointcloud.points_in_region(obj, cube).numpy(), want_cube)
+
+
+def test_is_gaussian_object_and_errors(bpy):
+    from gd_blender_addon import pointcloud
+
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    assert not pointcloud.is_gaussian_object(cube)
+    assert not pointcloud.is_gaussian_object(None)
+    with pytest.raises(ValueError, match="no Gaussian splat attributes"):
+        pointcloud.object_to_gaussians(cube)
+    lamp = bpy.data.objects.new("lamp", bpy.data.lights.new("l", "POINT"))
+    assert not pointcloud.is_gaussian_object(lamp)
+    with pytest.raises(ValueError, match="POINTCLOUD"):
+        pointcloud.object_to_gaussians(lamp)
+
+
+def test_reads_mesh_with_ply_scalar_sh_layout(bpy):
+    """Objects other tools make (mesh vertices, PLY-named scalar f_rest) can be read."""
+    from engine.io.ply import sh_rest_names
+    from gd_blender_addon import pointcloud
+
+    n, degree = 12, 2
+    g = random_gaussians(n, degree)
+    mesh = bpy.data.meshes.new("other")
+    mesh.vertices.add(n)
+    mesh.attributes["position"].data.foreach_set("vector", g.means.numpy().ravel())
+    def add(name, kind, values):  # noqa: E306
+        attr = mesh.attributes.new(name, kind, "POINT")
+        prop = "vector" if kind == "FLOAT_VECTOR" else "value"
+        attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
+    add("opacity", "FLOAT", g.opacity_logits.numpy())
+    add("scale", "FLOAT_VECTOR", g.log_scales.numpy())
+    add("rotation", "QUATERNION", g.quats.numpy())
+    add("f_dc", "FLOAT_VECTOR", g.sh[:, 0].numpy())
+    rest = g.sh[:, 1:].transpose(1, 2).reshape(n, -1).numpy()  # PLY channel-major
+    for i, name in enumerate(sh_rest_names(degree)):
+        add(name, "FLOAT", rest[:, i])
+    obj = bpy.data.objects.new("other", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    assert pointcloud.is_gaussian_object(obj)
+    g2, _, _ = pointcloud.object_to_gaussians(obj)
+    for f in FIELDS:
+        assert torch.equal(getattr(g, f), getattr(g2, f)), f
