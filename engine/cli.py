@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "engine.data.cli",
     "engine.io.cli",
     "engine.evaluate_cli",
+    "engine.train_cli",
 )
 
 

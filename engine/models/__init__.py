@@ -1,0 +1,82 @@
+"""Models: the LaRa-style object backbone and the full object model with densification.
+
+model = load_model("object-small", device="auto")       # shipped weights, offline
+rec = model.reconstruct(images, cameras, progress=cb, cancel=event)
+res = model.densify(gaussians, images, cameras, select=mask, budget=20_000)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..devices import resolve_device
+from ..weights import WeightsNotFoundError, load_weights, shipped_weights
+from .config import PRESETS, ObjectModelConfig, get_model_config
+from .gd_object import Cancelled, GDObjectModel, Reconstruction
+
+__all__ = [
+    "PRESETS",
+    "Cancelled",
+    "GDObjectModel",
+    "ObjectModelConfig",
+    "Reconstruction",
+    "WeightsNotFoundError",
+    "get_model_config",
+    "load_model",
+]
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "object-small",
+    device: str | torch.device = "auto",
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = True,
+) -> GDObjectModel:
+    """An object model ready for inference (eval mode).
+
+    Args:
+        name_or_path: a preset name ("object-small", "object-tiny", "object-paper") or
+            a `.safetensors` file whose JSON config sits beside it.
+        device: "auto", "cpu", "cuda", "mps" or a torch.device.
+        weights: explicit weights file for a preset name (default: the shipped one).
+        pretrained: False gives randomly initialised weights (tests, plumbing).
+    Raises:
+        WeightsNotFoundError: no weights where expected (the message says what to do).
+        ValueError: unknown name, unreadable or mismatched weights.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors" or path.is_file():
+        weights, pretrained = path, True
+        cfg = None
+    else:
+        cfg = get_model_config(str(name_or_path))
+    if not pretrained:
+        model = GDObjectModel(cfg)
+        return model.to(dev).eval()
+    if weights is None:
+        weights = shipped_weights(str(name_or_path))
+        if not weights.is_file():
+            raise WeightsNotFoundError(
+                f"no shipped weights for {name_or_path!r} ({weights}); train them with "
+                "`gd train`, pass weights=PATH, or use pretrained=False for a random model"
+            )
+    state, meta = load_weights(weights)
+    if "config" not in meta:
+        raise ValueError(f"{weights}: metadata has no model config")
+    saved = ObjectModelConfig.from_dict(meta["config"])
+    if cfg is not None and saved.name != cfg.name:
+        raise ValueError(f"{weights} holds {saved.name!r} weights, not {cfg.name!r}")
+    model = GDObjectModel(saved)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights}: weights do not fit {saved.name} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.weights_path = Path(weights)
+    model.weights_sha256 = meta.get("sha256")
+    return model.to(dev).eval()

@@ -1,0 +1,185 @@
+"""Configurations of the object model: backbone + densifier + what the model expects.
+
+Frozen dataclasses, written next to weights as JSON (`to_dict` / `from_dict`), so a
+weights file always says what network it belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from ..gd.config import SMALL, DensifyConfig, ViewFeatureConfig
+from ..gd.view_features import CHILD_SAMPLES
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """LaRa-style backbone sizes (`object_backbone.py`).
+
+    Attributes:
+        encoder: "cnn" (trained from scratch) or "dino" (a local DINO ViT checkout).
+        dino_repo, dino_model: torch hub directory and entry point for "dino".
+        image_channels: encoder output width.
+        volume_channels: feature-volume width D.
+        heads: heads of the voxel-to-view cross-attention.
+        resolution: feature-volume side (voxels).
+        extent: the volume spans [-extent, extent]³ in model units.
+        upsample: Gaussian volume = resolution · upsample per side.
+        gaussian_channels: width of the up-sampled Gaussian volume.
+        gaussians_per_voxel: Gaussians decoded per Gaussian-volume voxel.
+        feature_dim: per-Gaussian feature handed to the densifier.
+        sh_degree: SH degree of the coarse Gaussians (>= 1).
+        mid_blocks, refine_blocks: 3D residual blocks at half and full resolution.
+        pos_frequencies: Fourier frequencies of the voxel query's position encoding.
+        offset_range: Gaussian centres move at most this many voxels from their voxel.
+        scale_prior: initial scale, in voxels.
+        opacity_bias: initial opacity logit.
+        prune_opacity: inference drops coarse Gaussians at or below this opacity.
+    """
+
+    encoder: str = "cnn"
+    dino_repo: str = ""
+    dino_model: str = "dinov2_vits14"
+    image_channels: int = 32
+    volume_channels: int = 48
+    heads: int = 4
+    resolution: int = 16
+    extent: float = 0.7
+    upsample: int = 2
+    gaussian_channels: int = 32
+    gaussians_per_voxel: int = 1
+    feature_dim: int = 16
+    sh_degree: int = 1
+    mid_blocks: int = 1
+    refine_blocks: int = 1
+    pos_frequencies: int = 6
+    offset_range: float = 1.0
+    scale_prior: float = 0.5
+    opacity_bias: float = -4.0
+    prune_opacity: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.sh_degree < 1:
+            raise ValueError("the object backbone emits SH degree >= 1")
+        if self.volume_channels % self.heads:
+            raise ValueError("volume_channels must be divisible by heads")
+        if self.resolution % 2:
+            raise ValueError("resolution must be even (one down-sampling stage)")
+        for name in ("image_channels", "volume_channels", "gaussian_channels"):
+            if getattr(self, name) % 8:
+                raise ValueError(f"{name} must be a multiple of 8 (GroupNorm groups)")
+
+
+@dataclass(frozen=True)
+class ObjectModelConfig:
+    """The whole object model.
+
+    Attributes:
+        name: preset name.
+        image_size: square input resolution the backbone is trained at.
+        max_views: most input views accepted.
+        backbone, densify: sub-network configs.
+        candidates: default densification budget K at inference.
+        train_candidates: K while training (smaller renders, faster steps).
+        gradient_variant: "abs" (AbsGS) or "plain" candidate scores.
+    """
+
+    name: str = "object-small"
+    image_size: int = 128
+    max_views: int = 8
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    densify: DensifyConfig = SMALL
+    candidates: int = 4000
+    train_candidates: int = 2000
+    gradient_variant: str = "abs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ObjectModelConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a newer weights file)."""
+        data = dict(data)
+        backbone = BackboneConfig(**data.pop("backbone"))
+        dens = dict(data.pop("densify"))
+        view = ViewFeatureConfig(**dens.pop("view"))
+        tuples = {f.name for f in fields(DensifyConfig) if "tuple" in str(f.type)}
+        dens = {k: tuple(v) if k in tuples else v for k, v in dens.items()}
+        densify = DensifyConfig(**dens, view=view)
+        known = {f.name for f in fields(ObjectModelConfig)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown object model config keys {sorted(unknown)}")
+        return ObjectModelConfig(**data, backbone=backbone, densify=densify)
+
+    def with_(self, **changes: Any) -> ObjectModelConfig:
+        return replace(self, **changes)
+
+
+# The densifier of the object model: children re-sample the input views where they are
+# (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
+_SMALL_BACKBONE = BackboneConfig()
+_SMALL_DENSIFY = SMALL.with_(
+    candidates=4000,
+    sh_degree=1,
+    child_samples=CHILD_SAMPLES,
+    grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),
+    offset_scale=1.0,
+)
+
+OBJECT_SMALL = ObjectModelConfig(
+    name="object-small", backbone=_SMALL_BACKBONE, densify=_SMALL_DENSIFY
+)
+"""Trainable on 2 CPU cores in hours: 16³ feature volume, 32³ Gaussian volume."""
+
+_TINY_BACKBONE = BackboneConfig(
+    image_channels=16, volume_channels=16, heads=2, resolution=8, gaussian_channels=16,
+    feature_dim=8, mid_blocks=0, refine_blocks=0, pos_frequencies=3,
+)  # fmt: skip
+OBJECT_TINY = ObjectModelConfig(
+    name="object-tiny",
+    image_size=64,
+    backbone=_TINY_BACKBONE,
+    densify=_SMALL_DENSIFY.with_(
+        channels=(16, 16),
+        heads=(2, 2),
+        patch_size=16,
+        grid_size=0.5 * 2 * _TINY_BACKBONE.extent / (_TINY_BACKBONE.resolution * 2),
+        view=ViewFeatureConfig(dim=16, heads=2),
+    ),
+    candidates=256,
+    train_candidates=128,
+)
+"""For tests and plumbing: seconds to train a few steps."""
+
+_PAPER_BACKBONE = BackboneConfig(
+    image_channels=128, volume_channels=256, heads=8, resolution=32, extent=0.7, upsample=2,
+    gaussian_channels=64, gaussians_per_voxel=2, feature_dim=32, sh_degree=1,
+    mid_blocks=4, refine_blocks=2, pos_frequencies=8,
+)  # fmt: skip
+OBJECT_PAPER = ObjectModelConfig(
+    name="object-paper",
+    image_size=512,
+    max_views=8,
+    backbone=_PAPER_BACKBONE,
+    densify=SMALL.__class__(
+        grid_size=0.5 * 2 * _PAPER_BACKBONE.extent / (_PAPER_BACKBONE.resolution * 2),
+        child_samples=CHILD_SAMPLES,
+    ),
+    candidates=12_000,
+    train_candidates=12_000,
+)
+"""LaRa-sized: a 32³ volume of 256 channels up-sampled to 64³ with 2 Gaussians a voxel,
+and the official GD object densifier (K = 12k, R = [2, 4], channels [160, 256])."""
+
+PRESETS: dict[str, ObjectModelConfig] = {
+    c.name: c for c in (OBJECT_TINY, OBJECT_SMALL, OBJECT_PAPER)
+}
+
+
+def get_model_config(name: str) -> ObjectModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(PRESETS)}") from None

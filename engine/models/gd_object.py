@@ -1,0 +1,396 @@
+"""The object model: backbone -> gradient mask -> view features -> densifier -> merge.
+
+    model = GDObjectModel(get_model_config("object-small"))
+    rec = model.reconstruct(images, cameras)            # world-space coarse and fine
+    res = model.densify(gaussians, images, cameras, select=mask, budget=20_000)
+
+`reconstruct` and `densify` take views anywhere in the world (any camera distance and
+field of view that frames the prop): they normalise into the model's cube
+(`normalization.py`), run, and map the Gaussians back. Both report progress through a
+callback and stop with `Cancelled` when a `threading.Event` is set.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from ..gd.gradient_mask import select_top_k, view_space_gradients
+from ..gd.merge import merge
+from ..gd.pipeline import Densifier, DensifyResult
+from .config import ObjectModelConfig
+from .normalization import (
+    Normalization,
+    check_cameras_see,
+    estimate_normalization,
+    normalization_from_bbox,
+)
+from .object_backbone import ObjectBackbone
+
+Progress = Callable[[float, str], None]
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set; nothing was returned."""
+
+
+@dataclass
+class Reconstruction:
+    """Result of `reconstruct` / `densify`, in world coordinates.
+
+    Attributes:
+        gaussians: N final Gaussians: untouched coarse ones first (in order), then fine.
+        coarse: the coarse set the final one was made from (after pruning).
+        level: (N,) int64, 0 for coarse Gaussians, 1..L for fine ones.
+        parent: (N,) int64 index into `coarse`.
+        stats: "counts" and "seconds" (per stage) dictionaries.
+    """
+
+    gaussians: Gaussians
+    coarse: Gaussians
+    level: Tensor
+    parent: Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectOutput:
+    """Training-time output for one batch element, in model space.
+
+    Attributes:
+        coarse: all decoded coarse Gaussians (no pruning: every one gets a gradient).
+        densified: the densifier's result (merged set, fine set, selection), or None.
+    """
+
+    coarse: Gaussians
+    densified: DensifyResult | None
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+class GDObjectModel(nn.Module):
+    """LaRa-style backbone + generative densification for objects."""
+
+    def __init__(self, cfg: ObjectModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = ObjectBackbone(cfg.backbone)
+        self.densifier = Densifier(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
+        self.weights_path = None
+        self.weights_sha256: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def config(self) -> ObjectModelConfig:
+        return self.cfg
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def max_views(self) -> int:
+        return self.cfg.max_views
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training forward
+    def forward(
+        self,
+        images: Tensor,
+        cameras: list[Cameras],
+        densify: bool = True,
+        budget: int | None = None,
+        drop_backbone_features: bool = False,
+    ) -> list[ObjectOutput]:
+        """Model-space forward for training.
+
+        Args:
+            images: (B, V, H, W, 3) at `image_size`, on white.
+            cameras: B model-space Cameras of V views each.
+            densify: also run the densifier.
+            budget: candidates per element (default: `cfg.train_candidates`).
+            drop_backbone_features: give the densifier zeros instead of backbone
+                features, so it also learns to densify splats that have none.
+        """
+        out = self.backbone(images, cameras)
+        results = []
+        for bi, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
+            dens = None
+            if densify:
+                if drop_backbone_features:
+                    feats = torch.zeros_like(feats)
+                dens = self.densifier(
+                    coarse, images[bi], cameras[bi], budget=budget or self.cfg.train_candidates,
+                    backbone_feats=feats, background=WHITE, variant=self.cfg.gradient_variant,
+                )  # fmt: skip
+            results.append(ObjectOutput(coarse, dens))
+        return results
+
+    # ------------------------------------------------------------------ inference
+    def prepare_views(self, images: Tensor, cameras: Cameras) -> tuple[Tensor, Cameras]:
+        """Validate views and bring them to the model: (V, H, W, 3|4) -> (V, S, S, 3).
+
+        RGBA is composited on white. Images are resampled (area filter) to the model's
+        square size and the cameras scaled with them.
+
+        Raises:
+            ValueError: wrong view count, image shape or size, non-finite pixels.
+        """
+        if not isinstance(images, Tensor):
+            images = torch.as_tensor(images)
+        if not isinstance(cameras, Cameras):
+            raise ValueError(
+                f"cameras must be engine.cameras.Cameras, got {type(cameras).__name__}"
+            )
+        v = len(cameras)
+        if not 1 <= v <= self.max_views:
+            raise ValueError(f"{self.name} takes 1 to {self.max_views} views, got {v}")
+        if images.ndim != 4 or images.shape[-1] not in (3, 4):
+            raise ValueError(
+                f"images must be (V, H, W, 3) or (V, H, W, 4), got {tuple(images.shape)}"
+            )
+        if images.shape[0] != v:
+            raise ValueError(f"{images.shape[0]} images for {v} cameras")
+        if (images.shape[2], images.shape[1]) != (cameras.width, cameras.height):
+            raise ValueError(
+                f"images are {images.shape[2]}x{images.shape[1]} but the cameras are "
+                f"{cameras.width}x{cameras.height}"
+            )
+        images = images.to(torch.float32)
+        if not bool(torch.isfinite(images).all()):
+            bad = int(torch.nonzero(~torch.isfinite(images).flatten(1).all(1))[0])
+            raise ValueError(f"image {bad} has NaN or infinite pixels")
+        images = images.clamp(0.0, 1.0)
+        if images.shape[-1] == 4:
+            alpha = images[..., 3:]
+            images = images[..., :3] * alpha + (1 - alpha)
+        s = self.image_size
+        if (cameras.width, cameras.height) != (s, s):
+            if cameras.width != cameras.height:
+                raise ValueError(
+                    f"{self.name} takes square views; got {cameras.width}x{cameras.height}"
+                )
+            images = F.interpolate(images.permute(0, 3, 1, 2), size=(s, s), mode="area")
+            images = images.permute(0, 2, 3, 1).contiguous()
+            cameras = cameras.scaled(s, s)
+        return images, cameras
+
+    def normalization(self, cameras: Cameras, bbox: Tensor | None) -> Normalization:
+        norm = estimate_normalization(cameras) if bbox is None else normalization_from_bbox(bbox)
+        check_cameras_see(cameras, norm)
+        return norm
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: Tensor,
+        cameras: Cameras,
+        *,
+        bbox: Tensor | None = None,
+        densify: bool = True,
+        budget: int | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reconstruction:
+        """Coarse Gaussians from posed views, then densified where detail is missing.
+
+        Args:
+            images: (V, H, W, 3) RGB in [0, 1] on white, or (V, H, W, 4) RGBA.
+            cameras: V world-space cameras (OpenCV, pixel intrinsics).
+            bbox: optional (2, 3) world bounding box of the prop; estimated from the
+                cameras otherwise.
+            densify: run generative densification (False: coarse only).
+            budget: densification candidates K (default `cfg.candidates`).
+            progress: called with (fraction done, stage message).
+            cancel: set it to stop; `Cancelled` is raised at the next stage boundary.
+        Returns:
+            A `Reconstruction` in world coordinates.
+        """
+        report = progress or (lambda f, m: None)
+        times: dict[str, float] = {}
+        start = t0 = time.perf_counter()
+        _check(cancel)
+        report(0.0, "preparing views")
+        images, cameras = self.prepare_views(images, cameras)
+        norm = self.normalization(cameras, bbox)
+        device = self.device
+        cams = norm.cameras_to_model(cameras).to(device=device, dtype=torch.float32)
+        images = images.to(device)
+        times["prepare"] = time.perf_counter() - t0
+        _check(cancel)
+
+        report(0.1, "coarse Gaussians")
+        t0 = time.perf_counter()
+        self.eval()
+        out = self.backbone(images[None], [cams])
+        coarse, feats = out.gaussians[0], out.features[0]
+        decoded = len(coarse)
+        keep = coarse.opacities > self.cfg.backbone.prune_opacity
+        coarse, feats = coarse[keep], feats[keep]
+        times["backbone"] = time.perf_counter() - t0
+        _check(cancel)
+        coarse_world = norm.gaussians_to_world(coarse).to("cpu")
+        counts = {"decoded": decoded, "coarse": len(coarse)}
+        if not densify or len(coarse) == 0:
+            n = len(coarse_world)
+            times["total"] = time.perf_counter() - start
+            report(1.0, "done")
+            return Reconstruction(
+                coarse_world, coarse_world, torch.zeros(n, dtype=torch.int64),
+                torch.arange(n), {"counts": {**counts, "final": n}, "seconds": times},
+            )  # fmt: skip
+
+        report(0.5, "densifying")
+        k = min(budget or self.cfg.candidates, len(coarse))
+        result, sel_time = self._densify_model_space(coarse, feats, images, cams, k, None)
+        times["select"] = sel_time
+        times["densify"] = time.perf_counter() - t0 - times["backbone"] - sel_time
+        _check(cancel)
+        fine_world = norm.gaussians_to_world(result.fine.gaussians).to("cpu")
+        merged = merge(
+            coarse_world, result.selection.selected.cpu(), fine_world,
+            result.fine.level.cpu(), result.fine.parent.cpu(),
+        )  # fmt: skip
+        counts.update(
+            candidates=int(result.selection.selected.sum()),
+            fine=len(fine_world),
+            final=len(merged.gaussians),
+        )
+        times["total"] = time.perf_counter() - start
+        report(1.0, "done")
+        return Reconstruction(
+            merged.gaussians, coarse_world, merged.level, merged.parent,
+            {"counts": counts, "seconds": times},
+        )  # fmt: skip
+
+    def _densify_model_space(
+        self,
+        coarse: Gaussians,
+        feats: Tensor | None,
+        images: Tensor,
+        cams: Cameras,
+        k: int,
+        select: Tensor | None,
+    ) -> tuple[DensifyResult, float]:
+        """Candidate selection (top-k, optionally within `select`) and the densifier."""
+        t0 = time.perf_counter()
+        if select is None or int(select.sum()) > k:
+            scores = view_space_gradients(coarse, images, cams, WHITE, absgrad=True)
+            score = scores.absolute if scores.absolute is not None else scores.plain
+            eligible = scores.visible_views > 0
+            if select is not None:
+                eligible = eligible & select
+            else:
+                eligible = eligible & (coarse.opacities > self.cfg.backbone.prune_opacity)
+            select = select_top_k(score, k, eligible)
+        sel_time = time.perf_counter() - t0
+        if feats is None:
+            feats = coarse.means.new_zeros(len(coarse), self.cfg.backbone.feature_dim)
+        result = self.densifier(
+            coarse, images, cams, select=select, backbone_feats=feats, background=WHITE
+        )
+        return result, sel_time
+
+    @torch.no_grad()
+    def densify(
+        self,
+        gaussians: Gaussians,
+        images: Tensor,
+        cameras: Cameras,
+        *,
+        select: Tensor | None = None,
+        budget: int | None = None,
+        bbox: Tensor | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reconstruction:
+        """Densify Gaussians from anywhere (a file, the add-on) seen in posed views.
+
+        Args:
+            gaussians: N world-space Gaussians (no backbone features needed).
+            images, cameras, bbox, progress, cancel: as in `reconstruct`.
+            select: (N,) bool, the Gaussians that may be densified (the artist's region);
+                None lets the gradient mask choose among all of them.
+            budget: the most Gaussians to ADD. Each candidate becomes
+                `fine_per_candidate` Gaussians; when the selection would add more than
+                the budget, the candidates are the selected Gaussians with the largest
+                view-space gradients. Default: `cfg.candidates` candidates.
+        Returns:
+            A `Reconstruction` whose first N - S Gaussians are the unselected input ones,
+            bit for bit and in order; `parent` indexes `gaussians`.
+        """
+        report = progress or (lambda f, m: None)
+        start = time.perf_counter()
+        _check(cancel)
+        n = len(gaussians)
+        if select is not None:
+            select = torch.as_tensor(select)
+            if select.dtype != torch.bool or tuple(select.shape) != (n,):
+                raise ValueError(f"select must be a bool mask of shape ({n},)")
+            if not bool(select.any()):
+                raise ValueError("the selection is empty: select the Gaussians to densify")
+        if budget is not None and budget < 1:
+            raise ValueError(f"budget must be a positive number of Gaussians, got {budget}")
+        report(0.0, "preparing views")
+        images, cameras = self.prepare_views(images, cameras)
+        norm = self.normalization(cameras, bbox)
+        device = self.device
+        cams = norm.cameras_to_model(cameras).to(device=device, dtype=torch.float32)
+        model_g = norm.gaussians_to_model(gaussians.to("cpu")).to(device)
+        images = images.to(device)
+        if budget is None:
+            k = self.cfg.candidates
+        else:
+            k = max(1, int(budget // max(self.fine_per_candidate - 1.0, 1e-6)))
+        pool = n if select is None else int(select.sum())
+        k = min(k, pool)
+        _check(cancel)
+        report(0.2, "densifying")
+        sel = None if select is None else select.to(device)
+        result, sel_time = self._densify_model_space(model_g, None, images, cams, k, sel)
+        _check(cancel)
+        fine_world = norm.gaussians_to_world(result.fine.gaussians).to("cpu")
+        merged = merge(
+            gaussians.to("cpu"), result.selection.selected.cpu(), fine_world,
+            result.fine.level.cpu(), result.fine.parent.cpu(),
+        )  # fmt: skip
+        report(1.0, "done")
+        counts = {
+            "input": n,
+            "candidates": int(result.selection.selected.sum()),
+            "fine": len(fine_world),
+            "final": len(merged.gaussians),
+        }
+        seconds = {"select": sel_time, "total": time.perf_counter() - start}
+        return Reconstruction(
+            merged.gaussians, gaussians.to("cpu"), merged.level, merged.parent,
+            {"counts": counts, "seconds": seconds},
+        )  # fmt: skip
+
+    @property
+    def fine_per_candidate(self) -> float:
+        """Fine Gaussians each candidate becomes (6.8 for R = [2, 4], c = 0.8)."""
+        from ..gd.config import fine_count
+
+        return fine_count(1000, self.cfg.densify) / 1000

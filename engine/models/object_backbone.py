@@ -1,0 +1,297 @@
+"""LaRa-style object backbone: posed views -> a 3D feature volume -> coarse Gaussians.
+
+    images (B, V, H, W, 3) + cameras (model space)
+      -> image encoder (CNN, or a local DINO ViT) on RGB + Plücker rays     (B·V, C, H/s, W/s)
+      -> feature volume: every voxel projects into every view and samples its features;
+         voxel tokens cross-attend to those image tokens (one group of V tokens per voxel,
+         plus a learned "unseen" token), mean and variance across views are appended
+         (a multi-view-stereo cost volume: agreement means surface)
+      -> 3D convolutional refinement (a small U-Net)
+      -> up-sampled Gaussian volume -> decoder: `gaussians_per_voxel` Gaussians per voxel
+         (offset within the voxel, scale, rotation, opacity, SH) and a feature per Gaussian
+         for the densifier.
+
+DESIGN.md §8: on two cores, geometric inductive bias beats capacity, so the projection
+is computed, not learned; attention only decides how to weigh the views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from .config import BackboneConfig
+
+
+@dataclass
+class BackboneOutput:
+    """Coarse Gaussians of a batch, flattened per element.
+
+    Attributes:
+        gaussians: list of B model-space Gaussians, each M = gaussians_per_voxel · R³.
+        features: list of B (M, feature_dim) per-Gaussian features.
+    """
+
+    gaussians: list[Gaussians]
+    features: list[Tensor]
+
+
+def plucker_rays(cameras: Cameras, height: int, width: int) -> Tensor:
+    """(V, 6, height, width) Plücker coordinates (d, o × d) of pixel-centre rays.
+
+    The grid is `height` x `width` over the cameras' full image, so a feature map at
+    stride s gets the rays through the centres of its cells.
+    """
+    sx, sy = cameras.width / width, cameras.height / height
+    dtype, device = cameras.fx.dtype, cameras.fx.device
+    v, u = torch.meshgrid(
+        (torch.arange(height, dtype=dtype, device=device) + 0.5) * sy,
+        (torch.arange(width, dtype=dtype, device=device) + 0.5) * sx,
+        indexing="ij",
+    )
+    x = (u[None] - cameras.cx[:, None, None]) / cameras.fx[:, None, None]
+    y = (v[None] - cameras.cy[:, None, None]) / cameras.fy[:, None, None]
+    dirs_cam = torch.stack([x, y, torch.ones_like(x)], -1)  # (V, h, w, 3)
+    c2w = cameras.camera_to_world
+    dirs = dirs_cam @ c2w[:, None, :3, :3].transpose(-1, -2)
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+    origins = c2w[:, None, None, :3, 3].expand_as(dirs)
+    moment = torch.cross(origins, dirs, dim=-1)
+    return torch.cat([dirs, moment], -1).permute(0, 3, 1, 2)
+
+
+class ResBlock2d(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResBlock3d(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, channels),
+            nn.GELU(),
+            nn.Conv3d(channels, channels, 3, padding=1),
+            nn.GroupNorm(8, channels),
+            nn.GELU(),
+            nn.Conv3d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class CNNEncoder(nn.Module):
+    """RGB + Plücker rays -> features at stride 4 (trained from scratch)."""
+
+    stride = 4
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        half = channels // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(3 + 6, half, 5, stride=2, padding=2),
+            ResBlock2d(half),
+            nn.Conv2d(half, channels, 3, stride=2, padding=1),
+            ResBlock2d(channels),
+            ResBlock2d(channels),
+        )
+
+    def forward(self, images: Tensor, rays: Tensor) -> Tensor:
+        """images (N, 3, H, W), rays (N, 6, H, W) -> (N, C, H/4, W/4)."""
+        return self.net(torch.cat([images * 2 - 1, rays], 1))
+
+
+class DinoEncoder(nn.Module):
+    """A DINO ViT from a local torch hub checkout + weights (never downloaded here);
+    Plücker rays are added to its patch tokens by a learned projection, as in LaRa."""
+
+    def __init__(self, channels: int, repo_dir: str, model: str = "dinov2_vits14") -> None:
+        super().__init__()
+        self.vit = torch.hub.load(repo_dir, model, source="local", pretrained=True)
+        self.stride = self.vit.patch_size
+        self.proj = nn.Conv2d(self.vit.embed_dim, channels, 1)
+        self.ray_proj = nn.Conv2d(6, channels, 1)
+
+    def forward(self, images: Tensor, rays: Tensor) -> Tensor:
+        n, _, h, w = images.shape
+        mean = images.new_tensor([0.485, 0.456, 0.406])[:, None, None]
+        std = images.new_tensor([0.229, 0.224, 0.225])[:, None, None]
+        tokens = self.vit.forward_features((images - mean) / std)["x_norm_patchtokens"]
+        gh, gw = h // self.stride, w // self.stride
+        feats = tokens.transpose(1, 2).reshape(n, -1, gh, gw)
+        rays = F.interpolate(rays, size=(gh, gw), mode="area")
+        return self.proj(feats) + self.ray_proj(rays)
+
+
+def fourier(x: Tensor, frequencies: int) -> Tensor:
+    """(..., D) -> (..., D·2·frequencies) sin/cos features at octave frequencies."""
+    freqs = 2.0 ** torch.arange(frequencies, dtype=x.dtype, device=x.device) * math.pi
+    angles = x[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], -1).flatten(-2)
+
+
+class ObjectBackbone(nn.Module):
+    """Posed views -> coarse model-space Gaussians and per-Gaussian features."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, d = cfg.image_channels, cfg.volume_channels
+        if cfg.encoder == "cnn":
+            self.encoder: nn.Module = CNNEncoder(c)
+        elif cfg.encoder == "dino":
+            if not cfg.dino_repo:
+                raise ValueError("encoder 'dino' needs dino_repo: a local torch hub checkout")
+            self.encoder = DinoEncoder(c, cfg.dino_repo, cfg.dino_model)
+        else:
+            raise ValueError(f"unknown encoder {cfg.encoder!r}; expected 'cnn' or 'dino'")
+        # Per-view token: encoder feature, raw RGB at the voxel's projection, depth of the
+        # voxel in that view (relative), and the viewing direction.
+        self.view_token = nn.Sequential(nn.Linear(c + 3 + 1 + 3, d), nn.GELU(), nn.Linear(d, d))
+        self.query = nn.Linear(3 * 2 * cfg.pos_frequencies, d)
+        self.unseen = nn.Parameter(torch.zeros(1, 1, 2 * d))
+        self.kv = nn.Linear(d, 2 * d)
+        self.heads = cfg.heads
+        self.attn_out = nn.Linear(d, d)
+        self.fuse = nn.Linear(d + 2 * d, d)
+        self.down = nn.Conv3d(d, 2 * d, 3, stride=2, padding=1)
+        self.mid = nn.Sequential(*[ResBlock3d(2 * d) for _ in range(cfg.mid_blocks)])
+        self.up = nn.ConvTranspose3d(2 * d, d, 2, stride=2)
+        self.refine = nn.Sequential(*[ResBlock3d(d) for _ in range(cfg.refine_blocks)])
+        u = cfg.gaussian_channels
+        self.to_gaussian_volume = nn.ConvTranspose3d(d, u, cfg.upsample, stride=cfg.upsample)
+        self.gaussian_refine = nn.Sequential(
+            nn.GroupNorm(8, u), nn.GELU(), nn.Conv3d(u, u, 3, padding=1)
+        )
+        k = cfg.gaussians_per_voxel
+        self.num_sh = (cfg.sh_degree + 1) ** 2
+        self.per_gaussian = 3 + 3 + 4 + 1 + 3 * self.num_sh
+        self.decoder = nn.Conv3d(u, k * (self.per_gaussian + cfg.feature_dim), 1)
+        self._init_decoder()
+
+    def _init_decoder(self) -> None:
+        # Start near "a faint blob at every voxel centre" so early renders have gradients
+        # everywhere instead of a few saturated Gaussians.
+        nn.init.normal_(self.decoder.weight, std=1e-3)
+        nn.init.zeros_(self.decoder.bias)
+
+    @property
+    def voxel_size(self) -> float:
+        """Side of a Gaussian-volume voxel in model units."""
+        return 2 * self.cfg.extent / (self.cfg.resolution * self.cfg.upsample)
+
+    def grid(self, resolution: int, device: torch.device) -> Tensor:
+        """(R³, 3) voxel centres of a resolution³ grid over [-extent, extent]³, x fastest
+        varying last so `.view(R, R, R, 3)` is indexed [z, y, x] like Conv3d's D, H, W."""
+        e = self.cfg.extent
+        t = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
+        t = (2 * t - 1) * e
+        z, y, x = torch.meshgrid(t, t, t, indexing="ij")
+        return torch.stack([x, y, z], -1).reshape(-1, 3)
+
+    def forward(self, images: Tensor, cameras: list[Cameras]) -> BackboneOutput:
+        """images: (B, V, H, W, 3) in [0, 1]; cameras: B model-space Cameras of V views."""
+        b, v, h, w, _ = images.shape
+        cfg = self.cfg
+        device = images.device
+        flat = images.reshape(b * v, h, w, 3).permute(0, 3, 1, 2)
+        rays = torch.cat([plucker_rays(cams.to(device=device), h, w) for cams in cameras])
+        feats = self.encoder(flat, rays.to(flat.dtype))  # (B·V, C, h', w')
+        # Sample features and RGB at every voxel's projection.
+        r = cfg.resolution
+        centres = self.grid(r, device)  # (G, 3)
+        tokens, valid = [], []
+        for bi, cams in enumerate(cameras):
+            cams = cams.to(device=device)
+            pix, depth = cams.project(centres)  # (V, G, 2), (V, G)
+            grid = torch.stack([pix[..., 0] / w * 2 - 1, pix[..., 1] / h * 2 - 1], -1)
+            grid = grid.to(feats.dtype)[:, :, None]  # (V, G, 1, 2)
+            fmap = feats[bi * v : (bi + 1) * v]
+            sampled = F.grid_sample(fmap, grid, align_corners=False).squeeze(-1)  # (V, C, G)
+            rgb = F.grid_sample(flat[bi * v : (bi + 1) * v], grid, align_corners=False)
+            rgb = rgb.squeeze(-1)  # (V, 3, G)
+            centers = cams.centers.to(centres)
+            view_dir = centres[None] - centers[:, None]  # (V, G, 3)
+            dist = view_dir.norm(dim=-1, keepdim=True)
+            rel_depth = dist - dist.mean(1, keepdim=True)
+            tok = torch.cat(
+                [sampled.transpose(1, 2), rgb.transpose(1, 2), rel_depth, view_dir / dist], -1
+            )  # (V, G, C+7)
+            inside = (grid.abs() <= 1).all(-1).squeeze(-1) & (depth > 0)
+            tokens.append(tok.transpose(0, 1))  # (G, V, C+7)
+            valid.append(inside.T)  # (G, V)
+        tok = self.view_token(torch.stack(tokens).to(feats.dtype))  # (B, G, V, D)
+        ok = torch.stack(valid)  # (B, G, V)
+        volume = self._aggregate(tok, ok, centres)  # (B, G, D)
+        d = volume.shape[-1]
+        x = volume.transpose(1, 2).reshape(b, d, r, r, r)
+        x = x + self.up(self.mid(self.down(x)))
+        x = self.refine(x)
+        x = self.gaussian_refine(self.to_gaussian_volume(x))
+        out = self.decoder(x)  # (B, k·(P+F), R', R', R')
+        return self._decode(out)
+
+    def _aggregate(self, tok: Tensor, ok: Tensor, centres: Tensor) -> Tensor:
+        """Voxel tokens cross-attend to their V view tokens; mean/variance appended.
+
+        tok: (B, G, V, D) view tokens, ok: (B, G, V) validity -> (B, G, D).
+        """
+        b, g, v, d = tok.shape
+        heads = self.heads
+        q = self.query(fourier(centres, self.cfg.pos_frequencies))  # (G, D)
+        q = q[None].expand(b, g, d).reshape(b * g, 1, heads, d // heads).transpose(1, 2)
+        kv = torch.cat([self.unseen.expand(b * g, 1, 2 * d), self.kv(tok.reshape(b * g, v, d))], 1)
+        k, val = kv.split(d, -1)
+        k = k.reshape(b * g, v + 1, heads, d // heads).transpose(1, 2)
+        val = val.reshape(b * g, v + 1, heads, d // heads).transpose(1, 2)
+        mask = torch.cat([ok.new_ones(b, g, 1), ok], -1).reshape(b * g, 1, 1, v + 1)
+        att = F.scaled_dot_product_attention(q, k, val, attn_mask=mask)
+        att = self.attn_out(att.transpose(1, 2).reshape(b, g, d))
+        w = ok[..., None].to(tok.dtype)
+        count = w.sum(2).clamp_min(1.0)
+        mean = (tok * w).sum(2) / count
+        var = ((tok - mean[:, :, None]).square() * w).sum(2) / count
+        return self.fuse(torch.cat([att, mean, var], -1))
+
+    def _decode(self, out: Tensor) -> BackboneOutput:
+        cfg = self.cfg
+        b = out.shape[0]
+        k, p, f = cfg.gaussians_per_voxel, self.per_gaussian, cfg.feature_dim
+        res = out.shape[-1]
+        out = out.reshape(b, k, p + f, res**3).permute(0, 3, 1, 2).reshape(b, res**3 * k, p + f)
+        centres = self.grid(res, out.device).repeat_interleave(k, 0)  # (M, 3)
+        voxel = self.voxel_size
+        gaussians, features = [], []
+        for bi in range(b):
+            raw = out[bi]
+            offset, log_scale, quat, opacity, sh = raw[:, :p].split(
+                [3, 3, 4, 1, 3 * self.num_sh], -1
+            )
+            means = centres + cfg.offset_range * voxel * torch.tanh(offset)
+            log_scales = log_scale + math.log(cfg.scale_prior * voxel)
+            quats = quat + quat.new_tensor([1.0, 0.0, 0.0, 0.0])
+            sh = sh.reshape(-1, self.num_sh, 3)
+            # DC starts at mid grey (colour 0.5 -> SH 0).
+            gaussians.append(
+                Gaussians.unchecked(means, log_scales, quats, opacity[:, 0] + cfg.opacity_bias, sh)
+            )
+            features.append(raw[:, p:])
+        return BackboneOutput(gaussians, features)

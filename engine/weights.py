@@ -1,0 +1,103 @@
+"""Model weights on disk: safetensors tensors + a JSON config beside them.
+
+    object-small.safetensors   the state dict (never a pickle: DESIGN.md §4)
+    object-small.json          {"config": ObjectModelConfig, "training": {...}, "sha256": ...}
+
+Shipped weights live in `engine/assets/`, so `load_model("object-small")` works offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No weights file where one was expected; the message says how to get one."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of the shipped weights for a model name (may not exist)."""
+    return ASSETS / f"{name}.safetensors"
+
+
+def metadata_path(weights: str | os.PathLike) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(
+    state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]
+) -> str:
+    """Write tensors (safetensors) and `metadata` (JSON, plus the file's sha256), atomically.
+
+    Returns the sha256 of the tensors file.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(tensors, tmp))
+    digest = sha256_of(path)
+    meta = {**metadata, "sha256": digest}
+
+    def write_json(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+    _atomic(metadata_path(path), write_json)
+    return digest
+
+
+def load_weights(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, metadata) from a safetensors file and its JSON.
+
+    Raises:
+        WeightsNotFoundError: the file is missing.
+        ValueError: unreadable file, missing metadata or a checksum mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: weights file not found")
+    meta_file = metadata_path(path)
+    if not meta_file.is_file():
+        raise ValueError(f"{meta_file}: the config that goes with {path.name} is missing")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_file}: cannot read ({err})") from None
+    expected = meta.get("sha256")
+    if expected and sha256_of(path) != expected:
+        raise ValueError(f"{path}: checksum mismatch (file corrupt or replaced)")
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    return state, meta
