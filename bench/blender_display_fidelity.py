@@ -18,6 +18,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,9 @@ def _setup_scene(bpy, samples: int, seed: int):
     scene.view_settings.exposure = 0.0
     scene.view_settings.gamma = 1.0
     world = bpy.data.worlds.new("GD Fidelity White")
-    world.use_nodes = True
+    with warnings.catch_warnings():  # deprecated for 6.0, still how 5.0 makes the tree
+        warnings.simplefilter("ignore", DeprecationWarning)
+        world.use_nodes = True
     bg = world.node_tree.nodes["Background"]
     bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     bg.inputs["Strength"].default_value = 1.0

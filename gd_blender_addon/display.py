@@ -36,6 +36,7 @@ machines); the materials use only nodes EEVEE has, with dithered transparency.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import bpy
@@ -122,10 +123,10 @@ def _srgb_to_linear(b: _Builder, c: Any) -> Any:
     shades in linear light and the Standard view transform encodes back to sRGB."""
     low = b.vmath("DIVIDE", c, (12.92,) * 3)
     high = b.vmath("POWER", b.vmath("DIVIDE", b.vmath("ADD", c, (0.055,) * 3), (1.055,) * 3),
-                   (2.4,) * 3)  # fmt: skip
+                   (2.4,) * 3)
     # step(c - 0.04045) per channel: (sign + 1) / 2
     step = b.vmath("MULTIPLY_ADD", b.vmath("SIGN", b.vmath("SUBTRACT", c, (0.04045,) * 3)),
-                   (0.5,) * 3, (0.5,) * 3)  # fmt: skip
+                   (0.5,) * 3, (0.5,) * 3)
     mix = b.node("ShaderNodeMix", data_type="VECTOR", factor_mode="NON_UNIFORM")
     b.set(mix.inputs[1], step)  # indices: the vector-typed Factor/A/B sockets
     b.set(mix.inputs[4], low)
@@ -154,7 +155,9 @@ def _falloff_shader(b: _Builder, dc: Any, opacity: Any, r2: Any, backfacing: Any
 def _reset_material(name: str) -> tuple[bpy.types.Material, _Builder]:
     mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
     if mat.node_tree is None:
-        mat.use_nodes = True  # still needed in 5.0 to get a node tree on a new material
+        with warnings.catch_warnings():  # deprecated for 6.0; 5.0 still needs it for a tree
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mat.use_nodes = True
     mat.node_tree.nodes.clear()
     # Dithered transparency is order independent in EEVEE (thousands of overlapping
     # instances); Cycles ignores the setting.
@@ -180,7 +183,7 @@ def _build_ellipsoid_material() -> bpy.types.Material:
     along = b.vmath("DOT_PRODUCT", p, d)
     r2 = b.math("SUBTRACT", b.vmath("DOT_PRODUCT", p, p), b.math("MULTIPLY", along, along))
     shader = _falloff_shader(b, dc.outputs["Vector"], op.outputs["Fac"], r2,
-                             geometry.outputs["Backfacing"])  # fmt: skip
+                             geometry.outputs["Backfacing"])
     out = b.node("ShaderNodeOutputMaterial")
     b.set(out.inputs["Surface"], shader)
     return mat
@@ -196,13 +199,13 @@ def _build_point_material() -> bpy.types.Material:
 
     def local(socket: Any, kind: str) -> Any:
         n = b.node("ShaderNodeVectorTransform", vector_type=kind,
-                   convert_from="WORLD", convert_to="OBJECT")  # fmt: skip
+                   convert_from="WORLD", convert_to="OBJECT")
         b.set(n.inputs[0], socket)
         return n.outputs[0]
 
     # Object space: sigma is stored in object units.
     v = b.vmath("SUBTRACT", local(geometry.outputs["Position"], "POINT"),
-                local(info.outputs["Position"], "POINT"))  # fmt: skip
+                local(info.outputs["Position"], "POINT"))
     d = b.vmath("NORMALIZE", local(geometry.outputs["Incoming"], "VECTOR"))
     along = b.vmath("DOT_PRODUCT", v, d)
     dist2 = b.math("SUBTRACT", b.vmath("DOT_PRODUCT", v, v), b.math("MULTIPLY", along, along))
@@ -212,7 +215,7 @@ def _build_point_material() -> bpy.types.Material:
     s = b.math("ADD", stored, b.math("MULTIPLY", b.math("LESS_THAN", stored, 1e-30), fallback))
     r2 = b.math("DIVIDE", dist2, b.math("MAXIMUM", b.math("MULTIPLY", s, s), 1e-20))
     shader = _falloff_shader(b, dc.outputs["Vector"], op.outputs["Fac"], r2,
-                             geometry.outputs["Backfacing"])  # fmt: skip
+                             geometry.outputs["Backfacing"])
     out = b.node("ShaderNodeOutputMaterial")
     b.set(out.inputs["Surface"], shader)
     return mat
@@ -252,14 +255,14 @@ def _build_node_group(ng: Any, ellipsoid: Any, point: Any) -> None:
             description="Size of each ellipsoid/point in standard deviations")
     _socket(ng, "Subdivisions", "INPUT", "NodeSocketInt", ICO_SUBDIVISIONS,
             min_value=1, max_value=4, description="Ico-sphere subdivisions per ellipsoid")
-    _socket(ng, "Geometry", "OUTPUT", "NodeSocketGeometry")  # fmt: skip
+    _socket(ng, "Geometry", "OUTPUT", "NodeSocketGeometry")
 
     b = _Builder(ng)
     gi = b.node("NodeGroupInput")
     go = b.node("NodeGroupOutput")
     extent = gi.outputs["Sigma Extent"]
     log_scale = b.node("GeometryNodeInputNamedAttribute", {"Name": "scale"},
-                       data_type="FLOAT_VECTOR").outputs["Attribute"]  # fmt: skip
+                       data_type="FLOAT_VECTOR").outputs["Attribute"]
 
     # --- ellipsoids: ico-sphere of radius `extent` scaled by sigma, rotated by the quaternion.
     ico = b.node("GeometryNodeMeshIcoSphere", {"Radius": extent})
@@ -274,7 +277,7 @@ def _build_node_group(ng: Any, ellipsoid: Any, point: Any) -> None:
     norm2 = b.math("ADD", b.math("ADD", b.math("MULTIPLY", comps[0], comps[0]),
                                  b.math("MULTIPLY", comps[1], comps[1])),
                    b.math("ADD", b.math("MULTIPLY", comps[2], comps[2]),
-                          b.math("MULTIPLY", comps[3], comps[3])))  # fmt: skip
+                          b.math("MULTIPLY", comps[3], comps[3])))
     inv = b.math("DIVIDE", 1.0, b.math("MAXIMUM", b.math("SQRT", norm2), 1e-20))
     unit = b.node("FunctionNodeQuaternionToRotation")
     for socket, comp in zip(unit.inputs, comps, strict=True):
