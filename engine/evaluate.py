@@ -373,7 +373,7 @@ def write_outputs(
         "log_scale": plot_histograms(
             {labels[s]: pooled[s]["log_scale"] for s in labels},
             out_dir / "hist_log_scale.png",
-            title="Gaussian log-scales (ln σ, all three axes)",
+            title="Gaussian log-scales (ln sigma, all three axes)",
             xlabel="ln(scale) [world units]",
         ),
         "opacity": plot_histograms(
@@ -685,7 +685,9 @@ def _write_strips(out_dir: Path, result: ObjectEval, views: int) -> list[str]:
     r = result.renders
     for j in range(min(views, result.views)):
         pc, pf = result.coarse["psnr"][j], result.fine["psnr"][j]
-        labels = ["ground truth", f"coarse {_f(pc)} dB", f"fine {_f(pf)} dB"]
+        # ASCII only: Pillow's built-in font has no glyph for the report's dash.
+        db = lambda v: "n/a" if v is None else f"{v:.2f} dB"  # noqa: E731
+        labels = ["ground truth", f"coarse {db(pc)}", f"fine {db(pf)}"]
         strip = image_strip([r["gt"][j], r["coarse"][j], r["fine"][j]], labels)
         name = f"images/{result.index:06d}_view{j:02d}.png"
         strip.save(out_dir / name, format="PNG")

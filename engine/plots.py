@@ -239,7 +239,8 @@ def plot_histograms(
 
     Args:
         series: label -> 1-D values (numpy or torch); non-finite values are dropped.
-        value_range: (lo, hi) of the bins; default the 0.5–99.5 percentile range of all.
+        value_range: (lo, hi) of the bins; default the 0.5–99.5 percentile range of all
+            values, padded by 5% each side.
             Values outside are not drawn but still count in the normalisation.
     Returns:
         label -> {"count", "outside_range", "mean", "median", "edges", "density"}, for
@@ -257,7 +258,10 @@ def plot_histograms(
             lo, hi = np.percentile(everything, [0.5, 99.5])
         else:
             lo, hi = 0.0, 1.0
-        value_range = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = 0.05 * (hi - lo)  # spikes at the extremes stay visible inside the frame
+        value_range = (float(lo - pad), float(hi + pad))
     edges = np.linspace(value_range[0], value_range[1], bins + 1)
     stats, densities = {}, {}
     for label, values in arrays.items():
@@ -278,13 +282,16 @@ def plot_histograms(
     image = Image.new("RGB", size, "white")
     panel = Panel(image, (0, 0, *size), (edges[0], edges[-1]), (0.0, top), title, xlabel)
     entries = []
-    for i, (label, density) in enumerate(densities.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        xs = np.repeat(edges, 2)[1:-1]
-        ys = np.repeat(density, 2)
-        panel.line(xs.tolist(), ys.tolist(), colour)
-        entries.append((f"{label} (n={stats[label]['count']})", colour))
-    panel.legend(entries)
+    xs = np.repeat(edges, 2)[1:-1].tolist()
+    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(densities)}
+    # Drawn last to first so the first series stays visible where curves coincide; the
+    # later ones are thinner for the same reason.
+    for i, label in reversed(list(enumerate(densities))):
+        panel.line(
+            xs, np.repeat(densities[label], 2).tolist(), colours[label], width=3 if i == 0 else 2
+        )
+        entries.append((f"{label} (n={stats[label]['count']})", colours[label]))
+    panel.legend(entries[::-1])
     _save(image, out_png)
     return stats
 
