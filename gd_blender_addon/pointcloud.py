@@ -406,6 +406,12 @@ def transform_gaussians(gaussians: Gaussians, matrix: Any) -> Gaussians:
         raise ValueError("the object's transform is degenerate (a zero scale axis)")
     g = gaussians
     dtype = g.dtype
+    if bool((a == torch.eye(3, dtype=torch.float64)).all()):
+        # Identity or a pure translation: leave everything else bit-exact (quaternions
+        # unnormalised), so exporting an untransformed object reproduces its file.
+        means = g.means if not bool(t.any()) else (g.means.to(torch.float64) + t).to(dtype)
+        return Gaussians(means.clone(), g.log_scales.clone(), g.quats.clone(),
+                         g.opacity_logits.clone(), g.sh.clone())  # fmt: skip
     means = (g.means.to(torch.float64) @ a.T + t).to(dtype)
     u, s, vh = torch.linalg.svd(a)
     polar = u @ vh  # rotation part of A (a reflection too when det < 0)

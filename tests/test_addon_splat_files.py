@@ -1,0 +1,242 @@
+"""Add-on: import splat files as point-cloud objects and export objects, with real bpy."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
+]
+
+FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
+
+
+@pytest.fixture
+def bpy():
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    return bpy
+
+
+def _gaussians(n: int, degree: int, seed: int = 0):
+    """Well-behaved Gaussians (the lossy formats quantise; keep values in their ranges)."""
+    from engine.gaussians import Gaussians
+
+    gen = torch.Generator().manual_seed(seed)
+    k = (degree + 1) ** 2
+    sh = torch.randn(n, k, 3, generator=gen) * 0.3
+    return Gaussians(
+        means=(torch.rand(n, 3, generator=gen) - 0.5) * 2,
+        log_scales=torch.empty(n, 3).uniform_(-5, -2, generator=gen),
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.empty(n).uniform_(-2, 3, generator=gen),
+        sh=sh,
+    )
+
+
+def _data_counts(bpy) -> tuple[int, ...]:
+    d = bpy.data
+    return (len(d.objects), len(d.meshes), len(d.pointclouds), len(d.materials),
+            len(d.node_groups), len(d.collections))  # fmt: skip
+
+
+def _object(bpy, g, name="splat", **kw):
+    from gd_blender_addon import pointcloud
+
+    return pointcloud.gaussians_to_object(bpy.context, g, name, **kw)
+
+
+def _same_up_to_sign(q1: torch.Tensor, q2: torch.Tensor, atol: float) -> None:
+    sign = torch.sign((q1 * q2).sum(-1, keepdim=True))
+    torch.testing.assert_close(q1, q2 * sign, atol=atol, rtol=0)
+
+
+def test_ply_round_trip_bit_exact(bpy, tmp_path):
+    from engine.io import load, save
+    from gd_blender_addon import display, pointcloud, splat_files
+
+    g = _gaussians(300, 3)
+    path = tmp_path / "scene.ply"
+    save(g, path)
+    obj = splat_files.import_splat(path, bpy.context)
+    assert obj.name == "scene" and obj.type == "POINTCLOUD"
+    assert [m.name for m in obj.modifiers] == [display.MODIFIER_NAME]
+    g2, _, _ = pointcloud.object_to_gaussians(obj)
+    for f in FIELDS:
+        assert torch.equal(getattr(g, f), getattr(g2, f)), f
+    out = tmp_path / "again.ply"
+    splat_files.export_object(obj, out)
+    assert out.read_bytes() == path.read_bytes()  # identical file, byte for byte
+    g3 = load(out)
+    for f in FIELDS:
+        assert torch.equal(getattr(g, f), getattr(g3, f)), f
+
+
+def test_export_bakes_the_world_transform(bpy, tmp_path):
+    from engine.io import load
+    from gd_blender_addon import pointcloud, splat_files
+
+    obj = _object(bpy, _gaussians(50, 2))
+    obj.location = (1.0, -2.0, 0.5)
+    obj.rotation_euler = (0.2, 0.5, -1.0)
+    obj.scale = (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    path = tmp_path / "moved.ply"
+    splat_files.export_object(obj, path)
+    want, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)
+    got = load(path)
+    for f in FIELDS:
+        assert torch.equal(getattr(want, f), getattr(got, f)), f
+    local, _, _ = pointcloud.object_to_gaussians(obj)
+    assert not torch.allclose(got.means, local.means)
+
+
+def test_ply_levels_round_trip(bpy, tmp_path):
+    from engine.io import read_ply
+    from gd_blender_addon import pointcloud, splat_files
+
+    n = 40
+    level = torch.cat([torch.zeros(25), torch.full((15,), 2)]).long()
+    parent = torch.cat([torch.arange(25), torch.randint(0, 25, (15,))])
+    obj = _object(bpy, _gaussians(n, 1), level=level, parent=parent)
+    path = tmp_path / "levels.ply"
+    splat_files.export_object(obj, path, levels=True)
+    extra = read_ply(path).extra
+    assert extra["gd_level"].dtype == np.int32 and sorted(extra) == ["gd_level", "gd_parent"]
+    back = splat_files.import_splat(path, bpy.context, name="back", display_mode=None)
+    assert back.name == "back" and len(back.modifiers) == 0
+    _, level2, parent2 = pointcloud.object_to_gaussians(back)
+    assert torch.equal(level2, level) and torch.equal(parent2, parent)
+    # Without levels=True the file is a plain INRIA PLY.
+    plain = tmp_path / "plain.ply"
+    splat_files.export_object(obj, plain)
+    assert read_ply(plain).extra == {}
+
+
+@pytest.mark.parametrize(
+    "suffix, degree, tol",
+    [
+        (".spz", 3, dict(means=2e-3, log_scales=0.07, quats=0.02, opacity=0.05, sh=0.1)),
+        (".splat", 0, dict(means=1e-6, log_scales=1e-6, quats=0.02, opacity=0.05, sh=0.03)),
+        (".glb", 2, dict(means=1e-6, log_scales=1e-5, quats=1e-5, opacity=1e-5, sh=1e-4)),
+        (".gltf", 1, dict(means=1e-6, log_scales=1e-5, quats=1e-5, opacity=1e-5, sh=1e-4)),
+        (".compressed.ply", 3, dict(means=2e-3, log_scales=0.03, quats=0.01, opacity=0.05,
+                                    sh=0.1)),
+    ],
+)  # fmt: skip
+def test_lossy_formats_round_trip(bpy, tmp_path, suffix, degree, tol):
+    from gd_blender_addon import pointcloud, splat_files
+
+    g = _gaussians(200, degree, seed=11)
+    obj = _object(bpy, g)
+    path = tmp_path / f"scene{suffix}"
+    splat_files.export_object(obj, path)
+    back = splat_files.import_splat(path, bpy.context)
+    assert back.name == "scene"
+    g2, _, _ = pointcloud.object_to_gaussians(back)
+    assert len(g2) == len(g)
+    if suffix == ".compressed.ply":  # Morton-sorted on write: match by position
+        order = torch.cdist(g.means, g2.means).argmin(dim=1)
+        g2 = g2[order]
+    torch.testing.assert_close(g2.means, g.means, atol=tol["means"], rtol=0)
+    torch.testing.assert_close(g2.log_scales, g.log_scales, atol=tol["log_scales"], rtol=0)
+    _same_up_to_sign(g2.rotations, g.rotations, tol["quats"])
+    torch.testing.assert_close(g2.opacities, g.opacities, atol=tol["opacity"], rtol=0)
+    torch.testing.assert_close(g2.sh[:, 0], g.sh[:, 0], atol=tol["sh"], rtol=0)
+    if degree and suffix != ".splat":
+        assert g2.sh_degree == degree
+        torch.testing.assert_close(g2.sh, g.sh, atol=tol["sh"], rtol=0)
+
+
+@pytest.mark.parametrize(
+    "name, content, error, match",
+    [
+        ("missing.ply", None, FileNotFoundError, "no such splat file"),
+        ("garbage.ply", b"this is not a splat file at all\n" * 10, ValueError, "PLY"),
+        ("garbage.spz", b"\x00\x01garbage" * 20, ValueError, "spz"),
+        ("garbage.splat", b"\x01" * 33, ValueError, "splat"),
+        ("garbage.glb", b"glTF\x02\x00\x00\x00junk", ValueError, "glb"),
+        ("scene.obj", b"v 0 0 0\n", ValueError, "unsupported splat file suffix"),
+    ],
+)  # fmt: skip
+def test_bad_files_raise_and_create_nothing(bpy, tmp_path, name, content, error, match):
+    from gd_blender_addon import splat_files
+
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    before = _data_counts(bpy)
+    with pytest.raises(error, match=match):
+        splat_files.import_splat(path, bpy.context)
+    assert _data_counts(bpy) == before
+
+
+def test_truncated_ply_and_folder_create_nothing(bpy, tmp_path):
+    from engine.io import save
+    from gd_blender_addon import splat_files
+
+    path = tmp_path / "full.ply"
+    save(_gaussians(100, 1), path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.ply"
+    cut.write_bytes(data[: len(data) - 37])
+    folder = tmp_path / "folder.ply"
+    folder.mkdir()
+    before = _data_counts(bpy)
+    with pytest.raises(ValueError, match="cut.ply"):
+        splat_files.import_splat(cut, bpy.context)
+    with pytest.raises(ValueError, match="not a regular file"):
+        splat_files.import_splat(folder, bpy.context)
+    with pytest.raises(ValueError, match="display_mode"):
+        splat_files.import_splat(path, bpy.context, display_mode="FANCY")
+    assert _data_counts(bpy) == before
+
+
+def test_export_failures_write_nothing(bpy, tmp_path):
+    from gd_blender_addon import splat_files
+
+    obj = _object(bpy, _gaussians(20, 1))
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    cases = [
+        (cube, tmp_path / "cube.ply", {}, ValueError, "not a Gaussian splat object"),
+        (obj, tmp_path / "scene.obj", {}, ValueError, "unsupported splat file suffix"),
+        (obj, tmp_path / "nope" / "scene.ply", {}, FileNotFoundError, "no such folder"),
+        (obj, tmp_path / "opt.ply", {"bogus_option": 1}, TypeError, "bogus_option"),
+        (obj, tmp_path / "lv.spz", {"levels": True}, ValueError, "plain .ply"),
+        (obj, tmp_path / "v.spz", {"version": 99}, ValueError, "version"),
+    ]
+    for target, path, options, error, match in cases:
+        with pytest.raises(error, match=match):
+            splat_files.export_object(target, path, **options)
+    assert sorted(os.listdir(tmp_path)) == []
+
+    # A failed export over an existing file leaves it unchanged.
+    keep = tmp_path / "keep.spz"
+    keep.write_bytes(b"previous contents")
+    with pytest.raises(ValueError):
+        splat_files.export_object(obj, keep, version=99)
+    assert keep.read_bytes() == b"previous contents"
+    assert sorted(os.listdir(tmp_path)) == ["keep.spz"]
+
+
+def test_import_into_collection_and_compressed_name(bpy, tmp_path):
+    from engine.io import save
+    from gd_blender_addon import splat_files
+
+    sub = bpy.data.collections.new("Imported")
+    bpy.context.scene.collection.children.link(sub)
+    path = tmp_path / "thing.compressed.ply"
+    save(_gaussians(300, 0), path)
+    obj = splat_files.import_splat(path, sub)
+    assert obj.name == "thing" and [c.name for c in obj.users_collection] == ["Imported"]
+    assert ".compressed.ply" in splat_files.supported_suffixes()
+    assert math.isclose(len(obj.data.points), 300)
