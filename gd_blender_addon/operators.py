@@ -1,0 +1,985 @@
+"""Operators: Reconstruct, Densify Selected, import/export, install PyTorch, download weights.
+
+Every long operator follows one pattern (`_JobOperator`):
+    prepare()  main thread: validate, read the scene, load the model. Changes nothing, so a
+               bad input leaves the scene exactly as it was.
+    steps      main thread: one render per step (the UI redraws and Esc is seen between).
+    work()     worker thread: the engine, with plain tensors in and out.
+    finish()   main thread: the result lands in the scene (one new object, or in place).
+In the UI `invoke` drives this from a modal timer (status bar text, progress indicator, Esc
+cancels); with `bpy.app.background` (no event loop) and from scripts `execute` runs the same
+steps and blocks on the worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper, ImportHelper
+
+from . import dependencies, jobs
+from .camera_capture import CaptureError, camera_record, check_camera, render_view, to_local
+from .preferences import MISSING_TORCH, get_prefs, weights_for
+
+
+class UserError(Exception):
+    """A problem the user can fix; reported as is."""
+
+
+# ---------------------------------------------------------------------------- the model
+_models: dict[tuple[str, str, str | None], Any] = {}
+
+
+def load_engine_model(name: str, device: str, weights: str | None) -> Any:
+    """`engine.load_model`, cached per (name, device, weights). Tests replace this."""
+    key = (name, device, weights)
+    if key not in _models:
+        dependencies.setup_paths()
+        from engine.models import load_model
+
+        _models.clear()  # one model in memory at a time
+        _models[key] = load_model(name, device=device, weights=weights, pretrained=True)
+    return _models[key]
+
+
+def get_model(context: bpy.types.Context) -> Any:
+    """The model the preferences name, with clear errors for what the user can fix."""
+    if not dependencies.torch_available():
+        raise UserError(MISSING_TORCH)
+    prefs = get_prefs(context)
+    try:
+        return load_engine_model(prefs.model, prefs.device.lower(), weights_for(prefs))
+    except FileNotFoundError as err:
+        raise UserError(
+            f"Model weights missing: {err}. Download them in the add-on's preferences "
+            "(Download Weights) or choose a weights file there"
+        ) from None
+
+
+def clear_models() -> None:
+    _models.clear()
+
+
+# ---------------------------------------------------------------------------- helpers
+def settings(context: bpy.types.Context) -> Any:
+    return context.scene.gd_splat
+
+
+def selected_cameras(context: bpy.types.Context) -> list[bpy.types.Object]:
+    """Selected camera objects in name order (a stable view order)."""
+    return sorted((o for o in context.selected_objects if o.type == "CAMERA"), key=lambda o: o.name)
+
+
+def is_splat(obj: bpy.types.Object | None) -> bool:
+    # pointcloud.py needs torch; without it nothing can be a splat the add-on can use.
+    if obj is None or not dependencies.torch_available():
+        return False
+    from .pointcloud import is_gaussian_object
+
+    return bool(is_gaussian_object(obj))
+
+
+def _blocked_by_job() -> str | None:
+    job = jobs.active_job()
+    return f"Busy: {job.name} is running (Esc or Cancel stops it)" if job else None
+
+
+def reconstruct_blocker(context: bpy.types.Context) -> str | None:
+    """Why Reconstruct cannot run now, or None (cheap: no model loading, no pixels)."""
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    busy = _blocked_by_job()
+    if busy:
+        return busy
+    cameras = selected_cameras(context)
+    if not cameras:
+        return "Select at least one camera: Reconstruct uses each selected camera as a view"
+    photos = settings(context).source == "PHOTOS"
+    for camera in cameras:
+        try:
+            check_camera(camera)
+        except CaptureError as err:
+            return str(err)
+        if photos:
+            from .photos import background_image
+
+            if background_image(camera) is None:
+                return f"Camera '{camera.name}' has no background image (photo)"
+    return None
+
+
+def densify_blocker(context: bpy.types.Context) -> str | None:
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    busy = _blocked_by_job()
+    if busy:
+        return busy
+    if not is_splat(context.active_object):
+        return "Make a Gaussian splat object active (made by Reconstruct or imported)"
+    obj = context.active_object
+    mode = settings(context).densify_views
+    has_views = len(obj.gd_splat.views) > 0
+    if mode == "STORED" and not has_views:
+        return f"'{obj.name}' has no stored views; select cameras and choose Views: Cameras"
+    if (mode == "CAMERAS" or not has_views) and not selected_cameras(context):
+        return "No stored views on the object: select the cameras to densify against"
+    return None
+
+
+def export_blocker(context: bpy.types.Context) -> str | None:
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    if not is_splat(context.active_object):
+        return "Make a Gaussian splat object active to export it"
+    return None
+
+
+def _world_bbox(objects: list[bpy.types.Object]) -> list[list[float]] | None:
+    """(2, 3) world bounds of the objects' bounding boxes, or None if there are none."""
+    from mathutils import Vector
+
+    corners = [obj.matrix_world @ Vector(c) for obj in objects for c in obj.bound_box]
+    if not corners:
+        return None
+    lo = [min(c[i] for c in corners) for i in range(3)]
+    hi = [max(c[i] for c in corners) for i in range(3)]
+    if any(h - low <= 0 for low, h in zip(lo, hi, strict=True)):
+        return None
+    return [lo, hi]
+
+
+def _scaled(progress: Callable[[float, str], None], start: float, end: float):
+    return lambda f, m: progress(start + (end - start) * float(f), m)
+
+
+def _splat_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
+    from .pointcloud import is_gaussian_object
+
+    return [o for o in context.scene.objects if is_gaussian_object(o)]
+
+
+# ---------------------------------------------------------------------------- base class
+class _JobOperator:
+    """Shared modal/synchronous driver; subclasses define prepare/work/finish."""
+
+    _job: jobs.Job | None = None
+    _timer: Any = None
+
+    # -- subclass API
+    def prepare(self, context: bpy.types.Context) -> None:
+        raise NotImplementedError
+
+    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
+        raise NotImplementedError
+
+    def finish(self, context: bpy.types.Context, result: Any) -> None:
+        raise NotImplementedError
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        """Always called at the end (temporary files...)."""
+
+    job_name = "job"
+
+    # -- driver
+    def _setup(self, context: bpy.types.Context) -> None:
+        self._cancel = threading.Event()
+        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._started = time.monotonic()
+        self._job = None
+        self._progress_on = False
+
+    def _progress(self, context: bpy.types.Context, fraction: float, message: str) -> None:
+        wm = context.window_manager
+        if not self._progress_on:
+            wm.progress_begin(0, 1000)
+            self._progress_on = True
+        wm.progress_update(int(1000 * max(0.0, min(1.0, fraction))))
+        text = f"{self.job_name}: {message} ({100 * fraction:.0f}%) - Esc to cancel"
+        workspace = getattr(context, "workspace", None)
+        if workspace is not None and not bpy.app.background:
+            workspace.status_text_set(text)
+
+    def _main_progress(self, context: bpy.types.Context, fraction: float, message: str) -> None:
+        self._progress(context, fraction, message)
+        jobs.notify(fraction, message, self._cancel)
+
+    def _end(self, context: bpy.types.Context) -> None:
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        if self._progress_on:
+            context.window_manager.progress_end()
+            self._progress_on = False
+        workspace = getattr(context, "workspace", None)
+        if workspace is not None and not bpy.app.background:
+            workspace.status_text_set(None)
+        try:
+            self.cleanup(context)
+        except Exception:
+            traceback.print_exc()
+
+    def _fail(self, err: BaseException) -> set[str]:
+        if isinstance(err, jobs.JobCancelled):
+            self.report({"WARNING"}, f"{self.job_name} cancelled; nothing was changed")
+            return {"CANCELLED"}
+        if isinstance(err, (UserError, ValueError, FileNotFoundError)):
+            message = str(err)
+        elif isinstance(err, OSError):
+            message = f"File error: {err}"
+        else:
+            traceback.print_exception(err)
+            message = f"Unexpected error ({type(err).__name__}: {err}); see the console"
+        self.report({"ERROR"}, message)
+        return {"CANCELLED"}
+
+    def _make_job(self, context: bpy.types.Context) -> jobs.Job:
+        return jobs.Job(
+            self.job_name,
+            self.work,
+            on_progress=lambda f, m: self._progress(context, f, m),
+            cancel_event=self._cancel,
+        )
+
+    def _finish(self, context: bpy.types.Context, result: Any) -> set[str]:
+        self.finish(context, result)
+        return {"FINISHED"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Synchronous path: background mode and scripts."""
+        self._setup(context)
+        try:
+            if jobs.active_job() is not None:
+                raise UserError(_blocked_by_job())
+            self.prepare(context)
+            for i, (message, step) in enumerate(self._steps):
+                if self._cancel.is_set():
+                    raise jobs.JobCancelled()
+                self._main_progress(context, 0.3 * i / len(self._steps), message)
+                step()
+            if self._cancel.is_set():
+                raise jobs.JobCancelled()
+            result = self._make_job(context).run_blocking()
+            return self._finish(context, result)
+        except BaseException as err:
+            return self._fail(err)
+        finally:
+            self._end(context)
+
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        self._setup(context)
+        try:
+            if jobs.active_job() is not None:
+                raise UserError(_blocked_by_job())
+            self.prepare(context)
+        except BaseException as err:
+            self._end(context)
+            return self._fail(err)
+        self._total_steps = max(1, len(self._steps))
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.1, window=context.window)
+        wm.modal_handler_add(self)
+        self._progress(context, 0.0, "starting")
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
+        if event.type == "ESC" and event.value == "PRESS":
+            self._cancel.set()
+            self._progress(context, self._job.fraction if self._job else 0.0, "cancelling")
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        try:
+            if self._steps:
+                if self._cancel.is_set():
+                    raise jobs.JobCancelled()
+                done = self._total_steps - len(self._steps)
+                message, step = self._steps.pop(0)
+                self._main_progress(context, 0.3 * done / self._total_steps, message)
+                step()
+                return {"RUNNING_MODAL"}
+            if self._job is None:
+                if self._cancel.is_set():
+                    raise jobs.JobCancelled()
+                self._job = self._make_job(context).start()
+            if not self._job.poll():
+                return {"RUNNING_MODAL"}
+            result = self._job.outcome()
+            status = self._finish(context, result)
+        except BaseException as err:
+            self._end(context)
+            return self._fail(err)
+        self._end(context)
+        return status
+
+
+# ---------------------------------------------------------------------------- reconstruct
+class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
+    """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
+
+    bl_idname = "gd.reconstruct"
+    bl_label = "Reconstruct"
+    bl_options = {"REGISTER", "UNDO"}
+    job_name = "Reconstruct"
+
+    source: EnumProperty(  # type: ignore[valid-type]
+        name="Source",
+        items=(
+            ("SCENE", "Panel Setting", "Use the panel's Source"),
+            ("CAMERAS", "Cameras", "Render the selected cameras"),
+            ("PHOTOS", "Photos", "Use the selected cameras' background images"),
+        ),
+        default="SCENE",
+    )
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if jobs.active_job() is not None:
+            cls.poll_message_set(_blocked_by_job())
+            return False
+        return context.scene is not None
+
+    @classmethod
+    def description(cls, context: bpy.types.Context, properties: Any) -> str:
+        reason = reconstruct_blocker(context)
+        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        if not dependencies.torch_available():
+            raise UserError(MISSING_TORCH)
+        scene = context.scene
+        source = settings(context).source if self.source == "SCENE" else self.source
+        cameras = selected_cameras(context)
+        if not cameras:
+            raise UserError(
+                "No camera selected: select the cameras to reconstruct from (each selected "
+                "camera is one input view)"
+            )
+        for camera in cameras:
+            check_camera(camera)
+        self._photos = source == "PHOTOS"
+        self._views: list[Any] = []
+        self._records: list[dict[str, Any]] = []
+        self._images: list[Any] = []  # photo image datablocks to remember on the object
+        self._paths: list[Path] = []
+        self._tmp: Path | None = None
+        if self._photos:
+            from .photos import photo_view
+
+            for camera in cameras:
+                pixels, record, image = photo_view(camera)
+                self._views.append(pixels)
+                self._records.append(record)
+                self._images.append(image)
+        model = get_model(context)
+        if len(cameras) > model.max_views:
+            raise UserError(
+                f"{len(cameras)} cameras selected but the model takes at most "
+                f"{model.max_views} views; select fewer"
+            )
+        self._model = model
+        self._size = settings(context).resolution or int(model.image_size)
+        # Selected non-camera objects (the prop) bound the reconstruction.
+        props = [
+            o
+            for o in context.selected_objects
+            if o.type not in {"CAMERA", "LIGHT"} and not is_splat(o)
+        ]
+        self._bbox = _world_bbox(props)
+        self._name = f"{props[0].name} splats" if props else "Splats"
+        if not self._photos:
+            self._tmp = Path(tempfile.mkdtemp(prefix="gd_views_"))
+            hidden = _splat_objects(context)
+            for i, camera in enumerate(cameras):
+                path = self._tmp / f"view_{i:03d}.png"
+
+                def step(camera: bpy.types.Object = camera, path: Path = path) -> None:
+                    self._views.append(_render_hiding(scene, camera, self._size, path, hidden))
+                    self._records.append(camera_record(camera, self._size, self._size))
+                    self._paths.append(path)
+
+                self._steps.append((f"rendering {camera.name}", step))
+
+    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
+        import torch
+
+        from .photos import prepare_views
+
+        progress(0.3, "preparing views")
+        images, cameras = prepare_views(self._views, self._records, int(self._model.image_size))
+        bbox = None if self._bbox is None else torch.tensor(self._bbox, dtype=torch.float32)
+        stage = _scaled(progress, 0.35, 1.0)
+        return self._model.reconstruct(
+            images, cameras, bbox=bbox, densify=True, progress=stage, cancel=cancel
+        )
+
+    def finish(self, context: bpy.types.Context, rec: Any) -> None:
+        from .display import ensure_display
+        from .pointcloud import gaussians_to_object
+
+        obj = gaussians_to_object(
+            context.collection, rec.gaussians, self._name, level=rec.level, parent=rec.parent
+        )
+        try:
+            ensure_display(obj)
+            _store_views(
+                obj,
+                self._paths,
+                self._images,
+                self._records,
+                "photos" if self._photos else "cameras",
+            )
+        except BaseException:
+            bpy.data.objects.remove(obj)
+            raise
+        for other in context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        seconds = time.monotonic() - self._started
+        self.report(
+            {"INFO"},
+            f"Reconstructed {len(rec.gaussians.means)} Gaussians from "
+            f"{len(self._records)} views in {seconds:.1f} s",
+        )
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._model = None
+
+
+def _render_hiding(
+    scene: bpy.types.Scene,
+    camera: bpy.types.Object,
+    size: int,
+    path: Path,
+    hidden: list[bpy.types.Object],
+) -> Any:
+    """Render one view with existing splat objects hidden from the render (restored after):
+    the engine must see the prop, not earlier reconstructions of it."""
+    saved = [(obj, obj.hide_render) for obj in hidden]
+    try:
+        for obj, _ in saved:
+            obj.hide_render = True
+        return render_view(scene, camera, size, path)
+    finally:
+        for obj, value in saved:
+            if obj.hide_render != value:
+                obj.hide_render = value
+
+
+def _store_views(
+    obj: bpy.types.Object,
+    paths: list[Path],
+    images: list[Any],
+    records: list[dict[str, Any]],
+    source: str,
+) -> None:
+    """Remember the views on the object (see properties.py): rendered PNGs are packed into
+    the .blend with a fake user; photos keep pointing at their image datablocks."""
+    local = to_local(records, obj.matrix_world)
+    data = obj.gd_splat
+    data.views.clear()
+    data.source = source
+    for i, record in enumerate(local):
+        if paths:
+            image = bpy.data.images.load(str(paths[i]), check_existing=False)
+            image.pack()
+            image.name = f"{obj.name} view {i:02d}"
+            image.use_fake_user = True
+        else:
+            image = images[i]
+        view = data.views.add()
+        view.image = image
+        view.camera = json.dumps(record)
+
+
+def stored_views(obj: bpy.types.Object) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(pixels, camera records in the object's local frame) of the views kept on `obj`."""
+    from .camera_capture import read_image_pixels
+
+    pixels, records = [], []
+    for i, view in enumerate(obj.gd_splat.views):
+        if view.image is None:
+            raise UserError(
+                f"view {i} of '{obj.name}' lost its image; densify against "
+                "selected cameras instead (Views: Selected Cameras)"
+            )
+        pixels.append(read_image_pixels(view.image))
+        records.append(json.loads(view.camera))
+    return pixels, records
+
+
+# ---------------------------------------------------------------------------- densify
+class GD_OT_densify(_JobOperator, bpy.types.Operator):
+    """Add detail to the selected Gaussians (Edit Mode selection or the Region object);
+    every other Gaussian keeps its exact values"""
+
+    bl_idname = "gd.densify_selected"
+    bl_label = "Densify Selected"
+    bl_options = {"REGISTER", "UNDO"}
+    job_name = "Densify"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if jobs.active_job() is not None:
+            cls.poll_message_set(_blocked_by_job())
+            return False
+        return context.scene is not None
+
+    @classmethod
+    def description(cls, context: bpy.types.Context, properties: Any) -> str:
+        reason = densify_blocker(context)
+        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        if not dependencies.torch_available():
+            raise UserError(MISSING_TORCH)
+        obj = context.active_object
+        if not is_splat(obj):
+            raise UserError(
+                "Make a Gaussian splat object active (made by Reconstruct or "
+                "imported) to densify it"
+            )
+        from .pointcloud import object_to_gaussians, points_in_region, selected_point_mask
+
+        self._obj = obj
+        self._tmp = None
+        self._mode = obj.mode
+        if obj.mode != "OBJECT":
+            # Edit Mode keeps its selection in edit data; Object Mode writes it back.
+            bpy.ops.object.mode_set(mode="OBJECT")
+        opts = settings(context)
+        region = opts.region
+        mask = points_in_region(obj, region) if region is not None else selected_point_mask(obj)
+        count = int(mask.sum())
+        if count == 0:
+            where = f"inside '{region.name}'" if region is not None else "(Edit Mode selection)"
+            raise UserError(
+                f"No Gaussians selected {where}: select the points to densify or set a Region box"
+            )
+        self._mask = mask
+        use_stored = opts.densify_views == "STORED" or (
+            opts.densify_views == "AUTO" and len(obj.gd_splat.views) > 0
+        )
+        self._views: list[Any] = []
+        self._records: list[dict[str, Any]] = []
+        cameras = [] if use_stored else selected_cameras(context)
+        if use_stored:
+            if not len(obj.gd_splat.views):
+                raise UserError(
+                    f"'{obj.name}' has no stored views; select cameras and set "
+                    "Views to Selected Cameras"
+                )
+            self._views, self._records = stored_views(obj)
+        else:
+            if not cameras:
+                raise UserError(
+                    "No camera selected: the object has no stored views, so "
+                    "select the cameras to densify against"
+                )
+            for camera in cameras:
+                check_camera(camera)
+            if opts.source == "PHOTOS":
+                from .photos import photo_view
+
+                for camera in cameras:
+                    pixels, record, _ = photo_view(camera)
+                    self._views.append(pixels)
+                    self._records.append(to_local([record], obj.matrix_world)[0])
+        self._model = get_model(context)
+        if len(self._records or cameras) > self._model.max_views:
+            raise UserError(
+                f"{len(self._records or cameras)} views but the model takes at "
+                f"most {self._model.max_views}"
+            )
+        self._gaussians, self._level, self._parent = object_to_gaussians(obj)
+        self._budget = int(opts.budget)
+        if cameras and not self._views:
+            size = opts.resolution or int(self._model.image_size)
+            self._tmp = Path(tempfile.mkdtemp(prefix="gd_views_"))
+            hidden = _splat_objects(context)
+            scene = context.scene
+            for i, camera in enumerate(cameras):
+                path = self._tmp / f"view_{i:03d}.png"
+
+                def step(camera: bpy.types.Object = camera, path: Path = path) -> None:
+                    self._views.append(_render_hiding(scene, camera, size, path, hidden))
+                    record = camera_record(camera, size, size)
+                    self._records.append(to_local([record], obj.matrix_world)[0])
+
+                self._steps.append((f"rendering {camera.name}", step))
+
+    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
+        from .photos import prepare_views
+
+        progress(0.3, "preparing views")
+        images, cameras = prepare_views(self._views, self._records, int(self._model.image_size))
+        return self._model.densify(
+            self._gaussians,
+            images,
+            cameras,
+            select=self._mask,
+            budget=self._budget,
+            progress=_scaled(progress, 0.35, 1.0),
+            cancel=cancel,
+        )
+
+    def finish(self, context: bpy.types.Context, res: Any) -> None:
+        from .pointcloud import replace_gaussians
+
+        level, parent = lineage(self._level, self._parent, res.level, res.parent)
+        before = int(self._mask.numel())
+        replace_gaussians(self._obj, res.gaussians, level, parent)
+        added = len(res.gaussians.means) - before
+        self.report(
+            {"INFO"},
+            f"Densified {int(self._mask.sum())} Gaussians: "
+            f"{before} -> {len(res.gaussians.means)} ({added:+d})",
+        )
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
+        if obj is not None and mode != "OBJECT" and obj.mode != mode:
+            bpy.ops.object.mode_set(mode=mode)
+        self._model = None
+
+
+def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[Any, Any]:
+    """The object's gd_level / gd_parent after a densify.
+
+    The engine returns, per output Gaussian, its input index (`res_parent`) and level
+    (0: copied unchanged, 1..L: fine). Copied Gaussians keep their level and parent; a fine
+    one gets its input's level plus its own, and its gd_parent stays the index of the coarse
+    Gaussian of the original reconstruction it descends from.
+    """
+    import torch
+
+    source = torch.as_tensor(res_parent, dtype=torch.int64)
+    level = torch.as_tensor(level, dtype=torch.int64)
+    parent = torch.as_tensor(parent, dtype=torch.int64)
+    return level[source] + torch.as_tensor(res_level, dtype=torch.int64), parent[source]
+
+
+# ---------------------------------------------------------------------------- files
+SPLAT_GLOB = "*.ply;*.spz;*.splat;*.glb;*.gltf"
+
+
+class GD_OT_export_splats(bpy.types.Operator, ExportHelper):
+    """Export the active splat object (.ply, .compressed.ply, .spz, .splat, .glb, .gltf)"""
+
+    bl_idname = "gd.export_splats"
+    bl_label = "Export Splats"
+    bl_options = {"REGISTER"}
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default=SPLAT_GLOB, options={"HIDDEN"})  # type: ignore[valid-type]
+    levels: BoolProperty(  # type: ignore[valid-type]
+        name="Keep Levels",
+        description=(
+            "Plain .ply only: also store each Gaussian's densification level and parent "
+            "(extra vertex properties other tools ignore)"
+        ),
+        default=True,
+    )
+
+    @classmethod
+    def description(cls, context: bpy.types.Context, properties: Any) -> str:
+        reason = export_blocker(context)
+        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+
+    def check(self, context: bpy.types.Context) -> bool:
+        return False  # keep the suffix the user typed: it picks the format
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        reason = export_blocker(context)
+        if reason:
+            self.report({"ERROR"}, reason)
+            return {"CANCELLED"}
+        from .splat_files import export_object
+
+        try:
+            path = Path(self.filepath)
+            plain_ply = path.suffix.lower() == ".ply" and not path.name.lower().endswith(
+                ".compressed.ply"
+            )
+            export_object(context.active_object, path, levels=self.levels and plain_ply)
+        except (ValueError, TypeError, OSError) as err:
+            self.report({"ERROR"}, f"Export failed: {err}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Exported {Path(self.filepath).name}")
+        return {"FINISHED"}
+
+
+class GD_OT_import_splats(bpy.types.Operator, ImportHelper):
+    """Import a Gaussian splat file as a point cloud object"""
+
+    bl_idname = "gd.import_splats"
+    bl_label = "Import Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filter_glob: StringProperty(default=SPLAT_GLOB, options={"HIDDEN"})  # type: ignore[valid-type]
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if not dependencies.torch_available():
+            self.report({"ERROR"}, MISSING_TORCH)
+            return {"CANCELLED"}
+        from .splat_files import import_splat
+
+        try:
+            obj = import_splat(self.filepath, context.collection)
+        except (ValueError, OSError) as err:
+            self.report({"ERROR"}, f"Import failed: {err}")
+            return {"CANCELLED"}
+        for other in context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        return {"FINISHED"}
+
+
+class GD_OT_import_photos(bpy.types.Operator, ImportHelper):
+    """Import posed photos (NeRF transforms.json, or a COLMAP folder / its cameras file) as
+    cameras with the photos as background images"""
+
+    bl_idname = "gd.import_photos"
+    bl_label = "Import Photos"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filter_glob: StringProperty(default="*.json;*.bin;*.txt", options={"HIDDEN"})  # type: ignore[valid-type]
+    set_resolution: BoolProperty(  # type: ignore[valid-type]
+        name="Set Render Resolution",
+        description="Set the scene's resolution to the photos' so camera frames match them",
+        default=True,
+    )
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if not dependencies.torch_available():
+            self.report({"ERROR"}, MISSING_TORCH)
+            return {"CANCELLED"}
+        from . import photos
+
+        path = Path(bpy.path.abspath(self.filepath))
+        try:
+            if path.suffix.lower() == ".json":
+                cameras = photos.import_nerf(context, path, self.set_resolution)
+            else:
+                folder = path if path.is_dir() else path.parent
+                # cameras.bin in sparse/0 belongs to the folder two levels up.
+                if folder.parent.name == "sparse":
+                    folder = folder.parent.parent
+                elif folder.name == "sparse":
+                    folder = folder.parent
+                cameras = photos.import_colmap(context, folder, self.set_resolution)
+        except (ValueError, OSError) as err:
+            self.report({"ERROR"}, f"Cannot import photos: {err}")
+            return {"CANCELLED"}
+        settings(context).source = "PHOTOS"
+        self.report({"INFO"}, f"Imported {len(cameras)} cameras with photos")
+        return {"FINISHED"}
+
+
+# ---------------------------------------------------------------------------- setup
+def online_access() -> bool:
+    """Whether Blender allows network use (Preferences > System > Network); tests patch it."""
+    return bool(bpy.app.online_access)
+
+
+def _offline_error() -> str:
+    return (
+        "Online access is off: enable Preferences > System > Network > Allow Online "
+        "Access (or start Blender with --online-mode) to download"
+    )
+
+
+class GD_OT_install_dependencies(_JobOperator, bpy.types.Operator):
+    """Install PyTorch and the engine's other dependencies into this add-on's user folder
+    (needs online access)"""
+
+    bl_idname = "gd.install_dependencies"
+    bl_label = "Install PyTorch"
+    bl_options = {"REGISTER", "INTERNAL"}
+    job_name = "Install PyTorch"
+
+    build: EnumProperty(  # type: ignore[valid-type]
+        name="Build",
+        items=(("CPU", "CPU", ""), ("CUDA", "CUDA", ""), ("DEFAULT", "Default", "")),
+        default="CPU",
+    )
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        if not online_access():
+            raise UserError(_offline_error())
+
+    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
+        dependencies.install(self.build, progress, cancel)
+
+    def finish(self, context: bpy.types.Context, result: Any) -> None:
+        clear_models()
+        self.report({"INFO"}, f"Installed: {dependencies.torch_summary()}")
+
+
+class GD_OT_download_weights(_JobOperator, bpy.types.Operator):
+    """Download the model's weights from the URL in the preferences, verify their SHA-256
+    and save them in the add-on's user folder (needs online access)"""
+
+    bl_idname = "gd.download_weights"
+    bl_label = "Download Weights"
+    bl_options = {"REGISTER", "INTERNAL"}
+    job_name = "Download weights"
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        if not online_access():
+            raise UserError(_offline_error())
+        if not dependencies.torch_available():
+            raise UserError(MISSING_TORCH)
+        from .preferences import downloaded_weights_path
+
+        prefs = get_prefs(context)
+        if not (prefs.weights_url and prefs.weights_sha256):
+            raise UserError("Set the weights URL and its SHA-256 in the preferences first")
+        self._url, self._sha = prefs.weights_url, prefs.weights_sha256
+        self._dest = downloaded_weights_path(prefs.model)
+
+    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
+        return fetch_weights(self._url, self._sha, self._dest, progress, cancel)
+
+    def finish(self, context: bpy.types.Context, result: Any) -> None:
+        clear_models()
+        self.report({"INFO"}, f"Weights saved to {result}")
+
+
+def fetch_weights(
+    url: str, sha256: str, dest: Path, progress: jobs.Progress, cancel: threading.Event
+) -> Path:
+    """Download the weights (SHA-256 verified) and the JSON config the engine reads beside
+    them (`<url without suffix>.json`, which must name the same SHA-256). Both land in a
+    temporary folder next to `dest` and are moved into place only when both are good."""
+    dependencies.setup_paths()
+    from engine.download import DownloadCancelled, DownloadError, download
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download_", dir=dest.parent))
+    try:
+        weights = staging / dest.name
+        try:
+            download(url, weights, sha256, progress=lambda f, m: progress(0.95 * f, m),
+                     cancel=cancel)  # fmt: skip
+            config = _fetch_config(url.rsplit(".", 1)[0] + ".json", sha256)
+        except DownloadCancelled:
+            raise jobs.JobCancelled() from None
+        except DownloadError as err:
+            raise UserError(f"Download failed: {err}") from None
+        config_path = dest.with_suffix(".json")
+        (staging / config_path.name).write_text(config, encoding="utf-8")
+        os.replace(staging / config_path.name, config_path)
+        os.replace(weights, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(1.0, "saved")
+    return dest
+
+
+def _fetch_config(url: str, sha256: str) -> str:
+    import requests
+
+    try:
+        response = requests.get(url, timeout=30)
+    except requests.RequestException as err:
+        raise UserError(f"Download failed: {url}: {err}") from None
+    if response.status_code != 200:
+        raise UserError(f"Download failed: {url}: HTTP {response.status_code}")
+    try:
+        meta = json.loads(response.text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"Download failed: {url} is not JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("sha256", sha256).lower() != sha256.lower():
+        raise UserError(f"Download failed: {url} describes other weights (SHA-256 differs)")
+    return response.text
+
+
+class GD_OT_cancel_job(bpy.types.Operator):
+    """Stop the running reconstruction, densification or download (same as Esc)"""
+
+    bl_idname = "gd.cancel_job"
+    bl_label = "Cancel"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return jobs.active_job() is not None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        job = jobs.active_job()
+        if job is not None:
+            job.cancel()
+        return {"FINISHED"}
+
+
+class GD_OT_show_preferences(bpy.types.Operator):
+    """Open this add-on's preferences (PyTorch install, weights, device)"""
+
+    bl_idname = "gd.show_preferences"
+    bl_label = "Open Add-on Preferences"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        bpy.ops.screen.userpref_show("INVOKE_DEFAULT")
+        context.preferences.active_section = "ADDONS"
+        bpy.ops.preferences.addon_show(module=dependencies.PACKAGE)
+        return {"FINISHED"}
+
+
+def menu_import(self: Any, context: bpy.types.Context) -> None:
+    self.layout.operator(GD_OT_import_splats.bl_idname, text="Gaussian Splats (.ply/.spz/...)")
+
+
+def menu_export(self: Any, context: bpy.types.Context) -> None:
+    self.layout.operator(GD_OT_export_splats.bl_idname, text="Gaussian Splats (.ply/.spz/...)")
+
+
+classes = (
+    GD_OT_reconstruct,
+    GD_OT_densify,
+    GD_OT_export_splats,
+    GD_OT_import_splats,
+    GD_OT_import_photos,
+    GD_OT_install_dependencies,
+    GD_OT_download_weights,
+    GD_OT_cancel_job,
+    GD_OT_show_preferences,
+)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register()
+    bpy.types.TOPBAR_MT_file_import.append(menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(menu_export)
+
+
+def unregister() -> None:
+    bpy.types.TOPBAR_MT_file_export.remove(menu_export)
+    bpy.types.TOPBAR_MT_file_import.remove(menu_import)
+    job = jobs.active_job()
+    if job is not None:
+        job.cancel()
+    clear_models()
+    _unregister()

@@ -1,0 +1,93 @@
+"""The 3D View sidebar panel (N panel, "Splats" tab).
+
+Buttons that cannot run are greyed out, the reason is printed under them, and their tooltip
+(the operators' `description`) says the same, so nobody has to guess why.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import dependencies, jobs, operators
+from .preferences import get_prefs
+
+
+def _button(layout: bpy.types.UILayout, idname: str, reason: str | None, icon: str) -> None:
+    col = layout.column(align=True)
+    row = col.row()
+    row.scale_y = 1.3
+    row.enabled = reason is None
+    row.operator(idname, icon=icon)
+    if reason:
+        for line in _wrap(reason, 42):
+            col.label(text=line)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+class VIEW3D_PT_gd_splat(bpy.types.Panel):
+    """Reconstruct, densify and export Gaussian splats"""
+
+    bl_label = "Gaussian Splats"
+    bl_idname = "VIEW3D_PT_gd_splat"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Splats"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        opts = context.scene.gd_splat
+        prefs = get_prefs(context)
+
+        if not dependencies.torch_available():
+            box = layout.box()
+            box.label(text="PyTorch is not installed", icon="ERROR")
+            box.operator("gd.show_preferences", icon="PREFERENCES", text="Install in Preferences")
+
+        job = jobs.active_job()
+        if job is not None:
+            box = layout.box()
+            box.label(text=f"{job.name}: {job.message}", icon="TIME")
+            box.label(text=f"{100 * job.fraction:.0f}% (Esc cancels)")
+            box.operator("gd.cancel_job", icon="CANCEL")
+
+        col = layout.column()
+        col.label(text="Source")
+        col.row().prop(opts, "source", expand=True)
+        if opts.source == "PHOTOS":
+            col.operator("gd.import_photos", icon="IMAGE_BACKGROUND")
+        cameras = operators.selected_cameras(context)
+        col.label(text=f"{len(cameras)} camera(s) selected", icon="CAMERA_DATA")
+
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(opts, "resolution")
+        if isinstance(prefs, bpy.types.AddonPreferences):
+            col.prop(prefs, "device")
+        col.prop(opts, "budget")
+
+        _button(layout, "gd.reconstruct", operators.reconstruct_blocker(context), "MOD_PARTICLES")
+
+        layout.separator()
+        col = layout.column()
+        col.label(text="Densify")
+        col.prop(opts, "region")
+        col.prop(opts, "densify_views")
+        _button(layout, "gd.densify_selected", operators.densify_blocker(context), "PARTICLES")
+
+        layout.separator()
+        _button(layout, "gd.export_splats", operators.export_blocker(context), "EXPORT")
+
+
+classes = (VIEW3D_PT_gd_splat,)
+register, unregister = bpy.utils.register_classes_factory(classes)
