@@ -156,6 +156,11 @@ def fidelity(out_png: str | Path | None = None, n: int = 400, samples: int = 8, 
     scene, cam, world = _setup_scene(bpy, samples, seed)
     obj = pointcloud.gaussians_to_object(scene.collection, gaussians, "GD Fidelity Splat")
     try:
+        # A non-trivial object transform: the shaders work in instance/object space.
+        obj.location = (0.05, 0.0, -0.05)
+        obj.rotation_euler = (0.3, -0.2, 0.8)
+        obj.scale = (1.2, 1.2, 1.2)
+        scene.view_layers[0].update()
         display.ensure_display(obj, mode)
         # What the object holds (float32 round trip, world transform applied).
         stored, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)

@@ -257,9 +257,17 @@ def test_selected_point_mask(bpy):
     assert mask.dtype == torch.bool and mask.tolist() == want.tolist()
     # ...and what we read is what Blender acts on: deleting the selection removes exactly those.
     bpy.ops.object.mode_set(mode="EDIT")
+    assert pointcloud.selected_point_mask(obj).tolist() == want.tolist()  # current in edit mode
     bpy.ops.pointcloud.delete()
     bpy.ops.object.mode_set(mode="OBJECT")
     assert len(obj.data.points) == 17
+    # A selection made in edit mode is readable while still editing.
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.select_random(seed=3)
+    in_edit = pointcloud.selected_point_mask(obj)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert 0 < int(in_edit.sum()) < 17
+    assert torch.equal(in_edit, pointcloud.selected_point_mask(obj))
 
 
 def test_points_in_region(bpy):
