@@ -99,7 +99,8 @@ def setup_paths() -> None:
     if site.is_dir() and str(site) not in sys.path:
         sys.path.append(str(site))
     if not _paths_ready:
-        os.environ.setdefault("NUMBA_CACHE_DIR", str(user_dir("numba-cache")))
+        if VENDOR_DIR.is_dir():  # installed extension; a checkout's own folders are writable
+            os.environ.setdefault("NUMBA_CACHE_DIR", str(user_dir("numba-cache")))
         importlib.invalidate_caches()
         _paths_ready = True
 
