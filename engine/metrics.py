@@ -107,9 +107,35 @@ def _window_size(height: int, width: int) -> int:
     return side if side % 2 == 1 else side - 1
 
 
+# Up to this image side the separable filter runs as two matrix products with banded
+# matrices, faster than grouped conv2d on a CPU for MS-SSIM forward+backward, which sits
+# in the training loss (best of 6 on 2 loaded cores: 24 vs 108 ms at 8×64², 155 vs 221 ms
+# at 8×128², 273 vs 309 ms at 4×256²). The matrix product's cost grows with the side, so
+# larger images use conv2d.
+MATMUL_FILTER_MAX_SIDE = 512
+
+
+def _band(n: int, taps: Tensor) -> Tensor:
+    """(n, n - k + 1) matrix M with M[i + j, i] = taps[j]: `x @ M` is valid filtering
+    along the last axis."""
+    k = taps.numel()
+    out = n - k + 1
+    rows = (
+        torch.arange(out, device=taps.device)[None, :]
+        + torch.arange(k, device=taps.device)[:, None]
+    )
+    cols = torch.arange(out, device=taps.device).expand(k, out)
+    band = taps.new_zeros(n, out)
+    band[rows, cols] = taps[:, None].expand(k, out)
+    return band
+
+
 def _filter(x: Tensor, taps: Tensor) -> Tensor:
     """Separable valid filtering of (B, C, H, W) with the (k,) taps along H and W."""
     c, k = x.shape[1], taps.numel()
+    h, w = x.shape[-2:]
+    if max(h, w) <= MATMUL_FILTER_MAX_SIDE:
+        return _band(h, taps).transpose(0, 1) @ (x @ _band(w, taps))
     x = F.conv2d(x, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     return F.conv2d(x, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
