@@ -345,3 +345,22 @@ def test_reads_mesh_with_ply_scalar_sh_layout(bpy):
     g2, _, _ = pointcloud.object_to_gaussians(obj)
     for f in FIELDS:
         assert torch.equal(getattr(g, f), getattr(g2, f)), f
+
+
+def test_modules_import_without_torch():
+    """The add-on must register in a Blender without torch: these modules import it lazily."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import bpy\n"
+        "from gd_blender_addon import display, pointcloud, splat_files\n"
+        "assert 'gd_level' in pointcloud.ATTRIBUTES and display.MODES\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
