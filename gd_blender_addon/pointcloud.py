@@ -236,13 +236,19 @@ def _new_pointcloud_data(
         if "FINISHED" not in result or carrier.type != "POINTCLOUD":
             raise RuntimeError(f"Blender could not convert the points to a point cloud: {result}")
         data = carrier.data
-        # The mesh's vertex selection is carried over under its mesh name; drop it so the
-        # point cloud's own `.selection` semantics (absent = all selected) apply.
-        for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert"):
-            attr = data.attributes.get(junk)
-            if attr is not None:
-                data.attributes.remove(attr)
-        data.name = name
+        try:
+            # The mesh's vertex selection is carried over under its mesh name; drop it so
+            # the point cloud's own `.selection` semantics (absent = all selected) apply.
+            for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert"):
+                attr = data.attributes.get(junk)
+                if attr is not None:
+                    data.attributes.remove(attr)
+            data.name = name
+        except BaseException:
+            bpy.data.objects.remove(carrier)
+            carrier = None
+            bpy.data.pointclouds.remove(data)
+            raise
         return data
     finally:
         if carrier is not None:
