@@ -190,6 +190,7 @@ class ObjectEval:
     white: dict[str, list[float | None]]
     counts: dict[str, int]
     seconds: dict[str, float]
+    backend: str = ""
     renders: dict[str, Tensor] = field(default_factory=dict, repr=False)
     hist: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
 
@@ -281,8 +282,9 @@ def evaluate_object(
     white = torch.ones(3, device=device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        coarse_img = render(rec.coarse.to(device), target_cams, background=white).colors
-        fine_img = render(rec.gaussians.to(device), target_cams, background=white).colors
+        coarse_out = render(rec.coarse.to(device), target_cams, background=white)
+        fine_out = render(rec.gaussians.to(device), target_cams, background=white)
+    coarse_img, fine_img = coarse_out.colors, fine_out.colors
     _sync(device)
     render_wall = time.perf_counter() - t0
 
@@ -295,6 +297,7 @@ def evaluate_object(
         white=image_metrics(torch.ones_like(targets), targets, mask),
         counts=gaussian_counts(rec),
         seconds={**stage_seconds, "reconstruct_wall": wall, "render_targets_wall": render_wall},
+        backend=fine_out.backend,
         hist=_hist_samples(rec, seed=int(item.get("index", 0))),
     )
     if keep_renders:
@@ -442,7 +445,7 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         f"- Date: {meta['date']}; machine: {meta['machine']['platform']}, "
         f"{meta['machine']['cpu_count']} CPUs, device {meta['machine']['device']}"
         + (f" ({meta['machine']['gpu']})" if "gpu" in meta["machine"] else "")
-        + f", torch {meta['machine']['torch']}",
+        + f", torch {meta['machine']['torch']}, {meta.get('render_backend')} rasteriser",
         f"- Command: `{meta['command']}`",
         "",
         "## Summary",
@@ -552,27 +555,41 @@ def open_dataset(data: str | os.PathLike, split: str) -> PropsDataset:
     return dataset
 
 
+def weights_in_folder(folder: Path) -> Path:
+    """The model weights in a folder: `model.safetensors`, a training run's
+    `checkpoint/model.safetensors`, or the folder's only `.safetensors` file."""
+    for candidate in (folder / "model.safetensors", folder / "checkpoint" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise ValueError(
+            f"{folder}: no model.safetensors, checkpoint/model.safetensors or single "
+            f".safetensors file (found {len(found)})"
+        )
+    return found[0]
+
+
 def resolve_model(
     model: str | os.PathLike,
     device: torch.device,
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
 ) -> Any:
-    """Load the model named by a preset name, a weights file or a folder holding one
-    `.safetensors` file, through `engine.models.load_model`."""
+    """Load the model named by a preset name, a weights file or a folder holding them
+    (`weights_in_folder`: a training run folder works), through `engine.models.load_model`.
+
+    Raises:
+        FileNotFoundError: a path that does not exist. ValueError: unknown name, a folder
+        without one clear weights file, weights that do not fit (from load_model).
+    """
     from .models import load_model
 
     path = Path(model)
     looks_like_path = path.suffix == ".safetensors" or os.sep in str(model) or path.exists()
     if looks_like_path:
         if path.is_dir():
-            found = sorted(path.glob("*.safetensors"))
-            if len(found) != 1:
-                raise ValueError(
-                    f"{path}: expected one .safetensors weights file in the folder, "
-                    f"found {len(found)}"
-                )
-            path = found[0]
+            path = weights_in_folder(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: model weights not found")
         return load_model(path, device=device)
@@ -654,6 +671,7 @@ def evaluate(
         "split": split,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(device),
+        "render_backend": objects[0].backend,
         "command": shlex.join(sys.argv),
         "images": image_files,
     }  # fmt: skip

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from engine.evaluate import (
     object_mask,
     open_dataset,
     resize_views,
+    weights_in_folder,
 )
 from engine.gaussians import Gaussians
 from engine.gd.merge import merge
@@ -322,6 +324,40 @@ def test_gd_evaluate_end_to_end_with_the_real_model(tiny_props, tmp_path):
     assert counts["final"] == counts["coarse"] + counts["added"]
     assert "reconstruct_wall" in obj["seconds"]
     assert "random initialisation" in (out / "report.md").read_text()
+
+
+def test_weights_in_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (run / "checkpoint" / name).write_bytes(b"")
+    assert weights_in_folder(run) == run / "checkpoint" / "model.safetensors"
+    assert weights_in_folder(run / "checkpoint") == run / "checkpoint" / "model.safetensors"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "object-small.safetensors").write_bytes(b"")
+    assert weights_in_folder(one) == one / "object-small.safetensors"
+    (one / "other.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="found 2"):
+        weights_in_folder(one)
+
+
+def test_gd_evaluate_saved_weights_records_sha256(tiny_props, tmp_path):
+    """A training run folder as MODEL: its checkpoint is loaded and its sha256 reported."""
+    from engine.models import load_model
+    from engine.weights import save_weights
+
+    model = load_model("object-tiny", pretrained=False, device="cpu")
+    weights = tmp_path / "run" / "checkpoint" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    digest = save_weights(model.state_dict(), weights, {"config": model.config.to_dict()})
+    out = tmp_path / "report"
+    args = ["--split", "test", "--limit", "1", "--device", "cpu", "--images", "0"]
+    assert main(["evaluate", str(tmp_path / "run"), str(tiny_props), "--out", str(out), *args]) == 0
+    meta = json.loads((out / "metrics.json").read_text())["meta"]
+    assert meta["model"]["sha256"] == digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert meta["model"]["weights_path"] == str(weights)
+    assert digest in (out / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------------- plots

@@ -109,13 +109,22 @@ def test_mask_shape_error():
 
 
 # ---------------------------------------------------------------------------- SSIM
-@pytest.mark.parametrize("shape", [(11, 11, 3), (32, 48, 3), (64, 64, 3)])
+@pytest.mark.parametrize("shape", [(11, 11, 3), (32, 48, 3), (64, 64, 3), (12, 530, 3)])
 @pytest.mark.parametrize("noise", [0.02, 0.3])
 def test_ssim_matches_skimage(shape, noise):
     a, b = pair(shape, noise, seed=shape[1])
     assert ssim(a, b).item() == pytest.approx(skimage_ssim(a, b), abs=1e-6)
     # float32 too, at the tolerance the issue asks for.
     assert ssim(a.float(), b.float()).item() == pytest.approx(skimage_ssim(a, b), abs=1e-4)
+
+
+def test_ssim_filter_paths_agree(monkeypatch):
+    """Banded matrix products (small images) and conv2d (large ones) filter alike."""
+    a, b = pair((2, 40, 33, 3), 0.2, seed=9)
+    fast = (ssim(a, b), ms_ssim(a, b))
+    monkeypatch.setattr(metrics, "MATMUL_FILTER_MAX_SIDE", 0)
+    torch.testing.assert_close(ssim(a, b), fast[0])
+    torch.testing.assert_close(ms_ssim(a, b), fast[1])
 
 
 @settings(max_examples=15, deadline=None)
