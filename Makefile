@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # CPU installs pin torch: an unpinned torch pulls several GB of CUDA packages.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean extension
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check engine gd_blender_addon tests bench examples
 	$(PY) -m pytest -q
+
+# Blender extension .zip in dist/, built and validated by Blender's own blender_ext.py.
+extension: $(STAMP)
+	$(PY) tools/build_extension.py --out dist
 
 bench: $(STAMP)
 	$(PY) bench/render.py

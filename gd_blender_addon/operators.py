@@ -279,6 +279,10 @@ class _JobOperator:
     def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
         if bpy.app.background or context.window is None:
             return self.execute(context)
+        return self.start_modal(context)
+
+    def start_modal(self, context: bpy.types.Context) -> set[str]:
+        """The UI path: prepare now, then renders and the worker run from a modal timer."""
         self._setup(context)
         try:
             if jobs.active_job() is not None:

@@ -75,8 +75,8 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         box = layout.box()
         box.label(text="PyTorch", icon="SCRIPTPLUGINS")
         missing = dependencies.missing_modules(required_only=False)
-        required = [m for m in missing if m != "numba"]
-        if required:
+        if not dependencies.torch_available():
+            required = [m for m in missing if m != "numba"] or ["torch"]
             col = box.column(align=True)
             col.label(text=f"Missing in Blender's Python: {', '.join(required)}", icon="ERROR")
             col.label(text="The engine needs PyTorch. Install it into this add-on's own folder:")

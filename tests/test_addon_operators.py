@@ -691,3 +691,124 @@ def test_jobs_cancel_drops_a_finished_result(addon):
     with pytest.raises(ValueError, match="bad views"):
         jobs.Job("broken", broken).run_blocking()
     assert jobs.active_job() is None
+
+
+# ---------------------------------------------------------------------------- the modal path
+class _Event:
+    def __init__(self, kind: str, value: str = "NOTHING") -> None:
+        self.type, self.value = kind, value
+
+
+class _WindowManager:
+    """Records what the modal path asks of Blender's window manager."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.progress: list[int] = []
+
+    def event_timer_add(self, step, window=None):
+        self.calls.append("timer_add")
+        return "timer"
+
+    def event_timer_remove(self, timer) -> None:
+        self.calls.append("timer_remove")
+
+    def modal_handler_add(self, op) -> None:
+        self.calls.append("modal_handler_add")
+
+    def progress_begin(self, lo, hi) -> None:
+        self.calls.append("progress_begin")
+
+    def progress_update(self, value) -> None:
+        self.progress.append(value)
+
+    def progress_end(self) -> None:
+        self.calls.append("progress_end")
+
+
+def _fake_operator(release: threading.Event):
+    from gd_blender_addon.operators import _JobOperator
+
+    class FakeOp(_JobOperator):
+        job_name = "Fake"
+
+        def __init__(self) -> None:
+            self.reports: list[tuple[set, str]] = []
+            self.rendered: list[int] = []
+            self.finished_with = None
+            self.cleaned = False
+
+        def report(self, kind, message) -> None:
+            self.reports.append((kind, message))
+
+        def prepare(self, context) -> None:
+            for i in range(3):
+                self._steps.append((f"render {i}", lambda i=i: self.rendered.append(i)))
+
+        def work(self, progress, cancel):
+            progress(0.5, "thinking")
+            while not release.wait(0.01):
+                if cancel.is_set():
+                    raise RuntimeError("engine saw cancel")  # like engine.models.Cancelled
+            return 42
+
+        def finish(self, context, result) -> None:
+            self.finished_with = result
+
+        def cleanup(self, context) -> None:
+            self.cleaned = True
+
+    return FakeOp()
+
+
+def _fake_context():
+    return type("Ctx", (), {"window_manager": _WindowManager(), "window": None,
+                            "workspace": None})()  # fmt: skip
+
+
+def _drive(op, context, events, release=None, limit=500):
+    for event in events:
+        status = op.modal(context, event)
+        if status != {"RUNNING_MODAL"}:
+            return status
+    for _ in range(limit):
+        status = op.modal(context, _Event("TIMER"))
+        if release is not None:
+            release.set()
+        if status != {"RUNNING_MODAL"}:
+            return status
+        threading.Event().wait(0.01)
+    raise AssertionError("the modal operator never finished")
+
+
+def test_modal_path_renders_one_view_per_tick_then_runs_the_worker(addon):
+    release = threading.Event()
+    op, context = _fake_operator(release), _fake_context()
+    assert op.start_modal(context) == {"RUNNING_MODAL"}
+    wm = context.window_manager
+    assert wm.calls[:2] == ["timer_add", "modal_handler_add"]
+    # Mouse moves pass through to Blender; each timer tick renders one view.
+    assert op.modal(context, _Event("MOUSEMOVE")) == {"PASS_THROUGH"}
+    for i in range(3):
+        assert op.modal(context, _Event("TIMER")) == {"RUNNING_MODAL"}
+        assert op.rendered == list(range(i + 1))
+    assert _drive(op, context, [], release) == {"FINISHED"}
+    assert op.finished_with == 42 and op.cleaned
+    assert wm.calls[-2:] == ["timer_remove", "progress_end"] and wm.progress
+    from gd_blender_addon import jobs
+
+    assert jobs.active_job() is None
+
+
+@pytest.mark.parametrize("when", ["rendering", "engine"])
+def test_modal_escape_cancels(addon, when):
+    release = threading.Event()  # never set: only Esc ends the worker
+    op, context = _fake_operator(release), _fake_context()
+    op.start_modal(context)
+    ticks = 1 if when == "rendering" else 4  # 3 renders, then the worker starts
+    events = [_Event("TIMER")] * ticks + [_Event("ESC", "PRESS")]
+    assert _drive(op, context, events) == {"CANCELLED"}
+    assert op.finished_with is None and op.cleaned
+    assert op.reports[-1][0] == {"WARNING"} and "cancelled" in op.reports[-1][1]
+    assert (op.rendered == [0]) if when == "rendering" else (op.rendered == [0, 1, 2])
+    assert context.window_manager.calls[-2:] == ["timer_remove", "progress_end"]

@@ -121,3 +121,78 @@ def test_registers_and_explains_without_pytorch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "OK" in proc.stdout
     assert "MESSAGE Error: PyTorch is not installed in Blender's Python" in proc.stdout
+
+
+class FakeLayout:
+    """Records a panel's draw calls and checks every property and operator it names."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __getattr__(self, name: str):
+        if name in ("row", "column", "box", "split"):
+            return lambda *a, **k: FakeLayout(self.log)
+        return lambda *a, **k: None
+
+    def prop(self, data, name: str, **kw) -> None:
+        assert name in data.bl_rna.properties, name
+        self.log.append(f"prop {name}")
+
+    def operator(self, idname: str, **kw):
+        import bpy
+
+        module, name = idname.split(".")
+        getattr(getattr(bpy.ops, module), name).get_rna_type()  # raises if unknown
+        self.log.append(f"operator {idname}")
+        return type("Props", (), {})()
+
+    def label(self, text: str = "", **kw) -> None:
+        self.log.append(f"label {text}")
+
+
+def test_panel_and_preferences_draw(monkeypatch):
+    """Draw the sidebar panel and the preferences with a recording layout: every property
+    and operator exists, reasons for disabled buttons are shown, with and without torch."""
+    import bpy
+
+    addon_utils = importlib.import_module("addon_utils")
+    addon_utils.enable("gd_blender_addon", default_set=True)
+    try:
+        from gd_blender_addon import dependencies
+        from gd_blender_addon.panels import VIEW3D_PT_gd_splat
+
+        prefs = bpy.context.preferences.addons["gd_blender_addon"].preferences
+        for torch_ok in (True, False):
+            monkeypatch.setattr(dependencies, "torch_available", lambda ok=torch_ok: ok)
+            log: list[str] = []
+            panel = type("P", (), {"layout": FakeLayout(log)})()
+            VIEW3D_PT_gd_splat.draw(panel, bpy.context)
+            for needed in ("prop source", "prop resolution", "prop device", "prop budget",
+                           "operator gd.reconstruct", "operator gd.densify_selected",
+                           "operator gd.export_splats"):  # fmt: skip
+                assert needed in log, (needed, log)
+            text = " ".join(log)
+            if torch_ok:
+                assert "Select at least one camera" in text
+            else:
+                assert "PyTorch is not installed" in text and "gd.show_preferences" in text
+            log.clear()
+            type(prefs).draw(_with_layout(prefs, log), bpy.context)
+            text = " ".join(log)
+            assert "prop device" in text and "operator gd.download_weights" in text
+            if not torch_ok:
+                assert "operator gd.install_dependencies" in text
+    finally:
+        addon_utils.disable("gd_blender_addon", default_set=True)
+
+
+def _with_layout(prefs, log):
+    """A stand-in `self` for AddonPreferences.draw: the real properties, a fake layout."""
+
+    class Self:
+        layout = FakeLayout(log)
+
+        def __getattr__(self, name):
+            return getattr(prefs, name)
+
+    return Self()
