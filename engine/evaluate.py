@@ -403,6 +403,7 @@ DEFINITIONS = {
     "renders": "coarse = rec.coarse, fine = rec.gaussians (coarse with the candidates "
     "replaced by their generated Gaussians); each rendered into the target cameras over "
     "white and scored on its own, never best-of",
+    "clamping": "renders are clamped to [0, 1] before scoring (as when saved as images)",
     "resolution": "inputs resampled to the model's square input size (area filter, cameras "
     "scaled); targets scored at the dataset's native resolution",
     "psnr": "10·log10(1/MSE) over all pixels and channels, MSE floored at 1e-10 (100 dB)",
