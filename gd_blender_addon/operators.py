@@ -833,7 +833,12 @@ class GD_OT_install_dependencies(_JobOperator, bpy.types.Operator):
             raise UserError(_offline_error())
 
     def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        dependencies.install(self.build, progress, cancel)
+        try:
+            dependencies.install(self.build, progress, cancel)
+        except InterruptedError:
+            raise jobs.JobCancelled() from None
+        except (RuntimeError, OSError) as err:
+            raise UserError(f"Installing PyTorch failed: {err}") from None
 
     def finish(self, context: bpy.types.Context, result: Any) -> None:
         clear_models()

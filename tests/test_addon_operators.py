@@ -812,3 +812,45 @@ def test_modal_escape_cancels(addon, when):
     assert op.reports[-1][0] == {"WARNING"} and "cancelled" in op.reports[-1][1]
     assert (op.rendered == [0]) if when == "rendering" else (op.rendered == [0, 1, 2])
     assert context.window_manager.calls[-2:] == ["timer_remove", "progress_end"]
+
+
+@pytest.mark.slow
+def test_densify_from_edit_mode(scene, spy):
+    """The Edit Mode selection is what gets densified; Edit Mode is back afterwards."""
+    import bpy
+    import torch
+
+    obj = reconstruct(scene, spy)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.select_all(action="DESELECT")
+    n = len(obj.data.points)
+    mask = np.zeros(n, bool)
+    mask[::7] = True
+    _select(obj, mask)
+    scene.gd_splat.budget = 100
+    assert bpy.ops.gd.densify_selected() == {"FINISHED"}
+    _, (_, _, _, kw), res = spy.calls[-1]
+    assert torch.equal(kw["select"], torch.from_numpy(mask))
+    assert obj.mode == "EDIT" and len(obj.data.points) == len(res.gaussians.means)
+    bpy.ops.object.mode_set(mode="OBJECT")
+
+
+def test_install_dependencies_runs_pip_in_the_worker(scene, addon, monkeypatch, tmp_path):
+    import sys
+
+    import bpy
+
+    from gd_blender_addon import dependencies, operators
+
+    with pytest.raises(RuntimeError, match="Online access is off"):
+        bpy.ops.gd.install_dependencies(build="CPU")
+    monkeypatch.setattr(operators, "online_access", lambda: True)
+    monkeypatch.setenv("GD_ADDON_USER_DIR", str(tmp_path))
+    seen: list[str] = []
+    good = [[sys.executable, "-c", "print('Collecting torch'); print('Successfully installed')"]]
+    monkeypatch.setattr(dependencies, "install_commands", lambda build: seen.append(build) or good)
+    assert bpy.ops.gd.install_dependencies(build="CUDA") == {"FINISHED"} and seen == ["CUDA"]
+    bad = [[sys.executable, "-c", "import sys; print('No matching distribution'); sys.exit(1)"]]
+    monkeypatch.setattr(dependencies, "install_commands", lambda build: bad)
+    with pytest.raises(RuntimeError, match="Installing PyTorch failed: pip failed (?s:.)*No match"):
+        bpy.ops.gd.install_dependencies(build="CPU")
