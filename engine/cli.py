@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "engine.io.cli",
     "engine.evaluate_cli",
     "engine.train_cli",
+    "engine.reconstruct_cli",
 )
 
 

@@ -23,7 +23,7 @@ from ._common import _flip_yz, _in_file, _write_atomic
 __all__ = ["NerfFrames", "read_nerf_transforms", "write_nerf_transforms"]
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".exr")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".exr")
 _NERF_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 _NERF_PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
 # Keys this module interprets (and writes); everything else at the top level is `extra`.
