@@ -32,8 +32,21 @@ class JobCancelled(Exception):
 
 
 def active_job() -> Job | None:
-    """The running job, if any (one at a time: the engine is heavy, results land in order)."""
-    return _active if _active is not None and not _active.finished else None
+    """The running job, if any (one at a time: the engine is heavy, results land in order).
+
+    A job whose worker has ended no longer blocks others even if nobody collected its
+    result (e.g. its modal operator was dropped when another file was opened)."""
+    if _active is None or _active.finished or not _active.alive:
+        return None
+    return _active
+
+
+def abandon_active() -> None:
+    """Cancel the running job and forget it (a new file is being loaded)."""
+    global _active
+    if _active is not None:
+        _active.cancel()
+    _active = None
 
 
 def notify(fraction: float, message: str, cancel: threading.Event) -> None:
@@ -95,6 +108,10 @@ class Job:
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def cancelled(self) -> bool:

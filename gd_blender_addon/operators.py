@@ -436,17 +436,19 @@ class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
         obj = gaussians_to_object(
             context.collection, rec.gaussians, self._name, level=rec.level, parent=rec.parent
         )
+        images_before = set(bpy.data.images)
         try:
             ensure_display(obj)
-            _store_views(
-                obj,
-                self._paths,
-                self._images,
-                self._records,
-                "photos" if self._photos else "cameras",
-            )
+            source = "photos" if self._photos else "cameras"
+            _store_views(obj, self._paths, self._images, self._records, source)
         except BaseException:
+            # Leave nothing behind: the object, its point cloud and any packed view.
+            data = obj.data
             bpy.data.objects.remove(obj)
+            if data.users == 0:
+                bpy.data.pointclouds.remove(data)
+            for image in set(bpy.data.images) - images_before:
+                bpy.data.images.remove(image)
             raise
         for other in context.selected_objects:
             other.select_set(False)
@@ -645,6 +647,11 @@ class GD_OT_densify(_JobOperator, bpy.types.Operator):
 
     def finish(self, context: bpy.types.Context, res: Any) -> None:
         from .pointcloud import replace_gaussians
+
+        try:
+            self._obj.name  # noqa: B018 (raises ReferenceError once the object is gone)
+        except ReferenceError:
+            raise UserError("The splat object was deleted while it was being densified") from None
 
         level, parent = lineage(self._level, self._parent, res.level, res.parent)
         before = int(self._mask.numel())
@@ -978,8 +985,15 @@ classes = (
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
 
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args: Any) -> None:
+    # Opening another file drops modal operators; their worker must not block later jobs.
+    jobs.abandon_active()
+
+
 def register() -> None:
     _register()
+    bpy.app.handlers.load_pre.append(_on_load_pre)
     bpy.types.TOPBAR_MT_file_import.append(menu_import)
     bpy.types.TOPBAR_MT_file_export.append(menu_export)
 
@@ -987,6 +1001,8 @@ def register() -> None:
 def unregister() -> None:
     bpy.types.TOPBAR_MT_file_export.remove(menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(menu_import)
+    if _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
     job = jobs.active_job()
     if job is not None:
         job.cancel()

@@ -523,6 +523,22 @@ def test_bad_input_reports_and_changes_nothing(scene, spy, breakage, message):
     assert snapshot(scene) == before and spy.calls == []
 
 
+@pytest.mark.slow
+def test_failure_while_landing_the_result_leaves_nothing(scene, spy, monkeypatch):
+    import bpy
+
+    from gd_blender_addon import display
+
+    def broken(obj, mode="AUTO"):
+        raise ValueError("display failed")
+
+    monkeypatch.setattr(display, "ensure_display", broken)
+    before = snapshot(scene)
+    with pytest.raises(RuntimeError, match="display failed"):
+        bpy.ops.gd.reconstruct()
+    assert snapshot(scene) == before and len(spy.calls) == 1
+
+
 def test_missing_pytorch(scene, addon, monkeypatch):
     import bpy
 

@@ -51,12 +51,15 @@ def test_register_unregister_three_times():
 
     import gd_blender_addon
 
+    handlers = len(bpy.app.handlers.load_pre)
     for _ in range(3):
         gd_blender_addon.register()
+        assert len(bpy.app.handlers.load_pre) == handlers + 1
         assert all(_registered(bpy).values()), _registered(bpy)
         assert all(_operator_callable(bpy, op) for op in OPERATORS)
         assert bpy.types.VIEW3D_PT_gd_splat.bl_category == "Splats"
         gd_blender_addon.unregister()
+        assert len(bpy.app.handlers.load_pre) == handlers
         assert not any(_registered(bpy).values()), _registered(bpy)
         assert not any(_operator_callable(bpy, op) for op in OPERATORS)
 
