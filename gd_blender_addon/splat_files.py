@@ -40,6 +40,11 @@ def supported_suffixes() -> list[str]:
     return suffixes()
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """Blender's '//' paths (relative to the .blend file, as file browsers give) resolved."""
+    return Path(bpy.path.abspath(os.fspath(path)))
+
+
 def _default_name(path: Path) -> str:
     name = path.name
     for suffix in sorted(supported_suffixes(), key=len, reverse=True):
@@ -107,7 +112,7 @@ def import_splat(
         file (the engine's format errors are ValueErrors naming the file and problem).
         OSError: the file cannot be read. Nothing is created in bpy.data on failure.
     """
-    path = Path(path)
+    path = _absolute(path)
     _check_suffix(path)
     if not path.is_file():
         if path.exists():
@@ -142,7 +147,7 @@ def export_object(obj: bpy.types.Object, path: str | os.PathLike[str], **options
     """
     from engine.io import save
 
-    path = Path(path)
+    path = _absolute(path)
     _check_suffix(path)
     levels = bool(options.pop("levels", False))
     suffixes = "".join(path.suffixes[-2:]).lower()

@@ -240,3 +240,16 @@ def test_import_into_collection_and_compressed_name(bpy, tmp_path):
     assert obj.name == "thing" and [c.name for c in obj.users_collection] == ["Imported"]
     assert ".compressed.ply" in splat_files.supported_suffixes()
     assert math.isclose(len(obj.data.points), 300)
+
+
+def test_blend_relative_paths(bpy, tmp_path):
+    """'//' paths (what Blender's file fields hold) resolve next to the saved .blend."""
+    from engine.io import save
+    from gd_blender_addon import splat_files
+
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    save(_gaussians(10, 0), tmp_path / "rel.ply")
+    obj = splat_files.import_splat("//rel.ply", bpy.context)
+    assert obj.name == "rel" and len(obj.data.points) == 10
+    splat_files.export_object(obj, "//rel_out.splat")
+    assert (tmp_path / "rel_out.splat").is_file()
