@@ -350,8 +350,10 @@ def ensure_display(obj: bpy.types.Object, mode: str = "AUTO") -> None:
 
     mode: "ELLIPSOIDS", "POINTS" or "AUTO" (POINTS above POINTS_THRESHOLD points).
     Idempotent: reuses the modifier, node group and materials (rebuilt only when their
-    stored version is older), only switching the mode. The modifier is kept last in the
-    stack so it sees the final points. Raises ValueError for non-Gaussian objects.
+    stored version is older), only switching the mode. A new modifier is appended at the
+    end of the stack; an existing one stays where the user put it. Also appends the point
+    material to the point cloud's material slots (once). Raises ValueError for
+    non-Gaussian objects.
     """
     if not pointcloud.is_gaussian_object(obj):
         name = getattr(obj, "name", obj)
