@@ -12,7 +12,6 @@ temporary PNG, `bpy.data.images.load`, `pixels.foreach_get`, then remove the ima
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -158,10 +157,6 @@ def render_view(
     if "FINISHED" not in result or not path.is_file():
         raise CaptureError(f"rendering camera '{camera.name}' failed ({result})")
     return read_png(path)
-
-
-def cameras_json(records: Sequence[dict[str, Any]]) -> str:
-    return json.dumps(list(records))
 
 
 def to_local(records: Sequence[dict[str, Any]], matrix_world: Any) -> list[dict[str, Any]]:
