@@ -90,3 +90,31 @@ def test_children_can_read_the_views_at_their_own_positions() -> None:
     assert model.densifier.levels[1].head.net[0].weight.grad[:, -8:].abs().sum() > 0
     with pytest.raises(ValueError):
         Densifier(CFG.with_(child_samples=3))
+
+
+def test_reusing_the_selection_render_gives_identical_output() -> None:
+    """`coarse_render=` (the caller's gradient-mask render) replaces the densifier's own
+    render of the coarse set without changing a single output value."""
+    from engine.gd.gradient_mask import select_top_k, view_space_gradients
+
+    coarse, images, cams = _setup(n=80, seed=3)
+    cfg = CFG.with_(child_samples=8)
+    torch.manual_seed(3)
+    model = Densifier(cfg, backbone_dim=4).eval()
+    feats = torch.randn(80, 4, generator=torch.Generator().manual_seed(4))
+    white = (1.0, 1.0, 1.0)
+    scores = view_space_gradients(coarse, images, cams, white, absgrad=True)
+    select = select_top_k(scores.plain, 20, scores.visible_views > 0)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        plain = model(coarse, images, cams, select=select, backbone_feats=feats,
+                      background=white)  # fmt: skip
+        torch.manual_seed(5)
+        reused = model(coarse, images, cams, select=select, backbone_feats=feats,
+                       background=white, coarse_render=scores)  # fmt: skip
+    a, b = plain.fine.gaussians, reused.fine.gaussians
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(plain.fine.parent, reused.fine.parent)
+    with pytest.raises(ValueError, match="coarse_render"):
+        model(coarse, images[:2], cams[:2], select=select, coarse_render=scores)

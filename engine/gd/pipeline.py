@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..gaussians import Gaussians
 from .config import DensifyConfig
 from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales
-from .gradient_mask import Selection, candidate_budget, gradient_mask
+from .gradient_mask import GradientScores, Selection, candidate_budget, gradient_mask
 from .merge import MergeResult, merge
 from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
 
@@ -74,6 +74,7 @@ class Densifier(nn.Module):
         background: Tensor | Sequence[float] | float | None = None,
         variant: str = "abs",
         backend: str = "auto",
+        coarse_render: GradientScores | None = None,
     ) -> DensifyResult:
         """Densify `coarse` (N Gaussians) seen in `images` (C, H, W, 3) from `cameras`.
 
@@ -83,6 +84,12 @@ class Densifier(nn.Module):
                 view-space gradient.
             backbone_feats: (N, backbone_dim) features of the coarse Gaussians.
             background, variant, backend: see `gradient_mask`.
+            coarse_render: with an explicit `select`, the caller's render of exactly
+                these `coarse` Gaussians into these `cameras` on this `background`
+                (anything with colors (C, H, W, 3), alphas and depths (C, H, W), e.g. the
+                `GradientScores` the caller selected with). It replaces the render the
+                view features would otherwise make: the same pixels (the forward pass
+                does not depend on whether gradients are recorded), one render fewer.
         """
         if budget is None:
             budget = candidate_budget(self.cfg, len(cameras))
@@ -93,6 +100,14 @@ class Densifier(nn.Module):
         if selection.scores is not None:
             s = selection.scores
             colors, alphas, depths = s.colors, s.alphas, s.depths
+        elif coarse_render is not None:
+            r = coarse_render
+            expected = (len(cameras), cameras.height, cameras.width)
+            if tuple(r.colors.shape[:3]) != expected or tuple(r.alphas.shape) != expected:
+                raise ValueError(
+                    f"coarse_render is {tuple(r.colors.shape[:3])}, the views are {expected}"
+                )
+            colors, alphas, depths = r.colors.detach(), r.alphas.detach(), r.depths.detach()
         else:
             from ..render import render
 
