@@ -139,6 +139,20 @@ def engine_version() -> str | None:
         return None
 
 
+def check_engine_origin() -> None:
+    """Raise ImportError if `engine` is some other package than the one this add-on ships
+    (another add-on could have put its own top-level `engine` in sys.modules first)."""
+    import engine
+
+    if VENDOR_DIR.is_dir():
+        found = Path(engine.__file__).resolve()
+        if VENDOR_DIR.resolve() not in found.parents:
+            raise ImportError(
+                f"another module named 'engine' is loaded ({found}), so the add-on cannot "
+                "use its own; disable the add-on that brings it and restart Blender"
+            )
+
+
 def torch_summary() -> str:
     """One line about the installed PyTorch and its devices, for the preferences."""
     if not torch_available():

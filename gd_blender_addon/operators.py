@@ -46,6 +46,10 @@ def load_engine_model(name: str, device: str, weights: str | None) -> Any:
     key = (name, device, weights)
     if key not in _models:
         dependencies.setup_paths()
+        try:
+            dependencies.check_engine_origin()
+        except ImportError as err:
+            raise UserError(str(err)) from None
         from engine.models import load_model
 
         _models.clear()  # one model in memory at a time

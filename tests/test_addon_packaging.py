@@ -93,6 +93,7 @@ INSTALL_SCRIPT = textwrap.dedent(
     out["user_dir"] = str(deps.user_dir())
     out["numba_cache"] = os.environ.get("NUMBA_CACHE_DIR")
     import engine
+    deps.check_engine_origin()  # the vendored engine, not another top-level `engine`
     from engine.models import load_model
     out["engine"] = engine.__file__
     model = load_model("object-tiny", device="cpu", pretrained=False)
