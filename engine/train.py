@@ -171,12 +171,15 @@ def compute_loss(
         gt, cams = downsample(
             torch.cat([inp, tgt]), Cameras.cat([in_cams, tgt_cams]), cfg.render_size
         )
-        coarse = render(out.coarse, cams, background=bg).colors
-        lc = image_loss(coarse, gt, cfg.ms_ssim_weight)
-        total = total + lc
-        stats["coarse"] += float(lc.detach())
-        stats["pc"] += float(psnr(coarse.detach(), gt).mean())
         stats["nc"] += len(out.coarse)
+        # A frozen backbone's render has no gradient to give: skip it (validation still
+        # scores the coarse set).
+        if out.coarse.means.requires_grad:
+            coarse = render(out.coarse, cams, background=bg).colors
+            lc = image_loss(coarse, gt, cfg.ms_ssim_weight)
+            total = total + lc
+            stats["coarse"] += float(lc.detach())
+            stats["pc"] += float(psnr(coarse.detach(), gt).mean())
         if out.densified is not None:
             merged: Gaussians = out.densified.merged.gaussians
             fine = render(merged, cams, background=bg).colors
@@ -389,12 +392,16 @@ def train(
         step += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(terms.total):.4f}", psnr_c=f"{terms.psnr_coarse:.2f}",
-                            psnr_f=f"{terms.psnr_fine:.2f}")  # fmt: skip
+            loss = float(terms.total.detach())
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                psnr_c=f"{terms.psnr_coarse:.2f}",
+                psnr_f=f"{terms.psnr_fine:.2f}",
+            )
         if log is not None and (step % cfg.log_every == 0 or step == stop):
             now = time.perf_counter()
             record = {
-                "step": step, "split": "train", "loss": float(terms.total),
+                "step": step, "split": "train", "loss": float(terms.total.detach()),
                 "loss_coarse": terms.coarse, "loss_fine": terms.fine,
                 "psnr_coarse": terms.psnr_coarse, "psnr_fine": terms.psnr_fine,
                 "lr": lr, "grad_norm": grad_norm, "coarse_count": terms.coarse_count,
@@ -439,7 +446,8 @@ def validate(
         pf += outs[1]
         n += 1
     model.train()
-    return {"step": step, "split": "val", "psnr_coarse": pc / n, "psnr_fine": pf / n,
+    fine = pf / n if math.isfinite(pf) else None  # strict JSON has no NaN
+    return {"step": step, "split": "val", "psnr_coarse": pc / n, "psnr_fine": fine,
             "objects": n, "time": time.time()}  # fmt: skip
 
 

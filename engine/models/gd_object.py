@@ -335,7 +335,8 @@ class GDObjectModel(nn.Module):
             budget: the most Gaussians to ADD. Each candidate becomes
                 `fine_per_candidate` Gaussians; when the selection would add more than
                 the budget, the candidates are the selected Gaussians with the largest
-                view-space gradients. Default: `cfg.candidates` candidates.
+                view-space gradients. Default: every selected Gaussian (or
+                `cfg.candidates` when nothing is selected).
         Returns:
             A `Reconstruction` whose first N - S Gaussians are the unselected input ones,
             bit for bit and in order; `parent` indexes `gaussians`.
@@ -359,11 +360,11 @@ class GDObjectModel(nn.Module):
         cams = norm.cameras_to_model(cameras).to(device=device, dtype=torch.float32)
         model_g = norm.gaussians_to_model(gaussians.to("cpu")).to(device)
         images = images.to(device)
-        if budget is None:
-            k = self.cfg.candidates
-        else:
-            k = max(1, int(budget // max(self.fine_per_candidate - 1.0, 1e-6)))
         pool = n if select is None else int(select.sum())
+        if budget is not None:
+            k = max(1, int(budget // max(self.fine_per_candidate - 1.0, 1e-6)))
+        else:
+            k = self.cfg.candidates if select is None else pool
         k = min(k, pool)
         _check(cancel)
         report(0.2, "densifying")

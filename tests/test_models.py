@@ -1,0 +1,242 @@
+"""The object model's public face: load_model, reconstruct, densify, normalisation, weights."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+import torch
+
+from engine.cameras import CameraError, Cameras
+from engine.data.datasets import load_nerf_scene
+from engine.gaussians import Gaussians
+from engine.models import Cancelled, WeightsNotFoundError, load_model
+from engine.models.config import OBJECT_SMALL, ObjectModelConfig
+from engine.models.normalization import (
+    ASSUMED_FILL,
+    CANONICAL_RADIUS,
+    estimate_normalization,
+    look_at_point,
+    normalization_from_bbox,
+)
+from engine.weights import save_weights
+
+SAMPLE = "examples/sample_props/objects/000000/transforms_input.json"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model("object-tiny", device="cpu", pretrained=False)
+
+
+@pytest.fixture(scope="module")
+def views():
+    vs = load_nerf_scene(SAMPLE)
+    small = torch.nn.functional.interpolate(
+        vs.images.permute(0, 3, 1, 2), size=(64, 64), mode="area"
+    )
+    return small.permute(0, 2, 3, 1).contiguous(), vs.cameras.scaled(64, 64)
+
+
+def ring(center, distance, fov_deg=40.0, n=4, size=64, elevation=20.0) -> Cameras:
+    """n cameras on a ring around `center`, looking at it."""
+    az = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
+    el = math.radians(elevation)
+    offsets = torch.stack(
+        [az.cos() * math.cos(el), az.sin() * math.cos(el), torch.full_like(az, math.sin(el))], -1
+    )
+    c = torch.tensor(center, dtype=torch.float64)
+    return Cameras.look_at(c + distance * offsets, c, fov_x_deg=fov_deg, width=size, height=size)
+
+
+# ---------------------------------------------------------------------------- normalisation
+def test_look_at_point_finds_the_common_target():
+    cams = ring([3.0, -2.0, 5.0], 4.0)
+    assert torch.allclose(look_at_point(cams), torch.tensor([3.0, -2.0, 5.0]), atol=1e-4)
+
+
+@pytest.mark.parametrize("distance,fov", [(2.0, 30.0), (40.0, 50.0), (400.0, 8.0)])
+def test_estimated_scale_follows_what_the_views_frame(distance, fov):
+    cams = ring([1.0, 2.0, -3.0], distance, fov)
+    norm = estimate_normalization(cams)
+    framed = distance * math.sin(math.atan(ASSUMED_FILL * math.tan(math.radians(fov) / 2)))
+    assert norm.scale == pytest.approx(framed / CANONICAL_RADIUS, rel=1e-3)
+    # In model space every camera sees the centre at the same pixel as in the world.
+    model = norm.cameras_to_model(cams)
+    pix_w, _ = cams.project(norm.center[None])
+    pix_m, depth_m = model.project(torch.zeros(1, 3))
+    assert torch.allclose(pix_w, pix_m, atol=1e-3)
+    assert bool((depth_m > 0).all())
+
+
+def test_model_space_round_trip_keeps_projections():
+    cams = ring([0.5, 0.0, 1.0], 7.0)
+    norm = estimate_normalization(cams)
+    g = Gaussians.from_activated(
+        torch.rand(50, 3) - 0.5, torch.full((50, 3), 0.02), torch.randn(50, 4),
+        torch.full((50,), 0.5), torch.rand(50, 3),
+    )  # fmt: skip
+    world = norm.gaussians_to_world(g)
+    back = norm.gaussians_to_model(world)
+    assert torch.allclose(back.means, g.means, atol=1e-5)
+    assert torch.allclose(back.log_scales, g.log_scales, atol=1e-5)
+    pix_m = norm.cameras_to_model(cams).project(g.means)[0]
+    pix_w = cams.project(world.means)[0]
+    assert torch.allclose(pix_m, pix_w, atol=1e-2)
+
+
+def test_bbox_normalisation_and_bad_boxes():
+    norm = normalization_from_bbox(torch.tensor([[0.0, 0, 0], [2.0, 2, 2]]))
+    assert torch.allclose(norm.center, torch.ones(3))
+    assert norm.scale == pytest.approx(math.sqrt(12) / 2 / CANONICAL_RADIUS)
+    with pytest.raises(ValueError, match="bbox"):
+        normalization_from_bbox(torch.tensor([[0.0, 0, 0], [0.0, 1, 1]]))
+    with pytest.raises(ValueError, match="bbox"):
+        normalization_from_bbox(torch.tensor([0.0, 1.0]))
+
+
+# ---------------------------------------------------------------------------- reconstruct
+def test_reconstruct_counts_levels_and_parents(tiny, views):
+    images, cams = views
+    seen = []
+    rec = tiny.reconstruct(images, cams, progress=lambda f, m: seen.append((f, m)))
+    counts = rec.stats["counts"]
+    assert counts["final"] == len(rec.gaussians) == len(rec.level) == len(rec.parent)
+    assert counts["coarse"] == len(rec.coarse)
+    fine = rec.level > 0
+    assert int(fine.sum()) == counts["fine"]
+    assert counts["final"] == counts["coarse"] - counts["candidates"] + counts["fine"]
+    # Untouched coarse Gaussians come first, bit for bit, and point at themselves.
+    kept = rec.parent[~fine]
+    assert torch.equal(rec.gaussians.means[~fine], rec.coarse.means[kept])
+    assert rec.parent.max() < len(rec.coarse)
+    assert seen[0][0] == 0.0 and seen[-1][0] == 1.0
+    assert set(rec.stats["seconds"]) >= {"backbone", "select", "densify", "total"}
+    rec.gaussians.validate()
+
+
+def test_reconstruct_places_gaussians_where_the_cameras_look(tiny, views):
+    images, cams = views
+    shift = torch.tensor([10.0, -4.0, 2.0])
+    moved = cams.world_to_camera.clone()
+    moved[:, :3, 3] -= moved[:, :3, :3] @ shift  # the same rig around a prop at `shift`
+    far = Cameras(moved, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    a = tiny.reconstruct(images, cams, densify=False)
+    b = tiny.reconstruct(images, far, densify=False)
+    assert torch.allclose(b.coarse.means, a.coarse.means + shift, atol=1e-3)
+
+
+def test_reconstruct_without_densify_is_the_coarse_set(tiny, views):
+    rec = tiny.reconstruct(*views, densify=False)
+    assert rec.gaussians is rec.coarse
+    assert bool((rec.level == 0).all())
+
+
+def test_rgba_input_is_composited_on_white(tiny, views):
+    images, cams = views
+    rgba = torch.cat([images, torch.ones_like(images[..., :1])], -1)
+    a = tiny.reconstruct(images, cams, densify=False)
+    b = tiny.reconstruct(rgba, cams, densify=False)
+    assert torch.equal(a.coarse.means, b.coarse.means)
+
+
+def test_cancel_stops_with_cancelled(tiny, views):
+    event = threading.Event()
+
+    def progress(fraction, message):
+        if fraction >= 0.1:
+            event.set()
+
+    with pytest.raises(Cancelled):
+        tiny.reconstruct(*views, progress=progress, cancel=event)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda im, c: (im[:0], c[:0]), "1 to"),
+        (lambda im, c: (im.repeat(3, 1, 1, 1), Cameras.cat([c, c, c])), "1 to"),
+        (lambda im, c: (im[:, :32], c), "images are"),
+        (lambda im, c: (im[..., :2], c), "images must be"),
+        (lambda im, c: (im.index_fill(0, torch.tensor([1]), float("nan")), c), "NaN"),
+        (lambda im, c: (im[:3], c), "images for"),
+    ],
+)
+def test_bad_views_are_clear_errors(tiny, views, mutate, match):
+    images, cams = views
+    images, cams = mutate(images, cams)
+    with pytest.raises(ValueError, match=match):
+        tiny.reconstruct(images, cams)
+
+
+def test_camera_looking_away_is_a_clear_error(tiny, views):
+    images, cams = views
+    w2c = cams.world_to_camera.clone()
+    # Turn camera 1 half a turn about its own y axis: it now looks away from the prop.
+    centre = cams.centers[1]
+    w2c[1, :3, :3] = torch.diag(torch.tensor([-1.0, 1.0, -1.0])) @ w2c[1, :3, :3]
+    w2c[1, :3, 3] = -w2c[1, :3, :3] @ centre
+    away = Cameras(w2c, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+    with pytest.raises(CameraError, match="camera 1"):
+        tiny.reconstruct(images, away)
+
+
+# ---------------------------------------------------------------------------- densify
+def test_densify_a_selection_keeps_the_rest_bit_for_bit(tiny, views):
+    images, cams = views
+    g = tiny.reconstruct(images, cams, densify=False).coarse
+    select = torch.zeros(len(g), dtype=torch.bool)
+    select[: len(g) // 3] = True
+    res = tiny.densify(g, images, cams, select=select)
+    n_kept = int((~select).sum())
+    out = res.gaussians
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        assert torch.equal(getattr(out, name)[:n_kept], getattr(g, name)[~select])
+    assert bool(select[res.parent[res.level > 0]].all())
+    assert len(out) == n_kept + res.stats["counts"]["fine"]
+
+
+def test_densify_budget_limits_added_gaussians(tiny, views):
+    images, cams = views
+    g = tiny.reconstruct(images, cams, densify=False).coarse
+    select = torch.ones(len(g), dtype=torch.bool)
+    res = tiny.densify(g, images, cams, select=select, budget=300)
+    added = len(res.gaussians) - len(g)
+    assert 0 < added <= 300
+
+
+def test_densify_bad_selection(tiny, views):
+    images, cams = views
+    g = tiny.reconstruct(images, cams, densify=False).coarse
+    with pytest.raises(ValueError, match="empty"):
+        tiny.densify(g, images, cams, select=torch.zeros(len(g), dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool mask"):
+        tiny.densify(g, images, cams, select=torch.zeros(3, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------- weights
+def test_weights_round_trip_and_errors(tiny, tmp_path, views):
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny.state_dict(), path, {"config": tiny.cfg.to_dict()})
+    again = load_model(path, device="cpu")
+    assert again.weights_sha256 and again.cfg == tiny.cfg
+    for (name, a), b in zip(tiny.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    a = tiny.reconstruct(*views, densify=False)
+    b = again.reconstruct(*views, densify=False)
+    assert torch.equal(a.coarse.means, b.coarse.means)
+    # Corruption is caught by the checksum; a missing file names what to do.
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="checksum"):
+        load_model(path, device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="gd train"):
+        load_model("object-tiny", device="cpu", weights=None)
+    with pytest.raises(ValueError, match="unknown model"):
+        load_model("object-huge", device="cpu", pretrained=False)
+
+
+def test_config_json_round_trip():
+    for cfg in (OBJECT_SMALL,):
+        assert ObjectModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,172 @@
+"""Training: the loss falls on one object, checkpoints resume, DDP matches one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from engine.cli import main as gd_main
+from engine.data.cache import CachedProps, build_cache
+from engine.models.config import get_model_config
+from engine.models.gd_object import GDObjectModel
+from engine.train import (
+    TrainConfig,
+    compute_loss,
+    learning_rate,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    train,
+    wrap_ddp,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_props"
+
+
+@pytest.fixture
+def one_object(tmp_path: Path) -> Path:
+    """The bundled sample props with a single training object."""
+    root = tmp_path / "props"
+    shutil.copytree(SAMPLE, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["splits"] = {"train": [0], "val": [1], "test": [2]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_cfg(data: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(
+        model="object-tiny", data=str(data), out=str(out), steps=40, lr=3e-3, warmup=5,
+        render_size=32, target_views=2, log_every=1, checkpoint_every=10, val_every=1000,
+        val_objects=1, device="cpu", densify_from=25, feature_dropout=0.0,
+    )  # fmt: skip
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_tiny_model_loss_falls_on_one_object(one_object: Path, tmp_path: Path):
+    run = train(tiny_cfg(one_object, tmp_path / "run"))
+    log = [r for r in read_log(run) if r["split"] == "train"]
+    assert [r["step"] for r in log] == list(range(1, 41))
+    coarse = [r["loss_coarse"] for r in log]
+    assert sum(coarse[-5:]) / 5 < 0.7 * sum(coarse[:5]) / 5
+    # The densifier joined at step 25 and its loss falls too.
+    fine = [r["loss_fine"] for r in log if r["densify"]]
+    assert len(fine) == 15 and all(f > 0 for f in fine)
+    assert sum(fine[-4:]) / 4 < sum(fine[:4]) / 4
+    assert (run / "checkpoint" / "model.safetensors").is_file()
+    assert (run / "checkpoint" / "optimizer.safetensors").is_file()
+    assert (run / "curves.png").is_file()
+
+
+def test_resume_continues_from_the_checkpoint(one_object: Path, tmp_path: Path):
+    cfg = tiny_cfg(one_object, tmp_path / "run", steps=12, checkpoint_every=4, densify=False)
+    train(cfg, max_steps=6)  # stops at 6, last checkpoint at 6
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "model.json").read_text())
+    assert meta["training"]["step"] == 6
+    train(cfg)
+    steps = [r["step"] for r in read_log(tmp_path / "run") if r["split"] == "train"]
+    assert steps == list(range(1, 13))  # no step repeated or skipped
+
+
+def test_optimizer_state_survives_safetensors():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = optimizer_tensors(opt)
+    meta = json.loads(json.dumps(meta))  # what the JSON file holds
+    other = torch.optim.AdamW(model.parameters(), lr=0.1)
+    load_optimizer_tensors(other, tensors, meta)
+    a, b = opt.state_dict(), other.state_dict()
+    for pid in a["state"]:
+        for key, value in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][pid][key]))
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(lr=1.0, warmup=10, steps=110)
+    assert learning_rate(0, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, cfg) == pytest.approx(1.0)
+    assert learning_rate(60, cfg) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert learning_rate(110, cfg) == pytest.approx(0.05)
+
+
+def test_gd_train_cli_rejects_bad_input(tmp_path: Path, capsys):
+    assert gd_main(["train", "--config", "object-tiny", "--data", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "cfg.json"
+    bad.write_text("{not json")
+    assert gd_main(["train", "--config", str(bad)]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- DDP
+def _samples(data: Path) -> list[dict]:
+    ds = CachedProps(build_cache(data, "all", 64, progress=False))
+    out = []
+    for i in range(2):
+        s = ds[i]
+        s = {
+            **s,
+            "target_images": s["target_images"][:2],
+            "target_cameras": s["target_cameras"][:2],
+        }
+        out.append(s)
+    return out
+
+
+def _model() -> GDObjectModel:
+    torch.manual_seed(0)
+    model = GDObjectModel(get_model_config("object-tiny"))
+    # Eval mode: no drop-path and no order shuffling, so both runs see the same network.
+    return model.eval()
+
+
+def _ddp_worker(rank: int, world: int, store: str, data: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model = _model()
+        net = wrap_ddp(model, torch.device("cpu"), TrainConfig())
+        cfg = TrainConfig(render_size=32)
+        terms = compute_loss(net, [_samples(Path(data))[rank]], cfg, densify=True)
+        terms.total.backward()
+        if rank == 0:
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            save_file(grads, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(one_object: Path, tmp_path: Path):
+    manifest = json.loads((one_object / "manifest.json").read_text())
+    manifest["splits"] = {"train": [0, 1, 2], "val": [], "test": []}
+    (one_object / "manifest.json").write_text(json.dumps(manifest))
+    _samples(one_object)  # build the cache once, before the workers read it
+    out = tmp_path / "ddp_grads.safetensors"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(one_object), str(out)), nprocs=2)
+    ddp = load_file(out)
+
+    model = _model()
+    terms = compute_loss(model, _samples(one_object), TrainConfig(render_size=32), densify=True)
+    terms.total.backward()
+    single = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(ddp) == set(single)
+    assert len(single) > 50  # backbone and densifier both received gradients
+    for name, grad in single.items():
+        torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-6, msg=name)
