@@ -90,7 +90,7 @@ class ObjectModelConfig:
     max_views: int = 8
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     densify: DensifyConfig = SMALL
-    candidates: int = 4000
+    candidates: int = 2000
     train_candidates: int = 2000
     gradient_variant: str = "abs"
 
@@ -121,7 +121,7 @@ class ObjectModelConfig:
 # (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
 _SMALL_BACKBONE = BackboneConfig()
 _SMALL_DENSIFY = SMALL.with_(
-    candidates=4000,
+    candidates=2000,
     sh_degree=1,
     child_samples=CHILD_SAMPLES,
     grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),

@@ -136,6 +136,10 @@ class GDObjectModel(nn.Module):
         out = self.backbone(images, cameras)
         results = []
         for bi, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
+            # Below 1/255 opacity a Gaussian never passes the rasteriser's alpha cut, so it
+            # neither renders nor receives a gradient: dropping it changes nothing but cost.
+            live = coarse.opacities.detach() >= 1.0 / 255.0
+            coarse, feats = coarse[live], feats[live]
             dens = None
             if densify:
                 if drop_backbone_features:
