@@ -263,6 +263,20 @@ def test_reconstruct_from_selected_cameras(scene, spy):
 
 
 @pytest.mark.slow
+def test_reconstruct_is_one_undo_step(scene, spy):
+    import bpy
+
+    before = snapshot(scene)
+    with _window_override():
+        bpy.ops.ed.undo_push(message="before reconstruct")
+        assert bpy.ops.gd.reconstruct("EXEC_DEFAULT", True) == {"FINISHED"}
+        assert len(bpy.data.pointclouds) == 1
+        assert bpy.ops.ed.undo() == {"FINISHED"}
+    after = snapshot(bpy.context.scene)
+    assert after["objects"] == before["objects"] and after["pointclouds"] == []
+
+
+@pytest.mark.slow
 def test_reconstruct_with_shipped_weights(scene, addon):
     """With trained weights the splats land inside the prop's bounds (estimated from the
     cameras alone). GD_TEST_WEIGHTS=PATH.safetensors checks other weights (a training run)."""
