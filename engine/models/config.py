@@ -120,8 +120,11 @@ class ObjectModelConfig:
 # The densifier of the object model: children re-sample the input views where they are
 # (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
 _SMALL_BACKBONE = BackboneConfig()
+# Residual heads start every child as a smaller copy of its parent, so the fine render
+# begins close to the coarse one and training only has to learn the improvement.
 _SMALL_DENSIFY = SMALL.with_(
     candidates=2000,
+    residual=True,
     sh_degree=1,
     child_samples=CHILD_SAMPLES,
     grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),
