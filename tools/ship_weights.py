@@ -1,0 +1,70 @@
+"""Copy a training run's checkpoint into `engine/assets/` as the shipped weights.
+
+    python tools/ship_weights.py runs/small-gd --name object-small --report docs/eval/object-small
+
+The shipped JSON keeps the model config (so `load_model` rebuilds the right network),
+the training provenance (steps, data folder and seed, object counts, run configs of the
+stages) and where the evaluation report is; the tensors are copied unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.weights import ASSETS, load_weights, save_weights  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="training run folder (with checkpoint/)")
+    p.add_argument("--name", default="object-small")
+    p.add_argument("--report", default="", help="evaluation report folder, recorded in the JSON")
+    p.add_argument(
+        "--stages",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="earlier runs this one started from (their train_config.json is kept)",
+    )
+    args = p.parse_args()
+    state, meta = load_weights(args.run / "checkpoint" / "model.safetensors")
+    training = meta["training"]
+    train_cfg = training["train_config"]
+    data = Path(train_cfg["data"])
+    manifest = json.loads((data / "manifest.json").read_text()) if data.is_dir() else {}
+    stages = []
+    for run in [*args.stages, args.run]:
+        cfg = json.loads((run / "train_config.json").read_text())
+        ck = json.loads((run / "checkpoint" / "model.json").read_text())
+        stages.append({"run": str(run), "steps_done": ck["training"]["step"], "config": cfg})
+    shipped = {
+        "config": meta["config"],
+        "training": {
+            "stages": stages,
+            "data": str(data),
+            "data_seed": manifest.get("seed"),
+            "data_counts": manifest.get("counts"),
+            "data_resolution": manifest.get("resolution"),
+            "generator_version": manifest.get("generator_version"),
+            "machine": f"{platform.machine()}, {platform.system()}, CPU only (2 cores)",
+        },
+        "evaluation_report": args.report,
+        "shipped": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    dest = ASSETS / f"{args.name}.safetensors"
+    digest = save_weights(state, dest, shipped)
+    size = dest.stat().st_size
+    print(f"{dest} ({size / 1e6:.1f} MB, sha256 {digest})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
