@@ -80,4 +80,3 @@ def test_render_bad_inputs_fail_cleanly_and_write_nothing(scene, tmp_path, capsy
               "--background", "2,0,0"])  # fmt: skip
     assert exc.value.code == 2
     assert not out.exists()
-
