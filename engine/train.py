@@ -323,7 +323,7 @@ def train(
 ) -> Path:
     """Run (or resume) training; returns the run folder. `max_steps` stops early (this
     call only), e.g. to train in sessions."""
-    from .data.cache import CachedProps, build_cache
+    from .data.cache import CachedProps, build_cache, cache_dir
 
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -349,11 +349,17 @@ def train(
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-    data_dir = build_cache(cfg.data, "train", model_cfg.image_size, progress=ddp.main)
-    train_set = CachedProps(data_dir)
+    # The main process decodes the caches; the others wait and then only read them.
+    if ddp.main:
+        build_cache(cfg.data, "train", model_cfg.image_size, progress=True)
+        with contextlib.suppress(ValueError):
+            build_cache(cfg.data, "val", model_cfg.image_size, progress=False)
+    if ddp.world > 1:
+        dist.barrier()
+    train_set = CachedProps(cache_dir(cfg.data, "train", model_cfg.image_size))
     val_set = None
-    with contextlib.suppress(ValueError):
-        val_set = CachedProps(build_cache(cfg.data, "val", model_cfg.image_size, progress=False))
+    if (cache_dir(cfg.data, "val", model_cfg.image_size) / "index.json").is_file():
+        val_set = CachedProps(cache_dir(cfg.data, "val", model_cfg.image_size))
     net = wrap_ddp(model, device, cfg)
     epoch_len = max(1, len(train_set) // (cfg.batch_size * ddp.world))
     it = batches(len(train_set), cfg.batch_size, ddp.rank, ddp.world, cfg.seed, step // epoch_len)
