@@ -21,6 +21,12 @@ colour the renderer shows from every side (higher SH bands are not shaded). Beca
 depends only on the ray, the coarse ico-sphere facets do not show; they only cut the
 Gaussian at their in-radius (0.79 · 3 σ for subdivision 1: under 6 % of the peak alpha).
 
+Both branches take a POINTCLOUD or a vertex-only MESH (the Blender 4.2-4.4 fallback of
+`pointcloud.py`): Instance on Points uses mesh vertices as points, and the point branch
+turns the mesh part of its input into points (Mesh to Points) and joins the point cloud
+part back. Every node and the `tree.interface` API used here exist in
+Blender 4.2 (checked on bpy 4.2.23).
+
 POINTS: the point cloud itself (Cycles renders points natively as spheres) with radius
 `Sigma Extent` · exp(mean log-scale), and the same per-ray falloff with an isotropic σ
 (the geometric mean). Used by AUTO above `POINTS_THRESHOLD` points, where a million
@@ -64,7 +70,8 @@ MODES = ("AUTO", "ELLIPSOIDS", "POINTS")
 POINTS_THRESHOLD = 500_000
 ICO_SUBDIVISIONS = 1
 # Bumped whenever the generated trees change, so older files get rebuilt in place.
-VERSION = 1
+# 2: Mesh to Points before the point branch (vertex-only mesh splats on Blender 4.2-4.4).
+VERSION = 2
 _VERSION_KEY = "gd_display_version"
 _SH_C0 = 0.28209479177387814
 
@@ -102,6 +109,8 @@ class _Builder:
         return n.outputs[0]
 
     def vmath(self, op: str, a: Any, b: Any = (0.0, 0.0, 0.0), c: Any = None) -> Any:
+        if op not in _enum_items(bpy.types.ShaderNodeVectorMath, "operation"):
+            return self._per_component(op, a, b, c)
         n = self.node("ShaderNodeVectorMath", operation=op)
         self.set(n.inputs[0], a)
         self.set(n.inputs[1], b)
@@ -109,6 +118,35 @@ class _Builder:
             self.set(n.inputs[2], c)
         out = "Value" if op in ("DOT_PRODUCT", "LENGTH", "DISTANCE") else "Vector"
         return n.outputs[out]
+
+    def _per_component(self, op: str, *args: Any) -> Any:
+        """A component-wise vector op as Separate XYZ -> 3 Math nodes -> Combine XYZ.
+
+        Vector Math gained POWER and SIGN only in Blender 4.5 (4.2.23 and 4.4.0 lack them);
+        Math has both with the same definition, so older Blenders get the same values from
+        a few more nodes, and 4.5+ keeps the single node."""
+        parts = []
+        for value in args:
+            if value is None:
+                continue
+            if isinstance(value, bpy.types.NodeSocket):
+                sep = self.node("ShaderNodeSeparateXYZ")
+                self.set(sep.inputs[0], value)
+                parts.append(list(sep.outputs))
+            else:
+                parts.append(list(value))
+        combine = self.node("ShaderNodeCombineXYZ")
+        for i in range(3):
+            n = self.node("ShaderNodeMath", operation=op)
+            for j, part in enumerate(parts):
+                self.set(n.inputs[j], part[i])
+            self.set(combine.inputs[i], n.outputs[0])
+        return combine.outputs[0]
+
+
+def _enum_items(node_type: Any, prop: str) -> set[str]:
+    """Identifiers of an enum property of a node type (what this Blender offers)."""
+    return {item.identifier for item in node_type.bl_rna.properties[prop].enum_items}
 
 
 def _stale(block: Any) -> bool:
@@ -296,8 +334,19 @@ def _build_node_group(ng: Any, ellipsoid: Any, point: Any) -> None:
     b.set(store.inputs["Geometry"], gi.outputs["Geometry"])
     b.set(store.inputs["Name"], "gd_sigma")
     b.set(store.inputs["Value"], sigma)
+    # Vertex-only meshes (the Blender 4.2-4.4 fallback) become points first: Set Point
+    # Radius and Cycles' point primitive only act on point clouds. Mesh to Points drops
+    # every other component (a point cloud input comes out empty, checked on 5.0.1), so
+    # only the mesh goes through it and the point cloud joins it afterwards.
+    parts = b.node("GeometryNodeSeparateComponents")
+    b.set(parts.inputs["Geometry"], store.outputs["Geometry"])
+    to_points = b.node("GeometryNodeMeshToPoints", mode="VERTICES")
+    b.set(to_points.inputs["Mesh"], parts.outputs["Mesh"])
+    join = b.node("GeometryNodeJoinGeometry")
+    b.set(join.inputs["Geometry"], parts.outputs["Point Cloud"])
+    b.set(join.inputs["Geometry"], to_points.outputs["Points"])
     radius = b.node("GeometryNodeSetPointRadius")
-    b.set(radius.inputs["Points"], store.outputs["Geometry"])
+    b.set(radius.inputs["Points"], join.outputs["Geometry"])
     b.set(radius.inputs["Radius"], b.math("MULTIPLY", sigma, extent))
     pts_mat = b.node("GeometryNodeSetMaterial", {"Material": point})
     b.set(pts_mat.inputs["Geometry"], radius.outputs["Points"])
@@ -375,7 +424,8 @@ def ensure_display(obj: bpy.types.Object, mode: str = "AUTO") -> None:
     if mod.get(key) != want:
         mod[key] = want
         obj.update_tag()
-    # A material slot too, so the viewport/other tools show the point colours without GN.
+    # A material slot too, so the viewport/other tools show the point colours without GN
+    # (point clouds only: a vertex-only mesh has nothing to shade without the modifier).
     point = bpy.data.materials[POINT_MATERIAL]
     if obj.type == "POINTCLOUD" and point.name not in [m.name for m in obj.data.materials if m]:
         obj.data.materials.append(point)

@@ -435,7 +435,7 @@ class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
 
     def finish(self, context: bpy.types.Context, rec: Any) -> None:
         from .display import ensure_display
-        from .pointcloud import gaussians_to_object
+        from .pointcloud import gaussians_to_object, remove_data
 
         obj = gaussians_to_object(
             context.collection, rec.gaussians, self._name, level=rec.level, parent=rec.parent
@@ -450,7 +450,7 @@ class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
             data = obj.data
             bpy.data.objects.remove(obj)
             if data.users == 0:
-                bpy.data.pointclouds.remove(data)
+                remove_data(data)  # PointCloud, or the 4.2-4.4 fallback Mesh
             for image in set(bpy.data.images) - images_before:
                 bpy.data.images.remove(image)
             raise

@@ -1,4 +1,4 @@
-"""Gaussians <-> Blender POINTCLOUD objects.
+"""Gaussians <-> Blender POINTCLOUD objects (vertex-only MESH objects on Blender 4.2-4.4).
 
 Attribute layout (all on the POINT domain; raw `Gaussians` parameters, i.e. the values an
 INRIA 3DGS PLY stores, so a PLY round trip is bit-exact and tools that read 3DGS
@@ -30,9 +30,23 @@ user's active object, selection and modes are restored (the new object ends up
 unselected; callers that want it selected do so themselves). Empty clouds skip the
 operator (`pointclouds.new()` is exactly what they need).
 
+Blender 4.2-4.4 fallback: there `object.convert` has no POINTCLOUD target (point cloud
+objects are experimental before 4.5), so the splat object stays a vertex-only MESH with
+the same attributes on its POINT (vertex) domain; QUATERNION attributes exist on 4.2
+meshes too (checked on bpy 4.2.23 and 4.4.0), so the layout above is unchanged. Which
+representation a new object gets is decided by capability, not by version number:
+`pointcloud_objects_supported()` looks for POINTCLOUD among the enum items of the convert
+operator's `target` property (items on 4.2.23: CURVE MESH GPENCIL CURVES; 4.4.0: CURVE
+MESH CURVES GREASEPENCIL; 4.5/5.0 add POINTCLOUD). Every reader here takes both object
+types, and `replace_gaussians` keeps an object's type. A fresh fallback mesh has every
+vertex selected (`vertices.add` selects them), so Edit Mode shows the same "all selected"
+start as a point cloud.
+
 Edit-mode selection of point clouds in Blender 5.0 is the BOOLEAN POINT attribute
 `.selection` (written by `bpy.ops.pointcloud.select_*`); when it does not exist every
-point counts as selected (checked: `pointcloud.delete` then deletes all points).
+point counts as selected (checked: `pointcloud.delete` then deletes all points). For
+meshes it is `.select_vert`, and there absent means *nothing* selected: Edit Mode's
+Deselect All removes the attribute (checked on 4.2.23 and 4.4.0).
 """
 
 from __future__ import annotations
@@ -57,7 +71,9 @@ __all__ = [
     "gaussians_to_object",
     "is_gaussian_object",
     "object_to_gaussians",
+    "pointcloud_objects_supported",
     "points_in_region",
+    "remove_data",
     "replace_gaussians",
     "selected_point_mask",
 ]
@@ -213,6 +229,55 @@ def _as_only_selected_active(context: Any, obj: bpy.types.Object) -> Iterator[No
             scene.collection.objects.unlink(obj)
 
 
+def pointcloud_objects_supported() -> bool:
+    """True when `object.convert` can make POINTCLOUD objects (Blender 4.5+).
+
+    Capability, not version: the convert operator's `target` enum is read from its RNA
+    (cheap, no operator call), so a build that has the target works whatever its number.
+    """
+    target = bpy.ops.object.convert.get_rna_type().properties["target"]
+    return any(item.identifier == "POINTCLOUD" for item in target.enum_items)
+
+
+def remove_data(data: Any) -> None:
+    """Remove a splat datablock (PointCloud or the 4.2-4.4 fallback Mesh) from bpy.data."""
+    if isinstance(data, bpy.types.Mesh):
+        bpy.data.meshes.remove(data)
+    else:
+        bpy.data.pointclouds.remove(data)
+
+
+def _new_mesh_data(name: str, cols: dict[str, tuple[str, np.ndarray]]) -> bpy.types.Mesh:
+    """A new vertex-only Mesh holding `cols`: the splat datablock where POINTCLOUD objects
+    cannot be made (Blender 4.2-4.4), and for MESH objects that get new points."""
+    n = len(cols["position"][1])
+    mesh = bpy.data.meshes.new(name)
+    try:
+        if n:
+            # `vertices.add` also selects the new vertices (`.select_vert` all True), which
+            # is the point cloud's "absent = all selected" start, seen the same in Edit Mode.
+            mesh.vertices.add(n)
+        for key, (data_type, values) in cols.items():
+            if key != "position" or n:  # an empty mesh has no position layer to fill
+                _set(mesh.attributes, key, data_type, values)
+        mesh.update()  # bounds (bound_box, framing) follow the new positions
+    except BaseException:
+        bpy.data.meshes.remove(mesh)
+        raise
+    return mesh
+
+
+def _new_data(context: Any, name: str, cols: dict[str, tuple[str, np.ndarray]],
+              kind: str | None = None) -> Any:
+    """A new datablock holding `cols`: PointCloud when `kind` is "POINTCLOUD" (default:
+    when this Blender supports it), else the fallback vertex-only Mesh."""
+    if kind is None:
+        kind = "POINTCLOUD" if pointcloud_objects_supported() else "MESH"
+    if kind == "MESH":
+        return _new_mesh_data(name, cols)
+    return _new_pointcloud_data(context, name, cols)
+
+
 def _new_pointcloud_data(
     context: Any, name: str, cols: dict[str, tuple[str, np.ndarray]]
 ) -> bpy.types.PointCloud:
@@ -268,13 +333,16 @@ def gaussians_to_object(
     parent: Any = None,
     matrix_world: Any = None,
 ) -> bpy.types.Object:
-    """One new POINTCLOUD object holding `gaussians`, linked to the given collection.
+    """One new splat object holding `gaussians`, linked to the given collection.
+
+    POINTCLOUD where `pointcloud_objects_supported()`, else (Blender 4.2-4.4) a vertex-only
+    MESH with the same attributes.
 
     Args:
         context_or_collection: a Collection, or a Context (its `collection`, else the
             scene's master collection).
         gaussians: N Gaussians (any device/dtype; stored as float32).
-        name: object (and point-cloud data) name; Blender may add a .001 suffix.
+        name: object (and its data) name; Blender may add a .001 suffix.
         level: (N,) integer densification level, default 0 (coarse).
         parent: (N,) integer parent index, default arange(N) (every Gaussian its own parent).
         matrix_world: optional 4x4 (nested sequences, numpy or mathutils.Matrix).
@@ -283,11 +351,11 @@ def gaussians_to_object(
     """
     context, collection = _context_parts(context_or_collection)
     cols = _columns(gaussians, level, parent)
-    data = _new_pointcloud_data(context, name, cols)
+    data = _new_data(context, name, cols)
     try:
         obj = bpy.data.objects.new(name, data)
     except BaseException:
-        bpy.data.pointclouds.remove(data)
+        remove_data(data)
         raise
     try:
         if matrix_world is not None:
@@ -297,7 +365,7 @@ def gaussians_to_object(
         collection.objects.link(obj)
     except BaseException:
         bpy.data.objects.remove(obj)
-        bpy.data.pointclouds.remove(data)
+        remove_data(data)
         raise
     return obj
 
@@ -464,39 +532,56 @@ def transform_gaussians(gaussians: Gaussians, matrix: Any) -> Gaussians:
 def replace_gaussians(obj: bpy.types.Object, gaussians: Gaussians, level: Any, parent: Any) -> None:
     """Replace the points of `obj` in place (same object, name, modifiers, materials).
 
-    A new PointCloud datablock is built and swapped in; the old one's name and material
-    slots are carried over and it is removed if nothing else uses it. Edit-mode
-    selection is reset (a new set of points). `level`/`parent`: (N,) integers or None.
+    A new datablock of the object's own type (PointCloud, or vertex-only Mesh: an object
+    cannot change type) is built and swapped in; the old one's name and material slots are
+    carried over and it is removed if nothing else uses it. Edit-mode selection is reset
+    (a new set of points: all selected). `level`/`parent`: (N,) integers or None.
     """
-    if obj is None or obj.type != "POINTCLOUD":
-        raise ValueError("replace_gaussians needs a POINTCLOUD object")
+    if obj is None or obj.type not in ("POINTCLOUD", "MESH"):
+        raise ValueError("replace_gaussians needs a POINTCLOUD (or MESH) object")
     if obj.mode != "OBJECT":
         raise ValueError(f"object {obj.name!r} is in {obj.mode} mode; leave it first")
+    if obj.type == "POINTCLOUD" and not pointcloud_objects_supported():
+        # A point cloud from a newer Blender: this one cannot fill a new one from Python.
+        raise ValueError(
+            f"object {obj.name!r} is a point cloud, which this Blender cannot rebuild; "
+            "convert it to a mesh (Object > Convert > Mesh) first"
+        )
     old = obj.data
     cols = _columns(gaussians, level, parent)
-    new = _new_pointcloud_data(bpy.context, old.name + "_new", cols)
+    new = _new_data(bpy.context, old.name + "_new", cols, kind=obj.type)
     for material in old.materials:
         new.materials.append(material)
     obj.data = new
     old_name = old.name
     if old.users == 0:
-        bpy.data.pointclouds.remove(old)
+        remove_data(old)
     new.name = old_name
 
 
 def selected_point_mask(obj: bpy.types.Object) -> Tensor:
-    """(N,) bool: the points selected in edit mode (attribute `.selection`; absent = all).
+    """(N,) bool: the points selected in edit mode.
 
-    Works in object mode (reads the stored attribute). In edit mode Blender 5.0 point
-    clouds edit the original data directly, so the attribute is current there too.
+    Point clouds: attribute `.selection` (absent = all). Meshes (the 4.2-4.4 fallback, other
+    add-ons' imports): `.select_vert` (absent = none, as Blender shows it: Deselect All
+    removes the attribute). Works in object mode (reads the stored attribute). In edit mode
+    Blender 5.0 point clouds edit the original data directly, so the attribute is current
+    there too; a mesh in edit mode keeps its selection in the BMesh, which is written back
+    to the mesh first (`update_from_editmode`).
     """
     import torch
 
     attributes = _point_attributes(obj)
-    n = _count(obj)
     if obj.type == "MESH":
+        if obj.mode == "EDIT":
+            obj.update_from_editmode()
+            attributes = obj.data.attributes
+        n = _count(obj)
         sel = _get(attributes, ".select_vert", n, "BOOLEAN")
+        if sel is None:
+            return torch.zeros(n, dtype=torch.bool)
     else:
+        n = _count(obj)
         attr = attributes.get(SELECTION_ATTRIBUTE)
         sel = None
         if attr is not None and attr.domain == "POINT":

@@ -130,7 +130,7 @@ def import_splat(
     except BaseException:
         data = obj.data
         bpy.data.objects.remove(obj)
-        bpy.data.pointclouds.remove(data)
+        pointcloud.remove_data(data)  # PointCloud, or the 4.2-4.4 fallback Mesh
         raise
     return obj
 
