@@ -105,16 +105,32 @@ _INT32_MAX = 2**31 - 1
 # ============================================================================ helpers
 
 
-def _point_attributes(obj: bpy.types.Object) -> Any:
-    """The attribute collection holding per-point data of a POINTCLOUD or MESH object."""
+@contextmanager
+def _point_data(obj: bpy.types.Object) -> Iterator[tuple[Any, int]]:
+    """(attribute collection, point count) of a POINTCLOUD or MESH object, for reading.
+
+    A mesh in Edit Mode keeps its data in a BMesh, and while it does its RNA attributes
+    have no data (`len(attr.data) == 0`, checked on 4.2.23 and 5.0.1) and its selection is
+    not written back; so the edit data is flushed (`update_from_editmode`) and read from a
+    temporary copy of the mesh, removed afterwards. Point clouds in Edit Mode edit their
+    data directly (Blender 5.0), so they are read in place.
+    """
     if obj is None or obj.type not in ("POINTCLOUD", "MESH"):
         kind = "None" if obj is None else obj.type
         raise ValueError(f"expected a POINTCLOUD (or MESH) object, got {kind}")
-    return obj.data.attributes
-
-
-def _count(obj: bpy.types.Object) -> int:
-    return len(obj.data.points) if obj.type == "POINTCLOUD" else len(obj.data.vertices)
+    data = obj.data
+    if obj.type == "POINTCLOUD":
+        yield data.attributes, len(data.points)
+        return
+    if not data.is_editmode:
+        yield data.attributes, len(data.vertices)
+        return
+    obj.update_from_editmode()
+    copy = data.copy()  # a plain Mesh: the copy has no edit data of its own
+    try:
+        yield copy.attributes, len(copy.vertices)
+    finally:
+        bpy.data.meshes.remove(copy)
 
 
 def _get(attributes: Any, name: str, n: int, data_type: str | None = None) -> np.ndarray | None:
@@ -448,25 +464,24 @@ def object_to_gaussians(
 
     from engine.gaussians import Gaussians
 
-    attributes = _point_attributes(obj)
-    if not is_gaussian_object(obj):
-        raise ValueError(
-            f"object {obj.name!r} has no Gaussian splat attributes "
-            f"(needs {', '.join(REQUIRED_ATTRIBUTES)} on the POINT domain)"
+    with _point_data(obj) as (attributes, n):
+        if not is_gaussian_object(obj):
+            raise ValueError(
+                f"object {obj.name!r} has no Gaussian splat attributes "
+                f"(needs {', '.join(REQUIRED_ATTRIBUTES)} on the POINT domain)"
+            )
+        means = _get(attributes, "position", n, "FLOAT_VECTOR")
+        if means is None:  # an empty point cloud (or mesh) has no position layer yet
+            means = np.zeros((n, 3), np.float32)
+        g = Gaussians(
+            means=torch.from_numpy(means),
+            log_scales=torch.from_numpy(_get(attributes, "scale", n, "FLOAT_VECTOR")),
+            quats=torch.from_numpy(_get(attributes, "rotation", n, "QUATERNION")),
+            opacity_logits=torch.from_numpy(_get(attributes, "opacity", n, "FLOAT")),
+            sh=_sh_from_attributes(attributes, n),
         )
-    n = _count(obj)
-    means = _get(attributes, "position", n, "FLOAT_VECTOR")
-    if means is None:  # an empty point cloud has no position layer yet
-        means = np.zeros((n, 3), np.float32)
-    g = Gaussians(
-        means=torch.from_numpy(means),
-        log_scales=torch.from_numpy(_get(attributes, "scale", n, "FLOAT_VECTOR")),
-        quats=torch.from_numpy(_get(attributes, "rotation", n, "QUATERNION")),
-        opacity_logits=torch.from_numpy(_get(attributes, "opacity", n, "FLOAT")),
-        sh=_sh_from_attributes(attributes, n),
-    )
-    level = _get(attributes, "gd_level", n, "INT")
-    parent = _get(attributes, "gd_parent", n, "INT")
+        level = _get(attributes, "gd_level", n, "INT")
+        parent = _get(attributes, "gd_parent", n, "INT")
     level_t = torch.zeros(n, dtype=torch.int64) if level is None else torch.from_numpy(level)
     parent_t = torch.arange(n) if parent is None else torch.from_numpy(parent)
     matrix = np.array(obj.matrix_world, dtype=np.float64)
@@ -567,28 +582,23 @@ def selected_point_mask(obj: bpy.types.Object) -> Tensor:
     removes the attribute). Works in object mode (reads the stored attribute). In edit mode
     Blender 5.0 point clouds edit the original data directly, so the attribute is current
     there too; a mesh in edit mode keeps its selection in the BMesh, which is written back
-    to the mesh first (`update_from_editmode`).
+    to the mesh first (see `_point_data`).
     """
     import torch
 
-    attributes = _point_attributes(obj)
-    if obj.type == "MESH":
-        if obj.mode == "EDIT":
-            obj.update_from_editmode()
-            attributes = obj.data.attributes
-        n = _count(obj)
-        sel = _get(attributes, ".select_vert", n, "BOOLEAN")
-        if sel is None:
-            return torch.zeros(n, dtype=torch.bool)
-    else:
-        n = _count(obj)
-        attr = attributes.get(SELECTION_ATTRIBUTE)
-        sel = None
-        if attr is not None and attr.domain == "POINT":
-            if attr.data_type == "BOOLEAN":
-                sel = _get(attributes, SELECTION_ATTRIBUTE, n, "BOOLEAN")
-            elif attr.data_type == "FLOAT":  # soft selection (sculpt-style), > 0 counts
-                sel = _get(attributes, SELECTION_ATTRIBUTE, n, "FLOAT") > 0
+    with _point_data(obj) as (attributes, n):
+        if obj.type == "MESH":
+            sel = _get(attributes, ".select_vert", n, "BOOLEAN")
+            if sel is None:
+                return torch.zeros(n, dtype=torch.bool)
+        else:
+            attr = attributes.get(SELECTION_ATTRIBUTE)
+            sel = None
+            if attr is not None and attr.domain == "POINT":
+                if attr.data_type == "BOOLEAN":
+                    sel = _get(attributes, SELECTION_ATTRIBUTE, n, "BOOLEAN")
+                elif attr.data_type == "FLOAT":  # soft selection (sculpt-style), > 0 counts
+                    sel = _get(attributes, SELECTION_ATTRIBUTE, n, "FLOAT") > 0
     if sel is None:
         return torch.ones(n, dtype=torch.bool)
     return torch.from_numpy(np.ascontiguousarray(sel, dtype=bool))
@@ -617,9 +627,8 @@ def points_in_region(obj: bpy.types.Object, region_obj: bpy.types.Object) -> Ten
 
     if region_obj is None:
         raise ValueError("no region object given")
-    attributes = _point_attributes(obj)
-    n = _count(obj)
-    pos = _get(attributes, "position", n, "FLOAT_VECTOR")
+    with _point_data(obj) as (attributes, n):
+        pos = _get(attributes, "position", n, "FLOAT_VECTOR")
     if pos is None:
         return torch.zeros(n, dtype=torch.bool)
     pos = pos.astype(np.float64)

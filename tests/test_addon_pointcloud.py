@@ -1,4 +1,5 @@
-"""Add-on: Gaussians <-> Blender POINTCLOUD objects, with real bpy (headless)."""
+"""Add-on: Gaussians <-> Blender POINTCLOUD objects (vertex-only MESH objects on Blender
+4.2-4.4, and forced on newer ones by the `mesh` cases), with real bpy (headless)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from ._splat_helpers import (
+    REPRESENTATIONS,
+    edit_select_all,
+    point_count,
+    set_selection,
+    splat_type,
+    use_representation,
+)
 
 pytestmark = [
     pytest.mark.blender,
@@ -49,23 +59,36 @@ def counts(bpy) -> tuple[int, ...]:
     return len(d.objects), len(d.meshes), len(d.pointclouds), len(d.materials), len(d.node_groups)
 
 
-@pytest.mark.parametrize("degree", [0, 1, 2, 3])
-def test_round_trip_bit_exact(bpy, degree):
+def test_representation_follows_the_convert_operator(bpy):
+    """POINTCLOUD objects exactly where `object.convert` has that target: Blender 4.5+."""
     from gd_blender_addon import pointcloud
 
+    assert pointcloud.pointcloud_objects_supported() == (bpy.app.version >= (4, 5, 0))
+
+
+@REPRESENTATIONS
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_round_trip_bit_exact(bpy, monkeypatch, degree, as_mesh):
+    from gd_blender_addon import pointcloud
+
+    use_representation(monkeypatch, as_mesh)
     n = 257
     g = random_gaussians(n, degree, seed=degree)
     g.means[0] = torch.tensor([-0.0, 1e-38, 3.4e38])  # sign of zero, subnormal, huge
     level = torch.randint(0, 4, (n,))
     parent = torch.randint(0, 2**31 - 1, (n,))
     obj = pointcloud.gaussians_to_object(bpy.context, g, "splat", level=level, parent=parent)
-    assert obj.type == "POINTCLOUD" and len(obj.data.points) == n
+    assert obj.type == splat_type() and point_count(obj) == n
     assert pointcloud.is_gaussian_object(obj)
     names = {a.name for a in obj.data.attributes}
     expected = {"opacity", "scale", "rotation", "f_dc", "gd_level", "gd_parent", "radius"}
     expected |= {f"f_rest_{i}" for i in range((degree + 1) ** 2 - 1)}
     assert expected <= names and expected - {"radius"} <= set(pointcloud.ATTRIBUTES)
-    assert ".select_vert" not in names  # no mesh leftovers
+    if obj.type == "POINTCLOUD":
+        assert ".select_vert" not in names  # no mesh leftovers
+    else:  # a fresh mesh: every vertex selected (the point cloud's "absent = all")
+        assert len(obj.data.edges) == len(obj.data.polygons) == 0
+        assert pointcloud.selected_point_mask(obj).all()
     types = {a.name: a.data_type for a in obj.data.attributes}
     assert types["rotation"] == "QUATERNION" and types["opacity"] == "FLOAT"
     assert types["scale"] == types["f_dc"] == "FLOAT_VECTOR" and types["gd_level"] == "INT"
@@ -78,14 +101,18 @@ def test_round_trip_bit_exact(bpy, degree):
     assert torch.equal(level2, level) and torch.equal(parent2, parent)
 
 
-def test_defaults_radius_and_no_leftovers(bpy):
+@REPRESENTATIONS
+def test_defaults_radius_and_no_leftovers(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     g = random_gaussians(50)
     before = counts(bpy)
     obj = pointcloud.gaussians_to_object(bpy.context, g, "splat")
     after = counts(bpy)
-    assert after[0] == before[0] + 1 and after[1] == before[1] and after[2] == before[2] + 1
+    mesh = obj.type == "MESH"  # exactly one new datablock, of the object's type
+    assert after[0] == before[0] + 1
+    assert after[1] == before[1] + mesh and after[2] == before[2] + (not mesh)
     _, level, parent = pointcloud.object_to_gaussians(obj)
     assert torch.equal(level, torch.zeros(50, dtype=torch.int64))
     assert torch.equal(parent, torch.arange(50))
@@ -95,9 +122,11 @@ def test_defaults_radius_and_no_leftovers(bpy):
     np.testing.assert_allclose(radius, want.numpy(), rtol=1e-6)
 
 
-def test_float64_and_empty(bpy):
+@REPRESENTATIONS
+def test_float64_and_empty(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     g = random_gaussians(10, 1).to(dtype=torch.float64)
     obj = pointcloud.gaussians_to_object(bpy.context, g, "f64")
     g2, _, _ = pointcloud.object_to_gaussians(obj)
@@ -105,7 +134,7 @@ def test_float64_and_empty(bpy):
 
     empty = random_gaussians(0, 2)
     obj0 = pointcloud.gaussians_to_object(bpy.context, empty, "empty")
-    assert obj0.type == "POINTCLOUD" and len(obj0.data.points) == 0
+    assert obj0.type == splat_type() and point_count(obj0) == 0
     g0, level0, parent0 = pointcloud.object_to_gaussians(obj0)
     assert len(g0) == 0 and g0.sh_degree == 2 and level0.shape == parent0.shape == (0,)
 
@@ -141,7 +170,7 @@ def test_creation_while_another_object_is_in_edit_mode(bpy):
     cube = bpy.context.active_object
     bpy.ops.object.mode_set(mode="EDIT")
     obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(30), "while_editing")
-    assert obj.type == "POINTCLOUD" and len(obj.data.points) == 30
+    assert obj.type == splat_type() and point_count(obj) == 30
     assert cube.mode == "EDIT" and bpy.context.view_layer.objects.active == cube
     assert cube.type == "MESH"
 
@@ -215,13 +244,15 @@ def test_apply_transform_general_matrix_maps_covariances(bpy):
     torch.testing.assert_close(world.sh[:, 0], g.sh[:, 0])  # DC colour unchanged
 
 
-def test_replace_gaussians_keeps_object(bpy):
+@REPRESENTATIONS
+def test_replace_gaussians_keeps_object(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import display, pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(40), "keep")
     display.ensure_display(obj, "ELLIPSOIDS")
     data_name, materials = obj.data.name, [m.name for m in obj.data.materials]
-    n_pointclouds = len(bpy.data.pointclouds)
+    kind, n_before = obj.type, counts(bpy)
     g = random_gaussians(90, 2, seed=5)
     level = torch.cat([torch.zeros(40), torch.ones(50)]).long()
     parent = torch.cat([torch.arange(40), torch.randint(0, 40, (50,))])
@@ -229,7 +260,8 @@ def test_replace_gaussians_keeps_object(bpy):
     assert bpy.data.objects["keep"] == obj and obj.data.name == data_name
     assert [m.name for m in obj.data.materials] == materials
     assert [m.name for m in obj.modifiers] == [display.MODIFIER_NAME]
-    assert len(bpy.data.pointclouds) == n_pointclouds and len(bpy.data.meshes) == 0
+    assert obj.type == kind and counts(bpy) == n_before  # the old datablock is gone
+    assert point_count(obj) == 90
     g2, level2, parent2 = pointcloud.object_to_gaussians(obj)
     for f in FIELDS:
         assert torch.equal(getattr(g, f), getattr(g2, f))
@@ -239,6 +271,8 @@ def test_replace_gaussians_keeps_object(bpy):
 def test_selected_point_mask(bpy):
     from gd_blender_addon import pointcloud
 
+    if splat_type() != "POINTCLOUD":
+        pytest.skip("no point cloud objects on this Blender (see the mesh test below)")
     obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(20), "sel")
     assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20  # no attribute: all
     # Blender's own edit-mode operator writes the attribute we read.
@@ -270,9 +304,58 @@ def test_selected_point_mask(bpy):
     assert torch.equal(in_edit, pointcloud.selected_point_mask(obj))
 
 
-def test_points_in_region(bpy):
+def test_selected_point_mask_mesh(bpy, monkeypatch):
+    """Mesh splats (Blender 4.2-4.4; forced on newer ones): `.select_vert`, absent = none."""
     from gd_blender_addon import pointcloud
 
+    use_representation(monkeypatch, pointcloud.pointcloud_objects_supported())
+    obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(20), "sel")
+    assert obj.type == "MESH"
+    assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20  # fresh: all selected
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    edit_select_all(obj, "DESELECT")
+    assert not pointcloud.selected_point_mask(obj).any()  # read from the edit data
+    bpy.ops.object.mode_set(mode="OBJECT")
+    # Blender drops the attribute when nothing is selected: absent must mean none.
+    assert obj.data.attributes.get(".select_vert") is None
+    assert not pointcloud.selected_point_mask(obj).any()
+    want = np.zeros(20, bool)
+    want[[1, 4, 19]] = True
+    set_selection(obj, want)
+    mask = pointcloud.selected_point_mask(obj)
+    assert mask.dtype == torch.bool and mask.tolist() == want.tolist()
+    # ...and what we read is what Blender acts on: deleting the selection removes exactly those.
+    g, level, _ = pointcloud.object_to_gaussians(obj)
+    n_meshes = len(bpy.data.meshes)
+    bpy.ops.object.mode_set(mode="EDIT")
+    assert pointcloud.selected_point_mask(obj).tolist() == want.tolist()
+    # Edit Mode meshes have no attribute data over RNA: every reader still sees the points
+    # (through a temporary copy, removed again).
+    g_edit, level_edit, _ = pointcloud.object_to_gaussians(obj)
+    for f in FIELDS:
+        assert torch.equal(getattr(g, f), getattr(g_edit, f)), f
+    assert torch.equal(level, level_edit) and len(bpy.data.meshes) == n_meshes
+    assert bpy.ops.mesh.delete(type="VERT") == {"FINISHED"}
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert len(obj.data.vertices) == 17
+    # A selection made in edit mode is readable while still editing (not yet written back).
+    bpy.ops.object.mode_set(mode="EDIT")
+    edit_select_all(obj, "DESELECT")
+    bpy.ops.mesh.select_random(seed=3)
+    in_edit = pointcloud.selected_point_mask(obj)
+    assert obj.mode == "EDIT"
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert 0 < int(in_edit.sum()) < 17
+    assert torch.equal(in_edit, pointcloud.selected_point_mask(obj))
+
+
+@REPRESENTATIONS
+def test_points_in_region(bpy, monkeypatch, as_mesh):
+    from gd_blender_addon import pointcloud
+
+    use_representation(monkeypatch, as_mesh)
     gen = np.random.default_rng(0)
     pts = gen.uniform(-3, 3, size=(2000, 3)).astype(np.float32)
     g = random_gaussians(2000)
