@@ -311,17 +311,54 @@ def test_chunked_checkpointed_training_equals_the_one_piece_step(monkeypatch) ->
     parents = _parents(90)
     feats = torch.randn(90, 12)
     monkeypatch.setattr(attention_mod, "ROWWISE_CHUNK", 10**9)
+    monkeypatch.setattr(attention_mod, "CHECKPOINT", False)  # one piece, activations kept
     whole, whole_grads = _train_step(model, parents, feats, seed=3)
     # Ragged chunks everywhere, each recomputed in the backward: same drop-path masks,
     # same outputs, same gradients.
     monkeypatch.setattr(attention_mod, "ROWWISE_CHUNK", 7)
-    monkeypatch.setattr(attention_mod, "CHECKPOINT_ROWS", 0)
+    monkeypatch.setattr(attention_mod, "CHECKPOINT", True)
     chunked, chunked_grads = _train_step(model, parents, feats, seed=3)
     for a, b in zip(chunked, whole, strict=True):
         torch.testing.assert_close(a, b)
     for name, grad in whole_grads.items():  # equal up to the order of float sums over rows
         err = float((chunked_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12))
         assert err < 1e-4, (name, err)
+
+
+def test_checkpointing_does_not_depend_on_the_number_of_points(monkeypatch) -> None:
+    """Every chunk of every stage is checkpointed in training, whether N is 1 chunk or many.
+
+    A size threshold made the backward recompute the forward only above it, so cost
+    per point jumped there (10k -> 100k candidates: 15x the time).
+    """
+    import engine.gd.attention as attention_mod
+
+    calls: list[int] = []
+    real = attention_mod.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(next(a for a in args if a is not None).shape[0])
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(attention_mod, "checkpoint", counting)
+    monkeypatch.setattr(attention_mod, "ROWWISE_CHUNK", 64)
+    torch.manual_seed(14)
+    model = GenerativeDensifier(TINY, in_channels=12).train()
+    rows_per_candidate = []
+    for n in (20, 200):  # below one chunk at every stage; several chunks at most stages
+        means, feats = _inputs(n)
+        calls.clear()
+        out = model(means, feats)
+        out.gaussians.means.sum().backward()
+        assert calls and max(calls) <= 64
+        rows_per_candidate.append(sum(calls) / n)
+    # Blocks run on padded patches, so the checkpointed rows per candidate differ a
+    # little; UP and HEAD rows are exact multiples of N.
+    assert rows_per_candidate[0] == pytest.approx(rows_per_candidate[1], rel=0.1)
+    calls.clear()
+    with torch.no_grad():
+        model(*_inputs(200))
+    assert not calls  # inference keeps nothing, so nothing to recompute
 
 
 def test_upsample_delta_f_input_equals_layer_norm_then_linear() -> None:
