@@ -2,7 +2,7 @@
 
     python bench/blender_display_fidelity.py [--out docs/blender_display_fidelity.png]
 
-Builds a seeded set of smallish, fairly opaque Gaussians as a point-cloud object with the
+Builds a seeded set of smallish, fairly opaque Gaussians as a splat object with the
 add-on's display (ELLIPSOIDS), renders it with Cycles from a camera at 128² in a scene of
 its own (white world, view transform Standard, 128 transparent bounces, pixel filter
 narrowed to the pixel centre like the rasteriser's sampling), renders the same Gaussians
@@ -172,7 +172,7 @@ def fidelity(out_png: str | Path | None = None, n: int = 400, samples: int = 8, 
     finally:
         data = obj.data
         bpy.data.objects.remove(obj)
-        bpy.data.pointclouds.remove(data)
+        pointcloud.remove_data(data)  # PointCloud, or the Blender 4.2-4.4 fallback Mesh
         cam_data = cam.data
         bpy.data.objects.remove(cam)
         bpy.data.cameras.remove(cam_data)

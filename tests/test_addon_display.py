@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from ._splat_helpers import REPRESENTATIONS, use_representation
+
 pytestmark = [
     pytest.mark.blender,
     pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
@@ -37,9 +39,35 @@ def _gaussians(n: int, seed: int = 0):
     )  # fmt: skip
 
 
-def _evaluated(bpy, obj):
-    depsgraph = bpy.context.evaluated_depsgraph_get()
-    return depsgraph, bpy.types.GeometrySet.from_evaluated_object(obj.evaluated_get(depsgraph))
+class _Evaluated:
+    """What `obj`'s display evaluates to, read from the depsgraph's object instances
+    (`bpy.types.GeometrySet` would be simpler but is not in bpy 4.2.23 or 4.4.0).
+
+    matrices: (M, 4, 4) world matrices of the mesh instances (the ellipsoids), in point
+    order; instance_mesh: the first instance's mesh; pointcloud: the evaluated point cloud
+    (the object's own for a POINTCLOUD object, a geometry instance for a MESH one) or None.
+    """
+
+    def __init__(self, bpy, obj) -> None:
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        matrices, self.instance_mesh, self.pointcloud = [], None, None
+        for inst in depsgraph.object_instances:
+            owner = inst.parent if inst.is_instance else inst.object
+            if owner is None or owner.original != obj:
+                continue
+            ob = inst.object
+            if inst.is_instance and ob.type == "MESH":
+                matrices.append(np.array(inst.matrix_world))
+                if self.instance_mesh is None:
+                    self.instance_mesh = ob.data
+            elif ob.type == "POINTCLOUD" and len(ob.data.points):
+                assert self.pointcloud is None  # one point cloud only
+                self.pointcloud = ob.data
+        self.matrices = np.array(matrices).reshape(-1, 4, 4)
+
+
+def _evaluated(bpy, obj) -> _Evaluated:
+    return _Evaluated(bpy, obj)
 
 
 def _state(bpy, obj):
@@ -51,9 +79,11 @@ def _state(bpy, obj):
     )
 
 
-def test_ensure_display_is_idempotent_and_switches_mode(bpy):
+@REPRESENTATIONS
+def test_ensure_display_is_idempotent_and_switches_mode(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import display, pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     obj = pointcloud.gaussians_to_object(bpy.context, _gaussians(30), "splat")
     display.ensure_display(obj, "ELLIPSOIDS")
     first = _state(bpy, obj)
@@ -69,8 +99,8 @@ def test_ensure_display_is_idempotent_and_switches_mode(bpy):
     display.ensure_display(obj, "POINTS")
     display.ensure_display(obj, "points")
     assert _state(bpy, obj) == first  # only the mode input changed
-    _, geometry = _evaluated(bpy, obj)
-    assert geometry.instances_pointcloud() is None and len(geometry.pointcloud.points) == 30
+    ev = _evaluated(bpy, obj)
+    assert len(ev.matrices) == 0 and len(ev.pointcloud.points) == 30
 
     # A second object shares the node group and materials.
     other = pointcloud.gaussians_to_object(bpy.context, _gaussians(5, 1), "other")
@@ -79,9 +109,11 @@ def test_ensure_display_is_idempotent_and_switches_mode(bpy):
     assert sorted(bpy.data.materials.keys()) == first[2]
 
 
-def test_outdated_tree_is_rebuilt_in_place(bpy):
+@REPRESENTATIONS
+def test_outdated_tree_is_rebuilt_in_place(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import display, pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     obj = pointcloud.gaussians_to_object(bpy.context, _gaussians(10), "splat")
     display.ensure_display(obj)
     ng = bpy.data.node_groups[display.NODE_GROUP_NAME]
@@ -89,56 +121,53 @@ def test_outdated_tree_is_rebuilt_in_place(bpy):
     ng[display._VERSION_KEY] = 0
     display.ensure_display(obj)
     assert bpy.data.node_groups[display.NODE_GROUP_NAME] == ng and len(ng.nodes) > 10
-    _, geometry = _evaluated(bpy, obj)
-    assert len(geometry.instances_pointcloud().points) == 10
+    assert len(_evaluated(bpy, obj).matrices) == 10
 
 
-def test_auto_mode_threshold(bpy, monkeypatch):
+@REPRESENTATIONS
+def test_auto_mode_threshold(bpy, monkeypatch, as_mesh):
     from gd_blender_addon import display, pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     small = pointcloud.gaussians_to_object(bpy.context, _gaussians(20), "small")
     big = pointcloud.gaussians_to_object(bpy.context, _gaussians(40), "big")
     monkeypatch.setattr(display, "POINTS_THRESHOLD", 30)
     assert display.display_mode(small) == "ELLIPSOIDS" and display.display_mode(big) == "POINTS"
     display.ensure_display(small)
     display.ensure_display(big)
-    _, g_small = _evaluated(bpy, small)
-    _, g_big = _evaluated(bpy, big)
-    assert len(g_small.instances_pointcloud().points) == 20
-    assert g_big.instances_pointcloud() is None and len(g_big.pointcloud.points) == 40
+    ev_small, ev_big = _evaluated(bpy, small), _evaluated(bpy, big)
+    assert len(ev_small.matrices) == 20 and ev_small.pointcloud is None
+    assert len(ev_big.matrices) == 0 and len(ev_big.pointcloud.points) == 40
     with pytest.raises(ValueError, match="display mode"):
         display.ensure_display(small, "SPHERES")
 
 
-def test_ellipsoid_instances_follow_the_gaussians(bpy):
+@REPRESENTATIONS
+def test_ellipsoid_instances_follow_the_gaussians(bpy, monkeypatch, as_mesh):
     """Evaluated instances: one per point, transform = [R(q/|q|) diag(exp(scale)) | mean]."""
     from engine.rotations import quaternion_to_matrix
     from gd_blender_addon import display, pointcloud
 
+    use_representation(monkeypatch, as_mesh)
     n = 64
     g = _gaussians(n, 2)
     obj = pointcloud.gaussians_to_object(bpy.context, g, "splat")
     display.ensure_display(obj, "ELLIPSOIDS")
-    depsgraph, geometry = _evaluated(bpy, obj)
-    assert len(geometry.instances_pointcloud().points) == n
-    mats = [np.array(i.matrix_world) for i in depsgraph.object_instances
-            if i.is_instance and i.parent and i.parent.original == obj]  # fmt: skip
-    assert len(mats) == n  # instances keep point order
-    got = np.stack(mats)
+    ev = _evaluated(bpy, obj)
+    assert len(ev.matrices) == n and ev.pointcloud is None  # instances keep point order
+    got = ev.matrices
     want = (quaternion_to_matrix(g.quats.double()) * g.scales.double()[:, None, :]).numpy()
     np.testing.assert_allclose(got[:, :3, :3], want, atol=1e-6)
     np.testing.assert_allclose(got[:, :3, 3], g.means.numpy(), atol=0)
     # The instanced ico-sphere has the ellipsoid material and radius SIGMA_EXTENT (in sigma).
-    (reference,) = geometry.instance_references()
-    ico = reference.mesh
+    ico = ev.instance_mesh
     used = {ico.materials[p.material_index].name for p in ico.polygons}
     assert used == {display.ELLIPSOID_MATERIAL}
     radii = np.linalg.norm(np.array([v.co for v in ico.vertices]), axis=1)
     np.testing.assert_allclose(radii, pointcloud.SIGMA_EXTENT, rtol=1e-4)
     # Point mode: radius SIGMA_EXTENT * geometric-mean sigma, stored sigma for the shader.
     display.ensure_display(obj, "POINTS")
-    _, geometry = _evaluated(bpy, obj)
-    pc = geometry.pointcloud
+    pc = _evaluated(bpy, obj).pointcloud
     radius, sigma = np.empty(n, np.float32), np.empty(n, np.float32)
     pc.attributes["radius"].data.foreach_get("value", radius)
     pc.attributes["gd_sigma"].data.foreach_get("value", sigma)
@@ -165,13 +194,16 @@ def _fidelity_module():
     return blender_display_fidelity
 
 
+@REPRESENTATIONS
 @pytest.mark.parametrize("mode", ["ELLIPSOIDS", "POINTS"])
-def test_cycles_render_matches_engine_render(bpy, tmp_path, mode):
+def test_cycles_render_matches_engine_render(bpy, tmp_path, monkeypatch, mode, as_mesh):
     """Cycles (Standard view transform, white world) vs engine.render from the same camera."""
+    use_representation(monkeypatch, as_mesh)
     fidelity = _fidelity_module()
     scene_before = bpy.context.scene
     settings_before = (scene_before.render.engine, scene_before.view_settings.view_transform)
-    counts_before = (len(bpy.data.objects), len(bpy.data.scenes), len(bpy.data.pointclouds))
+    d = bpy.data
+    counts_before = (len(d.objects), len(d.scenes), len(d.pointclouds), len(d.meshes))
     out = tmp_path / "side_by_side.png"
     result = fidelity.fidelity(out, n=400, samples=2, mode=mode)
     assert result["psnr"] >= 20.0, result["psnr"]
@@ -183,4 +215,4 @@ def test_cycles_render_matches_engine_render(bpy, tmp_path, mode):
     assert bpy.context.scene == scene_before
     after = (scene_before.render.engine, scene_before.view_settings.view_transform)
     assert after == settings_before
-    assert (len(bpy.data.objects), len(bpy.data.scenes), len(bpy.data.pointclouds)) == counts_before
+    assert (len(d.objects), len(d.scenes), len(d.pointclouds), len(d.meshes)) == counts_before
