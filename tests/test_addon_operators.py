@@ -21,6 +21,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ._splat_helpers import (
+    REPRESENTATIONS,
+    edit_select_all,
+    point_count,
+    set_selection,
+    splat_type,
+    use_representation,
+)
+
 pytestmark = [
     pytest.mark.blender,
     pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
@@ -186,9 +195,9 @@ def snapshot(scene: Any) -> dict[str, Any]:
 
 
 def attributes(obj: Any) -> dict[str, np.ndarray]:
-    """Every point attribute (position included) of a point cloud, as arrays."""
+    """Every point attribute (position included) of a splat object, as arrays."""
     out = {}
-    n = len(obj.data.points)
+    n = point_count(obj)
     for attr in obj.data.attributes:
         if attr.domain != "POINT" or attr.name.startswith("."):
             continue
@@ -234,8 +243,8 @@ def test_reconstruct_from_selected_cameras(scene, spy):
     alpha = images[..., 3]
     assert (alpha[:, 0, 0] == 0).all() and ((alpha > 0.5).float().mean((1, 2)) > 0.05).all()
 
-    assert obj.type == "POINTCLOUD" and obj.select_get() and bpy.context.active_object == obj
-    assert len(obj.data.points) == len(rec.gaussians.means)
+    assert obj.type == splat_type() and obj.select_get() and bpy.context.active_object == obj
+    assert point_count(obj) == len(rec.gaussians.means)
     assert set(ATTRS) <= set(attributes(obj))
     g, level, parent = object_to_gaussians(obj)
     assert torch.equal(g.means, rec.gaussians.means.float())
@@ -250,9 +259,11 @@ def test_reconstruct_from_selected_cameras(scene, spy):
     # Settings restored exactly; the only new data: the object and its 4 packed views.
     after = snapshot(scene)
     for key in before:
-        if key not in ("objects", "images", "pointclouds", "hide_render", "matrices", "modes"):
+        if key not in ("objects", "images", "pointclouds", "meshes", "hide_render", "matrices",
+                       "modes"):
             assert after[key] == before[key], key
     assert set(after["objects"]) - set(before["objects"]) == {obj.name}
+    assert _new_data(before, after) == {obj.data.name}
     new_images = set(after["images"]) - set(before["images"])
     assert len(new_images) == 4 and len(obj.gd_splat.views) == 4
     for view in obj.gd_splat.views:
@@ -262,18 +273,27 @@ def test_reconstruct_from_selected_cameras(scene, spy):
         assert record["resolution_x"] == CAPTURE
 
 
+def _new_data(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
+    """Point-cloud and mesh datablocks in snapshot `after` but not in `before`."""
+    return {name for key in ("pointclouds", "meshes") for name in after[key]
+            if name not in before[key]}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_reconstruct_is_one_undo_step(scene, spy):
+@REPRESENTATIONS
+def test_reconstruct_is_one_undo_step(scene, spy, monkeypatch, as_mesh):
     import bpy
 
+    use_representation(monkeypatch, as_mesh)
     before = snapshot(scene)
     with _window_override():
         bpy.ops.ed.undo_push(message="before reconstruct")
         assert bpy.ops.gd.reconstruct("EXEC_DEFAULT", True) == {"FINISHED"}
-        assert len(bpy.data.pointclouds) == 1
+        assert len(_new_data(before, snapshot(bpy.context.scene))) == 1
         assert bpy.ops.ed.undo() == {"FINISHED"}
     after = snapshot(bpy.context.scene)
     assert after["objects"] == before["objects"] and after["pointclouds"] == []
+    assert after["meshes"] == before["meshes"]
 
 
 @pytest.mark.slow
@@ -315,23 +335,19 @@ def test_reconstruct_with_shipped_weights(scene, addon):
 
 
 # ---------------------------------------------------------------------------- densify
-def _select(obj: Any, mask: np.ndarray) -> None:
-    attrs = obj.data.attributes
-    selection = attrs.get(".selection") or attrs.new(".selection", "BOOLEAN", "POINT")
-    selection.data.foreach_set("value", mask.astype(bool))
-
-
 @pytest.mark.slow
-def test_densify_selection_exact_and_undo(scene, spy):
+@REPRESENTATIONS
+def test_densify_selection_exact_and_undo(scene, spy, monkeypatch, as_mesh):
     import bpy
     import torch
 
+    use_representation(monkeypatch, as_mesh)
     obj = reconstruct(scene, spy)
     name = obj.name
-    n = len(obj.data.points)
+    n = point_count(obj)
     mask = np.zeros(n, bool)
     mask[: n // 4] = True
-    _select(obj, mask)
+    set_selection(obj, mask)
     before = attributes(obj)
     scene.gd_splat.budget = 300
     with _window_override():
@@ -447,7 +463,7 @@ def test_reconstruct_from_imported_photos(scene, spy, tmp_path):
         assert tuple(image.size) == (48, 32) and cam.data.show_background_images
     obj = reconstruct(scene, spy)
     _, (images, cameras, _), rec = spy.calls[-1]
-    assert images.shape == (4, 64, 64, 4) and len(obj.data.points) == len(rec.gaussians.means)
+    assert images.shape == (4, 64, 64, 4) and point_count(obj) == len(rec.gaussians.means)
     # Centre-cropped to 32x32 and scaled to 64: the imported cameras reproduce the original
     # square render's camera (crop of 8 px at 48 -> shift of 16 px at 64... within 1e-3 px).
     uv, _ = cameras.project(torch.tensor([[0.2, -0.1, 0.3]]))
@@ -482,9 +498,11 @@ def test_import_colmap_folder(scene, addon, tmp_path):
 
 # ---------------------------------------------------------------------------- files
 @pytest.mark.slow
-def test_export_import_round_trip(scene, spy, tmp_path):
+@REPRESENTATIONS
+def test_export_import_round_trip(scene, spy, tmp_path, monkeypatch, as_mesh):
     import bpy
 
+    use_representation(monkeypatch, as_mesh)
     obj = reconstruct(scene, spy)
     before = attributes(obj)
     path = tmp_path / "splats.ply"
@@ -861,24 +879,27 @@ def test_modal_escape_cancels(addon, when):
 
 
 @pytest.mark.slow
-def test_densify_from_edit_mode(scene, spy):
+@REPRESENTATIONS
+def test_densify_from_edit_mode(scene, spy, monkeypatch, as_mesh):
     """The Edit Mode selection is what gets densified; Edit Mode is back afterwards."""
     import bpy
     import torch
 
+    use_representation(monkeypatch, as_mesh)
     obj = reconstruct(scene, spy)
+    n = point_count(obj)
     bpy.ops.object.mode_set(mode="EDIT")
-    bpy.ops.pointcloud.select_all(action="DESELECT")
-    n = len(obj.data.points)
+    edit_select_all(obj, "DESELECT")
     mask = np.zeros(n, bool)
     mask[::7] = True
-    _select(obj, mask)
+    set_selection(obj, mask)  # a mesh: into the edit data, as clicking would
     scene.gd_splat.budget = 100
     assert bpy.ops.gd.densify_selected() == {"FINISHED"}
     _, (_, _, _, kw), res = spy.calls[-1]
     assert torch.equal(kw["select"], torch.from_numpy(mask))
-    assert obj.mode == "EDIT" and len(obj.data.points) == len(res.gaussians.means)
+    assert obj.mode == "EDIT" and obj.type == splat_type()
     bpy.ops.object.mode_set(mode="OBJECT")
+    assert point_count(obj) == len(res.gaussians.means)
 
 
 def test_install_dependencies_runs_pip_in_the_worker(scene, addon, monkeypatch, tmp_path):

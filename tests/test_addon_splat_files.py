@@ -1,4 +1,5 @@
-"""Add-on: import splat files as point-cloud objects and export objects, with real bpy."""
+"""Add-on: import splat files as splat objects (point clouds; vertex-only meshes on Blender
+4.2-4.4) and export objects, with real bpy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import numpy as np
 import pytest
 import torch
+
+from ._splat_helpers import REPRESENTATIONS, point_count, splat_type, use_representation
 
 pytestmark = [
     pytest.mark.blender,
@@ -59,15 +62,17 @@ def _same_up_to_sign(q1: torch.Tensor, q2: torch.Tensor, atol: float) -> None:
     torch.testing.assert_close(q1, q2 * sign, atol=atol, rtol=0)
 
 
-def test_ply_round_trip_bit_exact(bpy, tmp_path):
+@REPRESENTATIONS
+def test_ply_round_trip_bit_exact(bpy, tmp_path, monkeypatch, as_mesh):
     from engine.io import load, save
     from gd_blender_addon import display, pointcloud, splat_files
 
+    use_representation(monkeypatch, as_mesh)
     g = _gaussians(300, 3)
     path = tmp_path / "scene.ply"
     save(g, path)
     obj = splat_files.import_splat(path, bpy.context)
-    assert obj.name == "scene" and obj.type == "POINTCLOUD"
+    assert obj.name == "scene" and obj.type == splat_type()
     assert [m.name for m in obj.modifiers] == [display.MODIFIER_NAME]
     g2, _, _ = pointcloud.object_to_gaussians(obj)
     for f in FIELDS:
@@ -239,7 +244,7 @@ def test_import_into_collection_and_compressed_name(bpy, tmp_path):
     obj = splat_files.import_splat(path, sub)
     assert obj.name == "thing" and [c.name for c in obj.users_collection] == ["Imported"]
     assert ".compressed.ply" in splat_files.supported_suffixes()
-    assert math.isclose(len(obj.data.points), 300)
+    assert math.isclose(point_count(obj), 300)
 
 
 def test_blend_relative_paths(bpy, tmp_path):
@@ -250,6 +255,6 @@ def test_blend_relative_paths(bpy, tmp_path):
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
     save(_gaussians(10, 0), tmp_path / "rel.ply")
     obj = splat_files.import_splat("//rel.ply", bpy.context)
-    assert obj.name == "rel" and len(obj.data.points) == 10
+    assert obj.name == "rel" and point_count(obj) == 10
     splat_files.export_object(obj, "//rel_out.splat")
     assert (tmp_path / "rel_out.splat").is_file()
