@@ -60,8 +60,13 @@ def cat_outputs(outs: list) -> Tensor | tuple[Tensor, ...]:
     return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
 
 
-def rowwise(fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor | None):
-    """`fn(*rows)` evaluated in chunks of `ROWWISE_CHUNK` rows (None rows pass through).
+def rowwise(
+    fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor | None, size: int | None = None
+):
+    """`fn(*rows)` evaluated in chunks of `size` rows (None rows pass through).
+
+    size defaults to `ROWWISE_CHUNK`; a stage whose outputs have R rows per input
+    row passes `ROWWISE_CHUNK // R`, so its temporaries stay chunk-sized.
 
     For stages that act on every point independently, chunking changes nothing
     but the size of the temporaries: at 100k candidates the last level's would
@@ -72,12 +77,13 @@ def rowwise(fn: Callable[..., Tensor | tuple[Tensor, ...]], *rows: Tensor | None
     grow with N: memory and time are linear in the number of points, and the
     arithmetic per row is the same at every N.
     """
+    size = max(1, ROWWISE_CHUNK if size is None else size)
     n = next(r for r in rows if r is not None).shape[0]
-    if n <= ROWWISE_CHUNK:
+    if n <= size:
         # One piece; still through run_chunks, so that small inputs are checkpointed
         # like large ones and every row costs the same at any N.
         return run_chunks(fn, [rows])
-    return run_chunks(fn, row_chunks(rows, ROWWISE_CHUNK))
+    return run_chunks(fn, row_chunks(rows, size))
 
 
 def run_chunks(fn: Callable, pieces: list[tuple[Tensor | None, ...]]):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
+from . import attention
 from .attention import Block, DropPath, PatchLayout, fourier_features, patch_layout, rowwise
 from .config import DensifyConfig
 from .serialization import serialize
@@ -319,8 +320,17 @@ class GenerativeDensifier(nn.Module):
 
         x, f = means, self.in_proj(feats)
         root = torch.arange(n, device=device)
-        outs: list[tuple[Tensor, Tensor, Tensor, Tensor, int]] = []
+        # Per emitting level: (Gaussian fields, candidate index, batch index, level index).
+        outs: list[tuple[tuple[Tensor, ...], Tensor, Tensor, int]] = []
         keep_probs: list[Tensor] = []
+
+        def emit(xs: Tensor, fs: Tensor, rs: Tensor, li: int) -> tuple[Tensor, ...]:
+            """HEAD of level li: positions (M, 3), feats (M, C), candidates (M,) -> fields."""
+            if child_sampler is not None:
+                fs = torch.cat([fs, child_sampler(xs.detach())], dim=1)
+            g = self._gaussians(self.levels[li].head, xs, fs, rs, li, grid_size, parents)
+            return tuple(getattr(g, name) for name in _FIELDS)
+
         for li, level in enumerate(self.levels):
             g = grid_size / 2**li
             if len(level.blocks) and x.shape[0]:
@@ -335,40 +345,40 @@ class GenerativeDensifier(nn.Module):
             r = cfg.upsample[li]
             drop = level.up.drop_path.sample(x.shape[0] * r, device)
             drop = None if drop is None else drop.view(-1, r)
+            if li == cfg.levels - 1:
+                # Every point of the last level is a leaf: UP and HEAD run together, a
+                # chunk of parents at a time, so the (N·R, C) child features (650 MB at
+                # 100k candidates, and as much again for their gradient) never exist
+                # whole; only the Gaussians do.
+                def up_emit(xs, fs, ks, rs, up=level.up, g=g, li=li, r=r):
+                    cx, cf = up(xs, fs, g, ks)
+                    return emit(cx, cf, rs.repeat_interleave(r), li)
+
+                size = max(1, attention.ROWWISE_CHUNK // r)
+                fields = rowwise(up_emit, x, f, drop, root, size=size)
+                root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
+                outs.append((fields, root, batch, li))
+                break
             x, f = rowwise(lambda xs, fs, ks, up=level.up, g=g: up(xs, fs, g, ks), x, f, drop)
             root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
-            if li == cfg.levels - 1:  # every point of the last level is a leaf
-                outs.append((x, f, root, batch, li))
-            elif level.split is not None:
+            if level.split is not None:
                 f, keep, prob = level.split(f, level.ratio, batch)
                 keep_probs.append(prob)
                 leaf = ~keep
-                outs.append((x[leaf], f[leaf], root[leaf], batch[leaf], li))
+                xl, fl, rl = x[leaf], f[leaf], root[leaf]
+                fields = rowwise(lambda xs, fs, rs, li=li: emit(xs, fs, rs, li), xl, fl, rl)
+                outs.append((fields, rl, batch[leaf], li))
                 x, f, root, batch = x[keep], f[keep], root[keep], batch[keep]
             # else: a continue ratio of 1.0 disables the mask; all points continue
 
-        parts, levels, parents_idx, batches = [], [], [], []
-        for xl, fl, rl, bl, li in outs:
-            head = self.levels[li].head
-
-            def emit(xs, fs, rs, head=head, li=li):
-                if child_sampler is not None:
-                    fs = torch.cat([fs, child_sampler(xs.detach())], dim=1)
-                g = self._gaussians(head, xs, fs, rs, li, grid_size, parents)
-                return tuple(getattr(g, name) for name in _FIELDS)
-
-            parts.append(Gaussians.unchecked(*rowwise(emit, xl, fl, rl)))
-            levels.append(torch.full_like(rl, li + 1))
-            parents_idx.append(rl)
-            batches.append(bl)
         gaussians = Gaussians.unchecked(
-            *(torch.cat([getattr(p, name) for p in parts]) for name in _FIELDS)
+            *(torch.cat([fields[i] for fields, *_ in outs]) for i in range(len(_FIELDS)))
         )
         return DensifyOutput(
             gaussians=gaussians,
-            level=torch.cat(levels),
-            parent=torch.cat(parents_idx),
-            batch=torch.cat(batches),
+            level=torch.cat([torch.full_like(rl, li + 1) for _, rl, _, li in outs]),
+            parent=torch.cat([rl for _, rl, _, _ in outs]),
+            batch=torch.cat([bl for _, _, bl, _ in outs]),
             keep_probs=keep_probs,
         )
 
