@@ -9,6 +9,10 @@ torch.cuda.max_memory_allocated growth.
 
     .venv/bin/python bench/densify.py                    # writes bench/results/densify.md
     .venv/bin/python bench/densify.py --sizes 1000 10000 --config small --no-write
+
+A second part attributes the forward+backward time at the two largest sizes to
+groups of operators (torch.profiler, 1 thread), to show which parts grow faster
+than the number of candidates.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ def measure(
     if threads > 0:
         torch.set_num_threads(threads)
 
+    import engine.gd.attention as attention
     from engine.gd import GenerativeDensifier, get_config
 
+    attention.CHECKPOINT = os.environ.get("GD_BENCH_CHECKPOINT", "1") == "1"
     torch.manual_seed(seed)
     cfg = get_config(config)
     model = GenerativeDensifier(cfg, IN_CHANNELS).to(device)
@@ -121,7 +127,64 @@ def measure(
     }
 
 
+# Operator groups for the attribution; first match wins, the rest is "other".
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("matmul (Linear fwd/bwd)", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("attention (SDPA fwd/bwd)", ("scaled_dot_product",)),
+    ("sort (serialization, SPLIT top-k)", ("aten::sort", "aten::argsort")),
+    ("gather/scatter (index, index_put)", ("aten::index", "aten::_index_put", "aten::scatter",
+                                           "aten::gather", "aten::index_select",
+                                           "aten::index_add")),
+    ("cat/copy", ("aten::cat", "aten::copy_", "aten::clone", "aten::contiguous")),
+    ("layer norm fwd/bwd", ("layer_norm",)),
+    ("GELU/tanh/sin/cos fwd/bwd", ("gelu", "tanh", "aten::sin", "aten::cos")),
+    ("elementwise (mul/add/sum/...)", ("aten::mul", "aten::add", "aten::sum", "aten::div",
+                                       "aten::sub", "aten::pow", "aten::fill_", "aten::zero_",
+                                       "aten::where", "aten::bitwise", "aten::square",
+                                       "aten::addcmul", "aten::rsqrt", "aten::sigmoid")),
+)
+
+
+def attribute(config: str, n: int, seed: int) -> dict[str, float]:
+    """Self CPU seconds of one forward+backward (train mode, 1 thread) per operator group.
+
+    The profiled step is the second at full size, so one-off costs (heap growth,
+    lazy init) are not in it; the profiler's own overhead per operator is, which
+    weighs more at small N (so the ratios it gives are, if anything, low).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import engine.gd.attention as attention
+    from engine.gd import GenerativeDensifier, get_config
+
+    torch.set_num_threads(1)
+    attention.CHECKPOINT = os.environ.get("GD_BENCH_CHECKPOINT", "1") == "1"
+    torch.manual_seed(seed)
+    model = GenerativeDensifier(get_config(config), IN_CHANNELS).train()
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, 3, generator=gen)
+    means, feats = 0.4 * d / d.norm(dim=1, keepdim=True), torch.randn(n, IN_CHANNELS, generator=gen)
+
+    def step() -> None:
+        g = model(means, feats).gaussians
+        sum(t.square().mean() for t in (g.means, g.log_scales, g.sh, g.opacity_logits)).backward()
+        model.zero_grad(set_to_none=True)
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    out = {name: 0.0 for name, _ in GROUPS} | {"other": 0.0}
+    for e in prof.key_averages():
+        group = next((name for name, keys in GROUPS if any(k in e.key for k in keys)), "other")
+        out[group] += e.self_cpu_time_total / 1e6
+    return out
+
+
 def _child(args: argparse.Namespace) -> None:
+    if args.attribute_child:
+        print("RESULT " + json.dumps(attribute(args.config, args.n, args.seed)))
+        return
     res = measure(
         args.config, args.n, args.mode, args.device, args.repeats, args.seed, args.threads
     )
@@ -145,10 +208,14 @@ def _run_child(
 # a page fault per 4 KiB on every allocation (a process-wide choice for whoever runs
 # training; the module cannot make it).
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
-VARIANTS: dict[str, tuple[int, dict[str, str]]] = {
-    "1 thread": (1, {}),
-    "1 thread, tuned malloc": (1, TUNED_MALLOC),
-    "2 threads": (2, {}),
+NO_CHECKPOINT = {"GD_BENCH_CHECKPOINT": "0"}
+# name -> (intra-op threads, environment, modes it applies to, whether to measure memory)
+VARIANTS: dict[str, tuple[int, dict[str, str], tuple[str, ...], bool]] = {
+    "1 thread": (1, {}, ("forward", "backward"), True),
+    "1 thread, tuned malloc": (1, TUNED_MALLOC, ("forward", "backward"), False),
+    "2 threads": (2, {}, ("forward", "backward"), False),
+    # The trade-off `attention.CHECKPOINT` makes (training only: inference keeps nothing).
+    "1 thread, no checkpointing": (1, NO_CHECKPOINT, ("backward",), True),
 }
 
 
@@ -156,7 +223,7 @@ def _spawn(
     config: str, n: int, mode: str, device: str, repeats: int, variant: str, memory: bool
 ) -> dict:
     """Time in one fresh process, CPU memory (if asked) in another."""
-    threads, extra_env = VARIANTS[variant] if device == "cpu" else (0, {})
+    threads, extra_env = VARIANTS[variant][:2] if device == "cpu" else (0, {})
     res = _run_child(config, n, mode, device, repeats, threads, dict(os.environ, **extra_env))
     res["variant"] = variant if device == "cpu" else "default"
     if device == "cpu" and memory:
@@ -164,11 +231,41 @@ def _spawn(
         # always mapped fresh and unmapped on free: peak RSS then tracks live tensors
         # rather than what the heap kept from earlier calls. It costs page faults, so
         # times come from the run above.
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+        env = dict(os.environ, **extra_env, MALLOC_MMAP_THRESHOLD_="131072")
         res["peak_bytes"] = _run_child(config, n, mode, device, 1, threads, env)["peak_bytes"]
     elif device == "cpu":
-        res["peak_bytes"] = -1  # measured in the 1-thread row
+        res["peak_bytes"] = -1  # measured in the 1-thread rows
     return res
+
+
+def _attribution(config: str, sizes: list[int]) -> str:
+    """Markdown table: per operator group, seconds at the two largest sizes and their ratio."""
+    if len(sizes) < 2:
+        return "(needs two sizes)"
+    a, b = sorted(sizes)[-2:]
+    res = {}
+    for n in (a, b):
+        cmd = [sys.executable, __file__, "--child", "--attribute-child", "--config", config,
+               "--n", str(n)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"attribution child failed:\n{proc.stdout}\n{proc.stderr}")
+        res[n] = json.loads(line[7:])
+    ta, tb = sum(res[a].values()), sum(res[b].values())
+    lines = [
+        f"| operator group | {a:,} (s) | {b:,} (s) | ratio | share at {b:,} "
+        f"| excess over linear (s) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in sorted(res[b], key=lambda k: -res[b][k]):
+        sa, sb = res[a][name], res[b][name]
+        ratio = f"{sb / sa:.1f}" if sa > 0 else "-"
+        lines.append(f"| {name} | {sa:.3f} | {sb:.3f} | {ratio} | {100 * sb / tb:.1f}% | "
+                     f"{sb - b / a * sa:+.3f} |")
+    lines.append(f"| **total** | {ta:.3f} | {tb:.3f} | {tb / ta:.1f} | 100% | "
+                 f"{tb - b / a * ta:+.3f} |")
+    return "\n".join(lines)
 
 
 def _table(rows: list[dict]) -> str:
@@ -187,8 +284,9 @@ def _table(rows: list[dict]) -> str:
 
 def _growth(rows: list[dict]) -> str:
     lines = [
-        "| device | setting | mode | sizes | wall ratio | user-CPU ratio | memory ratio |",
-        "|---|---|---|---|---:|---:|---:|",
+        "| device | setting | mode | sizes | wall ratio | user-CPU ratio | memory ratio "
+        "| all within 12x |",
+        "|---|---|---|---|---:|---:|---:|---|",
     ]
     key = lambda r: (r["device"], r["variant"], r["mode"])  # noqa: E731
     for k in dict.fromkeys(key(r) for r in rows):
@@ -197,25 +295,32 @@ def _growth(rows: list[dict]) -> str:
             ok = a["peak_bytes"] > 0 and b["peak_bytes"] > 0
             mem = f"{b['peak_bytes'] / a['peak_bytes']:.2f}" if ok else "-"
             user = b["user_seconds"] / max(a["user_seconds"], 1e-9)
+            wall = b["seconds"] / a["seconds"]
+            limit = 1.2 * b["n"] / a["n"]
+            ratios = [wall, user] + ([b["peak_bytes"] / a["peak_bytes"]] if ok else [])
+            verdict = "yes" if max(ratios) <= limit else "no"
             lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {a['n']:,} -> {b['n']:,} | "
-                         f"{b['seconds'] / a['seconds']:.2f} | {user:.2f} | {mem} |")
+                         f"{wall:.2f} | {user:.2f} | {mem} | {verdict} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--attribute-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=1000, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="forward", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="CPU settings to time (memory is measured with the first)")
+                   help="CPU settings to time (memory with '1 thread' and 'no checkpointing')")
     p.add_argument("--config", default="small", help="densify preset (small, object, scene)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     p.add_argument("--modes", nargs="+", default=["forward", "backward"])
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per size (min is kept)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per size, the same at every size (min is kept)")
+    p.add_argument("--no-attribute", action="store_true", help="skip the profiler attribution")
     p.add_argument("--extra", type=int, nargs="*", default=[12_000],
                    help="extra sizes timed forward-only (the 12k target)")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -231,19 +336,27 @@ def main() -> None:
     rows = []
     for device in devices:
         variants = args.variants if device == "cpu" else ["default"]
-        for vi, variant in enumerate(variants):
-            for mode in args.modes:
+        for variant in variants:
+            _, _, modes, memory = VARIANTS.get(variant, (0, {}, tuple(args.modes), False))
+            for mode in [m for m in args.modes if m in modes]:
                 for n in args.sizes:
-                    # Keep the run short; a tuned heap needs one call to grow first.
-                    repeats = args.repeats if n < 100_000 else 1 + ("tuned" in variant)
-                    rows.append(_spawn(args.config, n, mode, device, repeats, variant, vi == 0))
+                    # The same repeats at every size: a best of 3 against a single run
+                    # would bias the ratios on a shared machine.
+                    rows.append(_spawn(args.config, n, mode, device, args.repeats, variant, memory))
                     print(json.dumps(rows[-1]), flush=True)
+            if "forward" not in modes:
+                continue
             for n in args.extra:
                 rows.append(_spawn(args.config, n, "forward", device, args.repeats, variant, False))
                 print(json.dumps(rows[-1]), flush=True)
     load_after = os.getloadavg()
     main_rows = [r for r in rows if r["n"] in args.sizes]
-    load = "1/5/15-min load average {:.1f}/{:.1f}/{:.1f} before, {:.1f}/{:.1f}/{:.1f} after".format(
+    attribution = None
+    if not args.no_attribute and "backward" in args.modes:
+        load_attr = os.getloadavg()
+        attribution = _attribution(args.config, args.sizes)
+        print(attribution, flush=True)
+    load = "{:.1f}/{:.1f}/{:.1f} before, {:.1f}/{:.1f}/{:.1f} after".format(
         *load_before, *load_after
     )
     cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
@@ -260,9 +373,11 @@ def main() -> None:
 - machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, \
 Python {platform.python_version()}
 - config: `{args.config}`, candidate features {IN_CHANNELS} wide, candidates on a sphere
-  shell of radius 0.4; time is the best of {args.repeats} runs (at 100k: 1, or 2 with the
-  tuned malloc) after a warm-up on 64 candidates; forward is
-  `torch.no_grad()` in eval mode, backward is forward + backward in train mode.
+  shell of radius 0.4; time is the best of {args.repeats} runs at every size, after a
+  warm-up on 64 candidates, each size in a fresh process; forward is `torch.no_grad()` in
+  eval mode, backward is forward + backward in train mode, where every row chunk of the
+  blocks, UP and HEAD is checkpointed (`engine.gd.attention.CHECKPOINT`) at every size,
+  except in the "no checkpointing" rows.
 - memory: CPU = growth of peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS just
   before the call, in a second fresh process per row with glibc's mmap threshold fixed at
   128 KiB (freed tensors leave the RSS, so the peak tracks live tensors); CUDA = growth of
@@ -281,6 +396,14 @@ Python {platform.python_version()}
 Growth between sizes (10x more candidates each step; linear cost means about 10):
 
 {_growth(main_rows)}
+"""
+    if attribution is not None:
+        text += f"""
+Where the forward+backward time goes (torch.profiler self CPU time, 1 thread, train mode,
+the second step at full size; load {"{:.1f}/{:.1f}/{:.1f}".format(*load_attr)} when it
+started). "Excess" is the time beyond (size ratio) x the smaller size's: the superlinear part.
+
+{attribution}
 """
     print(text)
     if not args.no_write:
