@@ -110,3 +110,34 @@ def test_select_top_k_respects_eligibility_and_budget() -> None:
     assert not select_top_k(scores, 0).any()
     assert candidate_budget(OBJECT, 4) == 12_000
     assert candidate_budget(SCENE, 2) == 60_000
+
+
+def test_small_tiles_change_no_pixel_and_scores_only_by_rounding(monkeypatch) -> None:
+    """The coarse renders use `NUMBA_TILE`-px tiles on numba (fewer pixel–Gaussian visits):
+    the same pixels and, up to summation order, the same scores as the default 16-px tiles."""
+    import engine.gd.gradient_mask as gm
+
+    if render_mod.resolve_backend("auto", torch.device("cpu")) != "numba":
+        pytest.skip("the tile size only changes on the numba rasteriser")
+    gen = torch.Generator().manual_seed(7)
+    n, res = 400, 64
+    g = Gaussians.from_activated(
+        means=(torch.rand(n, 3, generator=gen) - 0.5) * 0.8,
+        scales=torch.rand(n, 3, generator=gen) * 0.06 + 0.005,
+        quats=torch.randn(n, 4, generator=gen),
+        opacities=torch.rand(n, generator=gen) * 0.98 + 0.01,  # faint to nearly opaque
+        colors=torch.rand(n, 3, generator=gen),
+    )
+    eyes = torch.tensor([[2.0, 0.0, 0.4], [0.0, 2.0, 0.4], [-2.0, 0.3, 0.4]])
+    cams = cameras_mod.Cameras.look_at(eyes, torch.zeros(3), fov_x_deg=35, width=res, height=res)
+    images = torch.rand(3, res, res, 3, generator=gen)
+    assert gm.coarse_tile_size("auto", "cpu") == gm.NUMBA_TILE < 16
+    small = view_space_gradients(g, images, cams, absgrad=True)
+    monkeypatch.setattr(gm, "NUMBA_TILE", 16)
+    default = view_space_gradients(g, images, cams, absgrad=True)
+    for name in ("colors", "alphas", "depths"):
+        assert torch.equal(getattr(small, name), getattr(default, name)), name
+    assert torch.equal(small.visible_views, default.visible_views)
+    torch.testing.assert_close(small.plain, default.plain, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(small.absolute, default.absolute, rtol=1e-5, atol=1e-9)
+    assert bool((small.plain > 0).any())

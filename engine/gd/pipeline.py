@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from ..gaussians import Gaussians
 from .config import DensifyConfig
 from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales
-from .gradient_mask import GradientScores, Selection, candidate_budget, gradient_mask
+from .gradient_mask import (
+    GradientScores,
+    Selection,
+    candidate_budget,
+    coarse_tile_size,
+    gradient_mask,
+)
 from .merge import MergeResult, merge
 from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
 
@@ -111,8 +117,10 @@ class Densifier(nn.Module):
         else:
             from ..render import render
 
+            tile = coarse_tile_size(backend, coarse.device)
             with torch.no_grad():
-                out = render(coarse.detach(), cameras, background=background, backend=backend)
+                out = render(coarse.detach(), cameras, background=background, backend=backend,
+                             tile_size=tile)  # fmt: skip
             colors, alphas, depths = out.colors, out.alphas, out.depths
 
         candidates = coarse[selection.selected]
