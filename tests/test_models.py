@@ -240,3 +240,34 @@ def test_weights_round_trip_and_errors(tiny, tmp_path, views):
 def test_config_json_round_trip():
     for cfg in (OBJECT_SMALL,):
         assert ObjectModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_dino_encoder_option_loads_a_local_hub_checkout(tmp_path):
+    """The "dino" encoder reads a torch hub checkout on disk (never the network); here a
+    stand-in repo with DINOv2's interface (patch tokens from `forward_features`)."""
+    (tmp_path / "hubconf.py").write_text(
+        "import torch\n"
+        "class ViT(torch.nn.Module):\n"
+        "    patch_size, embed_dim = 8, 24\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.patch = torch.nn.Conv2d(3, 24, 8, stride=8)\n"
+        "    def forward_features(self, x):\n"
+        "        t = self.patch(x).flatten(2).transpose(1, 2)\n"
+        "        return {'x_norm_patchtokens': t}\n"
+        "def dinov2_vits14(pretrained=True):\n"
+        "    return ViT()\n"
+    )
+    from engine.models.config import OBJECT_TINY
+    from engine.models.gd_object import GDObjectModel
+
+    cfg = OBJECT_TINY.with_(
+        backbone=OBJECT_TINY.backbone.__class__(
+            **{**OBJECT_TINY.to_dict()["backbone"], "encoder": "dino", "dino_repo": str(tmp_path)}
+        )
+    )
+    model = GDObjectModel(cfg).eval()
+    vs = load_nerf_scene(SAMPLE)
+    rec = model.reconstruct(vs.images, vs.cameras, densify=False)
+    assert len(rec.coarse) > 0
+    rec.coarse.validate()

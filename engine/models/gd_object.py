@@ -299,6 +299,7 @@ class GDObjectModel(nn.Module):
     ) -> tuple[DensifyResult, float]:
         """Candidate selection (top-k, optionally within `select`) and the densifier."""
         t0 = time.perf_counter()
+        scores = None
         if select is None or int(select.sum()) > k:
             scores = view_space_gradients(coarse, images, cams, WHITE, absgrad=True)
             score = scores.absolute if scores.absolute is not None else scores.plain
@@ -311,9 +312,11 @@ class GDObjectModel(nn.Module):
         sel_time = time.perf_counter() - t0
         if feats is None:
             feats = coarse.means.new_zeros(len(coarse), self.cfg.backbone.feature_dim)
+        # The gradient mask's render of the coarse set doubles as the view features' one.
         result = self.densifier(
-            coarse, images, cams, select=select, backbone_feats=feats, background=WHITE
-        )
+            coarse, images, cams, select=select, backbone_feats=feats, background=WHITE,
+            coarse_render=scores,
+        )  # fmt: skip
         return result, sel_time
 
     @torch.no_grad()
