@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "densify.md"
 IN_CHANNELS = 64
+SAMPLE_SECONDS = 0.5
+"""Shortest timed sample: calls shorter than this are timed in a batch, per call."""
 
 
 def _status_kib(field: str) -> int:
@@ -98,6 +100,16 @@ def measure(
     run()
     means, feats = means_full, feats_full
     sync()
+    inner = 1
+    if repeats > 1:
+        # Timing runs (memory runs pass repeats=1 and skip this): one untimed call at
+        # full size grows the heap as training's steady state would, and tells how many
+        # calls make a sample of SAMPLE_SECONDS, so that a 40 ms call at 1k candidates
+        # is not timed alone (rusage ticks and load spikes would swamp it).
+        t0 = time.perf_counter()
+        run()
+        sync()
+        inner = max(1, round(SAMPLE_SECONDS / max(time.perf_counter() - t0, 1e-6)))
     times, user_times, sys_times, peak = [], [], [], 0
     for _ in range(repeats):
         if device.startswith("cuda"):
@@ -107,12 +119,13 @@ def measure(
             reset = _reset_peak_rss()
             base = _status_kib("VmRSS") * 1024
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        count = run()
+        for _ in range(inner):
+            count = run()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / inner)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-        user_times.append(r1.ru_utime - r0.ru_utime)
-        sys_times.append(r1.ru_stime - r0.ru_stime)
+        user_times.append((r1.ru_utime - r0.ru_utime) / inner)
+        sys_times.append((r1.ru_stime - r0.ru_stime) / inner)
         if device.startswith("cuda"):
             peak = max(peak, torch.cuda.max_memory_allocated() - base)
         else:
@@ -123,7 +136,7 @@ def measure(
         "config": config, "n": n, "mode": mode, "device": device, "fine": count,
         "seconds": min(times), "user_seconds": min(user_times), "sys_seconds": min(sys_times),
         "peak_bytes": peak,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "calls_per_sample": inner,
     }
 
 
@@ -373,9 +386,11 @@ def main() -> None:
 - machine: {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, \
 Python {platform.python_version()}
 - config: `{args.config}`, candidate features {IN_CHANNELS} wide, candidates on a sphere
-  shell of radius 0.4; time is the best of {args.repeats} runs at every size, after a
-  warm-up on 64 candidates, each size in a fresh process; forward is `torch.no_grad()` in
-  eval mode, backward is forward + backward in train mode, where every row chunk of the
+  shell of radius 0.4; time is the best of {args.repeats} samples at every size, each size
+  in a fresh process, after a warm-up on 64 candidates and one untimed call at full size;
+  a sample is as many calls as fill {SAMPLE_SECONDS} s (so ~10 at 1k), timed per call;
+  forward is `torch.no_grad()` in eval mode, backward is forward + backward in train
+  mode, where every row chunk of the
   blocks, UP and HEAD is checkpointed (`engine.gd.attention.CHECKPOINT`) at every size,
   except in the "no checkpointing" rows.
 - memory: CPU = growth of peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS just

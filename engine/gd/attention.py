@@ -34,9 +34,12 @@ CHECKPOINT = True
 """With autograd on, every row-chunked stage (blocks, UP, HEAD) runs under
 `torch.utils.checkpoint`, at any number of points: the backward recomputes a
 chunk's activations instead of keeping them. The policy must not depend on N:
-switched on only above a size, it made training cost jump at that size (10k -> 100k
-candidates took 15x the CPU time: the recomputation appeared only at 100k). Set it to
-False to trade memory (about 3x more at any N) for about 20% less CPU time."""
+switched on only above 128k rows, it made training cost jump there (10k -> 100k
+candidates took 15x the CPU time, the recomputation starting between the two).
+Measured on the small preset, 1 thread (bench/results/densify.md): checkpointing
+costs ~40% more CPU time per forward+backward (10k candidates: 0.51 s vs 0.35 s)
+and keeps 4-6x less memory (69 MiB vs 263 MiB; at 100k 402 MiB vs 2.6 GiB); both
+settings are linear in N. Set it to False where memory is plentiful (small K)."""
 
 
 def row_chunks(rows: tuple[Tensor | None, ...], size: int) -> list[tuple[Tensor | None, ...]]:
