@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -372,7 +373,7 @@ def main() -> None:
     load = "{:.1f}/{:.1f}/{:.1f} before, {:.1f}/{:.1f}/{:.1f} after".format(
         *load_before, *load_after
     )
-    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
+    cmd = "python " + shlex.join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -390,9 +391,8 @@ Python {platform.python_version()}
   in a fresh process, after a warm-up on 64 candidates and one untimed call at full size;
   a sample is as many calls as fill {SAMPLE_SECONDS} s (so ~10 at 1k), timed per call;
   forward is `torch.no_grad()` in eval mode, backward is forward + backward in train
-  mode, where every row chunk of the
-  blocks, UP and HEAD is checkpointed (`engine.gd.attention.CHECKPOINT`) at every size,
-  except in the "no checkpointing" rows.
+  mode, where every row chunk of the blocks, UP and HEAD is checkpointed
+  (`engine.gd.attention.CHECKPOINT`) at every size, except in the "no checkpointing" rows.
 - memory: CPU = growth of peak RSS (VmHWM, reset via /proc/self/clear_refs) over RSS just
   before the call, in a second fresh process per row with glibc's mmap threshold fixed at
   128 KiB (freed tensors leave the RSS, so the peak tracks live tensors); CUDA = growth of

@@ -37,8 +37,8 @@ chunk's activations instead of keeping them. The policy must not depend on N:
 switched on only above 128k rows, it made training cost jump there (10k -> 100k
 candidates took 15x the CPU time, the recomputation starting between the two).
 Measured on the small preset, 1 thread (bench/results/densify.md): checkpointing
-costs ~40% more CPU time per forward+backward (10k candidates: 0.51 s vs 0.35 s)
-and keeps 4-6x less memory (69 MiB vs 263 MiB; at 100k 402 MiB vs 2.6 GiB); both
+costs 20-30% more CPU time per forward+backward (10k candidates: 0.42 s vs 0.34 s)
+and keeps 3.7-6.6x less memory (70 MiB vs 262 MiB; at 100k 402 MiB vs 2.6 GiB); both
 settings are linear in N. Set it to False where memory is plentiful (small K)."""
 
 
