@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_and_memory  # bench/ is the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "reconstruct.md"
 SAMPLES = ROOT / "examples" / "sample_props" / "objects"
@@ -235,22 +237,8 @@ def _child(kind: str, weights: str, repeats: int, threads: int, timeout: float) 
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
+    cpu, mem = cpu_and_memory()
+    mem = f", {mem}" if mem else ""
     import torch
 
     try:

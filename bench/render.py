@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import cpu_and_memory  # bench/ is the script's own folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "render.md"
 
@@ -139,21 +141,7 @@ def run_child(args: list[str], timeout: float) -> dict | None:
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
-    except OSError:
-        pass
+    cpu, mem = cpu_and_memory()
     import numba
     import torch
 

@@ -1,0 +1,21 @@
+"""What every benchmark's results file says about the machine it ran on."""
+
+from __future__ import annotations
+
+import platform
+
+
+def cpu_and_memory() -> tuple[str, str]:
+    """(CPU model name, total RAM as "24 GiB RAM"; "" when /proc/meminfo is unreadable)."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        mem = ""
+    return cpu, mem
