@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from .devices import DEVICE_CHOICES, resolve_device
+from .render.cli import parse_background
 
 WHITE = (1.0, 1.0, 1.0)
-NAMED_BACKGROUNDS = {"white": WHITE, "black": (0.0, 0.0, 0.0)}
 
 HELP = """\
 Reconstruct a prop as 3D Gaussians from posed views: a NeRF-style transforms.json
@@ -40,21 +40,6 @@ The prop's position and size are estimated from where the cameras look, or taken
 --bbox. OUT's suffix picks the format (.ply, .compressed.ply, .spz, .splat, .glb, .gltf).
 Bad input exits with status 2 and a one-line message, and nothing is written.
 """
-
-
-def parse_background(text: str) -> tuple[float, float, float]:
-    """'white', 'black' or 'r,g,b' with components in [0, 1]."""
-    if text in NAMED_BACKGROUNDS:
-        return NAMED_BACKGROUNDS[text]
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"background must be 'white', 'black' or 'r,g,b' in [0, 1], got {text!r}"
-        )
-    return values  # type: ignore[return-value]
 
 
 def parse_bbox(text: str) -> Tensor:
