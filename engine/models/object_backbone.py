@@ -66,32 +66,19 @@ def plucker_rays(cameras: Cameras, height: int, width: int) -> Tensor:
     return torch.cat([dirs, moment], -1).permute(0, 3, 1, 2)
 
 
-class ResBlock2d(nn.Module):
-    def __init__(self, channels: int) -> None:
+class ResBlock(nn.Module):
+    """Pre-activation residual block (GroupNorm, GELU, 3x3 conv, twice) in 2 or 3 dims."""
+
+    def __init__(self, channels: int, dims: int) -> None:
         super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[dims]
         self.body = nn.Sequential(
             nn.GroupNorm(8, channels),
             nn.GELU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
             nn.GroupNorm(8, channels),
             nn.GELU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
-class ResBlock3d(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.GroupNorm(8, channels),
-            nn.GELU(),
-            nn.Conv3d(channels, channels, 3, padding=1),
-            nn.GroupNorm(8, channels),
-            nn.GELU(),
-            nn.Conv3d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,10 +95,10 @@ class CNNEncoder(nn.Module):
         half = channels // 2
         self.net = nn.Sequential(
             nn.Conv2d(3 + 6, half, 5, stride=2, padding=2),
-            ResBlock2d(half),
+            ResBlock(half, 2),
             nn.Conv2d(half, channels, 3, stride=2, padding=1),
-            ResBlock2d(channels),
-            ResBlock2d(channels),
+            ResBlock(channels, 2),
+            ResBlock(channels, 2),
         )
 
     def forward(self, images: Tensor, rays: Tensor) -> Tensor:
@@ -173,9 +160,9 @@ class ObjectBackbone(nn.Module):
         self.attn_out = nn.Linear(d, d)
         self.fuse = nn.Linear(d + 2 * d, d)
         self.down = nn.Conv3d(d, 2 * d, 3, stride=2, padding=1)
-        self.mid = nn.Sequential(*[ResBlock3d(2 * d) for _ in range(cfg.mid_blocks)])
+        self.mid = nn.Sequential(*[ResBlock(2 * d, 3) for _ in range(cfg.mid_blocks)])
         self.up = nn.ConvTranspose3d(2 * d, d, 2, stride=2)
-        self.refine = nn.Sequential(*[ResBlock3d(d) for _ in range(cfg.refine_blocks)])
+        self.refine = nn.Sequential(*[ResBlock(d, 3) for _ in range(cfg.refine_blocks)])
         u = cfg.gaussian_channels
         self.to_gaussian_volume = nn.ConvTranspose3d(d, u, cfg.upsample, stride=cfg.upsample)
         self.gaussian_refine = nn.Sequential(
