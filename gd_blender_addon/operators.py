@@ -334,7 +334,26 @@ class _JobOperator:
 
 
 # ---------------------------------------------------------------------------- reconstruct
-class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
+class _SceneJobOperator(_JobOperator):
+    """A job on the scene: one engine job at a time; the tooltip says why it is disabled."""
+
+    # staticmethod(context) -> why the operator cannot run, or a falsy value.
+    blocker = None
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if jobs.active_job() is not None:
+            cls.poll_message_set(_blocked_by_job())
+            return False
+        return context.scene is not None
+
+    @classmethod
+    def description(cls, context: bpy.types.Context, properties: Any) -> str:
+        reason = cls.blocker(context)
+        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+
+
+class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
     """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
 
     bl_idname = "gd.reconstruct"
@@ -352,17 +371,7 @@ class GD_OT_reconstruct(_JobOperator, bpy.types.Operator):
         default="SCENE",
     )
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if jobs.active_job() is not None:
-            cls.poll_message_set(_blocked_by_job())
-            return False
-        return context.scene is not None
-
-    @classmethod
-    def description(cls, context: bpy.types.Context, properties: Any) -> str:
-        reason = reconstruct_blocker(context)
-        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+    blocker = staticmethod(reconstruct_blocker)
 
     def prepare(self, context: bpy.types.Context) -> None:
         if not dependencies.torch_available():
@@ -535,7 +544,7 @@ def stored_views(obj: bpy.types.Object) -> tuple[list[Any], list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------- densify
-class GD_OT_densify(_JobOperator, bpy.types.Operator):
+class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
     """Add detail to the selected Gaussians (Edit Mode selection or the Region object);
     every other Gaussian keeps its exact values"""
 
@@ -544,17 +553,7 @@ class GD_OT_densify(_JobOperator, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
     job_name = "Densify"
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if jobs.active_job() is not None:
-            cls.poll_message_set(_blocked_by_job())
-            return False
-        return context.scene is not None
-
-    @classmethod
-    def description(cls, context: bpy.types.Context, properties: Any) -> str:
-        reason = densify_blocker(context)
-        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
+    blocker = staticmethod(densify_blocker)
 
     def prepare(self, context: bpy.types.Context) -> None:
         if not dependencies.torch_available():
