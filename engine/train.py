@@ -231,13 +231,15 @@ def load_optimizer_tensors(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(out: Path, model: GDObjectModel, opt: torch.optim.Optimizer, step: int,
-                    cfg: TrainConfig, rng: dict[str, Any]) -> None:  # fmt: skip
+def save_checkpoint(
+    out: Path, model: GDObjectModel, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig
+) -> None:
     """model.safetensors/json (weights + model config + progress) and optimizer.*."""
     ckpt = out / "checkpoint"
     meta = {
         "config": model.cfg.to_dict(),
-        "training": {"step": step, "train_config": asdict(cfg), "rng": rng},
+        # No RNG state: a resumed run re-seeds from (seed, rank, step), see `train`.
+        "training": {"step": step, "train_config": asdict(cfg)},
     }
     # Optimizer first: a crash between the two files leaves an older model with a newer
     # optimizer, which resume detects by the step recorded in both.
@@ -279,6 +281,9 @@ def init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    if device.type == "cuda":
+        # Bind this process to its GPU before NCCL starts, so ranks do not share GPU 0.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -329,6 +334,8 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ddp = init_distributed(device)
+    if device.type == "cuda" and ddp.world > 1:
+        device = torch.device("cuda", ddp.local_rank)  # one GPU per process
     out = Path(cfg.out)
     model_cfg = model_cfg or get_model_config(cfg.model)
     torch.manual_seed(cfg.seed + ddp.rank)
@@ -422,7 +429,7 @@ def train(
             log.write(json.dumps(record) + "\n")
             log.flush()
         if ddp.main and (step % cfg.checkpoint_every == 0 or step == stop):
-            save_checkpoint(out, model, opt, step, cfg, {"python": rng.getstate()[1][0]})
+            save_checkpoint(out, model, opt, step, cfg)
     if bar is not None:
         bar.close()
     if log is not None:
