@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..gd.gradient_mask import select_top_k, view_space_gradients
-from ..gd.merge import merge
+from ..gd.merge import MergeResult, merge
 from ..gd.pipeline import Densifier, DensifyResult
 from .config import ObjectModelConfig
 from .normalization import (
@@ -200,6 +200,16 @@ class GDObjectModel(nn.Module):
             cameras = cameras.scaled(s, s)
         return images, cameras
 
+    def _model_views(
+        self, images: Tensor, cameras: Cameras, bbox: Tensor | None
+    ) -> tuple[Tensor, Cameras, Normalization]:
+        """Checked views on the model's device: images (V, S, S, 3), model-space cameras and
+        the world <-> model normalisation."""
+        images, cameras = self.prepare_views(images, cameras)
+        norm = self.normalization(cameras, bbox)
+        cams = norm.cameras_to_model(cameras).to(device=self.device, dtype=torch.float32)
+        return images.to(self.device), cams, norm
+
     def normalization(self, cameras: Cameras, bbox: Tensor | None) -> Normalization:
         norm = estimate_normalization(cameras) if bbox is None else normalization_from_bbox(bbox)
         check_cameras_see(cameras, norm)
@@ -236,11 +246,7 @@ class GDObjectModel(nn.Module):
         start = t0 = time.perf_counter()
         _check(cancel)
         report(0.0, "preparing views")
-        images, cameras = self.prepare_views(images, cameras)
-        norm = self.normalization(cameras, bbox)
-        device = self.device
-        cams = norm.cameras_to_model(cameras).to(device=device, dtype=torch.float32)
-        images = images.to(device)
+        images, cams, norm = self._model_views(images, cameras, bbox)
         times["prepare"] = time.perf_counter() - t0
         _check(cancel)
 
@@ -271,11 +277,7 @@ class GDObjectModel(nn.Module):
         times["select"] = sel_time
         times["densify"] = time.perf_counter() - t0 - times["backbone"] - sel_time
         _check(cancel)
-        fine_world = norm.gaussians_to_world(result.fine.gaussians).to("cpu")
-        merged = merge(
-            coarse_world, result.selection.selected.cpu(), fine_world,
-            result.fine.level.cpu(), result.fine.parent.cpu(),
-        )  # fmt: skip
+        fine_world, merged = _merge_in_world(coarse_world, result, norm)
         counts.update(
             candidates=int(result.selection.selected.sum()),
             fine=len(fine_world),
@@ -361,12 +363,9 @@ class GDObjectModel(nn.Module):
         if budget is not None and budget < 1:
             raise ValueError(f"budget must be a positive number of Gaussians, got {budget}")
         report(0.0, "preparing views")
-        images, cameras = self.prepare_views(images, cameras)
-        norm = self.normalization(cameras, bbox)
+        images, cams, norm = self._model_views(images, cameras, bbox)
         device = self.device
-        cams = norm.cameras_to_model(cameras).to(device=device, dtype=torch.float32)
         model_g = norm.gaussians_to_model(gaussians.to("cpu")).to(device)
-        images = images.to(device)
         pool = n if select is None else int(select.sum())
         if budget is not None:
             k = max(1, int(budget // max(self.fine_per_candidate - 1.0, 1e-6)))
@@ -378,11 +377,7 @@ class GDObjectModel(nn.Module):
         sel = None if select is None else select.to(device)
         result, sel_time = self._densify_model_space(model_g, None, images, cams, k, sel)
         _check(cancel)
-        fine_world = norm.gaussians_to_world(result.fine.gaussians).to("cpu")
-        merged = merge(
-            gaussians.to("cpu"), result.selection.selected.cpu(), fine_world,
-            result.fine.level.cpu(), result.fine.parent.cpu(),
-        )  # fmt: skip
+        fine_world, merged = _merge_in_world(gaussians.to("cpu"), result, norm)
         report(1.0, "done")
         counts = {
             "input": n,
@@ -402,3 +397,17 @@ class GDObjectModel(nn.Module):
         from ..gd.config import fine_count
 
         return fine_count(1000, self.cfg.densify) / 1000
+
+
+def _merge_in_world(
+    coarse_world: Gaussians, result: DensifyResult, norm: Normalization
+) -> tuple[Gaussians, MergeResult]:
+    """Fine Gaussians mapped to the world and merged into the world-space coarse set there,
+    so unselected Gaussians are the caller's values bit for bit (no round trip through
+    model space)."""
+    fine_world = norm.gaussians_to_world(result.fine.gaussians).to("cpu")
+    merged = merge(
+        coarse_world, result.selection.selected.cpu(), fine_world,
+        result.fine.level.cpu(), result.fine.parent.cpu(),
+    )  # fmt: skip
+    return fine_world, merged
