@@ -181,6 +181,29 @@ def test_means2d_gradient_available_for_frozen_gaussians(backend):
     assert all(p.grad is None for p in g.parameters())
 
 
+def test_means_only_backward_gives_the_same_means2d_gradients():
+    """Frozen Gaussians take numba's means-only backward; it must match the full one."""
+    g = random_gaussians(300, 11, dtype=torch.float64)
+    cams = ring_cameras(3, 40, 32, dtype=torch.float64)
+    target = torch.rand(3, 32, 40, 3, generator=torch.Generator().manual_seed(4), dtype=g.dtype)
+    grads = []
+    for frozen in (True, False):
+        gg = (
+            g.detach()
+            if frozen
+            else Gaussians(*(p.detach().requires_grad_() for p in g.parameters()))
+        )
+        out = render(gg, cams, backend="numba", absgrad=True)
+        ((out.colors - target) ** 2).mean().backward()
+        grads.append((out.means2d.grad, out.means2d.absgrad))
+        if not frozen:
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gg.parameters())
+    (plain_a, abs_a), (plain_b, abs_b) = grads
+    assert plain_a.abs().sum() > 0
+    assert torch.allclose(plain_a, plain_b, atol=1e-12, rtol=1e-9)
+    assert torch.allclose(abs_a, abs_b, atol=1e-12, rtol=1e-9)
+
+
 def test_absgrad_is_the_sum_of_per_pixel_absolute_gradients():
     g = random_gaussians(12, 10, dtype=torch.float64, spread=0.2)
     g = Gaussians(g.means, g.log_scales + 0.8, g.quats, g.opacity_logits, g.sh)

@@ -1,17 +1,25 @@
 """CPU tile rasteriser: numba kernels with a hand-written backward pass.
 
 The algorithm is the one of 3DGS: Gaussians are sorted by depth once, binned
-into 16×16-pixel tiles (each tile's list inherits the global depth order), and
-every pixel walks its tile's list front to back, stopping as soon as its
+into square tiles (each tile's list inherits the global depth order), and every
+pixel composites its tile's list front to back, stopping as soon as its
 transmittance would fall below 1e-4. Tiles are spread over the threads in an
 interleaved way so the busy centre of the image does not land on one thread.
 
+Within a tile the Gaussians are the outer loop and each visits only the pixels
+of its own box, the one it was binned with, keeping per-pixel transmittance in
+a tile-sized buffer. Outside its box a Gaussian's alpha is below 1/255, so a
+pixel-major walk would skip it there; visiting only the box gives the same
+pixels while visiting far fewer pixel–Gaussian pairs when Gaussians are small
+next to the tile (the coarse and fine sets of the object model are a few
+pixels wide).
+
 The backward pass walks the same lists back to front (recovering the
-transmittance by division, as 3DGS does) and writes each pixel's gradient
-contributions into a buffer indexed by the (tile, Gaussian) pair. A pair
-belongs to exactly one tile and a tile to exactly one thread, so there are no
-write races and no per-thread copies of the gradients; a final serial pass
-sums the pairs into per-Gaussian gradients.
+transmittance by division, as 3DGS does) and writes each (tile, Gaussian)
+pair's summed gradient into a buffer indexed by the pair. A pair belongs to
+exactly one tile and a tile to exactly one thread, so there are no write races
+and no per-thread copies of the gradients; a final serial pass sums the pairs
+into per-Gaussian gradients.
 
 Only the screen-space stage lives here; projection and SH are differentiable
 PyTorch (see `projection.py`).
@@ -79,12 +87,21 @@ def _mahalanobis_half(conics, g, dx, dy):  # pragma: no cover
     return 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + conics[g, 1] * dx * dy
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _pixel_span(centre, extent, lo, hi):  # pragma: no cover
+    """Pixels in [lo, hi] whose centres lie within `extent` (+ margin) of `centre`:
+    the same rule as `_bin_tiles`, so a tile's pairs cover exactly its box pixels."""
+    e = extent + BOX_MARGIN
+    return max(lo, int(math.ceil(centre - e - 0.5))), min(hi, int(math.floor(centre + e - 0.5)))
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _forward_kernel(
     means2d,
     conics,
     colors,
     opacities,
+    extents,
     offsets,
     ids,
     tile,
@@ -100,36 +117,63 @@ def _forward_kernel(
     n_tiles = offsets.size - 1
     n_ch = colors.shape[1]
     for part in prange(n_parts):
+        # Per-tile pixel state; Gaussians are the outer loop, so each one visits only
+        # the pixels of its own box (outside it alpha < 1/255 and the pixel would skip
+        # it anyway), not every pixel of the tile.
+        trans = np.empty((tile, tile))
+        acc = np.empty((tile, tile, n_ch))
+        last = np.empty((tile, tile), np.int64)
+        done = np.empty((tile, tile), np.bool_)
         for t in range(part, n_tiles, n_parts):
             start, end = offsets[t], offsets[t + 1]
             ty, tx = t // tiles_x, t % tiles_x
-            for py in range(ty * tile, min(height, ty * tile + tile)):
-                for px in range(tx * tile, min(width, tx * tile + tile)):
-                    cx = px + 0.5
-                    cy = py + 0.5
-                    trans = 1.0
-                    last = start
-                    for k in range(start, end):
-                        g = ids[k]
-                        dx = means2d[g, 0] - cx
-                        dy = means2d[g, 1] - cy
+            x0, y0 = tx * tile, ty * tile
+            x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
+            trans[:, :] = 1.0
+            acc[:, :, :] = 0.0
+            last[:, :] = start
+            done[:, :] = False
+            live = (x1 - x0 + 1) * (y1 - y0 + 1)
+            for k in range(start, end):
+                if live == 0:
+                    break  # every pixel of the tile is saturated
+                g = ids[k]
+                mx, my = means2d[g, 0], means2d[g, 1]
+                px0, px1 = _pixel_span(mx, extents[g, 0], x0, x1)
+                py0, py1 = _pixel_span(my, extents[g, 1], y0, y1)
+                for py in range(py0, py1 + 1):
+                    ly = py - y0
+                    dy = my - (py + 0.5)
+                    for px in range(px0, px1 + 1):
+                        lx = px - x0
+                        if done[ly, lx]:
+                            continue
+                        dx = mx - (px + 0.5)
                         sigma = _mahalanobis_half(conics, g, dx, dy)
                         if sigma < 0.0:
                             continue
                         alpha = min(ALPHA_MAX, opacities[g] * math.exp(-sigma))
                         if alpha < ALPHA_MIN:
                             continue
-                        next_t = trans * (1.0 - alpha)
+                        tr = trans[ly, lx]
+                        next_t = tr * (1.0 - alpha)
                         if next_t < T_MIN:
-                            break
-                        w = alpha * trans
+                            done[ly, lx] = True
+                            live -= 1
+                            continue
+                        w = alpha * tr
                         for ch in range(n_ch):
-                            out_acc[py, px, ch] += w * colors[g, ch]
-                        trans = next_t
-                        last = k + 1
-                    out_alpha[py, px] = 1.0 - trans
-                    out_t[py, px] = trans
-                    out_last[py, px] = last
+                            acc[ly, lx, ch] += w * colors[g, ch]
+                        trans[ly, lx] = next_t
+                        last[ly, lx] = k + 1
+            for py in range(y0, y1 + 1):
+                for px in range(x0, x1 + 1):
+                    ly, lx = py - y0, px - x0
+                    for ch in range(n_ch):
+                        out_acc[py, px, ch] = acc[ly, lx, ch]
+                    out_alpha[py, px] = 1.0 - trans[ly, lx]
+                    out_t[py, px] = trans[ly, lx]
+                    out_last[py, px] = last[ly, lx]
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -138,6 +182,7 @@ def _backward_kernel(
     conics,
     colors,
     opacities,
+    extents,
     offsets,
     ids,
     tile,
@@ -154,30 +199,45 @@ def _backward_kernel(
     pair_colors,
     pair_opacities,
     pair_abs,
+    means_only,
 ):  # pragma: no cover
     n_tiles = offsets.size - 1
     n_ch = colors.shape[1]
-    rest = np.empty((n_parts, n_ch))
     for part in prange(n_parts):
+        trans = np.empty((tile, tile))
+        rest = np.empty((tile, tile, n_ch))  # colour of everything behind, per pixel
+        g_col = np.empty(n_ch)
         for t in range(part, n_tiles, n_parts):
             start = offsets[t]
             ty, tx = t // tiles_x, t % tiles_x
-            for py in range(ty * tile, min(height, ty * tile + tile)):
-                for px in range(tx * tile, min(width, tx * tile + tile)):
-                    last = pix_last[py, px]
-                    if last == start:
-                        continue
-                    cx = px + 0.5
-                    cy = py + 0.5
-                    t_final = pix_t[py, px]
-                    trans = t_final
-                    g_alpha_out = grad_alpha[py, px]
-                    for ch in range(n_ch):
-                        rest[part, ch] = 0.0
-                    for k in range(last - 1, start - 1, -1):
-                        g = ids[k]
-                        dx = means2d[g, 0] - cx
-                        dy = means2d[g, 1] - cy
+            x0, y0 = tx * tile, ty * tile
+            x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
+            k_end = start
+            for py in range(y0, y1 + 1):
+                for px in range(x0, x1 + 1):
+                    trans[py - y0, px - x0] = pix_t[py, px]
+                    k_end = max(k_end, pix_last[py, px])
+            rest[:, :, :] = 0.0
+            # Back to front over the tile's list; a pixel takes part in pair k only while
+            # k < its last contributor, exactly as its own front-to-back walk did.
+            for k in range(k_end - 1, start - 1, -1):
+                g = ids[k]
+                mx, my = means2d[g, 0], means2d[g, 1]
+                px0, px1 = _pixel_span(mx, extents[g, 0], x0, x1)
+                py0, py1 = _pixel_span(my, extents[g, 1], y0, y1)
+                gm0 = gm1 = ga0 = ga1 = 0.0
+                gc0 = gc1 = gc2 = 0.0
+                g_op = 0.0
+                for ch in range(n_ch):
+                    g_col[ch] = 0.0
+                for py in range(py0, py1 + 1):
+                    ly = py - y0
+                    dy = my - (py + 0.5)
+                    for px in range(px0, px1 + 1):
+                        if k >= pix_last[py, px]:
+                            continue
+                        lx = px - x0
+                        dx = mx - (px + 0.5)
                         sigma = _mahalanobis_half(conics, g, dx, dy)
                         if sigma < 0.0:
                             continue
@@ -186,28 +246,42 @@ def _backward_kernel(
                         alpha = min(ALPHA_MAX, raw)
                         if alpha < ALPHA_MIN:
                             continue
-                        trans = trans / (1.0 - alpha)  # transmittance in front of k
-                        w = alpha * trans
+                        tr = trans[ly, lx] / (1.0 - alpha)  # transmittance in front of k
+                        trans[ly, lx] = tr
+                        w = alpha * tr
                         g_a = 0.0
                         for ch in range(n_ch):
                             gc = grad_acc[py, px, ch]
-                            pair_colors[k, ch] += w * gc
-                            g_a += (colors[g, ch] - rest[part, ch]) * trans * gc
-                            rest[part, ch] = alpha * colors[g, ch] + (1.0 - alpha) * rest[part, ch]
-                        g_a += g_alpha_out * t_final / (1.0 - alpha)
+                            g_col[ch] += w * gc
+                            r = rest[ly, lx, ch]
+                            g_a += (colors[g, ch] - r) * tr * gc
+                            rest[ly, lx, ch] = alpha * colors[g, ch] + (1.0 - alpha) * r
+                        g_a += grad_alpha[py, px] * pix_t[py, px] / (1.0 - alpha)
                         if raw > ALPHA_MAX:
                             continue  # clamped: alpha does not depend on o or sigma here
-                        pair_opacities[k] += gauss * g_a
                         g_sigma = -raw * g_a
                         gmx = g_sigma * (conics[g, 0] * dx + conics[g, 1] * dy)
                         gmy = g_sigma * (conics[g, 2] * dy + conics[g, 1] * dx)
-                        pair_means2d[k, 0] += gmx
-                        pair_means2d[k, 1] += gmy
-                        pair_abs[k, 0] += abs(gmx)
-                        pair_abs[k, 1] += abs(gmy)
-                        pair_conics[k, 0] += 0.5 * g_sigma * dx * dx
-                        pair_conics[k, 1] += g_sigma * dx * dy
-                        pair_conics[k, 2] += 0.5 * g_sigma * dy * dy
+                        gm0 += gmx
+                        gm1 += gmy
+                        ga0 += abs(gmx)
+                        ga1 += abs(gmy)
+                        g_op += gauss * g_a
+                        gc0 += 0.5 * g_sigma * dx * dx
+                        gc1 += g_sigma * dx * dy
+                        gc2 += 0.5 * g_sigma * dy * dy
+                # Pair k belongs to this tile alone, so plain stores need no locking.
+                pair_means2d[k, 0] = gm0
+                pair_means2d[k, 1] = gm1
+                pair_abs[k, 0] = ga0
+                pair_abs[k, 1] = ga1
+                if not means_only:
+                    for ch in range(n_ch):
+                        pair_colors[k, ch] = g_col[ch]
+                    pair_opacities[k] = g_op
+                    pair_conics[k, 0] = gc0
+                    pair_conics[k, 1] = gc1
+                    pair_conics[k, 2] = gc2
 
 
 @njit(cache=True, nogil=True)
@@ -254,52 +328,57 @@ class NumbaRasterize(torch.autograd.Function):
             trans = np.ones((height, width), np.float64)
             last = np.zeros((height, width), np.int64)
             _forward_kernel(
-                m_np[c], con_np[c], col_np[c], op_np[c], offsets, ids, tile_size, tiles_x,
-                width, height, n_parts, acc[c], alpha[c], trans, last,
+                m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], offsets, ids, tile_size,
+                tiles_x, width, height, n_parts, acc[c], alpha[c], trans, last,
             )  # fmt: skip
             bins.append(_Bins(offsets, ids, trans, last))
         ctx.bins = bins
         ctx.geometry = (width, height, tile_size, tiles_x)
-        ctx.arrays = (m_np, con_np, col_np, op_np)
+        ctx.arrays = (m_np, con_np, col_np, op_np, ext_np)
         ctx.means2d = means2d
         return torch.from_numpy(acc).to(colors.device), torch.from_numpy(alpha).to(colors.device)
 
     @staticmethod
     def backward(ctx, grad_acc, grad_alpha):
         width, height, tile_size, tiles_x = ctx.geometry
-        m_np, con_np, col_np, op_np = ctx.arrays
+        m_np, con_np, col_np, op_np, ext_np = ctx.arrays
         num_cams, n, n_ch = col_np.shape
         dtype = col_np.dtype
         n_parts = numba.get_num_threads()
+        # When only the 2D means need a gradient (the gradient mask renders detached
+        # Gaussians), the per-pair conic, colour and opacity terms are neither written
+        # nor reduced: 4 of the 10 pair columns remain.
+        means_only = not any(ctx.needs_input_grad[1:4])
+        widths = (2, 2) if means_only else (2, 2, 3, n_ch, 1)
         g_acc = _numpy(grad_acc).astype(dtype)
         g_alpha = _numpy(grad_alpha).astype(dtype)
-        out_m = np.zeros((num_cams, n, 2), dtype)
-        out_con = np.zeros((num_cams, n, 3), dtype)
-        out_col = np.zeros((num_cams, n, n_ch), dtype)
-        out_op = np.zeros((num_cams, n, 1), dtype)
-        out_abs = np.zeros((num_cams, n, 2), dtype)
+        outs = [np.zeros((num_cams, n, w), dtype) for w in widths]
+        unused = np.zeros((1, max(n_ch, 3)), np.float64)
         for c, b in enumerate(ctx.bins):
             p = b.ids.size
-            pairs = [np.zeros((p, w), np.float64) for w in (2, 3, n_ch, 1, 2)]
+            pairs = [np.zeros((p, w), np.float64) for w in widths]
+            if means_only:
+                pair_con, pair_col, pair_op = unused[:, :3], unused[:, :n_ch], unused[:, 0]
+            else:
+                pair_con, pair_col, pair_op = pairs[2], pairs[3], pairs[4][:, 0]
             _backward_kernel(
-                m_np[c], con_np[c], col_np[c], op_np[c], b.offsets, b.ids, tile_size, tiles_x,
-                width, height, n_parts, b.trans, b.last, g_acc[c], g_alpha[c],
-                pairs[0], pairs[1], pairs[2], pairs[3][:, 0], pairs[4],
+                m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], b.offsets, b.ids,
+                tile_size, tiles_x, width, height, n_parts, b.trans, b.last, g_acc[c], g_alpha[c],
+                pairs[0], pair_con, pair_col, pair_op, pairs[1], means_only,
             )  # fmt: skip
-            for values, out in zip(pairs, (out_m, out_con, out_col, out_op, out_abs), strict=True):
+            for values, out in zip(pairs, outs, strict=True):
                 _reduce_pairs(b.ids, values, out[c])
         device = grad_acc.device
-        absgrad = torch.from_numpy(out_abs).to(device)
+        absgrad = torch.from_numpy(outs[1]).to(device)
         holder = ctx.means2d
         holder.absgrad = (
             absgrad if getattr(holder, "absgrad", None) is None else holder.absgrad + absgrad
         )
+        grads = [torch.from_numpy(out).to(device) for out in outs]
+        if means_only:
+            return grads[0], None, None, None, None, None, None, None, None
         return (
-            torch.from_numpy(out_m).to(device),
-            torch.from_numpy(out_con).to(device),
-            torch.from_numpy(out_col).to(device),
-            torch.from_numpy(out_op[..., 0]).to(device),
-            None, None, None, None, None,
+            grads[0], grads[2], grads[3], grads[4][..., 0], None, None, None, None, None
         )  # fmt: skip
 
 
