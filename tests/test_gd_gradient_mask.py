@@ -77,8 +77,10 @@ def test_abs_variant_bounds_the_plain_one() -> None:
     assert (scores.absolute >= scores.plain - 1e-7).all()
     assert (scores.absolute > scores.plain + 1e-6).any()
     sel = gradient_mask(g, images, cams, k=10, variant="abs", backend="numba")
-    assert torch.equal(sel.selected, select_top_k(
-        scores.absolute, 10, (g.opacities > 0.005) & (scores.visible_views > 0)))
+    assert torch.equal(
+        sel.selected,
+        select_top_k(scores.absolute, 10, (g.opacities > 0.005) & (scores.visible_views > 0)),
+    )
 
 
 def test_no_gradient_reaches_the_model_that_made_the_gaussians() -> None:
@@ -141,3 +143,57 @@ def test_small_tiles_change_no_pixel_and_scores_only_by_rounding(monkeypatch) ->
     torch.testing.assert_close(small.plain, default.plain, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(small.absolute, default.absolute, rtol=1e-5, atol=1e-9)
     assert bool((small.plain > 0).any())
+
+
+def test_downsampled_scores_are_the_scores_of_a_downsampled_render() -> None:
+    """downsample=2 scores a half-size render of area-filtered images; the returned
+    render is back at the views' size."""
+    import torch.nn.functional as F
+
+    g, cams = _scene(n=80, seed=5)
+    cams = cams.scaled(2 * RES, 2 * RES)
+    images = _images(g, cams).flip(2)  # wrong almost everywhere
+    scores = view_space_gradients(g, images, cams, backend="auto", downsample=2)
+    small_cams = cams.scaled(RES, RES)
+    small = F.interpolate(images.permute(0, 3, 1, 2), size=(RES, RES), mode="area")
+    direct = view_space_gradients(g, small.permute(0, 2, 3, 1), small_cams, backend="auto")
+    assert torch.allclose(scores.plain, direct.plain, atol=1e-7)
+    assert scores.loss == pytest.approx(direct.loss)
+    assert scores.colors.shape == (4, 2 * RES, 2 * RES, 3)
+    assert scores.alphas.shape == scores.depths.shape == (4, 2 * RES, 2 * RES)
+    # Up-sampling keeps the render's meaning: same mean colour and coverage, and depths
+    # (interpolated premultiplied by alpha) inside the range the half-size render had.
+    assert torch.allclose(scores.colors.mean(), direct.colors.mean(), atol=1e-3)
+    assert torch.allclose(scores.alphas.mean(), direct.alphas.mean(), atol=1e-3)
+    covered = scores.alphas > 0.05
+    lo, hi = direct.depths[direct.alphas > 0].min(), direct.depths.max()
+    assert bool(
+        ((scores.depths[covered] >= lo - 1e-4) & (scores.depths[covered] <= hi + 1e-4)).all()
+    )
+
+
+def test_downsampled_mask_mostly_agrees_with_the_full_size_one() -> None:
+    g, cams = _scene(n=120, seed=6)
+    cams = cams.scaled(4 * RES, 4 * RES)
+    images = _images(g, cams)
+    gen = torch.Generator().manual_seed(7)
+    wrong = torch.zeros(len(g), dtype=torch.bool)
+    wrong[torch.randperm(len(g), generator=gen)[:20]] = True
+    coarse = g.clone()
+    coarse.sh[wrong] = -coarse.sh[wrong]
+    full = gradient_mask(coarse, images, cams, k=20, backend="auto")
+    half = gradient_mask(coarse, images, cams, k=20, backend="auto", downsample=2)
+    assert int((full.selected & half.selected).sum()) >= 16
+    # Overlapping neighbours pull too, so neither finds every culprit; half size finds
+    # about as many as full size.
+    assert int((half.selected & wrong).sum()) >= int((full.selected & wrong).sum()) - 2 >= 8
+
+
+def test_bad_downsample_is_refused() -> None:
+    from engine.gd.config import SMALL
+
+    g, cams = _scene()
+    with pytest.raises(ValueError, match="downsample"):
+        view_space_gradients(g, _images(g, cams), cams, downsample=0)
+    with pytest.raises(ValueError, match="mask_downsample"):
+        SMALL.with_(mask_downsample=0)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..gaussians import Gaussians
@@ -64,9 +65,12 @@ class GradientScores:
         absolute: (N,) the same with the AbsGS absolute gradient, or None when
             the backend cannot compute it.
         visible_views: (N,) int64 number of views the Gaussian is visible in.
-        loss: the summed per-view MSE of the coarse render (a float).
+        loss: the summed per-view MSE of the coarse render (a float), at the
+            resolution the scores were computed at.
         colors, alphas, depths: the coarse render itself, detached ((C, H, W, 3),
-            (C, H, W), (C, H, W)), reused for the candidates' view features.
+            (C, H, W), (C, H, W)) at the input views' size (bilinearly up-sampled
+            when the scores came from a smaller render), reused for the candidates'
+            view features.
     """
 
     plain: Tensor
@@ -93,6 +97,37 @@ def _mean_over_visible(grad: Tensor, visible: Tensor) -> Tensor:
     return norms.sum(0) / visible.sum(0).clamp_min(1)
 
 
+def _downsample_views(images: Tensor, cameras: Cameras, factor: int) -> tuple[Tensor, Cameras]:
+    """images: (C, H, W, 3) -> (C, H/factor, W/factor, 3) (area filter), cameras scaled to match."""
+    width = max(1, round(cameras.width / factor))
+    height = max(1, round(cameras.height / factor))
+    small = F.interpolate(images.permute(0, 3, 1, 2), size=(height, width), mode="area")
+    return small.permute(0, 2, 3, 1).contiguous(), cameras.scaled(width, height)
+
+
+def _upsample_render(
+    colors: Tensor, alphas: Tensor, depths: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear up-sampling of a render to (height, width).
+
+    Depth is interpolated premultiplied by alpha and divided back, so silhouette pixels
+    get the depth of the surface rather than a blend with the background's 0.
+    """
+
+    def up(x: Tensor) -> Tensor:  # (C, h, w, S) -> (C, height, width, S)
+        x = F.interpolate(
+            x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
+        )
+        return x.permute(0, 2, 3, 1)
+
+    stack = up(torch.cat([colors, alphas[..., None], (alphas * depths)[..., None]], dim=-1))
+    alpha = stack[..., 3].clamp(0.0, 1.0)
+    depth = torch.where(
+        alpha > 1e-6, stack[..., 4] / alpha.clamp_min(1e-6), torch.zeros_like(alpha)
+    )
+    return stack[..., :3].contiguous(), alpha.contiguous(), depth.contiguous()
+
+
 def view_space_gradients(
     gaussians: Gaussians,
     images: Tensor,
@@ -100,6 +135,7 @@ def view_space_gradients(
     background: Tensor | Sequence[float] | float | None = None,
     absgrad: bool = True,
     backend: str = "auto",
+    downsample: int = 1,
 ) -> GradientScores:
     """Render `gaussians` into the input views and score each by its 2D positional gradient.
 
@@ -111,6 +147,8 @@ def view_space_gradients(
         absgrad: also compute the AbsGS variant; falls back to plain only
             (absolute = None) where the backend cannot.
         backend: renderer backend (see `engine.render`).
+        downsample: score on a render at 1/downsample of the views' size (see
+            `DensifyConfig.mask_downsample`); the returned render is up-sampled back.
     """
     from ..render import render, resolve_backend
 
@@ -119,6 +157,11 @@ def view_space_gradients(
             f"images must have shape ({len(cameras)}, {cameras.height}, {cameras.width}, 3), "
             f"got {tuple(images.shape)}"
         )
+    if downsample < 1:
+        raise ValueError(f"downsample must be a positive integer, got {downsample}")
+    full_size = (cameras.height, cameras.width)
+    if downsample > 1:
+        images, cameras = _downsample_views(images, cameras, downsample)
     g = gaussians.detach()
     if absgrad and resolve_backend(backend, g.device) == "torch":
         absgrad = False
@@ -136,10 +179,12 @@ def view_space_gradients(
     plain = _mean_over_visible(out.means2d.grad, visible)
     abs_grad = getattr(out.means2d, "absgrad", None) if absgrad else None
     absolute = None if abs_grad is None else _mean_over_visible(abs_grad, visible)
+    colors, alphas, depths = out.colors.detach(), out.alphas.detach(), out.depths.detach()
+    if (cameras.height, cameras.width) != full_size:
+        colors, alphas, depths = _upsample_render(colors, alphas, depths, *full_size)
     return GradientScores(
-        plain, absolute, visible.sum(0), float(loss.detach()),
-        out.colors.detach(), out.alphas.detach(), out.depths.detach(),
-    )  # fmt: skip
+        plain, absolute, visible.sum(0), float(loss.detach()), colors, alphas, depths
+    )
 
 
 def select_top_k(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
@@ -189,6 +234,7 @@ def gradient_mask(
     min_opacity: float = 0.005,
     background: Tensor | Sequence[float] | float | None = None,
     backend: str = "auto",
+    downsample: int = 1,
 ) -> Selection:
     """Pick densification candidates: the top-k by gradient, or an explicit selection.
 
@@ -202,6 +248,7 @@ def gradient_mask(
             (they barely render; the official code uses 0.005).
         background: render background.
         backend: renderer backend.
+        downsample: score on a render at 1/downsample of the views' size.
     """
     n = len(gaussians)
     if select is not None:
@@ -214,8 +261,9 @@ def gradient_mask(
     if variant not in VARIANTS:
         raise ValueError(f"unknown gradient variant {variant!r}; expected one of {VARIANTS}")
     scores = view_space_gradients(
-        gaussians, images, cameras, background, absgrad=variant == "abs", backend=backend
-    )
+        gaussians, images, cameras, background, absgrad=variant == "abs", backend=backend,
+        downsample=downsample,
+    )  # fmt: skip
     score = scores.absolute if variant == "abs" and scores.absolute is not None else scores.plain
     eligible = (gaussians.opacities.detach() > min_opacity) & (scores.visible_views > 0)
     return Selection(select_top_k(score, k, eligible), scores)

@@ -303,7 +303,10 @@ class GDObjectModel(nn.Module):
         t0 = time.perf_counter()
         scores = None
         if select is None or int(select.sum()) > k:
-            scores = view_space_gradients(coarse, images, cams, WHITE, absgrad=True)
+            scores = view_space_gradients(
+                coarse, images, cams, WHITE, absgrad=True,
+                downsample=self.cfg.densify.mask_downsample,
+            )  # fmt: skip
             score = scores.absolute if scores.absolute is not None else scores.plain
             eligible = scores.visible_views > 0
             if select is not None:
