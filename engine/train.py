@@ -63,6 +63,8 @@ class TrainConfig:
         feature_dropout: probability of hiding the backbone features from the densifier
             (so it also densifies splats that have none).
         init: weights to start from (e.g. a coarse-only run), not a resume.
+        init_densifier: weights whose densifier tensors replace `init`'s, to continue a
+            trained densifier on a backbone that trained further ("" for none).
         checkpoint_every, log_every, val_every, val_objects: bookkeeping.
         seed: base seed (each process offsets it by its rank).
         device: "auto", "cpu", "cuda", "mps".
@@ -87,6 +89,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     feature_dropout: float = 0.25
     init: str = ""
+    init_densifier: str = ""
     checkpoint_every: int = 200
     log_every: int = 10
     val_every: int = 500
@@ -342,7 +345,12 @@ def train(
     model = GDObjectModel(model_cfg).to(device)
     if cfg.init:
         state, _ = load_weights(cfg.init)
+        if cfg.init_densifier:
+            other, _ = load_weights(cfg.init_densifier)
+            state.update({k: v for k, v in other.items() if k.startswith("densifier.")})
         model.load_state_dict(state)
+    elif cfg.init_densifier:
+        raise ValueError("init_densifier needs init (the backbone to pair it with)")
     params = [
         p
         for n, p in model.named_parameters()

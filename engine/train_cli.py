@@ -15,7 +15,8 @@ from pathlib import Path
 _FIELDS = {
     "data": str, "out": str, "steps": int, "batch_size": int, "target_views": int,
     "lr": float, "warmup": int, "grad_clip": float, "render_size": int,
-    "densify_from": int, "feature_dropout": float, "init": str, "checkpoint_every": int,
+    "densify_from": int, "feature_dropout": float, "init": str, "init_densifier": str,
+    "checkpoint_every": int,
     "log_every": int, "val_every": int, "seed": int, "device": str, "threads": int,
 }  # fmt: skip
 

@@ -81,6 +81,35 @@ def test_resume_continues_from_the_checkpoint(one_object: Path, tmp_path: Path):
     assert steps == list(range(1, 13))  # no step repeated or skipped
 
 
+def test_init_densifier_pairs_one_runs_densifier_with_another_runs_backbone(
+    one_object: Path, tmp_path: Path
+):
+    from engine.weights import save_weights
+
+    cfg = get_model_config("object-tiny")
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        path = tmp_path / f"w{seed}.safetensors"
+        save_weights(GDObjectModel(cfg).state_dict(), path, {"config": cfg.to_dict()})
+        files.append(path)
+    # lr = 0: the one step leaves every tensor as it was loaded.
+    run = train(tiny_cfg(
+        one_object, tmp_path / "run", steps=1, lr=0.0, warmup=1, densify_from=0,
+        init=str(files[0]), init_densifier=str(files[1]),
+    ))  # fmt: skip
+    got = load_file(str(run / "checkpoint" / "model.safetensors"))
+    a, b = load_file(str(files[0])), load_file(str(files[1]))
+    assert any(k.startswith("densifier.") for k in got) and any(
+        k.startswith("backbone.") for k in got
+    )
+    for key, value in got.items():
+        expected = b[key] if key.startswith("densifier.") else a[key]
+        assert torch.equal(value, expected), key
+    with pytest.raises(ValueError, match="init_densifier needs init"):
+        train(tiny_cfg(one_object, tmp_path / "run2", steps=1, init_densifier=str(files[1])))
+
+
 def test_optimizer_state_survives_safetensors():
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
