@@ -43,10 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import Cameras
 from .data.datasets import PropsDataset
 from .data.layout import SPLITS, read_manifest, write_json_atomic
 from .gaussians import Gaussians
+from .images import resize_views
 from .metrics import lpips_or_none, psnr, ssim
 from .plots import image_strip, plot_histograms
 from .render import render
@@ -108,25 +108,6 @@ def _finite_list(values: Tensor) -> list[float | None]:
 def _nanmean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(kept)) if kept else None
-
-
-def resize_views(images: Tensor, cameras: Cameras, size: int) -> tuple[Tensor, Cameras]:
-    """Views at the model's square input size.
-
-    Args:
-        images: (V, H, W, 3). cameras: V cameras of W x H.
-    Returns:
-        (V, size, size, 3) images (area filter when shrinking, bilinear when enlarging)
-        and the cameras scaled to match (`Cameras.scaled`).
-    """
-    if (cameras.width, cameras.height) == (size, size):
-        return images, cameras
-    x = images.permute(0, 3, 1, 2)
-    if size <= min(cameras.width, cameras.height):
-        x = F.interpolate(x, size=(size, size), mode="area")
-    else:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x.permute(0, 2, 3, 1).contiguous(), cameras.scaled(size, size)
 
 
 def sha256_of(path: str | os.PathLike | None) -> str | None:

@@ -1,14 +1,42 @@
-"""Writing rendered images to disk."""
+"""Image tensors: resampling posed views, and writing renders to disk."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .cameras import Cameras
+
+
+def resize_views(
+    images: Tensor, cameras: Cameras, width: int, height: int | None = None
+) -> tuple[Tensor, Cameras]:
+    """Posed views resampled to width x height (square when `height` is None).
+
+    Args:
+        images: (V, H, W, C) matching `cameras` (V cameras of W x H).
+    Returns:
+        (V, height, width, C) images (area filter when shrinking, bilinear when
+        enlarging; the input itself when the size is unchanged) and the cameras scaled
+        to match (`Cameras.scaled`).
+    """
+    height = width if height is None else height
+    if (cameras.width, cameras.height) == (width, height):
+        return images, cameras
+    x = images.permute(0, 3, 1, 2)
+    if width <= cameras.width and height <= cameras.height:
+        x = F.interpolate(x, size=(height, width), mode="area")
+    else:
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).contiguous(), cameras.scaled(width, height)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cameras import Cameras
 from .devices import resolve_device
 from .gaussians import Gaussians
+from .images import resize_views
 from .metrics import ms_ssim, psnr
 from .models.config import ObjectModelConfig, get_model_config
 from .models.gd_object import WHITE, GDObjectModel
@@ -141,14 +141,6 @@ def model_space(
     return sample["input_images"].to(device), inputs, sample["target_images"].to(device), targets
 
 
-def downsample(images: Tensor, cameras: Cameras, size: int) -> tuple[Tensor, Cameras]:
-    """(V, H, W, 3) images and their cameras at size x size (area filter)."""
-    if size <= 0 or (cameras.width, cameras.height) == (size, size):
-        return images, cameras
-    small = F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="area")
-    return small.permute(0, 2, 3, 1).contiguous(), cameras.scaled(size, size)
-
-
 def compute_loss(
     model: nn.Module,
     samples: list[dict[str, Any]],
@@ -171,9 +163,9 @@ def compute_loss(
     stats = {"coarse": 0.0, "fine": 0.0, "pc": 0.0, "pf": 0.0, "nc": 0, "nf": 0}
     bg = torch.tensor(WHITE, device=device)
     for (inp, in_cams, tgt, tgt_cams), out in zip(prepared, outs, strict=True):
-        gt, cams = downsample(
-            torch.cat([inp, tgt]), Cameras.cat([in_cams, tgt_cams]), cfg.render_size
-        )
+        gt, cams = torch.cat([inp, tgt]), Cameras.cat([in_cams, tgt_cams])
+        if cfg.render_size > 0:
+            gt, cams = resize_views(gt, cams, cfg.render_size)
         stats["nc"] += len(out.coarse)
         # A frozen backbone's render has no gradient to give: skip it (validation still
         # scores the coarse set).

@@ -23,11 +23,11 @@ from engine.evaluate import (
     gaussian_counts,
     object_mask,
     open_dataset,
-    resize_views,
     weights_in_folder,
 )
 from engine.gaussians import Gaussians
 from engine.gd.merge import merge
+from engine.images import resize_views
 from engine.metrics import psnr
 from engine.plots import plot_histograms, plot_training_curves, read_metrics_jsonl
 from engine.render import render

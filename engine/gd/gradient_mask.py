@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..gaussians import Gaussians
+from ..images import resize_views
 from .config import DensifyConfig
 
 if TYPE_CHECKING:  # annotations only; the renderer is imported where it is used
@@ -97,14 +98,6 @@ def _mean_over_visible(grad: Tensor, visible: Tensor) -> Tensor:
     return norms.sum(0) / visible.sum(0).clamp_min(1)
 
 
-def _downsample_views(images: Tensor, cameras: Cameras, factor: int) -> tuple[Tensor, Cameras]:
-    """images: (C, H, W, 3) -> (C, H/factor, W/factor, 3) (area filter), cameras scaled to match."""
-    width = max(1, round(cameras.width / factor))
-    height = max(1, round(cameras.height / factor))
-    small = F.interpolate(images.permute(0, 3, 1, 2), size=(height, width), mode="area")
-    return small.permute(0, 2, 3, 1).contiguous(), cameras.scaled(width, height)
-
-
 def _upsample_render(
     colors: Tensor, alphas: Tensor, depths: Tensor, height: int, width: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,7 +154,9 @@ def view_space_gradients(
         raise ValueError(f"downsample must be a positive integer, got {downsample}")
     full_size = (cameras.height, cameras.width)
     if downsample > 1:
-        images, cameras = _downsample_views(images, cameras, downsample)
+        width = max(1, round(cameras.width / downsample))
+        height = max(1, round(cameras.height / downsample))
+        images, cameras = resize_views(images, cameras, width, height)
     g = gaussians.detach()
     if absgrad and resolve_backend(backend, g.device) == "torch":
         absgrad = False

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import Cameras
@@ -27,6 +26,7 @@ from ..gaussians import Gaussians
 from ..gd.gradient_mask import select_top_k, view_space_gradients
 from ..gd.merge import MergeResult, merge
 from ..gd.pipeline import Densifier, DensifyResult
+from ..images import resize_views
 from .config import ObjectModelConfig
 from .normalization import (
     Normalization,
@@ -195,9 +195,7 @@ class GDObjectModel(nn.Module):
                 raise ValueError(
                     f"{self.name} takes square views; got {cameras.width}x{cameras.height}"
                 )
-            images = F.interpolate(images.permute(0, 3, 1, 2), size=(s, s), mode="area")
-            images = images.permute(0, 2, 3, 1).contiguous()
-            cameras = cameras.scaled(s, s)
+            images, cameras = resize_views(images, cameras, s)
         return images, cameras
 
     def _model_views(
