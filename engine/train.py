@@ -55,7 +55,9 @@ class TrainConfig:
         ms_ssim_weight: the 0.5 of MSE + 0.5·(1 − MS-SSIM).
         render_size: side at which the loss views are rendered (the ground truth is
             area-downsampled to it); 0 means the model's image size. Small renders first
-            (DESIGN.md §8) make early steps several times cheaper.
+            (DESIGN.md §8) make early steps several times cheaper; a render size above
+            the model's input size (decoded from the data at that size) lets the loss
+            see detail finer than the inputs' pixels, where densification helps most.
         densify: train the densifier (and its losses).
         densify_from: step at which densification starts (the backbone first learns
             coarse shapes; candidates from an untrained backbone are noise).
@@ -134,7 +136,10 @@ class LossTerms:
 def model_space(
     sample: dict[str, Any], device: torch.device
 ) -> tuple[Tensor, Cameras, Tensor, Cameras]:
-    """Normalise one object's views the way `reconstruct` does (cameras only)."""
+    """Normalise one object's views the way `reconstruct` does (cameras only).
+
+    Returns input images and cameras, target images and cameras, at the cache's size.
+    """
     norm = estimate_normalization(sample["input_cameras"])
     inputs = norm.cameras_to_model(sample["input_cameras"]).to(device=device)
     targets = norm.cameras_to_model(sample["target_cameras"]).to(device=device)
@@ -156,8 +161,9 @@ def compute_loss(
     core: GDObjectModel = model.module if hasattr(model, "module") else model
     device = next(core.parameters()).device
     prepared = [model_space(s, device) for s in samples]
-    images = torch.stack([p[0] for p in prepared])
-    outs = model(images, [p[1] for p in prepared], densify=densify,
+    views = [resize_views(inp, cams, core.image_size) for inp, cams, _, _ in prepared]
+    images = torch.stack([v[0] for v in views])
+    outs = model(images, [v[1] for v in views], densify=densify,
                  drop_backbone_features=drop_features)  # fmt: skip
     total = images.new_zeros(())
     stats = {"coarse": 0.0, "fine": 0.0, "pc": 0.0, "pf": 0.0, "nc": 0, "nf": 0}
@@ -356,17 +362,21 @@ def train(
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+    # Views are decoded at the larger of the model's input size and the render size:
+    # the model gets them resized to its input, the loss at the render size (and
+    # validation scores full-size targets).
+    size = max(model_cfg.image_size, cfg.render_size)
     # The main process decodes the caches; the others wait and then only read them.
     if ddp.main:
-        build_cache(cfg.data, "train", model_cfg.image_size, progress=True)
+        build_cache(cfg.data, "train", size, progress=True)
         with contextlib.suppress(ValueError):
-            build_cache(cfg.data, "val", model_cfg.image_size, progress=False)
+            build_cache(cfg.data, "val", size, progress=False)
     if ddp.world > 1:
         dist.barrier()
-    train_set = CachedProps(cache_dir(cfg.data, "train", model_cfg.image_size))
+    train_set = CachedProps(cache_dir(cfg.data, "train", size))
     val_set = None
-    if (cache_dir(cfg.data, "val", model_cfg.image_size) / "index.json").is_file():
-        val_set = CachedProps(cache_dir(cfg.data, "val", model_cfg.image_size))
+    if (cache_dir(cfg.data, "val", size) / "index.json").is_file():
+        val_set = CachedProps(cache_dir(cfg.data, "val", size))
     net = wrap_ddp(model, device, cfg)
     epoch_len = max(1, len(train_set) // (cfg.batch_size * ddp.world))
     it = batches(len(train_set), cfg.batch_size, ddp.rank, ddp.world, cfg.seed, step // epoch_len)
@@ -469,6 +479,7 @@ def compute_terms_eval(
 ) -> tuple[float, float]:
     device = next(model.parameters()).device
     inp, in_cams, tgt, tgt_cams = model_space(sample, device)
+    inp, in_cams = resize_views(inp, in_cams, model.image_size)
     out = model(inp[None], [in_cams], densify=densify, budget=model.cfg.candidates)[0]
     bg = torch.tensor(WHITE, device=device)
     coarse = render(out.coarse.detach(), tgt_cams, background=bg).colors

@@ -110,6 +110,29 @@ def test_init_densifier_pairs_one_runs_densifier_with_another_runs_backbone(
         train(tiny_cfg(one_object, tmp_path / "run2", steps=1, init_densifier=str(files[1])))
 
 
+def test_render_size_above_the_input_size_trains_on_finer_targets(
+    one_object: Path, tmp_path: Path, monkeypatch
+):
+    from engine.data.cache import cache_dir
+
+    seen: list[tuple[int, ...]] = []
+    forward = GDObjectModel.forward
+
+    def recording(self, images, *args, **kwargs):
+        seen.append(tuple(images.shape))
+        return forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(GDObjectModel, "forward", recording)
+    run = train(tiny_cfg(one_object, tmp_path / "run", steps=2, render_size=96, val_every=2))
+    assert (cache_dir(one_object, "train", 96) / "index.json").is_file()
+    assert not cache_dir(one_object, "train", 64).exists()
+    # The model still sees its own 64² inputs, in training and in validation.
+    assert seen and all(shape[-3:-1] == (64, 64) for shape in seen)
+    log = read_log(run)
+    assert [r["split"] for r in log] == ["train", "train", "val"]
+    assert all(r["loss"] > 0 for r in log if r["split"] == "train")
+
+
 def test_optimizer_state_survives_safetensors():
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
