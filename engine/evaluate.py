@@ -243,14 +243,14 @@ def evaluate_object(
 
     Args:
         model: has `reconstruct(images, cameras)` and `image_size` (the engine's object
-            model or anything shaped like it).
+            model or anything shaped like it); views are given at its `view_size` when
+            it has one (the size it reads in full), else at `image_size`.
         item: a `PropsDataset` item (input_* and target_* images, alphas, cameras).
         device: where to render and score.
         keep_renders: keep the (T, H, W, 3) renders for the image strips.
     """
-    images, cameras = resize_views(
-        item["input_images"].float(), item["input_cameras"], int(model.image_size)
-    )
+    size = int(getattr(model, "view_size", model.image_size))
+    images, cameras = resize_views(item["input_images"].float(), item["input_cameras"], size)
     _sync(device)
     t0 = time.perf_counter()
     rec = model.reconstruct(images.to(device), cameras.to(device=device))
@@ -421,8 +421,9 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         f"- Data: `{meta['data']['path']}`, split `{meta['split']}`, "
         f"{summary['objects']} object(s){meta['data']['limit_note']}",
         f"- Views: {meta['data']['input_views']} input views at "
-        f"{meta['data']['input_size']} resampled to {meta['model']['image_size']}² for the "
-        f"model; {meta['data']['target_views']} target views scored at their native "
+        f"{meta['data']['input_size']}, read at {meta['model']['image_size']}² by the backbone "
+        f"and {meta['model'].get('detail_size', meta['model']['image_size'])}² by the "
+        f"densifier; {meta['data']['target_views']} target views scored at their native "
         f"{meta['data']['target_size']}",
         f"- Date: {meta['date']}; machine: {meta['machine']['platform']}, "
         f"{meta['machine']['cpu_count']} CPUs, device {meta['machine']['device']}"
@@ -634,6 +635,7 @@ def evaluate(
         "model": {
             "name": str(getattr(model, "name", type(model).__name__)),
             "image_size": int(model.image_size),
+            "detail_size": int(getattr(model, "detail_size", model.image_size)),
             "weights_path": str(weights_path) if weights_path else None,
             "sha256": sha256_of(weights_path),
             "weights_note": "trained weights" if weights_path else

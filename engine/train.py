@@ -161,9 +161,8 @@ def compute_loss(
     core: GDObjectModel = model.module if hasattr(model, "module") else model
     device = next(core.parameters()).device
     prepared = [model_space(s, device) for s in samples]
-    views = [resize_views(inp, cams, core.image_size) for inp, cams, _, _ in prepared]
-    images = torch.stack([v[0] for v in views])
-    outs = model(images, [v[1] for v in views], densify=densify,
+    images = torch.stack([p[0] for p in prepared])
+    outs = model(images, [p[1] for p in prepared], densify=densify,
                  drop_backbone_features=drop_features)  # fmt: skip
     total = images.new_zeros(())
     stats = {"coarse": 0.0, "fine": 0.0, "pc": 0.0, "pf": 0.0, "nc": 0, "nf": 0}
@@ -362,10 +361,10 @@ def train(
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-    # Views are decoded at the larger of the model's input size and the render size:
-    # the model gets them resized to its input, the loss at the render size (and
-    # validation scores full-size targets).
-    size = max(model_cfg.image_size, cfg.render_size)
+    # Views are decoded at the largest of the model's input size, its detail size and the
+    # render size: the model resizes them for its parts, the loss scores them at the
+    # render size and validation at full size.
+    size = max(model_cfg.image_size, model_cfg.detail_size, cfg.render_size)
     # The main process decodes the caches; the others wait and then only read them.
     if ddp.main:
         build_cache(cfg.data, "train", size, progress=True)
@@ -479,7 +478,6 @@ def compute_terms_eval(
 ) -> tuple[float, float]:
     device = next(model.parameters()).device
     inp, in_cams, tgt, tgt_cams = model_space(sample, device)
-    inp, in_cams = resize_views(inp, in_cams, model.image_size)
     out = model(inp[None], [in_cams], densify=densify, budget=model.cfg.candidates)[0]
     bg = torch.tensor(WHITE, device=device)
     coarse = render(out.coarse.detach(), tgt_cams, background=bg).colors

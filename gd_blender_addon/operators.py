@@ -163,6 +163,11 @@ def _world_bbox(objects: list[bpy.types.Object]) -> list[list[float]] | None:
     return [lo, hi]
 
 
+def _view_size(model: Any) -> int:
+    """Side of the square views to give `model`: the size it reads in full."""
+    return int(getattr(model, "view_size", model.image_size))
+
+
 def _scaled(progress: Callable[[float, str], None], start: float, end: float):
     return lambda f, m: progress(start + (end - start) * float(f), m)
 
@@ -407,7 +412,7 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                 f"{model.max_views} views; select fewer"
             )
         self._model = model
-        self._size = settings(context).resolution or int(model.image_size)
+        self._size = settings(context).resolution or _view_size(model)
         # Selected non-camera objects (the prop) bound the reconstruction.
         props = [
             o
@@ -435,7 +440,7 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         from .photos import prepare_views
 
         progress(0.3, "preparing views")
-        images, cameras = prepare_views(self._views, self._records, int(self._model.image_size))
+        images, cameras = prepare_views(self._views, self._records, _view_size(self._model))
         bbox = None if self._bbox is None else torch.tensor(self._bbox, dtype=torch.float32)
         stage = _scaled(progress, 0.35, 1.0)
         return self._model.reconstruct(
@@ -619,7 +624,7 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
         self._gaussians, self._level, self._parent = object_to_gaussians(obj)
         self._budget = int(opts.budget)
         if cameras and not self._views:
-            size = opts.resolution or int(self._model.image_size)
+            size = opts.resolution or _view_size(self._model)
             self._tmp = Path(tempfile.mkdtemp(prefix="gd_views_"))
             hidden = _splat_objects(context)
             scene = context.scene
@@ -637,7 +642,7 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
         from .photos import prepare_views
 
         progress(0.3, "preparing views")
-        images, cameras = prepare_views(self._views, self._records, int(self._model.image_size))
+        images, cameras = prepare_views(self._views, self._records, _view_size(self._model))
         return self._model.densify(
             self._gaussians,
             images,

@@ -56,7 +56,7 @@ class GD_SceneSettings(bpy.types.PropertyGroup):
         name="Resolution",
         description=(
             "Side of the square views rendered for the engine, in pixels; 0 uses the "
-            "model's own input size (views are resized to it anyway)"
+            "size the model reads in full (larger views are resized down to it anyway)"
         ),
         default=0,
         min=0,

@@ -146,14 +146,14 @@ def test_small_tiles_change_no_pixel_and_scores_only_by_rounding(monkeypatch) ->
 
 
 def test_downsampled_scores_are_the_scores_of_a_downsampled_render() -> None:
-    """downsample=2 scores a half-size render of area-filtered images; the returned
-    render is back at the views' size."""
+    """mask_size scores a smaller render of area-filtered images; the returned render is
+    back at the views' size."""
     import torch.nn.functional as F
 
     g, cams = _scene(n=80, seed=5)
     cams = cams.scaled(2 * RES, 2 * RES)
     images = _images(g, cams).flip(2)  # wrong almost everywhere
-    scores = view_space_gradients(g, images, cams, backend="auto", downsample=2)
+    scores = view_space_gradients(g, images, cams, backend="auto", mask_size=RES)
     small_cams = cams.scaled(RES, RES)
     small = F.interpolate(images.permute(0, 3, 1, 2), size=(RES, RES), mode="area")
     direct = view_space_gradients(g, small.permute(0, 2, 3, 1), small_cams, backend="auto")
@@ -182,18 +182,27 @@ def test_downsampled_mask_mostly_agrees_with_the_full_size_one() -> None:
     coarse = g.clone()
     coarse.sh[wrong] = -coarse.sh[wrong]
     full = gradient_mask(coarse, images, cams, k=20, backend="auto")
-    half = gradient_mask(coarse, images, cams, k=20, backend="auto", downsample=2)
+    half = gradient_mask(coarse, images, cams, k=20, backend="auto", mask_size=2 * RES)
     assert int((full.selected & half.selected).sum()) >= 16
     # Overlapping neighbours pull too, so neither finds every culprit; half size finds
     # about as many as full size.
     assert int((half.selected & wrong).sum()) >= int((full.selected & wrong).sum()) - 2 >= 8
 
 
-def test_bad_downsample_is_refused() -> None:
+def test_mask_size_at_or_above_the_views_size_changes_nothing() -> None:
+    g, cams = _scene(seed=8)
+    images = _images(g, cams).flip(1)
+    full = view_space_gradients(g, images, cams, backend="auto")
+    for size in (RES, 4 * RES):
+        same = view_space_gradients(g, images, cams, backend="auto", mask_size=size)
+        assert torch.equal(same.plain, full.plain) and torch.equal(same.colors, full.colors)
+
+
+def test_bad_mask_size_is_refused() -> None:
     from engine.gd.config import SMALL
 
     g, cams = _scene()
-    with pytest.raises(ValueError, match="downsample"):
-        view_space_gradients(g, _images(g, cams), cams, downsample=0)
-    with pytest.raises(ValueError, match="mask_downsample"):
-        SMALL.with_(mask_downsample=0)
+    with pytest.raises(ValueError, match="mask_size"):
+        view_space_gradients(g, _images(g, cams), cams, mask_size=-1)
+    with pytest.raises(ValueError, match="mask_size"):
+        SMALL.with_(mask_size=-1)

@@ -217,6 +217,42 @@ def test_densify_bad_selection(tiny, views):
 
 
 # ---------------------------------------------------------------------------- weights
+def test_backbone_and_densifier_read_the_views_at_their_own_sizes(monkeypatch):
+    from engine.gd.pipeline import Densifier
+    from engine.images import resize_views
+    from engine.models.config import OBJECT_TINY
+    from engine.models.gd_object import GDObjectModel
+    from engine.models.object_backbone import ObjectBackbone
+
+    torch.manual_seed(0)
+    model = GDObjectModel(OBJECT_TINY.with_(detail_size=96)).eval()
+    assert (model.image_size, model.detail_size, model.view_size) == (64, 96, 96)
+    seen: dict[str, list[int]] = {"backbone": [], "densifier": []}
+    for name, cls in (("backbone", ObjectBackbone), ("densifier", Densifier)):
+        forward = cls.forward
+
+        def recording(self, *args, _forward=forward, _name=name, **kwargs):
+            images = args[1] if _name == "densifier" else args[0]
+            seen[_name].append(images.shape[-2])
+            return _forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "forward", recording)
+    scene = load_nerf_scene(SAMPLE)  # 256² views: larger than view_size
+    for size in (256, 96, 80):
+        images, cams = resize_views(scene.images, scene.cameras, size)
+        model.reconstruct(images, cams)
+        model.densify(model.reconstruct(images, cams, densify=False).gaussians, images, cams)
+    # The backbone always reads 64²; the densifier 96², enlarged from smaller views.
+    assert set(seen["backbone"]) == {64}
+    assert seen["densifier"] and set(seen["densifier"]) == {96}
+    # Training's forward takes views at any size and resizes them the same way.
+    seen["backbone"].clear()
+    seen["densifier"].clear()
+    images, cams = resize_views(scene.images, scene.cameras, 128)
+    model(images[None], [cams], budget=32)
+    assert seen == {"backbone": [64], "densifier": [96]}
+
+
 def test_weights_round_trip_and_errors(tiny, tmp_path, views):
     path = tmp_path / "w.safetensors"
     save_weights(tiny.state_dict(), path, {"config": tiny.cfg.to_dict()})

@@ -126,8 +126,9 @@ def test_render_size_above_the_input_size_trains_on_finer_targets(
     run = train(tiny_cfg(one_object, tmp_path / "run", steps=2, render_size=96, val_every=2))
     assert (cache_dir(one_object, "train", 96) / "index.json").is_file()
     assert not cache_dir(one_object, "train", 64).exists()
-    # The model still sees its own 64² inputs, in training and in validation.
-    assert seen and all(shape[-3:-1] == (64, 64) for shape in seen)
+    # The model gets the 96² views in training and validation (it reads them at its own
+    # sizes: tests/test_models.py).
+    assert seen and all(shape[-3:-1] == (96, 96) for shape in seen)
     log = read_log(run)
     assert [r["split"] for r in log] == ["train", "train", "val"]
     assert all(r["loss"] > 0 for r in log if r["split"] == "train")

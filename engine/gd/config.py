@@ -68,11 +68,11 @@ class DensifyConfig:
             sampler of the input views at each child's own position (0: off).
             DESIGN.md §8: in the prototype, texture came from children
             re-sampling the inputs where they are, not from the parent.
-        mask_downsample: the gradient mask renders the coarse set at 1/mask_downsample
-            of the input views' size (area-downsampled images, scaled cameras). Its
-            render and backward cost scale with the pixel count, and they dominated
-            densification on the CPU (bench/results/reconstruct.md); the top-K ranking
-            needs far less resolution than the images. 1 renders at full size.
+        mask_size: the gradient mask renders the coarse set with its longer side at
+            this many pixels (area-downsampled images, scaled cameras; never enlarged;
+            0: the views' own size). Its render and backward cost scale with the pixel
+            count and dominated densification on the CPU (bench/results/reconstruct.md),
+            while the top-K ranking needs far less resolution than the images.
         view: per-view feature settings.
     """
 
@@ -96,7 +96,7 @@ class DensifyConfig:
     sh_degree: int = 1
     residual: bool = False
     child_samples: int = 0
-    mask_downsample: int = 1
+    mask_size: int = 0
     view: ViewFeatureConfig = field(default_factory=ViewFeatureConfig)
 
     def __post_init__(self) -> None:
@@ -122,8 +122,8 @@ class DensifyConfig:
             raise ValueError("drop_path must be in [0, 1)")
         if self.child_samples < 0:
             raise ValueError("child_samples must be >= 0")
-        if self.mask_downsample < 1:
-            raise ValueError("mask_downsample must be a positive integer")
+        if self.mask_size < 0:
+            raise ValueError("mask_size must be >= 0 (0: the views' own size)")
         if self.grid_size is not None and self.grid_size <= 0:
             raise ValueError("grid_size must be positive")
 

@@ -128,7 +128,7 @@ def view_space_gradients(
     background: Tensor | Sequence[float] | float | None = None,
     absgrad: bool = True,
     backend: str = "auto",
-    downsample: int = 1,
+    mask_size: int = 0,
 ) -> GradientScores:
     """Render `gaussians` into the input views and score each by its 2D positional gradient.
 
@@ -140,8 +140,9 @@ def view_space_gradients(
         absgrad: also compute the AbsGS variant; falls back to plain only
             (absolute = None) where the backend cannot.
         backend: renderer backend (see `engine.render`).
-        downsample: score on a render at 1/downsample of the views' size (see
-            `DensifyConfig.mask_downsample`); the returned render is up-sampled back.
+        mask_size: score on a render whose longer side is this many pixels (see
+            `DensifyConfig.mask_size`; 0 or larger than the views: their own size); the
+            returned render is up-sampled back to the views' size.
     """
     from ..render import render, resolve_backend
 
@@ -150,12 +151,13 @@ def view_space_gradients(
             f"images must have shape ({len(cameras)}, {cameras.height}, {cameras.width}, 3), "
             f"got {tuple(images.shape)}"
         )
-    if downsample < 1:
-        raise ValueError(f"downsample must be a positive integer, got {downsample}")
+    if mask_size < 0:
+        raise ValueError(f"mask_size must be >= 0, got {mask_size}")
     full_size = (cameras.height, cameras.width)
-    if downsample > 1:
-        width = max(1, round(cameras.width / downsample))
-        height = max(1, round(cameras.height / downsample))
+    if 0 < mask_size < max(full_size):
+        scale = mask_size / max(full_size)
+        width = max(1, round(cameras.width * scale))
+        height = max(1, round(cameras.height * scale))
         images, cameras = resize_views(images, cameras, width, height)
     g = gaussians.detach()
     if absgrad and resolve_backend(backend, g.device) == "torch":
@@ -229,7 +231,7 @@ def gradient_mask(
     min_opacity: float = 0.005,
     background: Tensor | Sequence[float] | float | None = None,
     backend: str = "auto",
-    downsample: int = 1,
+    mask_size: int = 0,
 ) -> Selection:
     """Pick densification candidates: the top-k by gradient, or an explicit selection.
 
@@ -243,7 +245,7 @@ def gradient_mask(
             (they barely render; the official code uses 0.005).
         background: render background.
         backend: renderer backend.
-        downsample: score on a render at 1/downsample of the views' size.
+        mask_size: score on a render whose longer side is this many pixels (0: full size).
     """
     n = len(gaussians)
     if select is not None:
@@ -257,7 +259,7 @@ def gradient_mask(
         raise ValueError(f"unknown gradient variant {variant!r}; expected one of {VARIANTS}")
     scores = view_space_gradients(
         gaussians, images, cameras, background, absgrad=variant == "abs", backend=backend,
-        downsample=downsample,
+        mask_size=mask_size,
     )  # fmt: skip
     score = scores.absolute if variant == "abs" and scores.absolute is not None else scores.plain
     eligible = (gaussians.opacities.detach() > min_opacity) & (scores.visible_views > 0)

@@ -101,7 +101,7 @@ class Densifier(nn.Module):
             budget = candidate_budget(self.cfg, len(cameras))
         selection = gradient_mask(
             coarse, images, cameras, k=budget, select=select, variant=variant,
-            background=background, backend=backend, downsample=self.cfg.mask_downsample,
+            background=background, backend=backend, mask_size=self.cfg.mask_size,
         )  # fmt: skip
         if selection.scores is not None:
             s = selection.scores

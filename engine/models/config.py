@@ -78,6 +78,10 @@ class ObjectModelConfig:
     Attributes:
         name: preset name.
         image_size: square input resolution the backbone is trained at.
+        detail_size: square resolution of the views the densifier reads (gradient
+            mask, view features, the children's own samples); 0: `image_size`. Finer
+            than the backbone's input, it shows the fine Gaussians detail the coarse
+            ones were made without.
         max_views: most input views accepted.
         backbone, densify: sub-network configs.
         candidates: default densification budget K at inference.
@@ -87,6 +91,7 @@ class ObjectModelConfig:
 
     name: str = "object-small"
     image_size: int = 128
+    detail_size: int = 0
     max_views: int = 8
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     densify: DensifyConfig = SMALL
@@ -129,15 +134,16 @@ _SMALL_DENSIFY = SMALL.with_(
     child_samples=CHILD_SAMPLES,
     grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),
     offset_scale=1.0,
-    # Candidates are scored on a 64² render of the 128² inputs: the gradient-mask render
-    # and backward were most of the densification time on the CPU.
-    mask_downsample=2,
+    # Candidates are scored on a 64² render: the gradient-mask render and backward were
+    # most of the densification time on the CPU.
+    mask_size=64,
 )
 
 OBJECT_SMALL = ObjectModelConfig(
-    name="object-small", backbone=_SMALL_BACKBONE, densify=_SMALL_DENSIFY
+    name="object-small", backbone=_SMALL_BACKBONE, densify=_SMALL_DENSIFY, detail_size=256
 )
-"""Trainable on 2 CPU cores in hours: 16³ feature volume, 32³ Gaussian volume."""
+"""Trainable on 2 CPU cores in hours: 16³ feature volume, 32³ Gaussian volume; the
+backbone reads 128² views, the densifier 256² ones (the dataset's own size)."""
 
 _TINY_BACKBONE = BackboneConfig(
     image_channels=16, volume_channels=16, heads=2, resolution=8, gaussian_channels=16,

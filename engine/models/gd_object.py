@@ -107,6 +107,17 @@ class GDObjectModel(nn.Module):
         return self.cfg.image_size
 
     @property
+    def detail_size(self) -> int:
+        """Side of the square views the densifier reads."""
+        return self.cfg.detail_size or self.cfg.image_size
+
+    @property
+    def view_size(self) -> int:
+        """Side of the square views the model reads in full (backbone or densifier);
+        `reconstruct` resamples larger views down to it, so give it views this size."""
+        return max(self.cfg.image_size, self.detail_size)
+
+    @property
     def max_views(self) -> int:
         return self.cfg.max_views
 
@@ -126,14 +137,19 @@ class GDObjectModel(nn.Module):
         """Model-space forward for training.
 
         Args:
-            images: (B, V, H, W, 3) at `image_size`, on white.
+            images: (B, V, S, S, 3) on white, at any size S; the backbone reads them
+                resized to `image_size`, the densifier to `detail_size`.
             cameras: B model-space Cameras of V views each.
             densify: also run the densifier.
             budget: candidates per element (default: `cfg.train_candidates`).
             drop_backbone_features: give the densifier zeros instead of backbone
                 features, so it also learns to densify splats that have none.
         """
-        out = self.backbone(images, cameras)
+        sized = [
+            resize_views(im, cams, self.image_size)
+            for im, cams in zip(images, cameras, strict=True)
+        ]
+        out = self.backbone(torch.stack([im for im, _ in sized]), [cams for _, cams in sized])
         results = []
         for bi, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
             # Below 1/255 opacity a Gaussian never passes the rasteriser's alpha cut, so it
@@ -144,8 +160,9 @@ class GDObjectModel(nn.Module):
             if densify:
                 if drop_backbone_features:
                     feats = torch.zeros_like(feats)
+                views, cams = resize_views(images[bi], cameras[bi], self.detail_size)
                 dens = self.densifier(
-                    coarse, images[bi], cameras[bi], budget=budget or self.cfg.train_candidates,
+                    coarse, views, cams, budget=budget or self.cfg.train_candidates,
                     backbone_feats=feats, background=WHITE, variant=self.cfg.gradient_variant,
                 )  # fmt: skip
             results.append(ObjectOutput(coarse, dens))
@@ -155,8 +172,8 @@ class GDObjectModel(nn.Module):
     def prepare_views(self, images: Tensor, cameras: Cameras) -> tuple[Tensor, Cameras]:
         """Validate views and bring them to the model: (V, H, W, 3|4) -> (V, S, S, 3).
 
-        RGBA is composited on white. Images are resampled (area filter) to the model's
-        square size and the cameras scaled with them.
+        RGBA is composited on white. Views must be square; larger than `view_size` they
+        are resampled (area filter) down to it and the cameras scaled with them.
 
         Raises:
             ValueError: wrong view count, image shape or size, non-finite pixels.
@@ -189,20 +206,18 @@ class GDObjectModel(nn.Module):
         if images.shape[-1] == 4:
             alpha = images[..., 3:]
             images = images[..., :3] * alpha + (1 - alpha)
-        s = self.image_size
-        if (cameras.width, cameras.height) != (s, s):
-            if cameras.width != cameras.height:
-                raise ValueError(
-                    f"{self.name} takes square views; got {cameras.width}x{cameras.height}"
-                )
-            images, cameras = resize_views(images, cameras, s)
+        if cameras.width != cameras.height:
+            size = f"{cameras.width}x{cameras.height}"
+            raise ValueError(f"{self.name} takes square views; got {size}")
+        if cameras.width > self.view_size:
+            images, cameras = resize_views(images, cameras, self.view_size)
         return images, cameras
 
     def _model_views(
         self, images: Tensor, cameras: Cameras, bbox: Tensor | None
     ) -> tuple[Tensor, Cameras, Normalization]:
-        """Checked views on the model's device: images (V, S, S, 3), model-space cameras and
-        the world <-> model normalisation."""
+        """Checked views on the model's device: images (V, S, S, 3) (S <= `view_size`),
+        model-space cameras and the world <-> model normalisation."""
         images, cameras = self.prepare_views(images, cameras)
         norm = self.normalization(cameras, bbox)
         cams = norm.cameras_to_model(cameras).to(device=self.device, dtype=torch.float32)
@@ -251,7 +266,8 @@ class GDObjectModel(nn.Module):
         report(0.1, "coarse Gaussians")
         t0 = time.perf_counter()
         self.eval()
-        out = self.backbone(images[None], [cams])
+        small, small_cams = resize_views(images, cams, self.image_size)
+        out = self.backbone(small[None], [small_cams])
         coarse, feats = out.gaussians[0], out.features[0]
         decoded = len(coarse)
         keep = coarse.opacities > self.cfg.backbone.prune_opacity
@@ -271,6 +287,7 @@ class GDObjectModel(nn.Module):
 
         report(0.5, "densifying")
         k = min(budget or self.cfg.candidates, len(coarse))
+        images, cams = resize_views(images, cams, self.detail_size)
         result, sel_time = self._densify_model_space(coarse, feats, images, cams, k, None)
         times["select"] = sel_time
         times["densify"] = time.perf_counter() - t0 - times["backbone"] - sel_time
@@ -303,7 +320,7 @@ class GDObjectModel(nn.Module):
         if select is None or int(select.sum()) > k:
             scores = view_space_gradients(
                 coarse, images, cams, WHITE, absgrad=True,
-                downsample=self.cfg.densify.mask_downsample,
+                mask_size=self.cfg.densify.mask_size,
             )  # fmt: skip
             score = scores.absolute if scores.absolute is not None else scores.plain
             eligible = scores.visible_views > 0
@@ -365,6 +382,7 @@ class GDObjectModel(nn.Module):
             raise ValueError(f"budget must be a positive number of Gaussians, got {budget}")
         report(0.0, "preparing views")
         images, cams, norm = self._model_views(images, cameras, bbox)
+        images, cams = resize_views(images, cams, self.detail_size)
         device = self.device
         model_g = norm.gaussians_to_model(gaussians.to("cpu")).to(device)
         pool = n if select is None else int(select.sum())
