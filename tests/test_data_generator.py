@@ -165,3 +165,26 @@ def test_settings_mismatch_refuses_to_resume(dataset):
     root, _ = dataset
     with pytest.raises(ValueError, match="resolution"):
         make_dataset(MakeConfig(out=root, objects=2, resolution=RES * 2, seed=3, progress=False))
+
+
+def test_split_filter_renders_only_that_split(dataset, tmp_path):
+    from engine.data.layout import split_of
+    from engine.data.make import MakeConfig, make_dataset
+
+    root, cfg = dataset
+    # The first object after the two finished ones that is not in train: the filter must
+    # render it and skip the train objects before it.
+    index = next(i for i in range(2, 200) if split_of(cfg.seed, i) != "train")
+    split = split_of(cfg.seed, index)
+    copy = tmp_path / "props"
+    shutil.copytree(root, copy)
+    grown = MakeConfig(out=copy, objects=index + 1, resolution=RES, seed=cfg.seed, workers=1,
+                       views_in=4, views_target=2, progress=False, splits=(split,))  # fmt: skip
+    report = make_dataset(grown)
+    assert report.failed == {} and report.rendered == [index] and report.skipped == 2
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["splits"][split] == sorted({index, *(
+        i for i in (0, 1) if split_of(cfg.seed, i) == split)})  # fmt: skip
+    with pytest.raises(ValueError, match="unknown splits"):
+        make_dataset(MakeConfig(out=copy, objects=index + 1, resolution=RES, seed=cfg.seed,
+                                views_in=4, views_target=2, progress=False, splits=("tset",)))  # fmt: skip

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--views-target", type=int, default=8, help="random target views")
     make.add_argument("--samples", type=int, default=4, help="Cycles samples a pixel")
     make.add_argument("--no-denoise", action="store_true", help="skip OpenImageDenoise")
+    make.add_argument("--splits", default=None,
+                      help="render only objects of these splits, comma-separated "
+                           "(e.g. test,val first; run again without it for the rest)")  # fmt: skip
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(func=_make)
 
@@ -45,6 +48,7 @@ def _make(args: argparse.Namespace) -> int:
         out=args.out, objects=args.objects, resolution=args.res, seed=args.seed,
         workers=args.workers, views_in=args.views_in, views_target=args.views_target,
         samples=args.samples, denoise=not args.no_denoise, progress=not args.quiet,
+        splits=None if args.splits is None else tuple(args.splits.split(",")),
     )  # fmt: skip
     report = make_dataset(cfg)
     print(

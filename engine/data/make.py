@@ -24,9 +24,11 @@ from .layout import (
     GENERATOR_VERSION,
     MANIFEST_NAME,
     OBJECTS_DIR,
+    SPLITS,
     is_finished,
     read_manifest,
     split_indices,
+    split_of,
     write_json_atomic,
 )
 from .worker import DONE, FAIL
@@ -49,6 +51,10 @@ class MakeConfig:
     samples: int = 4
     denoise: bool = True
     progress: bool = True
+    # Render only objects of these splits (None: all). Objects of other splits stay
+    # unrendered and a later run without the filter fills them in, so the held-out split
+    # can be made first and training data grown while a model trains.
+    splits: tuple[str, ...] | None = None
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -164,6 +170,11 @@ def make_dataset(cfg: MakeConfig) -> MakeReport:
     created = _check_resume(cfg)
     done_before = set(_finished(cfg))
     todo = [i for i in range(cfg.objects) if i not in done_before]
+    if cfg.splits is not None:
+        unknown = set(cfg.splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown splits {sorted(unknown)}; choose from {SPLITS}")
+        todo = [i for i in todo if split_of(cfg.seed, i, DEFAULT_SPLIT_FRACTIONS) in cfg.splits]
     write_json_atomic(cfg.out / MANIFEST_NAME, _manifest(cfg, sorted(done_before), created))
     report = MakeReport(skipped=len(done_before))
     start = time.perf_counter()
