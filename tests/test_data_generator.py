@@ -185,6 +185,7 @@ def test_split_filter_renders_only_that_split(dataset, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     assert manifest["splits"][split] == sorted({index, *(
         i for i in (0, 1) if split_of(cfg.seed, i) == split)})  # fmt: skip
+    typo = MakeConfig(out=copy, objects=index + 1, resolution=RES, seed=cfg.seed,
+                      views_in=4, views_target=2, progress=False, splits=("tset",))  # fmt: skip
     with pytest.raises(ValueError, match="unknown splits"):
-        make_dataset(MakeConfig(out=copy, objects=index + 1, resolution=RES, seed=cfg.seed,
-                                views_in=4, views_target=2, progress=False, splits=("tset",)))  # fmt: skip
+        make_dataset(typo)
