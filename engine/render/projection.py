@@ -93,20 +93,23 @@ def project(
     ty = z * torch.minimum(
         torch.maximum(y / z, -(cy / fy + 0.3 * tan_y)), (h - cy) / fy + 0.3 * tan_y
     )
-    zero = torch.zeros_like(z)
-    jac = torch.stack(
-        [
-            torch.stack([fx / z, zero, -fx * tx / (z * z)], dim=-1),
-            torch.stack([zero, fy / z, -fy * ty / (z * z)], dim=-1),
-        ],
-        dim=-2,
-    )  # (C, N, 2, 3)
-    cov_world = gaussians.covariances  # (N, 3, 3)
-    cov_cam = rot[:, None] @ cov_world[None] @ rot[:, None].transpose(-1, -2)  # (C, N, 3, 3)
-    cov2d = jac @ cov_cam @ jac.transpose(-1, -2)  # (C, N, 2, 2)
-    a = cov2d[..., 0, 0] + eps2d
-    b = cov2d[..., 0, 1]
-    c = cov2d[..., 1, 1] + eps2d
+    # 2D covariance J W Σ Wᵀ Jᵀ with Σ = L Lᵀ, L = R_g·diag(s): T = J W L is (2, 3) per
+    # camera and Gaussian, and the covariance is T Tᵀ. The Jacobian's zeros are spelled out
+    # and everything is broadcast element-wise: batched 3x3 matmuls over C·N tiny matrices
+    # (and their backward) were most of the projection's time on the CPU.
+    r0, r1, r2 = (rot[:, None, i, :] for i in range(3))  # (C, 1, 3) rows of W
+    inv_z = 1.0 / z
+    jw0 = (fx * inv_z)[..., None] * r0 - (fx * tx * inv_z * inv_z)[..., None] * r2  # (C, N, 3)
+    jw1 = (fy * inv_z)[..., None] * r1 - (fy * ty * inv_z * inv_z)[..., None] * r2
+    ell = gaussians.rotation_matrices * gaussians.scales[:, None, :]  # (N, 3, 3) L
+    t0 = (jw0[..., :, None] * ell).sum(-2)  # (C, N, 3) row 0 of J W L
+    t1 = (jw1[..., :, None] * ell).sum(-2)
+    cov2d_a = (t0 * t0).sum(-1)
+    cov2d_b = (t0 * t1).sum(-1)
+    cov2d_c = (t1 * t1).sum(-1)
+    a = cov2d_a + eps2d
+    b = cov2d_b
+    c = cov2d_c + eps2d
     det = a * c - b * b
     ok_det = det > 0
     det = torch.where(ok_det, det, torch.ones_like(det))
