@@ -163,3 +163,47 @@ def test_child_sampler_averages_the_views_that_see_the_point() -> None:
     assert (tight[:, 2] < 1e-3).all()
     torch.testing.assert_close(tight[:, 0], tight[:, 1], rtol=0.1, atol=0.02)
     torch.testing.assert_close(tight[:, 0], torch.full((10,), 0.5), rtol=0.1, atol=0.02)
+
+
+def test_a_smaller_coarse_render_is_sampled_at_its_own_resolution() -> None:
+    """The coarse render may be a scaled-down view of the same cameras (the gradient mask's
+    64² render beside 256² inputs): its samples are those of that render seen through the
+    scaled cameras, while the input images are sampled at full size."""
+    cams = _cameras()
+    small = cams.scaled(W // 2, H // 2)
+    pts = (torch.rand(40, 3, generator=torch.Generator().manual_seed(3)) - 0.5) * 0.2
+    gen = torch.Generator().manual_seed(4)
+    images = torch.rand(3, H, W, 3, generator=gen)
+    colors = torch.rand(3, H // 2, W // 2, 3, generator=gen)
+    alphas = torch.rand(3, H // 2, W // 2, generator=gen) * 0.9 + 0.1
+    depths = torch.rand(3, H // 2, W // 2, generator=gen) + 1.5
+    mixed = sample_views(pts, images, cams, colors, alphas, depths)
+    full = sample_views(pts, images, cams, images, alphas.new_ones(3, H, W),
+                        depths.new_ones(3, H, W))  # fmt: skip
+    own = sample_views(pts, colors, small, colors, alphas, depths)
+    torch.testing.assert_close(mixed.samples[..., :3], full.samples[..., :3])
+    torch.testing.assert_close(mixed.samples[..., 3:], own.samples[..., 3:])
+    assert torch.equal(mixed.valid, own.valid)
+    with pytest.raises(ValueError, match="coarse depths"):
+        sample_views(pts, images, cams, colors, alphas, depths[:, :-1])
+
+
+def test_render_depth_is_sampled_premultiplied_by_alpha() -> None:
+    """Next to a silhouette the sampled depth is the surface's, not a blend with the
+    background's 0: depth is interpolated as alpha · depth over alpha."""
+    cams = _cameras()
+    alphas = torch.zeros(3, H, W)
+    alphas[..., : W // 2] = 1.0  # left half covered at depth 2.5, right half empty
+    depths = torch.where(alphas > 0, torch.tensor(2.5), torch.tensor(0.0))
+    # A point whose projection falls between the last covered and first empty column.
+    c = cams[0]
+    z = 2.5
+    p_cam = torch.tensor([(W / 2 - float(c.cx[0])) * z / float(c.fx[0]),
+                          (H / 2 - float(c.cy[0])) * z / float(c.fy[0]), z])  # fmt: skip
+    w2c = c.world_to_camera[0]
+    ray = ((p_cam - w2c[:3, 3]) @ w2c[:3, :3])[None]  # R^T (p - t) as a row vector
+    torch.testing.assert_close(c.project(ray)[0][0, 0], torch.tensor([W / 2, H / 2]))
+    sampler = ChildSampler(torch.zeros(3, H, W, 3), cams, alphas, depths, tolerance=1e-3)
+    feats = sampler(ray)
+    # Depth matches view 0's surface exactly, so view 0 keeps its full weight.
+    assert float(feats[0, 7]) >= 1 / 3 - 1e-4

@@ -72,7 +72,9 @@ class DensifyConfig:
             this many pixels (area-downsampled images, scaled cameras; never enlarged;
             0: the views' own size). Its render and backward cost scale with the pixel
             count and dominated densification on the CPU (bench/results/reconstruct.md),
-            while the top-K ranking needs far less resolution than the images.
+            while the top-K ranking needs far less resolution than the images. The view
+            features sample that same small render (its colour, alpha and depth) at the
+            candidates and children; the input images themselves are read at full size.
         view: per-view feature settings.
     """
 

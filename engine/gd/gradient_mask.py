@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..gaussians import Gaussians
@@ -68,10 +67,10 @@ class GradientScores:
         visible_views: (N,) int64 number of views the Gaussian is visible in.
         loss: the summed per-view MSE of the coarse render (a float), at the
             resolution the scores were computed at.
-        colors, alphas, depths: the coarse render itself, detached ((C, H, W, 3),
-            (C, H, W), (C, H, W)) at the input views' size (bilinearly up-sampled
-            when the scores came from a smaller render), reused for the candidates'
-            view features.
+        colors, alphas, depths: the coarse render itself, detached ((C, h, w, 3),
+            (C, h, w), (C, h, w)) at the size the scores were computed at (the views'
+            own, or smaller with `mask_size`), reused for the candidates' view features,
+            which sample it at that size (`view_features.sample_views`).
     """
 
     plain: Tensor
@@ -98,27 +97,24 @@ def _mean_over_visible(grad: Tensor, visible: Tensor) -> Tensor:
     return norms.sum(0) / visible.sum(0).clamp_min(1)
 
 
-def _upsample_render(
-    colors: Tensor, alphas: Tensor, depths: Tensor, height: int, width: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Bilinear up-sampling of a render to (height, width).
+def mask_cameras(cameras: Cameras, mask_size: int) -> Cameras:
+    """The cameras scaled so their longer side is `mask_size` pixels (0, or not smaller
+    than the views: unchanged): where the coarse set is rendered for the gradient mask and
+    the view features."""
+    if mask_size < 0:
+        raise ValueError(f"mask_size must be >= 0, got {mask_size}")
+    longer = max(cameras.height, cameras.width)
+    if not 0 < mask_size < longer:
+        return cameras
+    scale = mask_size / longer
+    width, height = max(1, round(cameras.width * scale)), max(1, round(cameras.height * scale))
+    return cameras.scaled(width, height)
 
-    Depth is interpolated premultiplied by alpha and divided back, so silhouette pixels
-    get the depth of the surface rather than a blend with the background's 0.
-    """
 
-    def up(x: Tensor) -> Tensor:  # (C, h, w, S) -> (C, height, width, S)
-        x = F.interpolate(
-            x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
-        )
-        return x.permute(0, 2, 3, 1)
-
-    stack = up(torch.cat([colors, alphas[..., None], (alphas * depths)[..., None]], dim=-1))
-    alpha = stack[..., 3].clamp(0.0, 1.0)
-    depth = torch.where(
-        alpha > 1e-6, stack[..., 4] / alpha.clamp_min(1e-6), torch.zeros_like(alpha)
-    )
-    return stack[..., :3].contiguous(), alpha.contiguous(), depth.contiguous()
+def mask_views(images: Tensor, cameras: Cameras, mask_size: int) -> tuple[Tensor, Cameras]:
+    """`images` (C, H, W, 3) area-resampled to `mask_cameras(cameras, mask_size)`."""
+    small = mask_cameras(cameras, mask_size)
+    return resize_views(images, cameras, small.width, small.height)
 
 
 def view_space_gradients(
@@ -142,7 +138,7 @@ def view_space_gradients(
         backend: renderer backend (see `engine.render`).
         mask_size: score on a render whose longer side is this many pixels (see
             `DensifyConfig.mask_size`; 0 or larger than the views: their own size); the
-            returned render is up-sampled back to the views' size.
+            returned render stays at that size.
     """
     from ..render import render, resolve_backend
 
@@ -151,14 +147,7 @@ def view_space_gradients(
             f"images must have shape ({len(cameras)}, {cameras.height}, {cameras.width}, 3), "
             f"got {tuple(images.shape)}"
         )
-    if mask_size < 0:
-        raise ValueError(f"mask_size must be >= 0, got {mask_size}")
-    full_size = (cameras.height, cameras.width)
-    if 0 < mask_size < max(full_size):
-        scale = mask_size / max(full_size)
-        width = max(1, round(cameras.width * scale))
-        height = max(1, round(cameras.height * scale))
-        images, cameras = resize_views(images, cameras, width, height)
+    images, cameras = mask_views(images, cameras, mask_size)
     g = gaussians.detach()
     if absgrad and resolve_backend(backend, g.device) == "torch":
         absgrad = False
@@ -177,8 +166,6 @@ def view_space_gradients(
     abs_grad = getattr(out.means2d, "absgrad", None) if absgrad else None
     absolute = None if abs_grad is None else _mean_over_visible(abs_grad, visible)
     colors, alphas, depths = out.colors.detach(), out.alphas.detach(), out.depths.detach()
-    if (cameras.height, cameras.width) != full_size:
-        colors, alphas, depths = _upsample_render(colors, alphas, depths, *full_size)
     return GradientScores(
         plain, absolute, visible.sum(0), float(loss.detach()), colors, alphas, depths
     )

@@ -28,6 +28,7 @@ from .gradient_mask import (
     candidate_budget,
     coarse_tile_size,
     gradient_mask,
+    mask_cameras,
 )
 from .merge import MergeResult, merge
 from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
@@ -91,11 +92,13 @@ class Densifier(nn.Module):
             backbone_feats: (N, backbone_dim) features of the coarse Gaussians.
             background, variant, backend: see `gradient_mask`.
             coarse_render: with an explicit `select`, the caller's render of exactly
-                these `coarse` Gaussians into these `cameras` on this `background`
-                (anything with colors (C, H, W, 3), alphas and depths (C, H, W), e.g. the
-                `GradientScores` the caller selected with). It replaces the render the
-                view features would otherwise make: the same pixels (the forward pass
-                does not depend on whether gradients are recorded), one render fewer.
+                these `coarse` Gaussians into these `cameras` (or the cameras scaled to
+                a smaller size) on this `background` (anything with colors (C, h, w, 3),
+                alphas and depths (C, h, w), e.g. the `GradientScores` the caller
+                selected with). It replaces the render the view features would otherwise
+                make, at `mask_cameras(cameras, cfg.mask_size)`: the same pixels (the
+                forward pass does not depend on whether gradients are recorded), one
+                render fewer.
         """
         if budget is None:
             budget = candidate_budget(self.cfg, len(cameras))
@@ -108,18 +111,22 @@ class Densifier(nn.Module):
             colors, alphas, depths = s.colors, s.alphas, s.depths
         elif coarse_render is not None:
             r = coarse_render
-            expected = (len(cameras), cameras.height, cameras.width)
-            if tuple(r.colors.shape[:3]) != expected or tuple(r.alphas.shape) != expected:
+            shape = tuple(r.alphas.shape)
+            if len(shape) != 3 or shape[0] != len(cameras) or r.colors.shape[:3] != shape:
                 raise ValueError(
-                    f"coarse_render is {tuple(r.colors.shape[:3])}, the views are {expected}"
+                    f"coarse_render must be {len(cameras)} views (colors (C, h, w, 3), "
+                    f"alphas (C, h, w)), got colors {tuple(r.colors.shape)}, alphas {shape}"
                 )
             colors, alphas, depths = r.colors.detach(), r.alphas.detach(), r.depths.detach()
         else:
             from ..render import render
 
+            # The same size as the gradient mask's render, which is what the view
+            # features see when the candidates are chosen by gradient.
+            small = mask_cameras(cameras, self.cfg.mask_size)
             tile = coarse_tile_size(backend, coarse.device)
             with torch.no_grad():
-                out = render(coarse.detach(), cameras, background=background, backend=backend,
+                out = render(coarse.detach(), small, background=background, backend=backend,
                              tile_size=tile)  # fmt: skip
             colors, alphas, depths = out.colors, out.alphas, out.depths
 

@@ -77,45 +77,67 @@ def sample_views(
     """Bilinear samples of the input and coarse-render images at projected centres.
 
     Pixel (u, v) covers [u, u+1) x [v, v+1) (DESIGN.md §4), so continuous pixel
-    coordinates map to `grid_sample`'s [-1, 1] with align_corners=False as x / W · 2 - 1.
+    coordinates map to `grid_sample`'s [-1, 1] with align_corners=False as x / W · 2 - 1;
+    the same normalised coordinates address an image of any size over the same field of
+    view, so the coarse render may be smaller than the input images (the gradient mask's
+    render, `DensifyConfig.mask_size`) and is sampled at its own resolution. Its depth is
+    sampled premultiplied by alpha and divided back, so points on a silhouette get the
+    surface's depth rather than a blend with the background's 0.
 
     Args:
         points: (N, 3) world positions.
         images: (V, H, W, 3) input images.
-        cameras: V cameras.
-        coarse_colors: (V, H, W, 3), coarse_alphas: (V, H, W), coarse_depths:
-            (V, H, W) from rendering the coarse Gaussians into the same cameras.
+        cameras: V cameras (of the input images' size).
+        coarse_colors: (V, h, w, 3), coarse_alphas: (V, h, w), coarse_depths:
+            (V, h, w) from rendering the coarse Gaussians into the same cameras, at the
+            images' size or scaled to (h, w).
         depth_scale: the depth difference is divided by it (scene units) before log1p.
     """
     v, h, w = len(cameras), cameras.height, cameras.width
-    for name, t, shape in (
-        ("images", images, (v, h, w, 3)),
-        ("coarse_colors", coarse_colors, (v, h, w, 3)),
-        ("coarse_alphas", coarse_alphas, (v, h, w)),
-        ("coarse_depths", coarse_depths, (v, h, w)),
-    ):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    stack = torch.cat(
-        [images, coarse_colors, coarse_alphas[..., None], coarse_depths[..., None]], dim=-1
-    )
-    sampled, depth, inside = _project_and_sample(points, stack, cameras)
+    if tuple(images.shape) != (v, h, w, 3):
+        raise ValueError(f"images must have shape {(v, h, w, 3)}, got {tuple(images.shape)}")
+    render = _render_stack(coarse_colors, coarse_alphas, coarse_depths, v)
+    sampled, depth, inside = _project_and_sample(points, (images, render), cameras)
+    surface = _unpremultiply(sampled[..., 7], sampled[..., 6])
     # log1p tames the large differences against background pixels (coarse depth 0).
-    depth_diff = torch.log1p((sampled[..., 7] - depth).abs() / depth_scale)
+    depth_diff = torch.log1p((surface - depth).abs() / depth_scale)
     samples = torch.cat([sampled[..., :7], depth_diff[..., None]], dim=-1)
     samples = torch.where(inside[..., None], samples, torch.zeros_like(samples))
     return ViewSamples(samples, inside)
 
 
+def _render_stack(colors: Tensor | None, alphas: Tensor, depths: Tensor, views: int) -> Tensor:
+    """(V, h, w, 3 + 2) [colors, alpha, alpha · depth] of a coarse render (no colours: 2)."""
+    shape = tuple(alphas.shape)
+    if len(shape) != 3 or shape[0] != views:
+        raise ValueError(f"coarse render must be ({views}, h, w), got alphas {shape}")
+    if tuple(depths.shape) != shape:
+        raise ValueError(f"coarse depths must have shape {shape}, got {tuple(depths.shape)}")
+    parts = [alphas[..., None], (alphas * depths)[..., None]]
+    if colors is not None:
+        if tuple(colors.shape) != (*shape, 3):
+            got = tuple(colors.shape)
+            raise ValueError(f"coarse colors must have shape {(*shape, 3)}, got {got}")
+        parts.insert(0, colors)
+    return torch.cat(parts, dim=-1)
+
+
+def _unpremultiply(alpha_depth: Tensor, alpha: Tensor) -> Tensor:
+    """Depth from bilinear samples of alpha · depth and alpha (0 where nothing is drawn)."""
+    return torch.where(alpha > 1e-6, alpha_depth / alpha.clamp_min(1e-6), torch.zeros_like(alpha))
+
+
 def _project_and_sample(
-    points: Tensor, stack: Tensor, cameras: Cameras
+    points: Tensor, stacks: tuple[Tensor, ...], cameras: Cameras
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Bilinear samples of per-view images at projected points.
 
     Args:
-        points: (N, 3). stack: (V, H, W, S) images. cameras: V cameras.
+        points: (N, 3). stacks: per-view images (V, h_i, w_i, S_i), each of any size over
+            the cameras' field of view. cameras: V cameras.
     Returns:
-        samples (N, V, S), camera depth (N, V), inside (N, V) bool (in front, in the image).
+        samples (N, V, sum S_i) in stack order, camera depth (N, V), inside (N, V) bool
+        (in front, in the image).
     """
     h, w = cameras.height, cameras.width
     dtype = points.dtype
@@ -125,19 +147,22 @@ def _project_and_sample(
     # Points behind the camera have meaningless pixels: park them outside the image.
     front = depth > 1e-6
     grid = torch.where(front[..., None], grid, torch.full_like(grid, -2.0))
-    sampled = F.grid_sample(
-        stack.to(device=points.device, dtype=dtype).permute(0, 3, 1, 2),  # (V, S, H, W)
-        grid[:, :, None, :],  # (V, N, 1, 2)
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=False,
-    )[..., 0]  # (V, S, N)
+    sampled = [
+        F.grid_sample(
+            stack.to(device=points.device, dtype=dtype).permute(0, 3, 1, 2),  # (V, S, h, w)
+            grid[:, :, None, :],  # (V, N, 1, 2)
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )[..., 0]  # (V, S, N)
+        for stack in stacks
+    ]
     inside = (
         front
         & (pixels[..., 0] >= 0) & (pixels[..., 0] < w)
         & (pixels[..., 1] >= 0) & (pixels[..., 1] < h)
     )  # fmt: skip
-    return sampled.permute(2, 0, 1), depth.T, inside.T
+    return torch.cat(sampled, dim=1).permute(2, 0, 1), depth.T, inside.T
 
 
 CHILD_SAMPLES = 8
@@ -156,7 +181,8 @@ class ChildSampler:
 
     Args:
         images: (V, H, W, 3) input images. cameras: V cameras.
-        coarse_alphas, coarse_depths: (V, H, W) coarse render.
+        coarse_alphas, coarse_depths: (V, h, w) coarse render, at the images' size or
+            smaller (see `sample_views`).
         tolerance: depth tolerance in world units (e.g. 4 grid cells).
     """
 
@@ -169,12 +195,14 @@ class ChildSampler:
         tolerance: float,
     ) -> None:
         self.cameras, self.tolerance = cameras, tolerance
-        self.stack = torch.cat([images, coarse_alphas[..., None], coarse_depths[..., None]], -1)
+        self.images = images
+        self.render = _render_stack(None, coarse_alphas, coarse_depths, len(cameras))
 
     def __call__(self, points: Tensor) -> Tensor:
         """points: (M, 3) -> (M, CHILD_SAMPLES)."""
-        s, depth, inside = _project_and_sample(points, self.stack, self.cameras)
-        wgt = inside * torch.exp(-(s[..., 4] - depth).abs() / self.tolerance)  # (M, V)
+        s, depth, inside = _project_and_sample(points, (self.images, self.render), self.cameras)
+        surface = _unpremultiply(s[..., 4], s[..., 3])
+        wgt = inside * torch.exp(-(surface - depth).abs() / self.tolerance)  # (M, V)
         total = wgt.sum(1, keepdim=True)
         norm = wgt / total.clamp_min(1e-6)
         mean = (norm[..., None] * s[..., :3]).sum(1)
