@@ -264,6 +264,27 @@ def load_checkpoint(
     return meta["training"]
 
 
+def load_init_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Start `model` from `state` (an `--init`, not a resume).
+
+    Parameters the state lacks keep their fresh initialisation when they belong to a
+    module that the state's model did not have (e.g. the colour gates of a densifier
+    trained without them); anything else that does not fit is an error.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{source}: weights do not fit this model (unexpected {unexpected[:3]})")
+    new_modules = {k.rsplit(".", 1)[0] for k in missing}
+    # A module is new when none of its tensors are in the state (partially present
+    # modules mean a different architecture, not an added one).
+    partial = [m for m in new_modules if any(k.rsplit(".", 1)[0] == m for k in state)]
+    if partial:
+        raise ValueError(f"{source}: weights do not fit this model (missing {missing[:3]})")
+    if missing:
+        names = ", ".join(sorted(new_modules))
+        print(f"init: {len(missing)} tensors not in {source} keep their initialisation ({names})")
+
+
 # ---------------------------------------------------------------------------- DDP
 @dataclass
 class Dist:
@@ -345,7 +366,7 @@ def train(
         if cfg.init_densifier:
             other, _ = load_weights(cfg.init_densifier)
             state.update({k: v for k, v in other.items() if k.startswith("densifier.")})
-        model.load_state_dict(state)
+        load_init_state(model, state, cfg.init)
     elif cfg.init_densifier:
         raise ValueError("init_densifier needs init (the backbone to pair it with)")
     params = [

@@ -247,6 +247,42 @@ def test_child_sampler_feeds_the_head() -> None:
         model(means, feats)
 
 
+def test_colour_gate_mixes_the_sampled_colour_into_the_dc_term() -> None:
+    """With the gate shut a child keeps its own colour; fully open it takes the colour the
+    views show where it is; at initialisation it is mostly shut (GATE_BIAS)."""
+    from engine.gaussians import rgb_to_sh_dc
+    from engine.gd.densify import GATE_BIAS
+
+    torch.manual_seed(12)
+    cfg = TINY.with_(residual=True, sh_degree=1, child_samples=8, color_gate=True)
+    parents = _parents(30, degree=1)
+    feats = torch.randn(30, 12)
+
+    def sampler(x: torch.Tensor) -> torch.Tensor:  # the views show (x, 0.25, 0.75) at x
+        rgb = torch.stack([x[:, 0] + 0.5, x[:, 0] * 0 + 0.25, x[:, 0] * 0 + 0.75], dim=1)
+        return torch.cat([rgb, torch.zeros(len(x), 5)], dim=1)
+
+    model = GenerativeDensifier(cfg, in_channels=12).eval()
+    plain = GenerativeDensifier(cfg.with_(color_gate=False), in_channels=12).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)  # same weights but the gates
+    heads = [lvl.head for lvl in model.levels]
+    assert all(float(h.gate.bias.detach()) == GATE_BIAS and not h.gate.weight.any() for h in heads)
+    with torch.no_grad():
+        start = model(parents.means, feats, parents=parents, child_sampler=sampler)
+        own = plain(parents.means, feats, parents=parents, child_sampler=sampler)
+        for h in heads:
+            h.gate.bias.fill_(40.0)  # fully open
+        opened = model(parents.means, feats, parents=parents, child_sampler=sampler)
+    seen = rgb_to_sh_dc(sampler(opened.gaussians.means)[:, :3])
+    torch.testing.assert_close(opened.gaussians.sh[:, 0], seen)
+    torch.testing.assert_close(opened.gaussians.sh[:, 1:], own.gaussians.sh[:, 1:])
+    g0 = torch.sigmoid(torch.tensor(GATE_BIAS))
+    mixed = torch.lerp(own.gaussians.sh[:, 0], seen, g0)
+    torch.testing.assert_close(start.gaussians.sh[:, 0], mixed)
+    with pytest.raises(ValueError, match="color_gate"):
+        TINY.with_(color_gate=True, child_samples=0)
+
+
 def test_grid_size_from_parents_when_config_has_none() -> None:
     torch.manual_seed(8)
     cfg = TINY.with_(grid_size=None)

@@ -21,6 +21,7 @@ from engine.train import (
     TrainConfig,
     compute_loss,
     learning_rate,
+    load_init_state,
     load_optimizer_tensors,
     optimizer_tensors,
     train,
@@ -223,3 +224,25 @@ def test_ddp_two_gloo_processes_match_one_process(one_object: Path, tmp_path: Pa
     assert len(single) > 50  # backbone and densifier both received gradients
     for name, grad in single.items():
         torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_init_from_weights_without_the_colour_gates_keeps_their_initialisation():
+    """--init from a densifier trained before the colour gates existed: every tensor it
+    has is loaded, the gates start at their initial (mostly shut) values; a state missing
+    part of a module the model has is refused."""
+    cfg = get_model_config("object-tiny")
+    assert cfg.densify.color_gate
+    old = GDObjectModel(cfg.with_(densify=cfg.densify.with_(color_gate=False)))
+    model = GDObjectModel(cfg)
+    fresh_gates = {k: v.clone() for k, v in model.state_dict().items() if ".gate." in k}
+    assert fresh_gates
+    load_init_state(model, old.state_dict(), "old.safetensors")
+    state = model.state_dict()
+    for key, value in old.state_dict().items():
+        assert torch.equal(state[key], value), key
+    for key, value in fresh_gates.items():
+        assert torch.equal(state[key], value), key
+    broken = dict(old.state_dict())
+    broken.pop(next(k for k in broken if k.endswith("head.net.0.bias")))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_init_state(model, broken, "broken.safetensors")

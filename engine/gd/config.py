@@ -68,6 +68,11 @@ class DensifyConfig:
             sampler of the input views at each child's own position (0: off).
             DESIGN.md §8: in the prototype, texture came from children
             re-sampling the inputs where they are, not from the parent.
+        color_gate: with child samples, the HEAD also predicts a gate g in (0, 1) per
+            child and sets its base colour to (1 - g)·(its own prediction) + g·(the
+            mean input colour the views show where the child is). DESIGN.md §8: a gated
+            mix of sampled and parent colour is where the prototype's gain came from;
+            as a learned residual the same mapping took far more steps to find.
         mask_size: the gradient mask renders the coarse set with its longer side at
             this many pixels (area-downsampled images, scaled cameras; never enlarged;
             0: the views' own size). Its render and backward cost scale with the pixel
@@ -98,6 +103,7 @@ class DensifyConfig:
     sh_degree: int = 1
     residual: bool = False
     child_samples: int = 0
+    color_gate: bool = False
     mask_size: int = 0
     view: ViewFeatureConfig = field(default_factory=ViewFeatureConfig)
 
@@ -124,6 +130,8 @@ class DensifyConfig:
             raise ValueError("drop_path must be in [0, 1)")
         if self.child_samples < 0:
             raise ValueError("child_samples must be >= 0")
+        if self.color_gate and self.child_samples < 3:
+            raise ValueError("color_gate needs child_samples (their first 3 are the mean RGB)")
         if self.mask_size < 0:
             raise ValueError("mask_size must be >= 0 (0: the views' own size)")
         if self.grid_size is not None and self.grid_size <= 0:

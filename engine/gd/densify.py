@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gaussians import Gaussians
+from ..gaussians import Gaussians, rgb_to_sh_dc
 from . import attention
 from .attention import Block, DropPath, PatchLayout, fourier_features, patch_layout, rowwise
 from .config import DensifyConfig
@@ -194,10 +194,21 @@ class SplitMask(nn.Module):
         return (feats - gated).detach() + gated, keep, prob
 
 
-class GaussianHead(nn.Module):
-    """HEAD: features (plus optional per-child samples) -> raw Gaussian parameters."""
+GATE_BIAS = -3.0
+"""Initial logit of the colour gate: children start with 5% of the sampled colour, close
+to a head without the gate (so a trained head without one continues smoothly)."""
 
-    def __init__(self, channels: int, sh_degree: int, extra: int = 0) -> None:
+
+class GaussianHead(nn.Module):
+    """HEAD: features (plus optional per-child samples) -> raw Gaussian parameters.
+
+    With `color_gate`, also a per-point gate logit (a separate linear layer, so the
+    weights of a head without a gate load unchanged and the gate starts at `GATE_BIAS`).
+    """
+
+    def __init__(
+        self, channels: int, sh_degree: int, extra: int = 0, color_gate: bool = False
+    ) -> None:
         super().__init__()
         self.num_sh = (sh_degree + 1) ** 2
         self.net = nn.Sequential(
@@ -205,6 +216,11 @@ class GaussianHead(nn.Module):
             nn.GELU(),
             nn.Linear(channels, 3 * self.num_sh + 8),
         )
+        self.gate = None
+        if color_gate:
+            self.gate = nn.Linear(channels + extra, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, GATE_BIAS)
 
     def forward(self, feats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """feats: (N, C) -> sh (N, K, 3), opacity (N,), log-scale (N, 3), quat (N, 4) offsets."""
@@ -212,6 +228,10 @@ class GaussianHead(nn.Module):
         k = 3 * self.num_sh
         sh = raw[:, :k].reshape(-1, self.num_sh, 3)
         return sh, raw[:, k], raw[:, k + 1 : k + 4], raw[:, k + 4 : k + 8]
+
+    def gate_weight(self, feats: Tensor) -> Tensor:
+        """feats: (N, C) -> (N, 1) colour gate in (0, 1)."""
+        return torch.sigmoid(self.gate(feats))
 
 
 class Level(nn.Module):
@@ -244,7 +264,11 @@ class Level(nn.Module):
         # A level whose mask is off (ratio 1.0, not last) emits nothing: no head, so
         # that no parameter goes without a gradient.
         emits = last or self.split is not None
-        self.head = GaussianHead(out_channels, cfg.sh_degree, cfg.child_samples) if emits else None
+        self.head = (
+            GaussianHead(out_channels, cfg.sh_degree, cfg.child_samples, cfg.color_gate)
+            if emits
+            else None
+        )
 
 
 class GenerativeDensifier(nn.Module):
@@ -392,7 +416,11 @@ class GenerativeDensifier(nn.Module):
         grid_size: float,
         parents: Gaussians | None,
     ) -> Gaussians:
-        """HEAD outputs -> Gaussians, on the priors or residual on the parent candidate."""
+        """HEAD outputs -> Gaussians, on the priors or residual on the parent candidate.
+
+        With a colour gate, `f`'s last `cfg.child_samples` columns are the child samples
+        (`ChildSampler`: mean input RGB first).
+        """
         sh, opacity, log_scales, quats = head(f)
         if self.cfg.residual:
             p = parents.with_sh_degree(self.cfg.sh_degree)
@@ -406,6 +434,11 @@ class GenerativeDensifier(nn.Module):
             log_scales = log_scales + math.log(grid_size / self.cfg.scale_divisor)
             # Identity rotation at zero output keeps quaternions away from zero norm.
             quats = quats + self.identity_quat
+        if head.gate is not None:
+            # The DC coefficient that renders the views' mean colour at the child.
+            seen = rgb_to_sh_dc(f[:, f.shape[1] - self.cfg.child_samples :][:, :3])
+            dc = torch.lerp(sh[:, 0], seen, head.gate_weight(f))
+            sh = torch.cat([dc[:, None], sh[:, 1:]], dim=1)
         return Gaussians.unchecked(x, log_scales, quats, opacity, sh)
 
 

@@ -132,6 +132,7 @@ _SMALL_DENSIFY = SMALL.with_(
     residual=True,
     sh_degree=1,
     child_samples=CHILD_SAMPLES,
+    color_gate=True,
     grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),
     offset_scale=1.0,
     # Candidates are scored on a 64² render: the gradient-mask render and backward were
