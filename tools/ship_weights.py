@@ -1,6 +1,7 @@
 """Copy a training run's checkpoint into `engine/assets/` as the shipped weights.
 
     python tools/ship_weights.py runs/small-gd --name object-small --report docs/eval/object-small
+    python tools/ship_weights.py runs/small-gd-gate --stages-from engine/assets/object-small.json
 
 The shipped JSON keeps the model config (so `load_model` rebuilds the right network),
 the training provenance (steps, data folder and seed, object counts, run configs of the
@@ -34,13 +35,23 @@ def main() -> int:
         default=[],
         help="earlier runs this one started from (their train_config.json is kept)",
     )
+    p.add_argument(
+        "--stages-from",
+        type=Path,
+        default=None,
+        help="a shipped weights JSON (e.g. the one being replaced) whose recorded stages "
+        "come first: the provenance of earlier runs whose folders are gone",
+    )
     args = p.parse_args()
+    earlier = []
+    if args.stages_from is not None:
+        earlier = json.loads(args.stages_from.read_text())["training"]["stages"]
     state, meta = load_weights(args.run / "checkpoint" / "model.safetensors")
     training = meta["training"]
     train_cfg = training["train_config"]
     data = Path(train_cfg["data"])
     manifest = json.loads((data / "manifest.json").read_text()) if data.is_dir() else {}
-    stages = []
+    stages = list(earlier)
     for run in [*args.stages, args.run]:
         cfg = json.loads((run / "train_config.json").read_text())
         ck = json.loads((run / "checkpoint" / "model.json").read_text())
