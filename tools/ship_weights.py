@@ -42,6 +42,12 @@ def main() -> int:
         help="a shipped weights JSON (e.g. the one being replaced) whose recorded stages "
         "come first: the provenance of earlier runs whose folders are gone",
     )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="inference budget K to record in the shipped config (default: the run's)",
+    )
     args = p.parse_args()
     earlier = []
     if args.stages_from is not None:
@@ -56,8 +62,13 @@ def main() -> int:
         cfg = json.loads((run / "train_config.json").read_text())
         ck = json.loads((run / "checkpoint" / "model.json").read_text())
         stages.append({"run": str(run), "steps_done": ck["training"]["step"], "config": cfg})
+    config = dict(meta["config"])
+    if args.candidates is not None:
+        if args.candidates < 1:
+            p.error("--candidates must be >= 1")
+        config["candidates"] = args.candidates
     shipped = {
-        "config": meta["config"],
+        "config": config,
         "training": {
             "stages": stages,
             "data": str(data),
