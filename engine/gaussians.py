@@ -205,10 +205,14 @@ class Gaussians:
         return quaternion_to_matrix(self.quats)
 
     @property
+    def covariance_factors(self) -> Tensor:
+        """(N, 3, 3) L = R S, the factor of the covariance L Lᵀ (the renderer's input)."""
+        return self.rotation_matrices * self.scales[:, None, :]
+
+    @property
     def covariances(self) -> Tensor:
         """(N, 3, 3) world covariances R S² Rᵀ."""
-        r = self.rotation_matrices
-        m = r * self.scales[:, None, :]
+        m = self.covariance_factors
         return m @ m.transpose(-1, -2)
 
     @property
