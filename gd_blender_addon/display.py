@@ -60,6 +60,8 @@ __all__ = [
     "ensure_display",
     "ensure_materials",
     "ensure_node_group",
+    "modifier_input",
+    "set_modifier_input",
 ]
 
 NODE_GROUP_NAME = "GD Splat Display"
@@ -71,7 +73,7 @@ POINTS_THRESHOLD = 500_000
 ICO_SUBDIVISIONS = 1
 # Bumped whenever the generated trees change, so older files get rebuilt in place.
 # 2: Mesh to Points before the point branch (vertex-only mesh splats on Blender 4.2-4.4).
-VERSION = 2
+VERSION = 3  # 3: Vector Transform linked by socket name (Blender 5.3)
 _VERSION_KEY = "gd_display_version"
 _SH_C0 = 0.28209479177387814
 
@@ -215,7 +217,8 @@ def _build_ellipsoid_material() -> bpy.types.Material:
     to_local = b.node(
         "ShaderNodeVectorTransform", vector_type="VECTOR", convert_from="WORLD", convert_to="OBJECT"
     )
-    b.set(to_local.inputs[0], geometry.outputs["Incoming"])
+    # By name: Blender 5.3 put a "LightIndex" input before "Vector".
+    b.set(to_local.inputs["Vector"], geometry.outputs["Incoming"])
     p = coords.outputs["Object"]  # the instance's frame, in units of sigma
     d = b.vmath("NORMALIZE", to_local.outputs[0])
     along = b.vmath("DOT_PRODUCT", p, d)
@@ -238,8 +241,8 @@ def _build_point_material() -> bpy.types.Material:
     def local(socket: Any, kind: str) -> Any:
         n = b.node("ShaderNodeVectorTransform", vector_type=kind,
                    convert_from="WORLD", convert_to="OBJECT")
-        b.set(n.inputs[0], socket)
-        return n.outputs[0]
+        b.set(n.inputs["Vector"], socket)
+        return n.outputs["Vector"]
 
     # Object space: sigma is stored in object units.
     v = b.vmath("SUBTRACT", local(geometry.outputs["Position"], "POINT"),
@@ -394,6 +397,42 @@ def _input_identifier(ng: Any, name: str) -> str:
     raise KeyError(name)
 
 
+def _modifier_inputs_struct(mod: Any) -> Any | None:
+    """The RNA struct holding a Geometry Nodes modifier's input values, where it exists.
+
+    Blender 5.2 moved the inputs from ID properties on the modifier (`mod[identifier]`,
+    which now raises "this type doesn't support IDProperties") to RNA structs at
+    `mod.properties.inputs.<identifier>.value`. We detect that API rather than compare
+    version numbers, like `pointcloud.pointcloud_objects_supported()`.
+    """
+    props = getattr(mod, "properties", None)
+    return getattr(props, "inputs", None) if props is not None else None
+
+
+def modifier_input(mod: Any, identifier: str) -> Any:
+    """The value of the GN modifier input `identifier` (e.g. "Socket_1"), or None if unset."""
+    inputs = _modifier_inputs_struct(mod)
+    if inputs is not None:
+        item = getattr(inputs, identifier, None)
+        return None if item is None else item.value
+    return mod.get(identifier)
+
+
+def set_modifier_input(mod: Any, identifier: str, value: Any) -> bool:
+    """Set the GN modifier input `identifier` to `value`; True when the value changed."""
+    if modifier_input(mod, identifier) == value:
+        return False
+    inputs = _modifier_inputs_struct(mod)
+    if inputs is not None:
+        item = getattr(inputs, identifier, None)
+        if item is None:
+            raise KeyError(f"modifier {mod.name!r} has no input {identifier!r}")
+        item.value = value
+    else:
+        mod[identifier] = value
+    return True
+
+
 def ensure_display(obj: bpy.types.Object, mode: str = "AUTO") -> None:
     """Give `obj` the splat look: one "GD Splat Display" GN modifier in `mode`.
 
@@ -421,8 +460,7 @@ def ensure_display(obj: bpy.types.Object, mode: str = "AUTO") -> None:
         mod.node_group = ng
     key = _input_identifier(ng, "Ellipsoids")
     want = resolved == "ELLIPSOIDS"
-    if mod.get(key) != want:
-        mod[key] = want
+    if set_modifier_input(mod, key, want):
         obj.update_tag()
     # A material slot too, so the viewport/other tools show the point colours without GN
     # (point clouds only: a vertex-only mesh has nothing to shade without the modifier).

@@ -96,8 +96,12 @@ def test_ensure_display_is_idempotent_and_switches_mode(bpy, monkeypatch, as_mes
     assert _state(bpy, obj) == first
     assert len(bpy.data.node_groups[display.NODE_GROUP_NAME].nodes) == nodes_before
 
+    mod = obj.modifiers[display.MODIFIER_NAME]
+    key = display._input_identifier(mod.node_group, "Ellipsoids")
+    assert display.modifier_input(mod, key) is True
     display.ensure_display(obj, "POINTS")
     display.ensure_display(obj, "points")
+    assert display.modifier_input(mod, key) is False
     assert _state(bpy, obj) == first  # only the mode input changed
     ev = _evaluated(bpy, obj)
     assert len(ev.matrices) == 0 and len(ev.pointcloud.points) == 30
