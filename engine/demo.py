@@ -148,16 +148,8 @@ def comparison_image(result: DemoResult) -> Image.Image:
     return Image.fromarray(np.concatenate(rows, axis=0))
 
 
-def _save_png_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def run(args: argparse.Namespace) -> int:
+    from .atomic import atomic_open
     from .io import save
     from .reconstruct_cli import format_stats
 
@@ -167,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     save(result.gaussians, args.out / "prop.ply")
-    _save_png_atomic(comparison_image(result), args.out / "comparison.png")
+    with atomic_open(args.out / "comparison.png") as f:
+        comparison_image(result).save(f, format="PNG")
 
     weights = getattr(model, "weights_path", None)
     sha = getattr(model, "weights_sha256", None)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +9,8 @@ import numpy as np
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+from .atomic import atomic_open
 
 if TYPE_CHECKING:
     from .cameras import Cameras
@@ -45,14 +45,7 @@ def to_uint8(image: Tensor) -> np.ndarray:
 
 
 def save_png(image: Tensor, path: str | Path) -> None:
-    """Write an (H, W, 3) or (H, W, 4) float image atomically (temp file, then rename)."""
-    path = Path(path)
+    """Write an (H, W, 3) or (H, W, 4) float image atomically (`engine.atomic`)."""
     array = to_uint8(image)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        Image.fromarray(array).save(f, format="PNG")

@@ -1,9 +1,7 @@
-"""Helpers shared by the camera format modules: axis flip, file context, atomic writes."""
+"""Helpers shared by the camera format modules: axis flip, file context."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,16 +26,3 @@ def _in_file(path: Path) -> Iterator[None]:
         yield
     except CameraError as err:
         raise CameraError(f"{path}: {err}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file so a crash never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

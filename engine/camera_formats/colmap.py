@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_atomic
 from ..cameras import CameraError, Cameras, _as_size
 from ..rotations import matrix_to_quaternion, quaternion_to_matrix
-from ._common import _in_file, _write_atomic
+from ._common import _in_file
 
 __all__ = ["ColmapModel", "colmap_to_cameras", "read_colmap", "write_colmap"]
 
@@ -429,5 +430,6 @@ def write_colmap(
         if stale:
             raise CameraError(f"already holds {stale}; remove them or write the same format")
         payloads = _colmap_payloads(cameras, names, binary)
+    folder.mkdir(parents=True, exist_ok=True)
     for file_name, data in payloads.items():
-        _write_atomic(folder / file_name, data)
+        write_atomic(folder / file_name, data)

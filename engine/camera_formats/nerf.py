@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..atomic import write_atomic
 from ..cameras import CameraError, Cameras, _check_rigid, _rigid_inverse
-from ._common import _flip_yz, _in_file, _write_atomic
+from ._common import _flip_yz, _in_file
 
 __all__ = ["NerfFrames", "read_nerf_transforms", "write_nerf_transforms"]
 
@@ -267,4 +268,5 @@ def write_nerf_transforms(
             text = json.dumps(top, indent=2, allow_nan=False)
         except (TypeError, ValueError) as err:
             raise CameraError(f"extra is not JSON-serialisable: {err}") from None
-    _write_atomic(path, text.encode("utf-8") + b"\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text.encode("utf-8") + b"\n")

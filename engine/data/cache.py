@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_open, atomic_path
 from ..camera_formats import read_nerf_transforms
 from ..cameras import Cameras
 from .datasets import PropsDataset
@@ -47,10 +48,6 @@ def build_cache(root: str | os.PathLike, split: str, size: int, progress: bool =
         len(read_nerf_transforms(transforms_path(first, s)).cameras) for s in ("input", "target")
     ]
     views = sum(counts)
-    tmp = out / "rgba.npy.tmp"
-    rgba = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(n, views, size, size, 4)
-    )
     w2c = np.zeros((n, views, 4, 4))
     intr = np.zeros((n, views, 4))
     iterator: Any = range(n)
@@ -58,30 +55,34 @@ def build_cache(root: str | os.PathLike, split: str, size: int, progress: bool =
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc=f"caching {split} at {size}px", unit="object")
-    for i in iterator:
-        folder = object_dir(root, dataset.indices[i])
-        j = 0
-        for split_name, count in zip(("input", "target"), counts, strict=True):
-            frames = read_nerf_transforms(transforms_path(folder, split_name))
-            if len(frames.cameras) != count:
-                raise ValueError(
-                    f"{folder}: {len(frames.cameras)} {split_name} views, expected {count}"
-                )
-            cams = frames.cameras.scaled(size, size)
-            for k, path in enumerate(frames.image_paths):
-                rgba[i, j] = np.round(read_rgba(path, (size, size)) * 255).astype(np.uint8)
-                w2c[i, j] = cams.world_to_camera[k].numpy()
-                intr[i, j] = [
-                    float(cams.fx[k]),
-                    float(cams.fy[k]),
-                    float(cams.cx[k]),
-                    float(cams.cy[k]),
-                ]
-                j += 1
-    rgba.flush()
-    del rgba
-    os.replace(tmp, out / "rgba.npy")
-    np.savez(out / "cameras.npz", world_to_camera=w2c, intrinsics=intr)
+    with atomic_path(out / "rgba.npy") as tmp:
+        rgba = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(n, views, size, size, 4)
+        )
+        for i in iterator:
+            folder = object_dir(root, dataset.indices[i])
+            j = 0
+            for split_name, count in zip(("input", "target"), counts, strict=True):
+                frames = read_nerf_transforms(transforms_path(folder, split_name))
+                if len(frames.cameras) != count:
+                    raise ValueError(
+                        f"{folder}: {len(frames.cameras)} {split_name} views, expected {count}"
+                    )
+                cams = frames.cameras.scaled(size, size)
+                for k, path in enumerate(frames.image_paths):
+                    rgba[i, j] = np.round(read_rgba(path, (size, size)) * 255).astype(np.uint8)
+                    w2c[i, j] = cams.world_to_camera[k].numpy()
+                    intr[i, j] = [
+                        float(cams.fx[k]),
+                        float(cams.fy[k]),
+                        float(cams.cx[k]),
+                        float(cams.cy[k]),
+                    ]
+                    j += 1
+        rgba.flush()
+        del rgba  # unmapped before the rename: Windows cannot rename a mapped file
+    with atomic_open(out / "cameras.npz") as f:
+        np.savez(f, world_to_camera=w2c, intrinsics=intr)
     write_json_atomic(
         index_file,
         {

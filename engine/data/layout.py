@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import atomic_open
 
 # Bump when the content of objects changes for the same (seed, index): a resumed run
 # refuses to mix objects made by different generator versions.
@@ -86,19 +87,13 @@ def split_indices(
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers (and resumed runs)
-    never see half a file."""
+    """Write JSON (creating the folder) with `engine.atomic`, so readers (and resumed
+    runs) never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(data, f, indent=1, allow_nan=False)
+        f.write("\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
