@@ -13,7 +13,7 @@ Export bakes the object's world transform into the Gaussians
 (`pointcloud.object_to_gaussians(obj, apply_transform=True)`), so the file shows what
 the viewport shows, then calls `engine.io.save`, whose writers all check everything
 first and write to a temp file beside the target that is renamed over it only when
-complete (`engine.io.ply._write_atomically`): a failed export leaves no file and keeps
+complete (`engine.atomic`): a failed export leaves no file and keeps
 an existing one unchanged.
 """
 

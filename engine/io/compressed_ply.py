@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
-from .ply import MAX_HEADER_BYTES, _Header, _parse_header, _Problem, _write_atomically
+from .ply import MAX_HEADER_BYTES, _Header, _parse_header, _Problem
 
 __all__ = [
     "CHUNK_SIZE",
@@ -145,7 +146,7 @@ def write_compressed_ply(
         parts.append(np.clip(np.trunc((channel_major / 8.0 + 0.5) * 256.0), 0, 255).astype(_U8))
     lines.append("end_header")
     header = ("\n".join(lines) + "\n").encode("ascii")
-    _write_atomically(path, [header, *(np.ascontiguousarray(p) for p in parts)])
+    write_atomic(path, [header, *(np.ascontiguousarray(p) for p in parts)])
 
 
 def _chunk_normalise(values: np.ndarray, chunks: int) -> tuple[np.ndarray, ...]:

@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
 from ..transforms import rotate_quaternions, rotate_sh
-from .ply import _write_atomically
 
 __all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "Y_UP"]
 
@@ -170,11 +170,11 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
     }
     text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     if not binary:
-        _write_atomically(path, [text])
+        write_atomic(path, [text])
         return
     text += b" " * (-len(text) % 4)
     total = 12 + 8 + len(text) + 8 + len(blob)
-    _write_atomically(
+    write_atomic(
         path,
         [
             struct.pack("<III", GLB_MAGIC, 2, total),

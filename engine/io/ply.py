@@ -16,10 +16,8 @@ maps the vertex data with one `np.frombuffer` over the exact byte range.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
 
 __all__ = ["PlyData", "PlyFormatError", "read_ply", "write_ply", "standard_property_names"]
@@ -439,7 +438,7 @@ def write_ply(
     names = standard_property_names(gaussians.sh_degree)
     header = _header_bytes(len(gaussians), names, extras)
     if not extras:  # (N, P) C-contiguous float32 already is the byte layout
-        _write_atomically(path, [header, standard])
+        write_atomic(path, [header, standard])
         return
     dtype = np.dtype([(n, _F32) for n in names] + [(n, a.dtype) for n, a in extras])
     records = np.empty(len(gaussians), dtype=dtype)
@@ -453,7 +452,7 @@ def write_ply(
     prefix[...] = standard
     for name, values in extras:
         records[name] = values
-    _write_atomically(path, [header, records])
+    write_atomic(path, [header, records])
 
 
 def _standard_matrix(gaussians: Gaussians) -> np.ndarray:
@@ -512,19 +511,5 @@ def _header_bytes(n: int, names: Sequence[str], extras: Sequence[tuple[str, np.n
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def _write_atomically(path: Path, chunks: Sequence[bytes | np.ndarray]) -> None:
-    """Write `chunks` to a temp file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide permissions, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# Old name, kept only until spz.py's import moves to engine.atomic (next commit).
+_write_atomically = write_atomic

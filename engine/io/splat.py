@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
-from .ply import _write_atomically
 
 __all__ = ["SplatFormatError", "read_splat", "write_splat", "SPLAT_DTYPE"]
 
@@ -54,7 +54,7 @@ def write_splat(path: str | os.PathLike[str], gaussians: Gaussians) -> None:
     q = g.quats.numpy()
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     records["rotation"] = np.clip(np.round(q * 128.0 + 128.0), 0, 255)
-    _write_atomically(path, [records])
+    write_atomic(path, [records])
 
 
 def read_splat(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Gaussians:
