@@ -26,7 +26,6 @@ Definitions (also written into the report):
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import os
 import platform
@@ -46,6 +45,7 @@ from torch import Tensor
 from .data.datasets import PropsDataset
 from .data.layout import SPLITS, read_manifest, write_json_atomic
 from .gaussians import Gaussians
+from .hashing import sha256_file
 from .images import resize_views
 from .metrics import lpips_or_none, psnr, ssim
 from .plots import image_strip, plot_histograms
@@ -108,17 +108,6 @@ def _finite_list(values: Tensor) -> list[float | None]:
 def _nanmean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(kept)) if kept else None
-
-
-def sha256_of(path: str | os.PathLike | None) -> str | None:
-    """SHA-256 of a weights file (None for no file)."""
-    if path is None or not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:
@@ -629,6 +618,9 @@ def evaluate(
             progress(position + 1, total, result)
     summary = summarize(objects)
     weights_path = getattr(model, "weights_path", None)
+    weights_sha = (
+        sha256_file(weights_path) if weights_path and Path(weights_path).is_file() else None
+    )
     in_cams, tgt_cams = first["input_cameras"], first["target_cameras"]
     limit_note = "" if total == len(dataset) else f" (first {total} of {len(dataset)})"
     full_meta: dict[str, Any] = {
@@ -637,7 +629,7 @@ def evaluate(
             "image_size": int(model.image_size),
             "detail_size": int(getattr(model, "detail_size", model.image_size)),
             "weights_path": str(weights_path) if weights_path else None,
-            "sha256": sha256_of(weights_path),
+            "sha256": weights_sha,
             "weights_note": "trained weights" if weights_path else
             "no weights file: random initialisation (untrained)",
             "config": _config_dict(getattr(model, "config", None)),

@@ -8,29 +8,22 @@ Shipped weights live in `engine/assets/`, so `load_model("object-small")` works 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path, write_atomic
+from .hashing import sha256_file
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """No weights file where one was expected; the message says how to get one."""
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def shipped_weights(name: str) -> Path:
@@ -42,22 +35,6 @@ def metadata_path(weights: str | os.PathLike) -> Path:
     return Path(weights).with_suffix(".json")
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes owner-only files; weights are for everyone who can read the folder.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_weights(
     state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any]
 ) -> str:
@@ -67,14 +44,12 @@ def save_weights(
     """
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(tensors, tmp))
-    digest = sha256_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
+    digest = sha256_file(path)
     meta = {**metadata, "sha256": digest}
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-
-    _atomic(metadata_path(path), write_json)
+    write_atomic(metadata_path(path), json.dumps(meta, indent=1) + "\n")
     return digest
 
 
@@ -98,7 +73,7 @@ def load_weights(
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{meta_file}: cannot read ({err})") from None
     expected = meta.get("sha256")
-    if expected and sha256_of(path) != expected:
+    if expected and sha256_file(path) != expected:
         raise ValueError(f"{path}: checksum mismatch (file corrupt or replaced)")
     try:
         state = load_file(str(path), device=str(device))
