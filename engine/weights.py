@@ -20,6 +20,9 @@ from .atomic import atomic_path, write_atomic
 from .hashing import sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+MAX_METADATA_BYTES = 16 << 20
+"""The largest JSON beside a weights file that is read (configs are a few kB, optimizer
+metadata of a checkpoint some hundred): a bigger one is refused, not loaded into memory."""
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -69,9 +72,16 @@ def load_weights(
     if not meta_file.is_file():
         raise ValueError(f"{meta_file}: the config that goes with {path.name} is missing")
     try:
+        if meta_file.stat().st_size > MAX_METADATA_BYTES:
+            raise ValueError(
+                f"{meta_file}: {meta_file.stat().st_size} bytes, more than a weights config "
+                f"may have ({MAX_METADATA_BYTES})"
+            )
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{meta_file}: cannot read ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: not a weights config (a JSON object)")
     expected = meta.get("sha256")
     if expected and sha256_file(path) != expected:
         raise ValueError(f"{path}: checksum mismatch (file corrupt or replaced)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -11,8 +12,8 @@ import torch
 from engine.cameras import CameraError, Cameras
 from engine.data.datasets import load_nerf_scene
 from engine.gaussians import Gaussians
-from engine.models import Cancelled, WeightsNotFoundError, load_model
-from engine.models.config import OBJECT_SMALL, ObjectModelConfig
+from engine.models import Cancelled, UnsafeConfigError, WeightsNotFoundError, load_model
+from engine.models.config import OBJECT_SMALL, OBJECT_TINY, ObjectModelConfig
 from engine.models.normalization import (
     ASSUMED_FILL,
     CANONICAL_RADIUS,
@@ -278,32 +279,123 @@ def test_config_json_round_trip():
         assert ObjectModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
+_FAKE_DINO = (
+    "import torch\n"
+    "class ViT(torch.nn.Module):\n"
+    "    patch_size, embed_dim = 8, 24\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.patch = torch.nn.Conv2d(3, 24, 8, stride=8)\n"
+    "    def forward_features(self, x):\n"
+    "        t = self.patch(x).flatten(2).transpose(1, 2)\n"
+    "        return {'x_norm_patchtokens': t}\n"
+    "def dinov2_vits14(pretrained=True):\n"
+    "    return ViT()\n"
+)
+
+
+def _dino_tiny(repo: str = "") -> ObjectModelConfig:
+    backbone = {**OBJECT_TINY.to_dict()["backbone"], "encoder": "dino", "dino_repo": repo}
+    return OBJECT_TINY.with_(backbone=OBJECT_TINY.backbone.__class__(**backbone))
+
+
 def test_dino_encoder_option_loads_a_local_hub_checkout(tmp_path):
     """The "dino" encoder reads a torch hub checkout on disk (never the network); here a
-    stand-in repo with DINOv2's interface (patch tokens from `forward_features`)."""
-    (tmp_path / "hubconf.py").write_text(
-        "import torch\n"
-        "class ViT(torch.nn.Module):\n"
-        "    patch_size, embed_dim = 8, 24\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.patch = torch.nn.Conv2d(3, 24, 8, stride=8)\n"
-        "    def forward_features(self, x):\n"
-        "        t = self.patch(x).flatten(2).transpose(1, 2)\n"
-        "        return {'x_norm_patchtokens': t}\n"
-        "def dinov2_vits14(pretrained=True):\n"
-        "    return ViT()\n"
-    )
-    from engine.models.config import OBJECT_TINY
+    stand-in repo with DINOv2's interface (patch tokens from `forward_features`). Its
+    weights load again only with the checkout passed explicitly: the file never names it."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "hubconf.py").write_text(_FAKE_DINO)
     from engine.models.gd_object import GDObjectModel
 
-    cfg = OBJECT_TINY.with_(
-        backbone=OBJECT_TINY.backbone.__class__(
-            **{**OBJECT_TINY.to_dict()["backbone"], "encoder": "dino", "dino_repo": str(tmp_path)}
-        )
-    )
-    model = GDObjectModel(cfg).eval()
+    model = GDObjectModel(_dino_tiny(str(hub))).eval()
     vs = load_nerf_scene(SAMPLE)
     rec = model.reconstruct(vs.images, vs.cameras, densify=False)
     assert len(rec.coarse) > 0
     rec.coarse.validate()
+
+    path = tmp_path / "dino.safetensors"
+    save_weights(model.state_dict(), path, {"config": model.cfg.to_dict()})
+    assert (
+        json.loads(path.with_suffix(".json").read_text())["config"]["backbone"]["dino_repo"] == ""
+    )
+    with pytest.raises(ValueError, match=r"DINO encoder .* dino_repo=DIR"):
+        load_model(path, device="cpu")
+    with pytest.raises(ValueError, match="no hubconf.py"):
+        load_model(path, device="cpu", dino_repo=tmp_path)
+    again = load_model(path, device="cpu", dino_repo=hub)
+    assert again.cfg == model.cfg
+    with pytest.raises(ValueError, match="dino_repo given"):
+        load_model("object-tiny", device="cpu", pretrained=False, dino_repo=hub)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "dino_repo", "match"),
+    [
+        ({"encoder": "dino", "dino_repo": "HUB"}, None, r"names a torch hub checkout"),
+        # The file names the hub checkout, the caller passes one too: still refused.
+        ({"encoder": "dino", "dino_repo": "HUB"}, "HUB", r"names a torch hub checkout"),
+        # The caller's own checkout, but an entry point the file chose: refused.
+        ({"encoder": "dino", "dino_model": "evil"}, "HUB", r"dino_model = 'evil'"),
+        ({"encoder": "dino", "dino_model": ["x"]}, "HUB", r"unknown torch hub entry"),
+    ],
+)
+def test_weights_config_cannot_run_code(tiny, tmp_path, backbone, dino_repo, match):
+    """A weights JSON naming a hub checkout (whose hubconf.py would run on import) or an
+    entry point of its choice is refused with a clear error, and nothing is imported."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    marker = tmp_path / "pwned"
+    # Importing this checkout leaves a marker: proof that code from it ran.
+    (hub / "hubconf.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n" + _FAKE_DINO + "evil = dinov2_vits14\n"
+    )
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny.state_dict(), path, {"config": tiny.cfg.to_dict()})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for key, value in backbone.items():
+        meta["config"]["backbone"][key] = str(hub) if value == "HUB" else value
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    repo = hub if dino_repo == "HUB" else None
+    with pytest.raises(UnsafeConfigError, match=match) as err:
+        load_model(path, device="cpu", dino_repo=repo)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    assert not marker.exists()
+    # Control: the marker does appear when the person running the code chooses the checkout.
+    from engine.models.gd_object import GDObjectModel
+
+    GDObjectModel(_dino_tiny(str(hub)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m.__setitem__("config", [1]), "must be a JSON object"),
+        (lambda m: m["config"].__setitem__("backbone", 3), "malformed object model config"),
+        (lambda m: m["config"]["backbone"].__setitem__("heads2", 3), "malformed"),
+        (lambda m: m["config"].pop("densify"), "malformed"),
+    ],
+)
+def test_malformed_weights_config_is_one_clear_error(tiny, tmp_path, edit, match):
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny.state_dict(), path, {"config": tiny.cfg.to_dict()})
+    meta = json.loads(path.with_suffix(".json").read_text())
+    edit(meta)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match):
+        load_model(path, device="cpu")
+    path.with_suffix(".json").write_text("[]")
+    with pytest.raises(ValueError, match="not a weights config"):
+        load_model(path, device="cpu")
+
+
+def test_oversized_weights_config_is_refused_unread(tiny, tmp_path, monkeypatch):
+    """The JSON beside weights is size-checked before it is read into memory."""
+    import engine.weights
+
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny.state_dict(), path, {"config": tiny.cfg.to_dict()})
+    monkeypatch.setattr(engine.weights, "MAX_METADATA_BYTES", 100)
+    with pytest.raises(ValueError, match="more than a weights config may have"):
+        load_model(path, device="cpu")

@@ -8,13 +8,14 @@ res = model.densify(gaussians, images, cameras, select=mask, budget=20_000)
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..devices import resolve_device
 from ..weights import WeightsNotFoundError, load_weights, shipped_weights
-from .config import PRESETS, ObjectModelConfig, get_model_config
+from .config import PRESETS, ObjectModelConfig, UnsafeConfigError, get_model_config
 from .gd_object import Cancelled, GDObjectModel, Reconstruction
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "GDObjectModel",
     "ObjectModelConfig",
     "Reconstruction",
+    "UnsafeConfigError",
     "WeightsNotFoundError",
     "get_model_config",
     "load_model",
@@ -34,6 +36,8 @@ def load_model(
     device: str | torch.device = "auto",
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
+    *,
+    dino_repo: str | os.PathLike | None = None,
 ) -> GDObjectModel:
     """An object model ready for inference (eval mode).
 
@@ -43,9 +47,14 @@ def load_model(
         device: "auto", "cpu", "cuda", "mps" or a torch.device.
         weights: explicit weights file for a preset name (default: the shipped one).
         pretrained: False gives randomly initialised weights (tests, plumbing).
+        dino_repo: for weights with the "dino" encoder, your local torch hub checkout of
+            DINO(v2); it is imported (its hubconf.py runs), so it comes only from here,
+            never from the weights' config.
     Raises:
         WeightsNotFoundError: no weights where expected (the message says what to do).
-        ValueError: unknown name, unreadable or mismatched weights.
+        UnsafeConfigError: the weights' config names code to import (a hub checkout).
+        ValueError: unknown name, unreadable or mismatched weights, a "dino" model without
+            `dino_repo` or `dino_repo` for a model without a DINO encoder.
     """
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     path = Path(name_or_path)
@@ -55,7 +64,7 @@ def load_model(
     else:
         cfg = get_model_config(str(name_or_path))
     if not pretrained:
-        model = GDObjectModel(cfg)
+        model = GDObjectModel(_with_dino_repo(cfg, dino_repo, str(name_or_path)))
         return model.to(dev).eval()
     if weights is None:
         weights = shipped_weights(str(name_or_path))
@@ -67,9 +76,13 @@ def load_model(
     state, meta = load_weights(weights)
     if "config" not in meta:
         raise ValueError(f"{weights}: metadata has no model config")
-    saved = ObjectModelConfig.from_dict(meta["config"])
+    try:
+        saved = ObjectModelConfig.from_dict(meta["config"])
+    except ValueError as err:  # UnsafeConfigError included: say which file it came from
+        raise type(err)(f"{weights}: {err}") from None
     if cfg is not None and saved.name != cfg.name:
         raise ValueError(f"{weights} holds {saved.name!r} weights, not {cfg.name!r}")
+    saved = _with_dino_repo(saved, dino_repo, weights)
     model = GDObjectModel(saved)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -80,3 +93,26 @@ def load_model(
     model.weights_path = Path(weights)
     model.weights_sha256 = meta.get("sha256")
     return model.to(dev).eval()
+
+
+def _with_dino_repo(
+    cfg: ObjectModelConfig, dino_repo: str | os.PathLike | None, weights: str | os.PathLike
+) -> ObjectModelConfig:
+    """`cfg` with the caller's DINO checkout filled in (the only way one gets there when
+    loading weights), or an error when the encoder and the argument disagree."""
+    if cfg.backbone.encoder != "dino":
+        if dino_repo is not None:
+            raise ValueError(
+                f"{weights}: dino_repo given, but these weights use the "
+                f"{cfg.backbone.encoder!r} encoder, not 'dino'"
+            )
+        return cfg
+    if dino_repo is None:
+        raise ValueError(
+            f"{weights}: these weights use a DINO encoder ({cfg.backbone.dino_model}); pass "
+            "your local torch hub checkout of it as load_model(..., dino_repo=DIR)"
+        )
+    repo = Path(dino_repo)
+    if not (repo / "hubconf.py").is_file():
+        raise ValueError(f"{repo}: not a torch hub checkout (no hubconf.py)")
+    return replace(cfg, backbone=replace(cfg.backbone, dino_repo=str(repo)))

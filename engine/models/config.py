@@ -1,7 +1,9 @@
 """Configurations of the object model: backbone + densifier + what the model expects.
 
 Frozen dataclasses, written next to weights as JSON (`to_dict` / `from_dict`), so a
-weights file always says what network it belongs to.
+weights file always says what network it belongs to. A weights file is data from users and
+downloads: nothing read from it may name code to import or run (DESIGN.md §4), so the one
+field that did, `BackboneConfig.dino_repo`, is never written and refused when read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,21 @@ from typing import Any
 from ..gd.config import SMALL, DensifyConfig, ViewFeatureConfig
 from ..gd.view_features import CHILD_SAMPLES
 
+DINO_MODELS = frozenset(
+    {
+        *(f"dinov2_vit{size}14{reg}" for size in "sblg" for reg in ("", "_reg")),
+        *(f"dino_vit{size}{patch}" for size in "sb" for patch in (8, 16)),
+    }
+)
+"""The torch hub entry points a weights file may name for the "dino" encoder: DINOv2's and
+DINO's ViTs. The name is looked up in a hub checkout that the person running the code
+chose (`load_model(..., dino_repo=...)`), so a file can pick among these and nothing else."""
+
+
+class UnsafeConfigError(ValueError):
+    """A config read from a file names code or a path to import (e.g. a torch hub
+    checkout); such things come only from the person running the code, never a file."""
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -19,7 +36,10 @@ class BackboneConfig:
 
     Attributes:
         encoder: "cnn" (trained from scratch) or "dino" (a local DINO ViT checkout).
-        dino_repo, dino_model: torch hub directory and entry point for "dino".
+        dino_repo: the local torch hub checkout for "dino", imported when the backbone is
+            built; set only in Python or by `load_model(..., dino_repo=...)`, never
+            written to or read from a weights file (`to_dict` blanks it).
+        dino_model: the hub entry point for "dino" (from a file: one of `DINO_MODELS`).
         image_channels: encoder output width.
         volume_channels: feature-volume width D.
         heads: heads of the voxel-to-view cross-attention.
@@ -100,26 +120,62 @@ class ObjectModelConfig:
     gradient_variant: str = "abs"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The config as JSON-ready data, for a weights file: `backbone.dino_repo` is
+        blanked (a path on this machine, and code that `from_dict` refuses to import)."""
+        data = asdict(self)
+        data["backbone"]["dino_repo"] = ""
+        return data
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ObjectModelConfig:
-        """Inverse of `to_dict`; unknown keys are an error (a newer weights file)."""
-        data = dict(data)
-        backbone = BackboneConfig(**data.pop("backbone"))
-        dens = dict(data.pop("densify"))
-        view = ViewFeatureConfig(**dens.pop("view"))
-        tuples = {f.name for f in fields(DensifyConfig) if "tuple" in str(f.type)}
-        dens = {k: tuple(v) if k in tuples else v for k, v in dens.items()}
-        densify = DensifyConfig(**dens, view=view)
+        """Inverse of `to_dict`, for configs read from files.
+
+        Raises:
+            UnsafeConfigError: the config names code to import: a `backbone.dino_repo`,
+                or a `backbone.dino_model` outside `DINO_MODELS`.
+            ValueError: unknown keys (a newer weights file) or malformed values.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"object model config must be a JSON object, not {type(data).__name__}"
+            )
+        _refuse_code(data.get("backbone"))
         known = {f.name for f in fields(ObjectModelConfig)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown object model config keys {sorted(unknown)}")
-        return ObjectModelConfig(**data, backbone=backbone, densify=densify)
+        data = dict(data)
+        try:
+            backbone = BackboneConfig(**data.pop("backbone"))
+            dens = dict(data.pop("densify"))
+            view = ViewFeatureConfig(**dens.pop("view"))
+            tuples = {f.name for f in fields(DensifyConfig) if "tuple" in str(f.type)}
+            dens = {k: tuple(v) if k in tuples else v for k, v in dens.items()}
+            densify = DensifyConfig(**dens, view=view)
+            return ObjectModelConfig(**data, backbone=backbone, densify=densify)
+        except (TypeError, KeyError) as err:  # missing/extra keys, wrong JSON types
+            raise ValueError(f"malformed object model config ({err})") from None
 
     def with_(self, **changes: Any) -> ObjectModelConfig:
         return replace(self, **changes)
+
+
+def _refuse_code(backbone: Any) -> None:
+    """Refuse a file's backbone config that would make building the model import code."""
+    if not isinstance(backbone, dict):
+        return  # from_dict's own checks report the shape
+    if backbone.get("dino_repo"):
+        raise UnsafeConfigError(
+            "the weights' config names a torch hub checkout to import "
+            f"(backbone.dino_repo = {backbone['dino_repo']!r}); weights never choose code to "
+            "run: pass your own local DINO checkout as load_model(..., dino_repo=DIR)"
+        )
+    model = backbone.get("dino_model", BackboneConfig.dino_model)
+    if not isinstance(model, str) or model not in DINO_MODELS:
+        raise UnsafeConfigError(
+            f"the weights' config names an unknown torch hub entry point "
+            f"(backbone.dino_model = {model!r}); expected one of {sorted(DINO_MODELS)}"
+        )
 
 
 # The densifier of the object model: children re-sample the input views where they are
