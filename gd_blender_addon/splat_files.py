@@ -3,6 +3,13 @@
     obj = import_splat("scene.spz", context)          # any suffix engine.io.load reads
     export_object(obj, "out.glb")                     # any suffix engine.io.save writes
 
+Axes: files are read and written in each format's standard frame (`engine.io.axes`):
+PLY space (-Y up) for .ply, .compressed.ply, .splat, .spz, .sog, Y-up for glTF, so
+files from 3DGS training, SuperSplat or splat-transform import upright and exports open
+upright in viewers. `axes="raw"` keeps the file's coordinates as Blender's (files that
+share their frame with a camera set, and this add-on's exports from before the
+convention).
+
 Import reads the whole file first (every format error surfaces before Blender is
 touched), then builds one object; if anything fails nothing is left in bpy.data.
 A plain `.ply` written by `export_object(..., levels=True)` carries the `gd_level` and
@@ -63,19 +70,22 @@ def _check_suffix(path: Path) -> None:
         )
 
 
-def _read(path: Path) -> tuple[Any, Any, Any]:
-    """(Gaussians, level or None, parent or None) from `path`."""
+def _read(path: Path, axes: str) -> tuple[Any, Any, Any]:
+    """(Gaussians in Blender's world, level or None, parent or None) from `path`."""
     import numpy as np
     import torch
 
     from engine.io import load, read_ply
+    from engine.io.axes import check_axes, file_to_world
     from engine.io.compressed_ply import is_compressed_ply
+
+    check_axes(axes)
 
     suffixes = "".join(path.suffixes[-2:]).lower()
     plain_ply = path.suffix.lower() == ".ply" and suffixes != ".compressed.ply"
     if plain_ply and not is_compressed_ply(path):
         data = read_ply(path)
-        g, n = data.gaussians, len(data.gaussians)
+        g, n = file_to_world(data.gaussians, ".ply", axes), len(data.gaussians)
         level = parent = None
         extra = data.extra
         if all(k in extra for k in LEVEL_PROPERTIES):
@@ -88,7 +98,7 @@ def _read(path: Path) -> tuple[Any, Any, Any]:
                 level = torch.from_numpy(lv.astype(np.int64))
                 parent = torch.from_numpy(pa.astype(np.int64))
         return g, level, parent
-    return load(path), None, None
+    return load(path, axes=axes), None, None
 
 
 def import_splat(
@@ -96,6 +106,7 @@ def import_splat(
     context_or_collection: Any,
     name: str | None = None,
     display_mode: str | None = "AUTO",
+    axes: str = "standard",
 ) -> bpy.types.Object:
     """Read a splat file into one new Gaussian point-cloud object.
 
@@ -107,6 +118,7 @@ def import_splat(
         name: object name (default: the file name without its splat suffix).
         display_mode: "AUTO" | "ELLIPSOIDS" | "POINTS" for `display.ensure_display`, or
             None for bare points.
+        axes: "standard" (the format's frame, turned to Blender's Z up) or "raw".
     Raises:
         FileNotFoundError: no such file. ValueError: unsupported suffix or a malformed
         file (the engine's format errors are ValueErrors naming the file and problem).
@@ -120,7 +132,7 @@ def import_splat(
         raise FileNotFoundError(f"{path}: no such splat file")
     if display_mode is not None and str(display_mode).upper() not in display.MODES:
         raise ValueError(f"display_mode must be one of {display.MODES} or None")
-    gaussians, level, parent = _read(path)
+    gaussians, level, parent = _read(path, axes)
     obj = pointcloud.gaussians_to_object(
         context_or_collection, gaussians, name or _default_name(path), level=level, parent=parent
     )
@@ -138,9 +150,9 @@ def import_splat(
 def export_object(obj: bpy.types.Object, path: str | os.PathLike[str], **options: Any) -> None:
     """Write `obj`'s Gaussians (world transform baked in) to `path`, by suffix.
 
-    options: passed to the format's writer (see `engine.io.save`: e.g. `y_up` for glTF,
-    `version` for SPZ, `sort` for compressed PLY), plus `levels=True` (plain .ply only)
-    to store `gd_level`/`gd_parent` as extra int32 vertex properties.
+    options: passed to `engine.io.save`: `axes` ("standard" or "raw"), the writer's own
+    (e.g. `version` for SPZ, `sort` for compressed PLY), plus `levels=True` (plain .ply
+    only) to store `gd_level`/`gd_parent` as extra int32 vertex properties.
     Raises ValueError (not a Gaussian object, unsupported suffix, bad option values),
     TypeError (an option the writer does not take), OSError (cannot write). Writing is
     atomic: on any failure no file appears and an existing file is left as it was.

@@ -63,26 +63,35 @@ def _same_up_to_sign(q1: torch.Tensor, q2: torch.Tensor, atol: float) -> None:
 
 
 @REPRESENTATIONS
-def test_ply_round_trip_bit_exact(bpy, tmp_path, monkeypatch, as_mesh):
+@pytest.mark.parametrize("axes", ["raw", "standard"])
+def test_ply_round_trip(bpy, tmp_path, monkeypatch, as_mesh, axes):
     from engine.io import load, save
     from gd_blender_addon import display, pointcloud, splat_files
 
     use_representation(monkeypatch, as_mesh)
     g = _gaussians(300, 3)
     path = tmp_path / "scene.ply"
-    save(g, path)
-    obj = splat_files.import_splat(path, bpy.context)
+    save(g, path, axes=axes)
+    obj = splat_files.import_splat(path, bpy.context, axes=axes)
     assert obj.name == "scene" and obj.type == splat_type()
     assert [m.name for m in obj.modifiers] == [display.MODIFIER_NAME]
     g2, _, _ = pointcloud.object_to_gaussians(obj)
-    for f in FIELDS:
-        assert torch.equal(getattr(g, f), getattr(g2, f)), f
     out = tmp_path / "again.ply"
-    splat_files.export_object(obj, out)
-    assert out.read_bytes() == path.read_bytes()  # identical file, byte for byte
-    g3 = load(out)
-    for f in FIELDS:
-        assert torch.equal(getattr(g, f), getattr(g3, f)), f
+    splat_files.export_object(obj, out, axes=axes)
+    g3 = load(out, axes=axes)
+    if axes == "raw":  # no turn anywhere: the same values and the same file, bit for bit
+        for f in FIELDS:
+            assert torch.equal(getattr(g, f), getattr(g2, f)), f
+            assert torch.equal(getattr(g, f), getattr(g3, f)), f
+        assert out.read_bytes() == path.read_bytes()
+        return
+    # Standard: turned into PLY space and back. Positions only change sign; orientations
+    # and SH of degree >= 2 go through float32 rounding of the turn.
+    for h in (g2, g3):
+        for f in ("means", "log_scales", "opacity_logits"):
+            assert torch.equal(getattr(g, f), getattr(h, f)), f
+        torch.testing.assert_close(h.quats, g.quats, atol=1e-6, rtol=0)
+        torch.testing.assert_close(h.sh, g.sh, atol=1e-6, rtol=0)
 
 
 def test_export_bakes_the_world_transform(bpy, tmp_path):
@@ -98,10 +107,69 @@ def test_export_bakes_the_world_transform(bpy, tmp_path):
     splat_files.export_object(obj, path)
     want, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)
     got = load(path)
-    for f in FIELDS:
+    for f in ("means", "log_scales", "opacity_logits"):
         assert torch.equal(getattr(want, f), getattr(got, f)), f
+    for f in ("quats", "sh"):  # float32 rounding of the turn into PLY space and back
+        torch.testing.assert_close(getattr(got, f), getattr(want, f), atol=1e-6, rtol=0)
     local, _, _ = pointcloud.object_to_gaussians(obj)
     assert not torch.allclose(got.means, local.means)
+
+
+def _standard_column(n: int = 60):
+    """A tall column as 3DGS training output holds one (PLY space: -Y up, +Z front):
+    grey, 2 units tall along file -Y, 0.2 wide; a red marker at its top (file y = -2)
+    and a green one on its front face (file +Z)."""
+    from engine.gaussians import Gaussians, rgb_to_sh_dc
+
+    t = torch.linspace(0, 1, n)
+    means = torch.stack([torch.zeros(n), -2 * t, torch.zeros(n)], dim=1)
+    rgb = torch.full((n, 3), 0.5)
+    marker_top = torch.tensor([[0.0, -2.1, 0.0]])
+    marker_front = torch.tensor([[0.0, -1.0, 0.3]])
+    means = torch.cat([means, marker_top, marker_front])
+    rgb = torch.cat([rgb, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])])
+    m = len(means)
+    return Gaussians(
+        means=means,
+        log_scales=torch.full((m, 3), math.log(0.05)),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(m, 1),
+        opacity_logits=torch.full((m,), 3.0),
+        sh=rgb_to_sh_dc(rgb)[:, None, :],
+    )
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".spz"])
+def test_standard_files_import_upright(bpy, tmp_path, suffix):
+    """A 3DGS .ply and an .spz (PLY space, -Y up, as trainers and splat-transform write them,
+    written here by the raw writers) stand upright in Blender, their front facing -Y (what
+    Front view shows)."""
+    from engine.io import write_ply, write_spz
+    from gd_blender_addon import pointcloud, splat_files
+
+    g = _standard_column()
+    path = tmp_path / f"column{suffix}"
+    if suffix == ".ply":
+        write_ply(path, g)
+    else:
+        write_spz(path, g, coordinate_system="identity")
+    obj = splat_files.import_splat(path, bpy.context, display_mode=None)
+    bpy.context.view_layer.update()
+    corners = np.array([list(c) for c in obj.bound_box])  # Blender's own bounds, local
+    extent = corners.max(0) - corners.min(0)
+    assert extent[2] > 1.9 and extent[2] > 3 * max(extent[0], extent[1]), extent  # tall in Z
+    back, _, _ = pointcloud.object_to_gaussians(obj, apply_transform=True)
+    colours = back.base_colors
+    red = int(torch.argmax(colours[:, 0] - colours[:, 1]))
+    green = int(torch.argmax(colours[:, 1] - colours[:, 0]))
+    z = back.means[:, 2]
+    assert float(back.means[red, 2]) == pytest.approx(float(z.max()), abs=1e-3)  # top is up
+    assert float(back.means[red, 2]) > 2.0
+    assert float(back.means[green, 1]) < -0.25  # the front faces -Y
+    # Read raw, the same file lies along Blender's -Y: the option keeps old behaviour.
+    raw = splat_files.import_splat(path, bpy.context, display_mode=None, axes="raw")
+    bpy.context.view_layer.update()
+    corners = np.array([list(c) for c in raw.bound_box])
+    assert (corners.max(0) - corners.min(0))[1] > 1.9
 
 
 def test_ply_levels_round_trip(bpy, tmp_path):

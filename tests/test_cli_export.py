@@ -9,8 +9,8 @@ import torch
 
 from engine.cli import main
 from engine.gaussians import Gaussians
-from engine.io import load, read_gltf, read_spz, save
-from engine.io.gltf import Y_UP
+from engine.io import load, save
+from engine.io.axes import GLTF_Y_UP, PLY_SPACE
 from engine.transforms import rotate_gaussians
 
 N = 120
@@ -49,13 +49,13 @@ def test_export_every_format_round_trips_to_our_world(scene, tmp_path, capsys, s
     out = tmp_path / f"out{suffix}"
     rc, text, err = export(capsys, src, out)
     assert rc == 0 and err == ""
-    back = load(out)  # each reader undoes its writer's default axis change
+    back = load(out)  # load undoes the format's frame, as save applied it
     assert len(back) == N
     assert back.sh_degree == (0 if suffix == ".splat" else 3)
     assert near(back.means, g.means) < 5e-3
     assert f"wrote {out}: {N} of {N} Gaussians (0 dropped)" in text
     assert f"SH degree {back.sh_degree}" in text
-    assert ("Y-up" if suffix in (".spz", ".glb", ".gltf") else "Z-up") in text
+    assert ("glTF Y-up" if suffix in (".glb", ".gltf") else "PLY space, -Y up") in text
 
 
 def test_summary_reports_counts_size_and_bounds(scene, tmp_path, capsys):
@@ -94,35 +94,44 @@ def test_sh_degree_cap(scene, tmp_path, capsys):
         assert load(out).sh_degree == d
 
 
-def test_y_up_flags_for_formats_with_an_axis_option(scene, tmp_path, capsys):
+@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".splat", ".spz", ".glb"])
+def test_axes_standard_writes_each_formats_frame_and_raw_writes_the_world(
+    scene, tmp_path, capsys, suffix
+):
     g, src = scene
-    for flag, expect in [(None, Y_UP), ("--y-up", Y_UP), ("--no-y-up", torch.eye(3).numpy())]:
-        extra = [flag] if flag else []
-        m = torch.from_numpy(expect).float()
-        assert export(capsys, src, tmp_path / "o.glb", *extra)[0] == 0
-        raw = read_gltf(tmp_path / "o.glb", y_up=False)  # the file's own axes
-        assert torch.allclose(raw.means, g.means @ m.T, atol=1e-6), flag
-        assert export(capsys, src, tmp_path / "o.spz", *extra)[0] == 0
-        raw = read_spz(tmp_path / "o.spz", coordinate_system="identity").gaussians
-        assert torch.allclose(raw.means, g.means @ m.T, atol=1e-3), flag
+    rc, text, _ = export(capsys, src, tmp_path / f"std{suffix}")
+    assert rc == 0
+    rc, raw_text, _ = export(capsys, src, tmp_path / f"raw{suffix}", "--axes", "raw")
+    assert rc == 0 and "axes: raw" in raw_text
+    std = load(tmp_path / f"std{suffix}", axes="raw")  # the files' own coordinates
+    raw = load(tmp_path / f"raw{suffix}", axes="raw")
+    m = GLTF_Y_UP if suffix == ".glb" else PLY_SPACE
+    expected = rotate_gaussians(g, m)
+    tol = {".compressed.ply": 5e-3, ".spz": 1e-3}.get(suffix, 1e-6)
+    assert near(std.means, expected.means) < tol
+    # raw in, raw out: IN's own coordinates (in.ply is a standard file, in PLY space).
+    assert near(raw.means, rotate_gaussians(g, PLY_SPACE).means) < tol
+    assert near(std.means, g.means) > 0.5  # the turn is real
+    if suffix == ".ply":  # orientations and SH turned with the positions
+        assert torch.allclose(std.sh, expected.sh, atol=1e-6)
+        assert torch.allclose(std.covariances, expected.covariances, atol=1e-6)
+    # The printed bounds are the world's (with raw axes: IN's own coordinates).
+    def lo(means):
+        return "min (" + ", ".join(f"{float(v):.4g}" for v in means.amin(0)) + ")"
+
+    assert lo(g.means) in text
+    assert lo(rotate_gaussians(g, PLY_SPACE).means) in raw_text
 
 
-@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".splat"])
-def test_y_up_rotates_formats_without_an_axis_option(scene, tmp_path, capsys, suffix):
-    g, src = scene
-    assert export(capsys, src, tmp_path / f"raw{suffix}", "--no-y-up")[0] == 0
-    assert export(capsys, src, tmp_path / f"def{suffix}")[0] == 0
-    rc, text, _ = export(capsys, src, tmp_path / f"up{suffix}", "--y-up")
-    assert rc == 0 and "bounds (Y-up)" in text
-    raw, default, up = (load(tmp_path / f"{s}{suffix}") for s in ("raw", "def", "up"))
-    assert near(raw.means, default.means) == 0  # no flag: writer's default, raw axes
-    expected = rotate_gaussians(g, Y_UP)
-    tol = 5e-3 if suffix == ".compressed.ply" else 1e-6
-    assert near(up.means, expected.means) < tol
-    assert near(raw.means, g.means) < tol
-    assert near(up.means, g.means) > 0.5  # the rotation is real
-    if suffix == ".ply":
-        assert torch.allclose(up.sh, expected.sh, atol=1e-6)
+def test_in_axes_raw_converts_an_old_raw_export_to_standard(scene, tmp_path, capsys):
+    g, _ = scene
+    old = tmp_path / "old.ply"
+    save(g, old, axes="raw")  # what this project wrote before the convention
+    new = tmp_path / "new.ply"
+    assert export(capsys, old, new, "--in-axes", "raw")[0] == 0
+    assert torch.equal(load(new, axes="raw").means, (g.means.double() @ torch.from_numpy(
+        PLY_SPACE).T).float())
+    assert near(load(new).means, g.means) == 0
 
 
 def test_reads_every_supported_input(scene, tmp_path, capsys):

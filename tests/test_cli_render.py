@@ -14,7 +14,7 @@ from engine.cameras import Cameras
 from engine.cli import main
 from engine.gaussians import Gaussians
 from engine.images import to_uint8
-from engine.io import save
+from engine.io import save, write_ply
 from engine.render import render
 
 
@@ -29,8 +29,10 @@ def scene(tmp_path):
         opacity_logits=torch.full((n,), 2.0),
         sh=torch.randn(n, 4, 3, generator=gen) * 0.4,
     )
+    # What a 3DGS trainer writes after training on this transforms.json: the camera
+    # file's world, untouched (write_ply stores the values it is given).
     ply = tmp_path / "scene.ply"
-    save(g, ply)
+    write_ply(ply, g)
     eyes = torch.tensor([[2.5, 0.0, 0.5], [0.0, 2.5, 0.5], [-2.0, -1.0, 1.0]])
     cams = Cameras.look_at(eyes, torch.zeros(3, 3), fov_x_deg=45.0, width=40, height=30)
     images = [tmp_path / "images" / f"view_{i}.png" for i in range(3)]
@@ -80,3 +82,59 @@ def test_render_bad_inputs_fail_cleanly_and_write_nothing(scene, tmp_path, capsy
               "--background", "2,0,0"])  # fmt: skip
     assert exc.value.code == 2
     assert not out.exists()
+
+
+def _pixels(folder) -> list[np.ndarray]:
+    return [np.asarray(Image.open(f)).astype(int) for f in sorted(folder.glob("*.png"))]
+
+
+def test_render_needs_no_images_only_w_and_h(scene, tmp_path, capsys):
+    """A camera path: frames with poses and the top-level w/h, images never rendered."""
+    g, cams, ply, cams_json = scene
+    data = json.loads(cams_json.read_text())
+    for frame in data["frames"]:
+        frame["file_path"] = "nowhere/" + frame["file_path"].split("/")[-1]
+    no_images = tmp_path / "path.json"
+    no_images.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["render", str(ply), "--cameras", str(no_images), "--out", str(out),
+                 "--background", "black", "--device", "cpu"]) == 0  # fmt: skip
+    assert sorted(f.name for f in out.glob("*.png")) == ["view_0.png", "view_1.png", "view_2.png"]
+    expected = render(g, cams, background=torch.zeros(3)).colors
+    for i, pixels in enumerate(_pixels(out)):
+        assert np.abs(pixels - to_uint8(expected[i]).astype(int)).max() <= 1
+    # No file_path at all: frames are named by their index.
+    for frame in data["frames"]:
+        del frame["file_path"]
+    no_paths = tmp_path / "no_paths.json"
+    no_paths.write_text(json.dumps(data))
+    out2 = tmp_path / "out2"
+    assert main(["render", str(ply), "--cameras", str(no_paths), "--out", str(out2)]) == 0
+    assert sorted(f.name for f in out2.glob("*.png")) == ["000.png", "001.png", "002.png"]
+    # Neither w/h nor an image to take the size from: one clear line, nothing written.
+    del data["w"], data["h"]
+    no_size = tmp_path / "no_size.json"
+    no_size.write_text(json.dumps(data))
+    capsys.readouterr()
+    out3 = tmp_path / "out3"
+    assert main(["render", str(ply), "--cameras", str(no_size), "--out", str(out3)]) == 2
+    assert "add 'w' and 'h'" in capsys.readouterr().err
+    assert not out3.exists()
+
+
+def test_render_axes_raw_lines_up_a_shared_frame_standard_our_exports(scene, tmp_path):
+    """The 3DGS case (file in the cameras' frame) needs the default raw read; a file that
+    `engine.io.save` / `gd reconstruct` wrote (PLY space) lines up with --axes standard."""
+    g, cams, ply, cams_json = scene
+    expected = [to_uint8(c).astype(int) for c in render(g, cams, background=torch.zeros(3)).colors]
+
+    def run(path, out, *extra):
+        assert main(["render", str(path), "--cameras", str(cams_json), "--out", str(out),
+                     "--background", "black", "--device", "cpu", *extra]) == 0  # fmt: skip
+        return max(np.abs(p - e).max() for p, e in zip(_pixels(out), expected, strict=True))
+
+    assert run(ply, tmp_path / "raw") <= 1  # trained file, default raw: lines up
+    exported = tmp_path / "exported.ply"
+    save(g, exported)  # standard: PLY space
+    assert run(exported, tmp_path / "std", "--axes", "standard") <= 1
+    assert run(exported, tmp_path / "wrong") > 100  # read raw, it is turned away

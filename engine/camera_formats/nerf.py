@@ -122,6 +122,17 @@ def _resolve_image(folder: Path, file_path: Any, what: str) -> Path:
     )
 
 
+def _optional_image(folder: Path, file_path: Any, index: int) -> Path:
+    """A frame's image if it exists (extension found as `_resolve_image` does), else the
+    path as written, or a name from the frame's index when there is no `file_path`."""
+    if not isinstance(file_path, str) or not file_path:
+        return folder / f"{index:03d}"
+    try:
+        return _resolve_image(folder, file_path, f"frame {index}")
+    except CameraError:
+        return folder / file_path
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:  # lazy: reads the header, not the pixels
@@ -144,7 +155,7 @@ def _load_json(path: Path) -> Any:
 
 
 def read_nerf_transforms(
-    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, require_images: bool = True
 ) -> NerfFrames:
     """Read a NeRF/instant-ngp/nerfstudio `transforms.json` (OpenGL camera-to-world).
 
@@ -152,6 +163,10 @@ def read_nerf_transforms(
     size / tan(0.5 * angle)), `cx`/`cy` (default W/2, H/2, already in the pixel-centre-at-0.5
     convention), `w`/`h` (default: the first image's size); a frame's own keys override the
     top-level ones. Per-frame keys other than these are dropped.
+
+    require_images=False reads a camera path: frames need no image file (nor `file_path`;
+    `image_paths` then holds the path as written, or "000", "001", ... without one), and
+    `w`/`h` must be given wherever an image to take the size from is missing.
     """
     path = Path(path)
     with _in_file(path):
@@ -170,15 +185,23 @@ def read_nerf_transforms(
             what = f"frame {i}"
             if not isinstance(frame, dict):
                 raise CameraError(f"{what} must be a JSON object")
-            if "transform_matrix" not in frame or "file_path" not in frame:
+            if "transform_matrix" not in frame or (require_images and "file_path" not in frame):
                 raise CameraError(f"{what} is missing 'transform_matrix' or 'file_path'")
             _nerf_check_pinhole(frame, what)
             matrices.append(_nerf_matrix(frame["transform_matrix"], f"{what} 'transform_matrix'"))
-            images.append(_resolve_image(path.parent, frame["file_path"], what))
+            if require_images:
+                images.append(_resolve_image(path.parent, frame["file_path"], what))
+            else:
+                images.append(_optional_image(path.parent, frame.get("file_path"), i))
             levels = (frame, data)
             size = [_nerf_lookup(levels, "w"), _nerf_lookup(levels, "h")]
             if None in size:
                 if default_size is None:
+                    if not images[0].is_file():
+                        raise CameraError(
+                            f"{what} has no 'w'/'h' and frame 0's image {images[0].name!r} "
+                            "is not there to take the size from; add 'w' and 'h' to the json"
+                        )
                     default_size = _image_size(images[0])
                 size = [s if s is not None else d for s, d in zip(size, default_size, strict=True)]
             w, h = _json_size(size[0], f"{what} 'w'"), _json_size(size[1], f"{what} 'h'")

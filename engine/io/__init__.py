@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..gaussians import Gaussians
+from .axes import AXES, check_axes, file_to_world, suffix_of, world_to_file
 from .compressed_ply import (
     CompressedPlyFormatError,
     is_compressed_ply,
@@ -22,6 +23,7 @@ from .splat import SplatFormatError, read_splat, write_splat
 from .spz import SpzData, SpzFormatError, read_spz, write_spz
 
 __all__ = [
+    "AXES",
     "CompressedPlyFormatError",
     "GltfFormatError",
     "PlyData",
@@ -52,25 +54,39 @@ def _load_ply(path: Path, device: torch.device | str) -> Gaussians:
     return read_ply(path, device=device).gaussians
 
 
+# The writers and readers below store and return the file's own values; the axis change
+# between our Z-up world and each format's frame happens once, in `save` / `load`
+# (engine/io/axes.py). SPZ and glTF get their "identity" / "no Y-up" options for that.
 def _load_spz(path: Path, device: torch.device | str) -> Gaussians:
-    return read_spz(path, device=device).gaussians
+    return read_spz(path, device=device, coordinate_system="identity").gaussians
+
+
+def _save_spz(g: Gaussians, path: Path, **options: Any) -> None:
+    write_spz(path, g, coordinate_system="identity", **options)
+
+
+def _load_gltf(path: Path, device: torch.device | str) -> Gaussians:
+    return read_gltf(path, device=device, y_up=False)
+
+
+def _save_gltf(g: Gaussians, path: Path, **options: Any) -> None:
+    write_gltf(path, g, y_up=False, **options)
 
 
 # suffix (lower case) -> (writer(gaussians, path, **options), reader(path, device))
 _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | str], Gaussians]]] = {
     ".ply": (lambda g, path, **options: write_ply(path, g, **options), _load_ply),
-    # PlayCanvas compressed PLY: raw axes, chunked quantisation, Morton-sorted by default.
+    # PlayCanvas compressed PLY: chunked quantisation, Morton-sorted by default.
     ".compressed.ply": (
         lambda g, path, **options: write_compressed_ply(path, g, **options),
         read_compressed_ply,
     ),
-    # SPZ v3, RUB axes (our Z-up world rotated as Blender's glTF exporter does), SH kept.
-    ".spz": (lambda g, path, **options: write_spz(path, g, **options), _load_spz),
-    # antimatter15 .splat: raw axes, SH degree 0 only (higher degrees are dropped).
+    ".spz": (_save_spz, _load_spz),
+    # antimatter15 .splat: SH degree 0 only (higher degrees are dropped).
     ".splat": (lambda g, path, **options: write_splat(path, g, **options), read_splat),
-    # glTF KHR_gaussian_splatting, Y-up (same axis change as SPZ); .gltf embeds base64.
-    ".glb": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
-    ".gltf": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
+    # glTF KHR_gaussian_splatting; .gltf embeds base64.
+    ".glb": (_save_gltf, _load_gltf),
+    ".gltf": (_save_gltf, _load_gltf),
 }
 
 
@@ -79,10 +95,7 @@ def supported_suffixes() -> list[str]:
 
 
 def _format_for(path: Path) -> tuple[Callable[..., None], Callable[..., Gaussians]]:
-    suffix = path.suffix.lower()
-    double = "".join(path.suffixes[-2:]).lower()  # ".compressed.ply" before ".ply"
-    if len(path.suffixes) >= 2 and double in _FORMATS:
-        return _FORMATS[double]
+    suffix = suffix_of(path)
     if suffix not in _FORMATS:
         raise ValueError(
             f"{path}: unsupported splat file suffix {suffix or '(none)'!r}; "
@@ -91,27 +104,44 @@ def _format_for(path: Path) -> tuple[Callable[..., None], Callable[..., Gaussian
     return _FORMATS[suffix]
 
 
-def save(gaussians: Gaussians, path: str | os.PathLike[str], **options: Any) -> None:
-    """Write `gaussians` to `path` in the format its suffix names; options go to the writer.
+def save(
+    gaussians: Gaussians,
+    path: str | os.PathLike[str],
+    *,
+    axes: str = "standard",
+    **options: Any,
+) -> None:
+    """Write `gaussians` (our Z-up world) to `path` in the format its suffix names.
 
-    .ply: INRIA PLY, float32, raw world axes (`write_ply`).
-    .compressed.ply: PlayCanvas compressed PLY, raw world axes, sorted along a Morton
-        curve unless `sort=False` (`write_compressed_ply`).
-    .spz: Niantic SPZ version 3, converted to SPZ's RUB axes from our Z-up world
-        ((x, y, z) -> (x, z, -y), rotating quaternions and SH too); options
-        `version`, `coordinate_system`, `fractional_bits`, ... (`write_spz`).
-    .splat: antimatter15 .splat, raw world axes, SH degree 0 only (`write_splat`).
+    axes: "standard" (default) writes each format in the frame its readers assume
+        (engine/io/axes.py): PLY space, Blender (x, y, z) -> (-x, -z, -y), for .ply,
+        .compressed.ply, .splat, .spz and .sog; Y-up (x, z, -y) for .glb / .gltf.
+        Orientations and SH turn with the positions. "raw" writes world coordinates as
+        they are (for files that share their frame with a camera set).
+    options: go to the writer:
+        .ply: INRIA PLY, float32 (`write_ply`: `extra` vertex properties).
+        .compressed.ply: PlayCanvas compressed PLY, Morton-sorted unless `sort=False`.
+        .spz: Niantic SPZ (`write_spz`: `version`, `fractional_bits`, ...).
+        .splat: antimatter15 .splat, SH degree 0 only.
+        .glb / .gltf: glTF `KHR_gaussian_splatting`.
+    Every writer checks everything first and writes atomically.
     """
     path = Path(path)
     writer, _ = _format_for(path)
-    writer(gaussians, path, **options)
+    writer(world_to_file(gaussians, suffix_of(path), axes), path, **options)
 
 
-def load(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Gaussians:
-    """Read Gaussians from `path` in the format its suffix names.
+def load(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", *, axes: str = "standard"
+) -> Gaussians:
+    """Read Gaussians from `path` in the format its suffix names, into our Z-up world.
 
+    axes: "standard" (default) undoes the format's frame (see `save`), so standard files
+        (3DGS training output, splat-transform's, SuperSplat's) come out upright, Z up;
+        "raw" returns the file's coordinates unchanged.
     A `.ply` whose header has the compressed layout is read as a compressed PLY.
     """
     path = Path(path)
+    check_axes(axes)
     _, reader = _format_for(path)
-    return reader(path, device)
+    return file_to_world(reader(path, device), suffix_of(path), axes)

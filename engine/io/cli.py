@@ -9,32 +9,32 @@ from pathlib import Path
 import torch
 
 from ..gaussians import MAX_SH_DEGREE
-from ..transforms import rotate_gaussians
 from . import _format_for, load, save, supported_suffixes
+from .axes import AXES, file_frame, suffix_of
 from .cleanup import cap_sh_degree, crop_to_box, drop_transparent
-from .gltf import Y_UP
-
-# Suffixes whose writer has its own axis option, and that option for --y-up / --no-y-up.
-_AXIS_OPTIONS = {
-    ".spz": lambda y_up: {"coordinate_system": "rub" if y_up else "identity"},
-    ".glb": lambda y_up: {"y_up": y_up},
-    ".gltf": lambda y_up: {"y_up": y_up},
-}
-_Y_UP_BY_DEFAULT = {".spz", ".glb", ".gltf"}
 
 HELP = f"""\
 Read IN, clean it up, write OUT in the format its suffix names
 ({", ".join(supported_suffixes())}). Clean-up order: --min-opacity, --crop, --sh-degree.
 
-Axes. The engine's world is Blender's Z-up. --y-up converts it to Y-up,
-(x, y, z) -> (x, z, -y), rotating orientations and SH with it; --no-y-up writes it as is.
-Without either flag each format keeps its writer's default:
-  .glb / .gltf      Y-up (glTF's convention; --no-y-up writes raw Z-up)
-  .spz              Y-up, SPZ's RUB axes (--no-y-up: coordinate_system 'identity')
-  .ply, .compressed.ply, .splat
-                    raw Z-up (no axis option; --y-up rotates the Gaussians first)
-.splat holds SH degree 0 only; glTF cannot hold zero Gaussians.
+Axes (--axes standard, the default). The engine's world is Blender's, Z up. Each
+format is written in the frame its readers assume, so the file opens upright in
+viewers (SuperSplat / splat-transform, Babylon.js, Spark, Unity, Unreal) and in
+Blender add-ons, and a .ply and a .glb of one prop face the same way:
+  .ply .compressed.ply .splat .spz .sog
+                    "PLY space" of 3DGS training output, -Y up:
+                    Blender (x, y, z) -> (-x, -z, -y)
+  .glb .gltf        glTF's Y-up (KHR_gaussian_splatting): (x, y, z) -> (x, z, -y)
+Orientations and SH turn with the positions. IN is read the same way, so a
+standard file from any tool comes in upright and --crop works in the Z-up world.
 
+--axes raw keeps the file's coordinates as they are, in and out: for files whose
+frame is shared with a camera set (a 3DGS .ply trained from a transforms.json,
+rendered with `gd render`, which reads raw by default) and for files written by
+this project before this convention (raw Z-up). --in-axes overrides how IN is
+read, e.g. `--in-axes raw` turns an old raw Z-up export into a standard file.
+
+.splat holds SH degree 0 only; glTF cannot hold zero Gaussians.
 Bad input exits with status 2 and a one-line message, leaving OUT untouched.
 """
 
@@ -52,13 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sh-degree", metavar="D", default=None,
                    help=f"keep SH bands 0..D, D in 0..{MAX_SH_DEGREE} (default: all)")  # fmt: skip
-    p.add_argument("--y-up", action=argparse.BooleanOptionalAction, default=None,
-                   help="convert Z-up to Y-up (default: per format, see above)")  # fmt: skip
+    p.add_argument("--axes", choices=AXES, default="standard",
+                   help="standard: each format's own frame (default); raw: none")  # fmt: skip
+    p.add_argument("--in-axes", choices=AXES, default=None,
+                   help="how IN is read (default: as --axes)")  # fmt: skip
     p.add_argument("--min-opacity", metavar="X", default=None,
                    help="drop Gaussians with opacity below X, in [0, 1)")  # fmt: skip
     p.add_argument("--crop", metavar="BOX", default=None,
                    help="keep Gaussians whose centres are inside xmin,ymin,zmin,xmax,ymax,zmax "
-                   "(input's Z-up world; write --crop=-1,... for negative numbers)")  # fmt: skip
+                   "(the world IN is read into; write --crop=-1,... for negatives)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -103,11 +105,6 @@ def _parse_crop(text: str | None) -> tuple[list[float], list[float]] | None:
     return lo, hi
 
 
-def _suffix(path: Path) -> str:
-    double = "".join(path.suffixes[-2:]).lower()
-    return double if double == ".compressed.ply" else path.suffix.lower()
-
-
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB"):
         if n < 1024 or unit == "MiB":
@@ -127,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     crop = _parse_crop(args.crop)
     _format_for(args.input)
     _format_for(args.output)
-    suffix = _suffix(args.output)
+    suffix = suffix_of(args.output)
+    in_axes = args.in_axes or args.axes
     if not args.input.is_file():
         raise FileNotFoundError(f"{args.input}: no such file")
     if args.output.exists() and not args.output.is_file():
@@ -136,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.output.parent}: no such folder")
 
     try:
-        g = load(args.input)
+        g = load(args.input, axes=in_axes)
     except OSError as e:  # unreadable file: report it as bad input, one line
         raise ValueError(f"{args.input}: {e.strerror or e}") from None
     counts = [len(g)]
@@ -149,16 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if sh_degree is not None:
         g = cap_sh_degree(g, sh_degree)
 
-    y_up = args.y_up if args.y_up is not None else suffix in _Y_UP_BY_DEFAULT
-    options: dict = {}
-    if suffix in _AXIS_OPTIONS:  # the writer converts; --y-up / --no-y-up set its option
-        if args.y_up is not None:
-            options = _AXIS_OPTIONS[suffix](args.y_up)
-    elif args.y_up:  # no axis option: rotate the Gaussians themselves
-        g = rotate_gaussians(g, Y_UP)
-
     try:
-        save(g, args.output, **options)
+        save(g, args.output, axes=args.axes)
     except OSError as e:
         raise ValueError(f"{args.output}: {e.strerror or e}") from None
     except ValueError as e:
@@ -166,10 +156,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"clean-up kept 0 of {counts[0]} Gaussians; {e}") from None
         raise
 
+    # Bounds in the world --crop works in; the axes line says how the file holds them.
     means = g.means.detach().to("cpu", torch.float64)
-    if y_up and suffix in _AXIS_OPTIONS:
-        means = means @ torch.from_numpy(Y_UP).T
-    _print_summary(args, counts, len(g), g.sh_degree, means, y_up, suffix)
+    frame = "raw" if args.axes == "raw" else file_frame(suffix)
+    _print_summary(args, counts, len(g), g.sh_degree, means, frame, suffix)
     return 0
 
 
@@ -179,7 +169,7 @@ def _print_summary(
     n: int,
     sh_degree: int,
     means: torch.Tensor,
-    y_up: bool,
+    frame: str,
     suffix: str,
 ) -> None:
     total, after_opacity, after_crop = counts
@@ -192,8 +182,13 @@ def _print_summary(
     degree = 0 if suffix == ".splat" else sh_degree
     size = _size(args.output.stat().st_size)
     print(f"wrote {args.output}: {n} of {total} Gaussians ({dropped}), {size}, SH degree {degree}")
-    axes = "Y-up" if y_up else "Z-up"
+    axes = {
+        "raw": "raw (file coordinates = world coordinates)",
+        "ply": "PLY space, -Y up: world (x, y, z) -> (-x, -z, -y)",
+        "gltf": "glTF Y-up: world (x, y, z) -> (x, z, -y)",
+    }[frame]
     if n:
-        print(f"bounds ({axes}): min {_vec(means.amin(dim=0))}  max {_vec(means.amax(dim=0))}")
+        print(f"bounds (world): min {_vec(means.amin(dim=0))}  max {_vec(means.amax(dim=0))}")
     else:
-        print(f"bounds ({axes}): empty")
+        print("bounds (world): empty")
+    print(f"axes: {axes}")

@@ -1,4 +1,16 @@
-"""`gd render`: draw a splat file from the cameras of a transforms.json, one PNG per camera."""
+"""`gd render`: draw a splat file from the cameras of a transforms.json, one PNG per camera.
+
+Axes: the splat file is read raw by default (`--axes raw`), its coordinates taken as the
+camera file's world. That is what lines a file up with the cameras it shares a frame with:
+a 3DGS `.ply` trained from a `transforms.json` holds the trainer's world (the camera
+file's) untouched, so rendering it from those cameras must not turn it. Files written for
+viewers (`gd reconstruct -o`, `gd export`, engine.io.save: PLY space or glTF Y-up, see
+engine/io/axes.py) are turned back into our Z-up world with `--axes standard`, which is
+what renders `gd reconstruct`'s output from the transforms.json it was made from.
+
+The camera file needs no images: frames with `transform_matrix` and `w`/`h` (top level or
+per frame) are a camera path; images, when there, only name the PNGs and give a size.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +23,7 @@ from tqdm import tqdm
 from ..camera_formats import read_nerf_transforms
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..images import save_png
-from ..io import load
+from ..io import AXES, load
 from . import BACKENDS, render
 
 NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
@@ -33,9 +45,18 @@ def parse_background(text: str) -> tuple[float, float, float]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("render", help="render a splat file from a transforms.json's cameras")
-    p.add_argument("scene", type=Path, help="splat file (.ply)")
-    p.add_argument("--cameras", type=Path, required=True, help="NeRF-style transforms.json")
+    p = subparsers.add_parser(
+        "render",
+        help="render a splat file from a transforms.json's cameras",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scene", type=Path, help="splat file (.ply, .spz, .glb, ...)")
+    p.add_argument("--cameras", type=Path, required=True,
+                   help="NeRF-style transforms.json (w/h suffice; images optional)")  # fmt: skip
+    p.add_argument("--axes", choices=AXES, default="raw",
+                   help="raw (default): the file shares the cameras' frame; standard: "
+                   "its format's own frame (gd reconstruct / gd export output)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder for the PNGs")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -48,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # Read and check every input before creating anything on disk.
-    gaussians = load(args.scene, device=device)
-    frames = read_nerf_transforms(args.cameras)
+    gaussians = load(args.scene, device=device, axes=args.axes)
+    frames = read_nerf_transforms(args.cameras, require_images=False)
     cameras = frames.cameras.to(device=device)
     names = [Path(p).stem or f"{i:03d}" for i, p in enumerate(frames.image_paths)]
     if len(set(names)) != len(names):
