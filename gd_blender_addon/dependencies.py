@@ -168,15 +168,37 @@ def torch_summary() -> str:
 
 
 # ---------------------------------------------------------------------------- install
+def python_tag(version: tuple[int, int] | None = None) -> str:
+    """The CPython wheel tag of Blender's Python ("cp311" for Blender 4.2-5.0, "cp313" for
+    5.1 and later), or of `version` (major, minor)."""
+    major, minor = version or sys.version_info[:2]
+    return f"cp{major}{minor}"
+
+
+def install_summary(kind: str) -> str:
+    """One line saying which wheels "Install PyTorch" picks, for the UI and the log."""
+    if kind not in TORCH_INDEXES:
+        raise ValueError(f"unknown PyTorch build {kind!r}; choose from {sorted(TORCH_INDEXES)}")
+    build = {"CPU": "CPU build", "CUDA": "CUDA build", "DEFAULT": "PyPI build"}[kind]
+    py = "{}.{}".format(*sys.version_info[:2])
+    return f"PyTorch {TORCH_VERSION} ({build}) for Blender's Python {py} ({python_tag()} wheels)"
+
+
 def install_commands(kind: str) -> list[list[str]]:
     """pip command lines that install the engine's dependencies into the user directory.
 
     kind: "CPU" (CPU-only PyTorch, ~200 MB), "CUDA" (NVIDIA GPUs, ~2.5 GB) or "DEFAULT"
     (PyPI's build: CUDA on Linux, CPU on Windows, MPS on macOS).
+
+    The wheels are pinned to the Python that runs Blender (3.11 up to Blender 5.0, 3.13 from
+    5.1): `--target` installs outside any environment, so pip is told the interpreter
+    version and ABI explicitly and takes binary wheels only (a source build inside Blender
+    would need a compiler and Python headers that Blender does not ship).
     """
     if kind not in TORCH_INDEXES:
         raise ValueError(f"unknown PyTorch build {kind!r}; choose from {sorted(TORCH_INDEXES)}")
     target = str(site_packages_dir())
+    tag = python_tag()
     pip = [
         sys.executable,
         "-m",
@@ -185,6 +207,13 @@ def install_commands(kind: str) -> list[list[str]]:
         "--disable-pip-version-check",
         "--no-input",
         "--upgrade",
+        "--only-binary=:all:",
+        "--python-version",
+        "{}.{}".format(*sys.version_info[:2]),
+        "--implementation",
+        "cp",
+        "--abi",
+        tag,
         "--target",
         target,
     ]
@@ -216,6 +245,8 @@ def install(
     InterruptedError when `cancel` is set (pip is terminated).
     """
     commands = install_commands(kind)
+    if progress is not None:
+        progress(0.0, install_summary(kind))
     for i, command in enumerate(commands):
         if progress is not None:
             progress(i / len(commands), f"pip install {' '.join(command[-3:])}")

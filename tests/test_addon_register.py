@@ -94,6 +94,24 @@ def test_install_commands_explain_cpu_and_cuda():
         deps.install_commands("ROCM")
 
 
+def test_install_commands_pick_wheels_for_blenders_python(monkeypatch):
+    """Blender 4.2-5.0 run Python 3.11, 5.1 and later 3.13: pip is told which, binary only,
+    and the UI line names it."""
+    import gd_blender_addon.dependencies as deps
+
+    here = "{}.{}".format(*sys.version_info[:2])
+    for command in deps.install_commands("CPU"):
+        assert command[:4] == [sys.executable, "-m", "pip", "install"]
+        assert "--only-binary=:all:" in command
+        assert command[command.index("--python-version") + 1] == here
+        assert command[command.index("--abi") + 1] == deps.python_tag()
+    assert deps.python_tag((3, 11)) == "cp311" and deps.python_tag((3, 13)) == "cp313"
+    assert deps.python_tag() == "cp{}{}".format(*sys.version_info[:2])
+    summary = deps.install_summary("CUDA")
+    assert f"Python {here}" in summary and deps.python_tag() in summary
+    assert "CUDA build" in summary and deps.TORCH_VERSION in summary
+
+
 def test_registers_and_explains_without_pytorch(tmp_path):
     """In a Blender whose Python cannot import torch, the add-on registers, the panel's
     checks say PyTorch is missing, and Reconstruct reports how to install it."""
