@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_args import nonnegative_int, positive_int
 from .devices import DEVICE_CHOICES, resolve_device
 
 
@@ -24,15 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("data", type=Path, help="props dataset folder (with manifest.json)")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--split", default="test", help="train, val, test or all (default test)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N objects only")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="evaluate the first N objects only")  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--weights", type=Path, default=None,
                    help="weights file for a model name (default: the shipped weights)")  # fmt: skip
     p.add_argument("--random-init", action="store_true",
                    help="untrained random weights (plumbing checks; reported as such)")  # fmt: skip
-    p.add_argument("--images", type=int, default=4, metavar="N",
-                   help="GT | coarse | fine strips of the first N objects (default 4)")  # fmt: skip
-    p.add_argument("--image-views", type=int, default=2, metavar="V",
+    p.add_argument("--images", type=nonnegative_int, default=4, metavar="N",
+                   help="GT | coarse | fine strips of the first N objects "
+                        "(default 4; 0: none)")  # fmt: skip
+    p.add_argument("--image-views", type=positive_int, default=2, metavar="V",
                    help="target views per object in the strips (default 2)")  # fmt: skip
     p.set_defaults(func=run)
 
@@ -40,8 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, open_dataset, resolve_model
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     # Every check (data, split, model) happens before the output folder is created.
     dataset = open_dataset(args.data, args.split)
     device = resolve_device(args.device)

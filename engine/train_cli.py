@@ -11,13 +11,19 @@ import argparse
 import json
 from pathlib import Path
 
-# Flags that map one to one onto TrainConfig fields (None: keep the config's value).
+from .cli_args import float_range, nonnegative_int, positive_float, positive_int
+
+# Flags that map one to one onto TrainConfig fields (None: keep the config's value), each
+# with the argparse type that checks it: counts, sizes and intervals are positive (the
+# *_every ones divide the step), 0 means "the default" for render_size and threads.
 _FIELDS = {
-    "data": str, "out": str, "steps": int, "batch_size": int, "target_views": int,
-    "lr": float, "warmup": int, "grad_clip": float, "render_size": int,
-    "densify_from": int, "feature_dropout": float, "init": str, "init_densifier": str,
-    "checkpoint_every": int,
-    "log_every": int, "val_every": int, "seed": int, "device": str, "threads": int,
+    "data": str, "out": str, "steps": positive_int, "batch_size": positive_int,
+    "target_views": positive_int, "lr": positive_float, "warmup": nonnegative_int,
+    "grad_clip": positive_float, "render_size": nonnegative_int,
+    "densify_from": nonnegative_int, "feature_dropout": float_range(0.0, 1.0, high_open=True),
+    "init": str, "init_densifier": str, "checkpoint_every": positive_int,
+    "log_every": positive_int, "val_every": positive_int, "seed": nonnegative_int,
+    "device": str, "threads": nonnegative_int,
 }  # fmt: skip
 
 
@@ -31,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-densify", dest="densify", action="store_false", default=None,
                    help="train the backbone alone (coarse losses only)")  # fmt: skip
     p.add_argument("--freeze-backbone", action="store_true", default=None)
-    p.add_argument("--max-steps", type=int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many steps in this call (the schedule still runs "
                         "to --steps; run again to continue)")  # fmt: skip
     p.set_defaults(func=run)

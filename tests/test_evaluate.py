@@ -279,7 +279,6 @@ def test_cli_runs_with_a_model(tiny_props, tmp_path, monkeypatch, capsys):
         (["MISSING", "--split", "test"], "not found"),
         (["DATA", "--split", "val"], "no finished objects"),
         (["DATA", "--split", "bogus"], "split must be"),
-        (["DATA", "--limit", "0"], "--limit"),
     ],
 )
 def test_cli_bad_input_exit_2_and_writes_nothing(tiny_props, tmp_path, capsys, args, message):

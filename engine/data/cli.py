@@ -6,6 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_args import int_range, name_list, nonnegative_int, positive_int
+from .layout import SPLITS
+
+# Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
+# one object's views alone take gigabytes.
+RESOLUTIONS = int_range(8, 8192)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="training data: generate props with Blender")
@@ -18,15 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Re-running the same command resumes: finished objects are skipped.",
     )
     make.add_argument("out", type=Path, help="dataset folder (created if missing)")
-    make.add_argument("--objects", type=int, required=True, help="number of objects")
-    make.add_argument("--res", type=int, default=256, help="image side in pixels")
-    make.add_argument("--seed", type=int, default=0, help="object i depends on (seed, i)")
-    make.add_argument("--workers", type=int, default=0, help="Blender processes (0: one a core)")
-    make.add_argument("--views-in", type=int, default=4, help="input views on the ring")
-    make.add_argument("--views-target", type=int, default=8, help="random target views")
-    make.add_argument("--samples", type=int, default=4, help="Cycles samples a pixel")
+    make.add_argument("--objects", type=positive_int, required=True, help="number of objects")
+    make.add_argument("--res", type=RESOLUTIONS, default=256, help="image side in pixels (8..8192)")
+    make.add_argument("--seed", type=nonnegative_int, default=0,
+                      help="object i depends on (seed, i)")  # fmt: skip
+    make.add_argument("--workers", type=nonnegative_int, default=0,
+                      help="Blender processes (0: one a core)")  # fmt: skip
+    make.add_argument("--views-in", type=positive_int, default=4, help="input views on the ring")
+    make.add_argument("--views-target", type=positive_int, default=8, help="random target views")
+    make.add_argument("--samples", type=positive_int, default=4, help="Cycles samples a pixel")
     make.add_argument("--no-denoise", action="store_true", help="skip OpenImageDenoise")
-    make.add_argument("--splits", default=None,
+    make.add_argument("--splits", type=name_list(SPLITS), default=None,
                       help="render only objects of these splits, comma-separated "
                            "(e.g. test,val first; run again without it for the rest)")  # fmt: skip
     make.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -35,9 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     montage = sub.add_parser("montage", help="PNG grid of random objects of a dataset")
     montage.add_argument("root", type=Path)
     montage.add_argument("out", type=Path)
-    montage.add_argument("--count", type=int, default=16)
-    montage.add_argument("--seed", type=int, default=0)
-    montage.add_argument("--tile", type=int, default=128)
+    montage.add_argument("--count", type=positive_int, default=16)
+    montage.add_argument("--seed", type=nonnegative_int, default=0)
+    montage.add_argument("--tile", type=int_range(8, 4096), default=128)
     montage.set_defaults(func=_montage)
 
 
@@ -48,7 +57,7 @@ def _make(args: argparse.Namespace) -> int:
         out=args.out, objects=args.objects, resolution=args.res, seed=args.seed,
         workers=args.workers, views_in=args.views_in, views_target=args.views_target,
         samples=args.samples, denoise=not args.no_denoise, progress=not args.quiet,
-        splits=None if args.splits is None else tuple(args.splits.split(",")),
+        splits=args.splits,
     )  # fmt: skip
     report = make_dataset(cfg)
     print(

@@ -159,21 +159,35 @@ class _Worker:
         self.log.close()
 
 
+def _check_config(cfg: MakeConfig) -> None:
+    """Refuse settings that cannot make a dataset before anything is written (a manifest
+    saying `"resolution": -7` must never exist). `gd data make` checks its flags the same
+    way while parsing; this covers callers from Python."""
+    for name in ("objects", "resolution", "views_in", "views_target", "samples"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    for name in ("seed", "workers"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if cfg.splits is not None:
+        unknown = set(cfg.splits) - set(SPLITS)
+        if unknown or not cfg.splits:
+            raise ValueError(f"unknown splits {sorted(unknown)}; choose from {SPLITS}")
+
+
 def make_dataset(cfg: MakeConfig) -> MakeReport:
     """Render every unfinished object in range(cfg.objects) and (re)write the manifest."""
     from tqdm import tqdm
 
     cfg.out = Path(cfg.out)
-    if cfg.objects < 1:
-        raise ValueError(f"--objects must be >= 1, got {cfg.objects}")
+    _check_config(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     created = _check_resume(cfg)
     done_before = set(_finished(cfg))
     todo = [i for i in range(cfg.objects) if i not in done_before]
     if cfg.splits is not None:
-        unknown = set(cfg.splits) - set(SPLITS)
-        if unknown:
-            raise ValueError(f"unknown splits {sorted(unknown)}; choose from {SPLITS}")
         todo = [i for i in todo if split_of(cfg.seed, i, DEFAULT_SPLIT_FRACTIONS) in cfg.splits]
     write_json_atomic(cfg.out / MANIFEST_NAME, _manifest(cfg, sorted(done_before), created))
     report = MakeReport(skipped=len(done_before))

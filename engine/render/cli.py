@@ -21,7 +21,9 @@ import torch
 from tqdm import tqdm
 
 from ..camera_formats import read_nerf_transforms
+from ..cli_args import int_range
 from ..devices import DEVICE_CHOICES, resolve_device
+from ..gaussians import MAX_SH_DEGREE
 from ..images import save_png
 from ..io import AXES, load
 from . import BACKENDS, render
@@ -62,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--background", type=parse_background, default=(1.0, 1.0, 1.0),
                    help="'white' (default), 'black' or r,g,b")  # fmt: skip
-    p.add_argument("--sh-degree", type=int, default=None, help="evaluate SH up to this degree")
+    p.add_argument("--sh-degree", type=int_range(0, MAX_SH_DEGREE), default=None,
+                   help=f"evaluate SH up to this degree (0..{MAX_SH_DEGREE})")  # fmt: skip
     p.set_defaults(func=run)
 
 
