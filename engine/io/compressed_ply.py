@@ -42,6 +42,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
+from .limits import check_gaussian_count
 from .ply import MAX_HEADER_BYTES, _Header, _parse_header, _Problem
 
 __all__ = [
@@ -284,6 +285,7 @@ def _check_layout(header: _Header, file_size: int) -> dict:
             f"the header declares {n} splats ({needed} bytes of data) but only {available} "
             "bytes follow the header (truncated file?)"
         )
+    check_gaussian_count(n, _Problem)
     return {"n": n, "chunks": chunk.count, "chunk_props": len(props), "rest": rest, "bytes": needed}
 
 

@@ -34,6 +34,7 @@ import binascii
 import json
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ import torch
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
 from ..transforms import rotate_quaternions, rotate_sh
+from .limits import check_gaussian_count, read_regular_file
 
 __all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "Y_UP"]
 
@@ -216,7 +218,7 @@ def _json(data: bytes) -> dict:
     return doc
 
 
-def _split_glb(data: bytes) -> tuple[dict, bytes | None]:
+def _split_glb(data: bytes) -> tuple[dict, memoryview | None]:
     if len(data) < 20:
         raise _Problem("too short for a GLB header (truncated file?)")
     magic, version, length = struct.unpack_from("<III", data)
@@ -234,7 +236,7 @@ def _split_glb(data: bytes) -> tuple[dict, bytes | None]:
     bin_len, bin_type = struct.unpack_from("<II", data, offset)
     if bin_type != BIN_CHUNK or offset + 8 + bin_len > length:
         raise _Problem("the second GLB chunk is not a BIN chunk that fits the file")
-    return doc, data[offset + 8 : offset + 8 + bin_len]
+    return doc, memoryview(data)[offset + 8 : offset + 8 + bin_len]
 
 
 def _field(obj: Any, key: str, kind: type, where: str, default: Any = None) -> Any:
@@ -256,11 +258,13 @@ def _item(doc: dict, key: str, index: int) -> dict:
     return items[index]
 
 
-def _buffer(doc: dict, index: int, glb_bin: bytes | None, path: Path, cache: dict) -> bytes:
+def _buffer(
+    doc: dict, index: int, glb_bin: memoryview | None, path: Path, cache: dict
+) -> memoryview:
     if index in cache:
         return cache[index]
     buf = _item(doc, "buffers", index)
-    length = _field(buf, "byteLength", int, f"buffers[{index}]")
+    length = _buffer_length(doc, index)
     uri = buf.get("uri")
     if uri is None:
         if glb_bin is None or index != 0:
@@ -277,20 +281,49 @@ def _buffer(doc: dict, index: int, glb_bin: bytes | None, path: Path, cache: dic
         except (binascii.Error, ValueError):
             raise _Problem(f"buffers[{index}] has invalid base64") from None
     else:
-        name = Path(uri)
-        if ":" in uri or name.is_absolute() or ".." in name.parts:
-            raise _Problem(f"buffers[{index}].uri {uri[:80]!r} is not a relative file name")
-        try:
-            data = (path.parent / name).read_bytes()
-        except OSError as e:
-            raise _Problem(f"cannot read buffer file {uri[:80]!r}: {e.strerror}") from None
+        data = _sidecar(uri, index, length, path)
     if len(data) < length:
         raise _Problem(f"buffers[{index}] declares {length} bytes but has {len(data)}")
-    cache[index] = data[:length]
+    cache[index] = memoryview(data)[:length]  # a view: the file's bytes are held once
     return cache[index]
 
 
-def _accessor(doc: dict, index: Any, kind: str, glb_bin, path: Path, cache: dict) -> np.ndarray:
+def _sidecar(uri: str, index: int, length: int, path: Path) -> bytes:
+    """The first `length` bytes of the buffer file `uri` names, beside `path`."""
+    shown = repr(uri[:80])
+    if "\0" in uri:
+        raise _Problem(f"buffers[{index}].uri {shown} holds a NUL byte")
+    name = Path(uri)
+    if ":" in uri or name.is_absolute() or ".." in name.parts:
+        raise _Problem(f"buffers[{index}].uri {shown} is not a relative file name")
+    # Only a regular file inside the glTF's folder, and only the bytes declared: a FIFO,
+    # /dev/zero or a symlink leading elsewhere must not hang, exhaust memory or leak data.
+    try:
+        return read_regular_file(path.parent / name, length, path.parent)
+    except ValueError as e:
+        raise _Problem(f"buffer file {shown}: {e}") from None
+    except OSError as e:
+        raise _Problem(f"cannot read buffer file {shown}: {e.strerror or e}") from None
+
+
+def _buffer_length(doc: dict, index: int) -> int:
+    """A buffer's declared byteLength (checked against its data when the buffer is read)."""
+    return _field(_item(doc, "buffers", index), "byteLength", int, f"buffers[{index}]")
+
+
+@dataclass
+class _Layout:
+    """Where an accessor's `count` elements of `width` float32 lie in buffer `buffer`."""
+
+    count: int
+    width: int
+    buffer: int
+    offset: int
+    stride: int
+
+
+def _layout(doc: dict, index: Any, kind: str) -> _Layout:
+    """An accessor's layout, checked to fit its view and its buffer's declared byteLength."""
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise _Problem(f"attribute accessor index {index!r} is invalid")
     where = f"accessors[{index}]"
@@ -301,7 +334,8 @@ def _accessor(doc: dict, index: Any, kind: str, glb_bin, path: Path, cache: dict
     view_index = _field(acc, "bufferView", int, where)
     view = _item(doc, "bufferViews", view_index)
     vwhere = f"bufferViews[{view_index}]"
-    data = _buffer(doc, _field(view, "buffer", int, vwhere), glb_bin, path, cache)
+    buffer = _field(view, "buffer", int, vwhere)
+    buffer_length = _buffer_length(doc, buffer)
     v_off = _field(view, "byteOffset", int, vwhere, 0)
     v_len = _field(view, "byteLength", int, vwhere)
     width = _COMPONENTS[kind]
@@ -309,20 +343,61 @@ def _accessor(doc: dict, index: Any, kind: str, glb_bin, path: Path, cache: dict
     a_off = _field(acc, "byteOffset", int, where, 0)
     if count == 0:
         raise _Problem(f"{where} has count 0")
-    if v_off + v_len > len(data):
+    if v_off + v_len > buffer_length:
         raise _Problem(f"{vwhere} runs past the end of its buffer")
     if stride < 4 * width or stride % 4 or a_off % 4 or v_off % 4:
         raise _Problem(f"{vwhere} / {where} have a bad stride or misaligned offset")
     if a_off + stride * (count - 1) + 4 * width > v_len:
         raise _Problem(f"{where}: {count} elements do not fit its buffer view")
+    return _Layout(count, width, buffer, v_off + a_off, stride)
+
+
+def _read(layout: _Layout, data: memoryview) -> np.ndarray:
+    """(count, width) float64 values of an accessor whose buffer holds `data`."""
     return np.ndarray(
-        (count, width), dtype="<f4", buffer=data, offset=v_off + a_off, strides=(stride, 4)
+        (layout.count, layout.width),
+        dtype="<f4",
+        buffer=data,
+        offset=layout.offset,
+        strides=(layout.stride, 4),
     ).astype(np.float64)
 
 
+def _attribute_kinds(attrs: dict) -> dict[str, str]:
+    """Attribute name -> accessor type a splat primitive with `attrs` must have, SH last."""
+    degree = 0
+    while degree < 3 and f"{EXTENSION}:SH_DEGREE_{degree + 1}_COEF_0" in attrs:
+        degree += 1
+    kinds = {
+        "POSITION": "VEC3",
+        f"{EXTENSION}:ROTATION": "VEC4",
+        f"{EXTENSION}:SCALE": "VEC3",
+        f"{EXTENSION}:OPACITY": "SCALAR",
+    }
+    for band in range(degree + 1):
+        for c in range(2 * band + 1):
+            kinds[f"{EXTENSION}:SH_DEGREE_{band}_COEF_{c}"] = "VEC3"
+    return kinds
+
+
+def _plan(doc: dict, prim: dict) -> dict[str, _Layout]:
+    """A splat primitive's attribute layouts (POSITION first), all of one count."""
+    attrs = _field(prim, "attributes", dict, "a primitive")
+    layouts = {}
+    for name, kind in _attribute_kinds(attrs).items():
+        if name not in attrs:
+            raise _Problem(f"a splat primitive has no {name} attribute")
+        layouts[name] = _layout(doc, attrs[name], kind)
+    n = layouts["POSITION"].count
+    for name, layout in layouts.items():
+        if layout.count != n:
+            short = name.removeprefix(f"{EXTENSION}:")
+            raise _Problem(f"{EXTENSION}:{short} has {layout.count} elements for {n} positions")
+    return layouts
+
+
 def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
-    cache: dict[int, bytes] = {}
-    parts: list[dict[str, np.ndarray]] = []
+    plans: list[dict[str, _Layout]] = []
     for mi, mesh in enumerate(_field(doc, "meshes", list, "the glTF", [])):
         for pi, prim in enumerate(_field(mesh, "primitives", list, f"meshes[{mi}]")):
             ext = _field(prim, "extensions", dict, f"meshes[{mi}].primitives[{pi}]", {})
@@ -330,52 +405,78 @@ def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
                 continue
             if prim.get("mode") != 0:
                 raise _Problem(f"meshes[{mi}].primitives[{pi}] is not POINTS (mode 0)")
-            parts.append(_decode_primitive(doc, prim, glb_bin, path, cache))
-    if not parts:
+            plans.append(_plan(doc, prim))
+    if not plans:
         raise _Problem(f"no POINTS primitive with the {EXTENSION} extension")
-    if len({p["sh"].shape[1] for p in parts}) != 1:
+    if len({len(p) for p in plans}) != 1:
         raise _Problem("primitives have different SH degrees")
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    arrays["sh"] = _rotate_sh(arrays["sh"], m.T)
-    arrays["means"] = arrays["means"] @ m
-    arrays["quats"] = _rotate_quats(arrays["quats"], m.T)
-    tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
+    _check_totals(doc, plans)
+    n = sum(p["POSITION"].count for p in plans)
+    k = len(plans[0]) - 4  # SH coefficients: the attributes after the first four
+    out = {
+        "means": np.empty((n, 3), np.float32),
+        "log_scales": np.empty((n, 3), np.float32),
+        "quats": np.empty((n, 4), np.float32),
+        "opacity_logits": np.empty(n, np.float32),
+        "sh": np.empty((n, k, 3), np.float32),
+    }
+    cache: dict[int, memoryview] = {}
+    lo = 0
+    for layouts in plans:  # one primitive's float64 temporaries at a time
+        part = _decode_primitive(layouts, doc, glb_bin, path, cache)
+        s = slice(lo, lo + len(part["means"]))
+        out["means"][s] = part["means"] @ m
+        out["log_scales"][s] = part["log_scales"]
+        out["quats"][s] = _rotate_quats(part["quats"], m.T)
+        out["opacity_logits"][s] = part["opacity_logits"]
+        out["sh"][s] = _rotate_sh(part["sh"], m.T)
+        lo = s.stop
+    tensors = {a: torch.from_numpy(v).to(device) for a, v in out.items()}
     try:
         return Gaussians(**tensors)
     except GaussiansError as e:
         raise _Problem(str(e)) from None
 
 
-def _decode_primitive(doc: dict, prim: dict, glb_bin, path: Path, cache: dict) -> dict:
-    attrs = _field(prim, "attributes", dict, "a primitive")
+def _check_totals(doc: dict, plans: list[dict[str, _Layout]]) -> None:
+    """Refuse, before any buffer is read, more Gaussians than the limit or than the file holds.
 
-    def get(name: str, kind: str) -> np.ndarray:
-        if name not in attrs:
-            raise _Problem(f"a splat primitive has no {name} attribute")
-        values = _accessor(doc, attrs[name], kind, glb_bin, path, cache)
+    Primitives may share accessors, so a small file can name the same bytes thousands of
+    times (2,000 primitives of one 2,000-point set: 4M Gaussians from 835 KB). Every decoded
+    Gaussian must have its own bytes: the accessor bytes all primitives read may not exceed
+    the byteLength of the buffers they use (each checked against the data when it is read).
+    """
+    n = sum(p["POSITION"].count for p in plans)
+    check_gaussian_count(n, _Problem)
+    used = {layout.buffer for p in plans for layout in p.values()}
+    present = sum(_buffer_length(doc, b) for b in used)
+    needed = sum(4 * layout.width * layout.count for p in plans for layout in p.values())
+    if needed > present:
+        raise _Problem(
+            f"its {len(plans)} splat primitives read {needed:,} bytes of accessor data "
+            f"({n:,} Gaussians) but its buffers hold {present:,} bytes: accessors are reused "
+            "to decode more Gaussians than the file stores"
+        )
+
+
+def _decode_primitive(
+    layouts: dict[str, _Layout], doc: dict, glb_bin, path: Path, cache: dict
+) -> dict[str, np.ndarray]:
+    """float64 means (N, 3), log_scales (N, 3), quats (N, 4) wxyz, opacity_logits (N,),
+    sh (N, K, 3), in the file's axes."""
+
+    def get(name: str) -> np.ndarray:
+        layout = layouts[name]
+        values = _read(layout, _buffer(doc, layout.buffer, glb_bin, path, cache))
         if not np.isfinite(values).all():
             raise _Problem(f"{name} holds NaN/Inf")
         return values
 
-    means = get("POSITION", "VEC3")
-    n = len(means)
-    xyzw = get(f"{EXTENSION}:ROTATION", "VEC4")
-    scales = get(f"{EXTENSION}:SCALE", "VEC3")
-    alpha = get(f"{EXTENSION}:OPACITY", "SCALAR")[:, 0]
-    degree = 0
-    while degree < 3 and f"{EXTENSION}:SH_DEGREE_{degree + 1}_COEF_0" in attrs:
-        degree += 1
-    sh = np.stack(
-        [
-            get(f"{EXTENSION}:SH_DEGREE_{band}_COEF_{c}", "VEC3")
-            for band in range(degree + 1)
-            for c in range(2 * band + 1)
-        ],
-        axis=1,
-    )
-    for name, arr in [("ROTATION", xyzw), ("SCALE", scales), ("OPACITY", alpha), ("SH", sh)]:
-        if len(arr) != n:
-            raise _Problem(f"{EXTENSION}:{name} has {len(arr)} elements for {n} positions")
+    means = get("POSITION")
+    xyzw = get(f"{EXTENSION}:ROTATION")
+    scales = get(f"{EXTENSION}:SCALE")
+    alpha = get(f"{EXTENSION}:OPACITY")[:, 0]
+    sh = np.stack([get(name) for name in layouts if "SH_DEGREE" in name], axis=1)
     if (np.linalg.norm(xyzw, axis=1) == 0).any():
         raise _Problem("a ROTATION is a zero quaternion")
     if (scales <= 0).any():

@@ -28,6 +28,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
+from .limits import check_gaussian_count
 
 __all__ = ["PlyData", "PlyFormatError", "read_ply", "write_ply", "standard_property_names"]
 
@@ -274,6 +275,7 @@ def _locate_vertex(header: _Header, file_size: int) -> tuple[_Element, int]:
             f"the header declares {vertex.count} vertices ({needed} bytes{others}) but only "
             f"{available} bytes of data follow the header (truncated file?)"
         )
+    check_gaussian_count(vertex.count, _Problem)
     return vertex, offset
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
+from .limits import check_gaussian_count
 
 __all__ = ["SplatFormatError", "read_splat", "write_splat", "SPLAT_DTYPE"]
 
@@ -65,6 +66,11 @@ def read_splat(path: str | os.PathLike[str], device: torch.device | str = "cpu")
     """
     path = Path(path)
     with open(path, "rb") as f:
+        # The count is the file's size / 32: checked before the data is read.
+        size = os.fstat(f.fileno()).st_size
+        check_gaussian_count(
+            size // SPLAT_DTYPE.itemsize, lambda m: SplatFormatError(f"{path}: {m}")
+        )
         raw = f.read()
     if len(raw) % SPLAT_DTYPE.itemsize:
         raise SplatFormatError(
