@@ -179,6 +179,22 @@ def test_bad_views_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "prop.xyz").exists()
 
 
+def test_identical_camera_poses_exit_2_and_write_nothing(tmp_path, capsys):
+    """Four frames with one transform_matrix (the audit's case) have no baseline."""
+    views = make_views(tmp_path / "same")
+    data = json.loads(views.read_text())
+    for frame in data["frames"]:
+        frame["transform_matrix"] = data["frames"][0]["transform_matrix"]
+    views.write_text(json.dumps(data))
+    out = tmp_path / "out" / "prop.ply"
+    _fails(["reconstruct", str(views), "-o", str(out), *TINY], capsys,
+           "all 4 cameras are at the same position")  # fmt: skip
+    duplicated = make_views(tmp_path / "dup", frames=[0, 1, 2, 1])
+    _fails(["reconstruct", str(duplicated), "-o", str(out), *TINY], capsys,
+           "views 1 and 3 have the same camera pose")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_shipped_weights_say_what_to_do(views, tmp_path, capsys, monkeypatch):
     import engine.weights
 

@@ -172,6 +172,48 @@ def test_bad_views_are_clear_errors(tiny, views, mutate, match):
         tiny.reconstruct(images, cams)
 
 
+def _with_translations(cams: Cameras, w2c: torch.Tensor) -> Cameras:
+    return Cameras(w2c, cams.fx, cams.fy, cams.cx, cams.cy, cams.width, cams.height)
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("four copies of one pose", "all 4 cameras are at the same position"),
+        ("copies with float noise", "all 4 cameras are at the same position"),
+        ("one frame duplicated", "views 0 and 3 have the same camera pose"),
+        ("one spot, four directions", "all 4 cameras are at the same position"),
+    ],
+)
+def test_views_without_baseline_are_refused(tiny, views, case, match):
+    images, cams = views
+    if case == "four copies of one pose":
+        cams = cams[[0, 0, 0, 0]]
+    elif case == "copies with float noise":
+        w2c = cams.world_to_camera[[0, 0, 0, 0]].clone()
+        w2c[:, :3, 3] *= 1 + 1e-7 * torch.arange(4.0)[:, None]
+        cams = _with_translations(cams, w2c)
+    elif case == "one frame duplicated":
+        cams = cams[[0, 1, 2, 0]]
+    else:  # a camera turning on the spot: no parallax either
+        centre = cams.centers[0]
+        w2c = cams.world_to_camera.clone()
+        w2c[:, :3, 3] = -(w2c[:, :3, :3] @ centre)
+        cams = _with_translations(cams, w2c)
+    with pytest.raises(ValueError, match=match):
+        tiny.reconstruct(images, cams, densify=False)
+
+
+def test_a_small_real_baseline_is_accepted(tiny, views):
+    images, cams = views
+    w2c = cams.world_to_camera[[0, 1, 2, 0]].clone()
+    # The fourth camera is the first one moved sideways by 1% of its distance.
+    step = 0.01 * float(cams.centers[0].norm())
+    w2c[3, :3, 3] -= w2c[3, :3, :3] @ torch.tensor([step, 0.0, 0.0])
+    rec = tiny.reconstruct(images, _with_translations(cams, w2c), densify=False)
+    assert len(rec.coarse) > 0
+
+
 def test_camera_looking_away_is_a_clear_error(tiny, views):
     images, cams = views
     w2c = cams.world_to_camera.clone()
