@@ -706,6 +706,43 @@ def test_capture_settings_restored_on_error(scene):
     assert snapshot(scene) == before
 
 
+def test_capture_renders_with_its_own_samples(scene, tmp_path):
+    """A scene at Cycles' default 4096 samples (adaptive, no denoiser, 8 transparent
+    bounces) is captured with the capture's own settings and left exactly as it was; a
+    scene already at fewer samples keeps its count."""
+    import bpy
+
+    from gd_blender_addon.camera_capture import (
+        CAPTURE_SAMPLES,
+        CAPTURE_TRANSPARENT_BOUNCES,
+        render_view,
+    )
+
+    cycles, render = scene.cycles, scene.render
+    cycles.samples, cycles.use_adaptive_sampling, cycles.use_denoising = 4096, True, False
+    cycles.transparent_max_bounces = 8
+    render.use_persistent_data, render.use_motion_blur = False, True
+
+    def settings_now() -> tuple[Any, ...]:
+        return (cycles.samples, cycles.use_adaptive_sampling, cycles.use_denoising,
+                cycles.transparent_max_bounces, render.use_persistent_data,
+                render.use_motion_blur)  # fmt: skip
+
+    seen: list[tuple[Any, ...]] = []
+    bpy.app.handlers.render_pre.append(lambda *args: seen.append(settings_now()))
+    try:
+        render_view(scene, scene.objects["Cam0"], 32, tmp_path / "a.png")
+        assert settings_now() == (4096, True, False, 8, False, True)
+        cycles.samples = 1
+        render_view(scene, scene.objects["Cam0"], 32, tmp_path / "b.png")
+        assert settings_now() == (1, True, False, 8, False, True)
+    finally:
+        bpy.app.handlers.render_pre.pop()
+    bounces = CAPTURE_TRANSPARENT_BOUNCES
+    assert seen == [(CAPTURE_SAMPLES, False, True, bounces, True, False),
+                    (1, False, False, bounces, True, False)]  # fmt: skip
+
+
 def test_to_local_cameras_see_local_points_like_world_cameras(addon):
     import torch
     from mathutils import Euler, Matrix, Vector
