@@ -5,6 +5,12 @@ and hands back plain data; the main thread drains the queue (from a modal operat
 in the UI, or in a loop with `run_blocking` where there is no event loop: `bpy.app.background`,
 where timers never fire) and applies the result to the scene.
 
+A job holds nothing of Blender's: its work function is built from plain data (never a bound
+method of an operator, never a `context`), and progress goes back through the queue, to be
+read on the main thread (`fraction`, `message`) by whoever polls. The job outlives its
+operator (`active_job`, the panel's progress box), so anything it held would stay alive and
+be touched after Blender freed it. A finished job drops its work function.
+
 A job that was cancelled reports as cancelled even when the worker happened to finish: the
 result is dropped, so Esc never leaves a half-wanted object behind.
 """
@@ -19,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 Progress = Callable[[float, str], None]
+# What a worker runs: work(progress, cancel) -> result, from plain data only.
+Work = Callable[[Progress, threading.Event], Any]
 # Called on the main thread for every progress message of every job, after the job's own
 # callback: (fraction, message, cancel event). Scripts can watch jobs (or cancel them) here;
 # the tests use it to cancel mid-run where no Esc key exists.
@@ -49,6 +57,13 @@ def abandon_active() -> None:
     _active = None
 
 
+def _forget(job: Job) -> None:
+    """Stop pointing at a finished job, so its result is freed with its operator's."""
+    global _active
+    if _active is job:
+        _active = None
+
+
 def notify(fraction: float, message: str, cancel: threading.Event) -> None:
     """Tell the progress listeners (main thread only)."""
     for listener in list(progress_listeners):
@@ -61,19 +76,13 @@ class Job:
     Attributes:
         cancel_event: set by `cancel()`; `work` should check it (the engine raises its
             `Cancelled` when it sees it).
+        fraction, message: the latest progress `poll` has seen.
         finished, result, error: outcome once `poll` has seen the end.
     """
 
-    def __init__(
-        self,
-        name: str,
-        work: Callable[[Progress, threading.Event], Any],
-        on_progress: Progress | None = None,
-        cancel_event: threading.Event | None = None,
-    ) -> None:
+    def __init__(self, name: str, work: Work, cancel_event: threading.Event | None = None) -> None:
         self.name = name
-        self.work = work
-        self.on_progress = on_progress
+        self.work: Work | None = work
         self.cancel_event = cancel_event or threading.Event()
         self.finished = False
         self.result: Any = None
@@ -88,9 +97,9 @@ class Job:
     def _progress(self, fraction: float, message: str) -> None:
         self._queue.put(("progress", float(fraction), str(message)))
 
-    def _run(self) -> None:
+    def _run(self, work: Work) -> None:
         try:
-            result = self.work(self._progress, self.cancel_event)
+            result = work(self._progress, self.cancel_event)
         except BaseException as err:  # handed to the main thread, which reports it
             self._queue.put(("error", err, traceback.format_exc()))
         else:
@@ -101,8 +110,13 @@ class Job:
         global _active
         if active_job() is not None:
             raise RuntimeError(f"another job is running ({_active.name}); wait or press Esc")
+        if self.work is None:
+            raise RuntimeError(f"{self.name} already ran")
         _active = self
-        self._thread = threading.Thread(target=self._run, name=f"gd-{self.name}", daemon=True)
+        work, self.work = self.work, None  # the thread holds it only while it runs
+        self._thread = threading.Thread(
+            target=self._run, args=(work,), name=f"gd-{self.name}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -128,8 +142,6 @@ class Job:
                 break
             if kind == "progress":
                 self.fraction, self.message = a, b
-                if self.on_progress is not None:
-                    self.on_progress(a, b)
                 notify(a, b, self.cancel_event)
             else:
                 if kind == "done":
@@ -139,6 +151,7 @@ class Job:
                 self.finished = True
                 if self._thread is not None:
                     self._thread.join()
+                _forget(self)
         return self.finished
 
     def outcome(self) -> Any:
@@ -151,13 +164,15 @@ class Job:
             raise self.error
         return self.result
 
-    def run_blocking(self) -> Any:
+    def run_blocking(self, on_progress: Progress | None = None) -> Any:
         """Start, drain the queue on this (main) thread until the end, return `outcome()`.
 
         The synchronous path for `bpy.app.background`, where no timer or modal event loop
-        runs; the work still happens in the worker thread.
+        runs; the work still happens in the worker thread. `on_progress(fraction, message)`
+        is called here, on the main thread, after each poll; the job does not keep it.
         """
         self.start()
         while not self.poll(timeout=0.05):
-            pass
+            if on_progress is not None:
+                on_progress(self.fraction, self.message)
         return self.outcome()

@@ -1,18 +1,25 @@
 """Operators: Reconstruct, Densify Selected, import/export, install PyTorch, download weights.
 
 Every long operator follows one pattern (`_JobOperator`):
-    prepare()  main thread: validate, read the scene, load the model. Changes nothing, so a
-               bad input leaves the scene exactly as it was.
-    steps      main thread: one render per step (the UI redraws and Esc is seen between).
-    work()     worker thread: the engine, with plain tensors in and out.
+    prepare()  main thread: validate, read the scene, queue the stages below. Changes
+               nothing, so a bad input leaves the scene exactly as it was.
+    stages     the model loads in a worker thread (reading and hashing weights takes
+               seconds); then one render per stage on the main thread (the UI redraws and
+               Esc is seen between).
+    job()      worker thread: the engine, with plain data in and out (no bpy, no operator).
     finish()   main thread: the result lands in the scene (one new object, or in place).
-In the UI `invoke` drives this from a modal timer (status bar text, progress indicator, Esc
-cancels); with `bpy.app.background` (no event loop) and from scripts `execute` runs the same
-steps and blocks on the worker thread.
+In the UI `execute` (a button, F3, a script) drives this from a modal timer (status bar
+text, progress indicator, Esc cancels) and returns at once; with no event loop
+(`bpy.app.background`, where timers never fire) it runs the same stages and blocks.
+
+Reconstruct and Densify are UNDO but not REGISTER: Adjust Last Operation (the redo panel,
+F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would re-run a whole
+job synchronously. UNDO still has Blender push one undo step when the result has landed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -22,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, StringProperty
@@ -41,11 +48,31 @@ class UserError(Exception):
 _models: dict[tuple[str, str, str | None], Any] = {}
 
 
+class ModelRequest(NamedTuple):
+    """Which model to load, as plain strings: resolved on the main thread (preferences and
+    the add-on's user folder are bpy), loaded in the worker."""
+
+    name: str
+    device: str
+    weights: str | None
+
+
+def model_request(context: bpy.types.Context) -> ModelRequest:
+    """The model the preferences name (main thread). The add-on's folders go on sys.path
+    here too: finding them calls `bpy.utils.extension_path_user`, which is bpy."""
+    if not dependencies.torch_available():
+        raise UserError(MISSING_TORCH)
+    dependencies.setup_paths()
+    prefs = get_prefs(context)
+    return ModelRequest(prefs.model, prefs.device.lower(), weights_for(prefs))
+
+
 def load_engine_model(name: str, device: str, weights: str | None) -> Any:
-    """`engine.load_model`, cached per (name, device, weights). Tests replace this."""
+    """`engine.load_model`, cached per (name, device, weights). Worker thread: no bpy here
+    (`model_request` resolved the paths). Tests replace this."""
     key = (name, device, weights)
-    if key not in _models:
-        dependencies.setup_paths()
+    model = _models.get(key)
+    if model is None:
         try:
             dependencies.check_engine_origin()
         except ImportError as err:
@@ -53,17 +80,16 @@ def load_engine_model(name: str, device: str, weights: str | None) -> Any:
         from engine.models import load_model
 
         _models.clear()  # one model in memory at a time
-        _models[key] = load_model(name, device=device, weights=weights, pretrained=True)
-    return _models[key]
+        model = load_model(name, device=device, weights=weights, pretrained=True)
+        _models[key] = model
+    return model
 
 
-def get_model(context: bpy.types.Context) -> Any:
-    """The model the preferences name, with clear errors for what the user can fix."""
-    if not dependencies.torch_available():
-        raise UserError(MISSING_TORCH)
-    prefs = get_prefs(context)
+def load_model_work(request: ModelRequest, progress: jobs.Progress, cancel: threading.Event) -> Any:
+    """Worker: the requested model, with a clear error for missing weights."""
+    progress(0.0, f"loading {request.name}")
     try:
-        return load_engine_model(prefs.model, prefs.device.lower(), weights_for(prefs))
+        return load_engine_model(*request)
     except FileNotFoundError as err:
         raise UserError(
             f"Model weights missing: {err}. Download them in the add-on's preferences "
@@ -132,6 +158,11 @@ def densify_blocker(context: bpy.types.Context) -> str | None:
     if not is_splat(context.active_object):
         return "Make a Gaussian splat object active (made by Reconstruct or imported)"
     obj = context.active_object
+    if settings(context).region is None:
+        from .pointcloud import has_selected_points
+
+        if not has_selected_points(obj):
+            return NOTHING_SELECTED
     mode = settings(context).densify_views
     has_views = len(obj.gd_splat.views) > 0
     if mode == "STORED" and not has_views:
@@ -179,8 +210,30 @@ def _splat_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
 
 
 # ---------------------------------------------------------------------------- base class
+def is_interactive(context: bpy.types.Context) -> bool:
+    """Whether an event loop will drive a modal operator: not `bpy.app.background` (timers
+    never fire there, DESIGN.md §5) and a window to put the timer on."""
+    return not bpy.app.background and getattr(context, "window", None) is not None
+
+
+class _Stage(NamedTuple):
+    """One piece of a job operator. Main-thread stage: `run()` does it (`then` is None).
+    Worker stage: `run()` (main thread) returns the worker's function, built from plain data;
+    `then(result)` takes its result on the main thread."""
+
+    message: str
+    run: Callable[[], Any]
+    then: Callable[[Any], None] | None
+
+
 class _JobOperator:
-    """Shared modal/synchronous driver; subclasses define prepare/work/finish."""
+    """Shared modal/synchronous driver; subclasses define prepare/job/finish.
+
+    `prepare` queues stages (`add_step`, `add_work`); the base runs them in order, then the
+    job itself (`job()`, in the worker) and lands its result (`finish`). In the UI one stage
+    advances per timer tick of a modal handler; without an event loop the same stages run
+    in a loop (`_advance` serves both).
+    """
 
     _job: jobs.Job | None = None
     _timer: Any = None
@@ -188,6 +241,16 @@ class _JobOperator:
     # -- subclass API
     def prepare(self, context: bpy.types.Context) -> None:
         raise NotImplementedError
+
+    def job(self) -> jobs.Work:
+        """The job's worker function, made on the main thread once every queued stage ran.
+
+        Build it with `functools.partial` of a module-level function over plain data: the
+        worker must hold neither the operator nor `context` nor any bpy data (Blender frees
+        the operator when it ends; the job may outlive it). The default hands over the bound
+        `work` method, which keeps the operator: Download Weights still does that.
+        """
+        return self.work
 
     def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
         raise NotImplementedError
@@ -200,13 +263,63 @@ class _JobOperator:
 
     job_name = "job"
 
+    def add_step(self, message: str, step: Callable[[], None]) -> None:
+        """Queue main-thread work (one render): each step gets its own timer tick."""
+        self._stages.append(_Stage(message, step, None))
+
+    def add_work(
+        self, message: str, make: Callable[[], jobs.Work], then: Callable[[Any], None]
+    ) -> None:
+        """Queue worker-thread work: `make()` returns the worker's function (see `job`),
+        `then(result)` takes the result on the main thread."""
+        self._stages.append(_Stage(message, make, then))
+
     # -- driver
     def _setup(self, context: bpy.types.Context) -> None:
         self._cancel = threading.Event()
-        self._steps: list[tuple[str, Callable[[], None]]] = []
+        self._stages: list[_Stage] = []
         self._started = time.monotonic()
         self._job = None
+        self._then: Callable[[Any], None] | None = None
+        self._result: Any = None
         self._progress_on = False
+
+    def _begin(self, context: bpy.types.Context) -> None:
+        """Validate and queue everything (main thread); raises on bad input."""
+        if jobs.active_job() is not None:
+            raise UserError(_blocked_by_job())
+        self.prepare(context)
+        self.add_work("starting", self.job, self._keep_result)
+        self._stage_count = len(self._stages)
+
+    def _keep_result(self, result: Any) -> None:
+        self._result = result
+
+    def _advance(self, context: bpy.types.Context, wait: float) -> bool:
+        """Move the operation on by one piece (main thread): run the next stage, start its
+        worker, or poll the running worker for up to `wait` seconds. True once the job's
+        result is in `_result`. Raises JobCancelled or the worker's error."""
+        if self._job is not None:
+            if not self._job.poll(timeout=wait):
+                self._progress(context, self._job.fraction, self._job.message)
+                return False
+            job, self._job = self._job, None
+            self._then(job.outcome())
+        elif self._stages:
+            if self._cancel.is_set():
+                raise jobs.JobCancelled()
+            done = self._stage_count - len(self._stages)
+            stage = self._stages.pop(0)
+            # Renders and the model share the first 30%; the job reports 30-100% itself.
+            self._main_progress(context, 0.3 * done / max(1, self._stage_count - 1), stage.message)
+            if self._cancel.is_set():
+                raise jobs.JobCancelled()
+            if stage.then is None:
+                stage.run()
+            else:
+                self._then = stage.then
+                self._job = jobs.Job(self.job_name, stage.run(), self._cancel).start()
+        return self._job is None and not self._stages
 
     def _progress(self, context: bpy.types.Context, fraction: float, message: str) -> None:
         wm = context.window_manager
@@ -224,6 +337,10 @@ class _JobOperator:
         jobs.notify(fraction, message, self._cancel)
 
     def _end(self, context: bpy.types.Context) -> None:
+        if self._job is not None:  # an error on the main thread: stop the worker too
+            self._job.cancel()
+            self._job = None
+        self._stages, self._then, self._result = [], None, None
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
             self._timer = None
@@ -252,55 +369,39 @@ class _JobOperator:
         self.report({"ERROR"}, message)
         return {"CANCELLED"}
 
-    def _make_job(self, context: bpy.types.Context) -> jobs.Job:
-        return jobs.Job(
-            self.job_name,
-            self.work,
-            on_progress=lambda f, m: self._progress(context, f, m),
-            cancel_event=self._cancel,
-        )
-
     def _finish(self, context: bpy.types.Context, result: Any) -> set[str]:
         self.finish(context, result)
         return {"FINISHED"}
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        """Synchronous path: background mode and scripts."""
+        """In the UI: start the modal job and return at once, so nothing that calls
+        `execute` (a button, F3, a script) freezes Blender. Without an event loop: run it
+        all here and return when the result has landed."""
+        if is_interactive(context):
+            return self.start_modal(context)
+        return self.run_blocking(context)
+
+    def run_blocking(self, context: bpy.types.Context) -> set[str]:
+        """The synchronous path: the stages in a loop; the worker still does the job."""
         self._setup(context)
         try:
-            if jobs.active_job() is not None:
-                raise UserError(_blocked_by_job())
-            self.prepare(context)
-            for i, (message, step) in enumerate(self._steps):
-                if self._cancel.is_set():
-                    raise jobs.JobCancelled()
-                self._main_progress(context, 0.3 * i / len(self._steps), message)
-                step()
-            if self._cancel.is_set():
-                raise jobs.JobCancelled()
-            result = self._make_job(context).run_blocking()
-            return self._finish(context, result)
+            self._begin(context)
+            while not self._advance(context, wait=0.05):
+                pass
+            return self._finish(context, self._result)
         except BaseException as err:
             return self._fail(err)
         finally:
             self._end(context)
 
-    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
-        if bpy.app.background or context.window is None:
-            return self.execute(context)
-        return self.start_modal(context)
-
     def start_modal(self, context: bpy.types.Context) -> set[str]:
-        """The UI path: prepare now, then renders and the worker run from a modal timer."""
+        """The UI path: validate and queue now, then a modal timer advances the stages."""
         self._setup(context)
         try:
-            if jobs.active_job() is not None:
-                raise UserError(_blocked_by_job())
-            self.prepare(context)
+            self._begin(context)
         except BaseException as err:
             self._end(context)
             return self._fail(err)
-        self._total_steps = max(1, len(self._steps))
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.modal_handler_add(self)
@@ -315,22 +416,9 @@ class _JobOperator:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         try:
-            if self._steps:
-                if self._cancel.is_set():
-                    raise jobs.JobCancelled()
-                done = self._total_steps - len(self._steps)
-                message, step = self._steps.pop(0)
-                self._main_progress(context, 0.3 * done / self._total_steps, message)
-                step()
+            if not self._advance(context, wait=0.0):
                 return {"RUNNING_MODAL"}
-            if self._job is None:
-                if self._cancel.is_set():
-                    raise jobs.JobCancelled()
-                self._job = self._make_job(context).start()
-            if not self._job.poll():
-                return {"RUNNING_MODAL"}
-            result = self._job.outcome()
-            status = self._finish(context, result)
+            status = self._finish(context, self._result)
         except BaseException as err:
             self._end(context)
             return self._fail(err)
@@ -340,10 +428,13 @@ class _JobOperator:
 
 # ---------------------------------------------------------------------------- reconstruct
 class _SceneJobOperator(_JobOperator):
-    """A job on the scene: one engine job at a time; the tooltip says why it is disabled."""
+    """A job on the scene with the preferences' model: one engine job at a time; the
+    tooltip says why it is disabled."""
 
     # staticmethod(context) -> why the operator cannot run, or a falsy value.
     blocker = None
+    _model: Any = None
+    _size = 0
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -357,13 +448,33 @@ class _SceneJobOperator(_JobOperator):
         reason = cls.blocker(context)
         return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
 
+    def add_model_stage(self, context: bpy.types.Context, views: int) -> None:
+        """Queue loading the preferences' model in the worker. Once it is there (main
+        thread) check that it takes `views` views and pick the render size, `_size`, which
+        the render steps queued after this read when they run."""
+        request = model_request(context)
+        resolution = int(settings(context).resolution)
+
+        def loaded(model: Any) -> None:
+            if views > model.max_views:
+                raise UserError(
+                    f"{views} views but the model takes at most {model.max_views}; "
+                    "select fewer cameras"
+                )
+            self._model = model
+            self._size = resolution or _view_size(model)
+
+        self.add_work(
+            "loading the model", lambda: functools.partial(load_model_work, request), loaded
+        )
+
 
 class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
     """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
 
     bl_idname = "gd.reconstruct"
     bl_label = "Reconstruct"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Reconstruct"
 
     source: EnumProperty(  # type: ignore[valid-type]
@@ -405,14 +516,7 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                 self._views.append(pixels)
                 self._records.append(record)
                 self._images.append(image)
-        model = get_model(context)
-        if len(cameras) > model.max_views:
-            raise UserError(
-                f"{len(cameras)} cameras selected but the model takes at most "
-                f"{model.max_views} views; select fewer"
-            )
-        self._model = model
-        self._size = settings(context).resolution or _view_size(model)
+        self.add_model_stage(context, len(cameras))
         # Selected non-camera objects (the prop) bound the reconstruction.
         props = [
             o
@@ -432,19 +536,11 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                     self._records.append(camera_record(camera, self._size, self._size))
                     self._paths.append(path)
 
-                self._steps.append((f"rendering {camera.name}", step))
+                self.add_step(f"rendering {camera.name}", step)
 
-    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        import torch
-
-        from .photos import prepare_views
-
-        progress(0.3, "preparing views")
-        images, cameras = prepare_views(self._views, self._records, _view_size(self._model))
-        bbox = None if self._bbox is None else torch.tensor(self._bbox, dtype=torch.float32)
-        stage = _scaled(progress, 0.35, 1.0)
-        return self._model.reconstruct(
-            images, cameras, bbox=bbox, densify=True, progress=stage, cancel=cancel
+    def job(self) -> jobs.Work:
+        return functools.partial(
+            reconstruct_work, self._model, list(self._views), list(self._records), self._bbox
         )
 
     def finish(self, context: bpy.types.Context, rec: Any) -> None:
@@ -484,6 +580,28 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         self._model = None
+
+
+def reconstruct_work(
+    model: Any,
+    views: list[Any],
+    records: list[dict[str, Any]],
+    bbox: list[list[float]] | None,
+    progress: jobs.Progress,
+    cancel: threading.Event,
+) -> Any:
+    """Worker: reconstruct from plain data (RGBA arrays, camera records, world bounds)."""
+    import torch
+
+    from .photos import prepare_views
+
+    progress(0.3, "preparing views")
+    images, cameras = prepare_views(views, records, _view_size(model))
+    box = None if bbox is None else torch.tensor(bbox, dtype=torch.float32)
+    return model.reconstruct(
+        images, cameras, bbox=box, densify=True, progress=_scaled(progress, 0.35, 1.0),
+        cancel=cancel,
+    )  # fmt: skip
 
 
 def _render_hiding(
@@ -549,14 +667,32 @@ def stored_views(obj: bpy.types.Object) -> tuple[list[Any], list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------- densify
+NOTHING_SELECTED = (
+    "Nothing selected to densify: in Edit Mode select the Gaussians that need detail, or set "
+    "a Region box"
+)
+
+
 class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
     """Add detail to the selected Gaussians (Edit Mode selection or the Region object);
     every other Gaussian keeps its exact values"""
 
     bl_idname = "gd.densify_selected"
     bl_label = "Densify Selected"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Densify"
+
+    # Densifying everything has to be asked for: a cloud with no selection (fresh, just
+    # densified, or after Select All, which leaves none) would otherwise grow every run.
+    whole_object: BoolProperty(  # type: ignore[valid-type]
+        name="Whole Object",
+        description=(
+            "Densify every Gaussian of the object, whatever is selected (each run adds "
+            "detail everywhere, so the object grows every time)"
+        ),
+        default=False,
+        options={"SKIP_SAVE"},
+    )
 
     blocker = staticmethod(densify_blocker)
 
@@ -569,7 +705,14 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
                 "Make a Gaussian splat object active (made by Reconstruct or "
                 "imported) to densify it"
             )
-        from .pointcloud import object_to_gaussians, points_in_region, selected_point_mask
+        import torch
+
+        from .pointcloud import (
+            has_selected_points,
+            object_to_gaussians,
+            points_in_region,
+            selected_point_mask,
+        )
 
         self._obj = obj
         self._tmp = None
@@ -579,14 +722,20 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
             bpy.ops.object.mode_set(mode="OBJECT")
         opts = settings(context)
         region = opts.region
-        mask = points_in_region(obj, region) if region is not None else selected_point_mask(obj)
-        count = int(mask.sum())
-        if count == 0:
-            where = f"inside '{region.name}'" if region is not None else "(Edit Mode selection)"
-            raise UserError(
-                f"No Gaussians selected {where}: select the points to densify or set a Region box"
-            )
-        self._mask = mask
+        mask = None  # whole object: every Gaussian, counted once the object is read
+        if self.whole_object:
+            pass
+        elif region is not None:
+            mask = points_in_region(obj, region)
+            if not bool(mask.any()):
+                raise UserError(
+                    f"No Gaussians inside '{region.name}': move the Region box over the part "
+                    "to densify"
+                )
+        elif has_selected_points(obj):
+            mask = selected_point_mask(obj)
+        else:
+            raise UserError(NOTHING_SELECTED)
         use_stored = opts.densify_views == "STORED" or (
             opts.densify_views == "AUTO" and len(obj.gd_splat.views) > 0
         )
@@ -615,16 +764,13 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
                     pixels, record, _ = photo_view(camera)
                     self._views.append(pixels)
                     self._records.append(to_local([record], obj.matrix_world)[0])
-        self._model = get_model(context)
-        if len(self._records or cameras) > self._model.max_views:
-            raise UserError(
-                f"{len(self._records or cameras)} views but the model takes at "
-                f"most {self._model.max_views}"
-            )
+        self.add_model_stage(context, len(self._records) or len(cameras))
         self._gaussians, self._level, self._parent = object_to_gaussians(obj)
+        if mask is None:
+            mask = torch.ones(len(self._gaussians.means), dtype=torch.bool)
+        self._mask = mask
         self._budget = int(opts.budget)
         if cameras and not self._views:
-            size = opts.resolution or _view_size(self._model)
             self._tmp = Path(tempfile.mkdtemp(prefix="gd_views_"))
             hidden = _splat_objects(context)
             scene = context.scene
@@ -632,26 +778,18 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
                 path = self._tmp / f"view_{i:03d}.png"
 
                 def step(camera: bpy.types.Object = camera, path: Path = path) -> None:
+                    size = self._size
                     self._views.append(_render_hiding(scene, camera, size, path, hidden))
                     record = camera_record(camera, size, size)
                     self._records.append(to_local([record], obj.matrix_world)[0])
 
-                self._steps.append((f"rendering {camera.name}", step))
+                self.add_step(f"rendering {camera.name}", step)
 
-    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        from .photos import prepare_views
-
-        progress(0.3, "preparing views")
-        images, cameras = prepare_views(self._views, self._records, _view_size(self._model))
-        return self._model.densify(
-            self._gaussians,
-            images,
-            cameras,
-            select=self._mask,
-            budget=self._budget,
-            progress=_scaled(progress, 0.35, 1.0),
-            cancel=cancel,
-        )
+    def job(self) -> jobs.Work:
+        return functools.partial(
+            densify_work, self._model, self._gaussians, list(self._views),
+            list(self._records), self._mask, self._budget,
+        )  # fmt: skip
 
     def finish(self, context: bpy.types.Context, res: Any) -> None:
         from .pointcloud import replace_gaussians
@@ -679,6 +817,27 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
         if obj is not None and mode != "OBJECT" and obj.mode != mode:
             bpy.ops.object.mode_set(mode=mode)
         self._model = None
+
+
+def densify_work(
+    model: Any,
+    gaussians: Any,
+    views: list[Any],
+    records: list[dict[str, Any]],
+    mask: Any,
+    budget: int,
+    progress: jobs.Progress,
+    cancel: threading.Event,
+) -> Any:
+    """Worker: densify the masked Gaussians against plain views and camera records."""
+    from .photos import prepare_views
+
+    progress(0.3, "preparing views")
+    images, cameras = prepare_views(views, records, _view_size(model))
+    return model.densify(
+        gaussians, images, cameras, select=mask, budget=budget,
+        progress=_scaled(progress, 0.35, 1.0), cancel=cancel,
+    )  # fmt: skip
 
 
 def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[Any, Any]:
@@ -847,17 +1006,22 @@ class GD_OT_install_dependencies(_JobOperator, bpy.types.Operator):
         if not online_access():
             raise UserError(_offline_error())
 
-    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        try:
-            dependencies.install(self.build, progress, cancel)
-        except InterruptedError:
-            raise jobs.JobCancelled() from None
-        except (RuntimeError, OSError) as err:
-            raise UserError(f"Installing PyTorch failed: {err}") from None
+    def job(self) -> jobs.Work:
+        return functools.partial(install_work, self.build)
 
     def finish(self, context: bpy.types.Context, result: Any) -> None:
         clear_models()
         self.report({"INFO"}, f"Installed: {dependencies.torch_summary()}")
+
+
+def install_work(build: str, progress: jobs.Progress, cancel: threading.Event) -> None:
+    """Worker: pip-install PyTorch and the engine's dependencies."""
+    try:
+        dependencies.install(build, progress, cancel)
+    except InterruptedError:
+        raise jobs.JobCancelled() from None
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"Installing PyTorch failed: {err}") from None
 
 
 class GD_OT_download_weights(_JobOperator, bpy.types.Operator):

@@ -69,6 +69,7 @@ __all__ = [
     "SIGMA_EXTENT",
     "SELECTION_ATTRIBUTE",
     "gaussians_to_object",
+    "has_selected_points",
     "is_gaussian_object",
     "object_to_gaussians",
     "pointcloud_objects_supported",
@@ -602,6 +603,30 @@ def selected_point_mask(obj: bpy.types.Object) -> Tensor:
     if sel is None:
         return torch.ones(n, dtype=torch.bool)
     return torch.from_numpy(np.ascontiguousarray(sel, dtype=bool))
+
+
+def has_selected_points(obj: bpy.types.Object | None) -> bool:
+    """Whether some points of `obj` are selected on purpose (cheap: panels call this).
+
+    Unlike `selected_point_mask`, a point cloud without `.selection` counts as nothing
+    selected, although Blender draws it all selected: a fresh or just densified cloud has
+    none, and so does one after Select All (which removes the attribute, checked on 5.0.1),
+    so "everything, on purpose" cannot be told apart from "never selected". A mesh in Edit
+    Mode answers from its BMesh count (`total_vert_sel`), without flushing the edit data.
+    """
+    if obj is None or obj.type not in ("POINTCLOUD", "MESH"):
+        return False
+    data = obj.data
+    if obj.type == "MESH":
+        if data.is_editmode:
+            return data.total_vert_sel > 0
+        selection = _get(data.attributes, ".select_vert", len(data.vertices), "BOOLEAN")
+        return selection is not None and bool(selection.any())
+    attr = data.attributes.get(SELECTION_ATTRIBUTE)
+    if attr is None or attr.domain != "POINT" or attr.data_type not in ("BOOLEAN", "FLOAT"):
+        return False
+    values = _get(data.attributes, SELECTION_ATTRIBUTE, len(data.points), attr.data_type)
+    return values is not None and bool((values > 0).any())
 
 
 def _region_local_box(region_obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,15 @@ Headless Blender has no event loop, so the operators take their synchronous path
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 import http.server
 import importlib.util
 import json
 import math
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +276,31 @@ def test_reconstruct_from_selected_cameras(scene, spy):
         assert record["resolution_x"] == CAPTURE
 
 
+def _select_all_registered() -> None:
+    """Run a REGISTER operator as a button would (undo=True): Deselect All, then put the
+    selection back by hand. Adjust Last Operation (F9, the redo panel: the last REGISTER +
+    UNDO operator) and Repeat Last (Shift+R: the last REGISTER one) act on it unless a later
+    operator registers."""
+    import bpy
+
+    selected = list(bpy.context.selected_objects)
+    assert bpy.ops.object.select_all("EXEC_DEFAULT", True, action="DESELECT") == {"FINISHED"}
+    for obj in selected:  # the selection the job needs
+        obj.select_set(True)
+
+
+def _assert_not_repeatable(spy: Spy) -> None:
+    """Neither redo nor Repeat Last runs the job that just finished again (either would run
+    the whole job synchronously, freezing Blender): both still act on Deselect All."""
+    import bpy
+
+    registered = [op for op in bpy.context.window_manager.operators if "REGISTER" in op.bl_options]
+    assert registered[-1].bl_idname == "OBJECT_OT_select_all", registered
+    calls = len(spy.calls)
+    bpy.ops.screen.repeat_last()  # from Python: no undo step of its own
+    assert len(spy.calls) == calls and bpy.context.selected_objects == []
+
+
 def _new_data(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     """Point-cloud and mesh datablocks in snapshot `after` but not in `before`."""
     return {name for key in ("pointclouds", "meshes") for name in after[key]
@@ -288,12 +316,57 @@ def test_reconstruct_is_one_undo_step(scene, spy, monkeypatch, as_mesh):
     before = snapshot(scene)
     with _window_override():
         bpy.ops.ed.undo_push(message="before reconstruct")
+        _select_all_registered()
         assert bpy.ops.gd.reconstruct("EXEC_DEFAULT", True) == {"FINISHED"}
         assert len(_new_data(before, snapshot(bpy.context.scene))) == 1
+        _assert_not_repeatable(spy)
         assert bpy.ops.ed.undo() == {"FINISHED"}
     after = snapshot(bpy.context.scene)
     assert after["objects"] == before["objects"] and after["pointclouds"] == []
     assert after["meshes"] == before["meshes"]
+
+
+@pytest.mark.slow
+def test_model_loads_in_the_worker_and_bpy_stays_on_the_main_thread(
+    scene, addon, tiny, monkeypatch
+):
+    """Loading the model (reading and hashing the weights) happens in the worker; the
+    add-on's user folder (`bpy.utils.extension_path_user`, bpy) is found on the main
+    thread, before the worker starts."""
+    import bpy
+
+    import engine.models
+    from gd_blender_addon import operators
+
+    spy = Spy(tiny)
+    loads: list[threading.Thread] = []
+    paths: list[threading.Thread] = []
+
+    def load_model(*args: Any, **kwargs: Any) -> Spy:
+        loads.append(threading.current_thread())
+        return spy
+
+    monkeypatch.setattr(engine.models, "load_model", load_model)  # under the add-on's cache
+    monkeypatch.delenv("GD_ADDON_USER_DIR", raising=False)
+
+    def watch(original: Any) -> Any:
+        def watched(*args: Any, **kw: Any) -> Any:
+            paths.append(threading.current_thread())
+            return original(*args, **kw)
+
+        return watched
+
+    for name in ("extension_path_user", "user_resource"):
+        monkeypatch.setattr(bpy.utils, name, watch(getattr(bpy.utils, name)))
+    operators.clear_models()
+    try:
+        reconstruct(scene, spy)
+    finally:
+        operators.clear_models()
+    main = threading.main_thread()
+    assert loads and all(thread is not main for thread in loads)
+    assert paths and all(thread is main for thread in paths)
+    assert [kind for kind, _, _ in spy.calls] == ["reconstruct"]
 
 
 @pytest.mark.slow
@@ -352,6 +425,7 @@ def test_densify_selection_exact_and_undo(scene, spy, monkeypatch, as_mesh):
     scene.gd_splat.budget = 300
     with _window_override():
         bpy.ops.ed.undo_push(message="before densify")
+        _select_all_registered()
         # undo=True: what a button press does (Python calls skip the undo push by default);
         # the operator's UNDO flag makes that one step.
         assert bpy.ops.gd.densify_selected("EXEC_DEFAULT", True) == {"FINISHED"}
@@ -383,11 +457,59 @@ def test_densify_selection_exact_and_undo(scene, spy, monkeypatch, as_mesh):
     assert np.array_equal(after["gd_parent"][rows], before["gd_parent"][~mask])
     # One undo step brings the previous cloud back.
     with _window_override():
+        _assert_not_repeatable(spy)
         assert bpy.ops.ed.undo() == {"FINISHED"}
     restored = attributes(bpy.data.objects[name])
     assert restored.keys() == before.keys()
     for key, values in before.items():
         assert np.array_equal(restored[key], values), key
+
+
+@pytest.mark.slow
+def test_densify_without_a_selection_says_so_and_changes_nothing(scene, spy):
+    """A fresh object has no selection (nor has one after Select All or a densify): the
+    tooltip and the panel say so, Densify reports it once and changes nothing. Densifying
+    every Gaussian has to be asked for."""
+    import bpy
+
+    from gd_blender_addon import operators
+
+    obj = reconstruct(scene, spy)
+    n = point_count(obj)
+    before, state = attributes(obj), snapshot(scene)
+    assert operators.densify_blocker(bpy.context) == operators.NOTHING_SELECTED
+    description = operators.GD_OT_densify.description(bpy.context, None)
+    assert description == f"Disabled: {operators.NOTHING_SELECTED}"
+    with pytest.raises(RuntimeError, match="Nothing selected to densify") as err:
+        bpy.ops.gd.densify_selected()
+    assert str(err.value).count("Nothing selected") == 1
+    assert snapshot(scene) == state and [c[0] for c in spy.calls] == ["reconstruct"]
+    after = attributes(obj)
+    assert all(np.array_equal(after[key], values) for key, values in before.items())
+    # Asked for: every Gaussian.
+    assert bpy.ops.gd.densify_selected(whole_object=True) == {"FINISHED"}
+    kind, (_, _, _, kw), _ = spy.calls[-1]
+    assert kind == "densify" and bool(kw["select"].all()) and len(kw["select"]) == n
+
+
+@pytest.mark.slow
+def test_densify_twice_in_a_row_does_not_densify_everything(scene, spy):
+    import bpy
+
+    obj = reconstruct(scene, spy)
+    mask = np.zeros(point_count(obj), bool)
+    mask[::5] = True
+    set_selection(obj, mask)
+    scene.gd_splat.budget = 100
+    assert bpy.ops.gd.densify_selected() == {"FINISHED"}
+    densified, calls = attributes(obj), len(spy.calls)
+    # The new points carry no selection: the second press is refused, not a whole-object
+    # densify that doubles the cloud.
+    with pytest.raises(RuntimeError, match="Nothing selected to densify"):
+        bpy.ops.gd.densify_selected()
+    after = attributes(obj)
+    assert len(spy.calls) == calls
+    assert all(np.array_equal(after[key], values) for key, values in densified.items())
 
 
 @pytest.mark.slow
@@ -827,6 +949,15 @@ class _WindowManager:
         self.calls.append("progress_end")
 
 
+def _fake_work(release: threading.Event, progress, cancel):
+    """A worker that waits for `release` (or cancel); module-level, like the real ones."""
+    progress(0.5, "thinking")
+    while not release.wait(0.01):
+        if cancel.is_set():
+            raise RuntimeError("engine saw cancel")  # like engine.models.Cancelled
+    return 42
+
+
 def _fake_operator(release: threading.Event):
     from gd_blender_addon.operators import _JobOperator
 
@@ -844,14 +975,10 @@ def _fake_operator(release: threading.Event):
 
         def prepare(self, context) -> None:
             for i in range(3):
-                self._steps.append((f"render {i}", lambda i=i: self.rendered.append(i)))
+                self.add_step(f"render {i}", lambda i=i: self.rendered.append(i))
 
-        def work(self, progress, cancel):
-            progress(0.5, "thinking")
-            while not release.wait(0.01):
-                if cancel.is_set():
-                    raise RuntimeError("engine saw cancel")  # like engine.models.Cancelled
-            return 42
+        def job(self):
+            return functools.partial(_fake_work, release)
 
         def finish(self, context, result) -> None:
             self.finished_with = result
@@ -901,6 +1028,48 @@ def test_modal_path_renders_one_view_per_tick_then_runs_the_worker(addon):
     assert jobs.active_job() is None
 
 
+def test_execute_in_the_ui_starts_the_modal_job(addon, monkeypatch):
+    """In the UI, whatever calls `execute` (a button, F3, a script) gets the modal job and
+    returns at once; only without an event loop does `execute` block until the end."""
+    from gd_blender_addon import operators
+
+    release = threading.Event()  # not set: a blocking execute would never return
+    op, context = _fake_operator(release), _fake_context()
+    monkeypatch.setattr(operators, "is_interactive", lambda context: True)
+    assert op.execute(context) == {"RUNNING_MODAL"}
+    assert context.window_manager.calls[:2] == ["timer_add", "modal_handler_add"]
+    assert op.rendered == []  # the renders wait for the timer
+    assert _drive(op, context, [_Event("ESC", "PRESS")]) == {"CANCELLED"}
+
+    monkeypatch.setattr(operators, "is_interactive", lambda context: False)
+    release.set()
+    op, context = _fake_operator(release), _fake_context()
+    assert op.execute(context) == {"FINISHED"}
+    assert op.finished_with == 42 and op.rendered == [0, 1, 2]
+    assert "timer_add" not in context.window_manager.calls
+
+
+def test_a_job_keeps_neither_its_operator_nor_the_context(addon):
+    """The job outlives its operator (jobs.active_job, the panel's progress box): were it to
+    hold the operator or `context`, Blender data would stay referenced after Blender freed
+    it, and a worker could touch it."""
+    from gd_blender_addon import jobs
+
+    release = threading.Event()
+    op, context = _fake_operator(release), _fake_context()
+    op.start_modal(context)
+    for _ in range(4):  # 3 renders, then the worker starts
+        op.modal(context, _Event("TIMER"))
+    job = jobs.active_job()
+    assert job is not None and job.alive
+    assert _drive(op, context, [], release) == {"FINISHED"} and op.finished_with == 42
+    refs = weakref.ref(op), weakref.ref(context)
+    del op, context
+    gc.collect()
+    assert job.finished and refs[0]() is None and refs[1]() is None
+    assert jobs.active_job() is None and jobs._active is None
+
+
 @pytest.mark.parametrize("when", ["rendering", "engine"])
 def test_modal_escape_cancels(addon, when):
     release = threading.Event()  # never set: only Esc ends the worker
@@ -925,11 +1094,15 @@ def test_densify_from_edit_mode(scene, spy, monkeypatch, as_mesh):
     use_representation(monkeypatch, as_mesh)
     obj = reconstruct(scene, spy)
     n = point_count(obj)
+    from gd_blender_addon import operators
+
     bpy.ops.object.mode_set(mode="EDIT")
     edit_select_all(obj, "DESELECT")
+    assert operators.densify_blocker(bpy.context) == operators.NOTHING_SELECTED
     mask = np.zeros(n, bool)
     mask[::7] = True
     set_selection(obj, mask)  # a mesh: into the edit data, as clicking would
+    assert operators.densify_blocker(bpy.context) is None
     scene.gd_splat.budget = 100
     assert bpy.ops.gd.densify_selected() == {"FINISHED"}
     _, (_, _, _, kw), res = spy.calls[-1]
