@@ -43,7 +43,9 @@ def export(capsys, *args) -> tuple[int, str, str]:
     return rc, out, err
 
 
-@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".spz", ".splat", ".glb", ".gltf"])
+@pytest.mark.parametrize(
+    "suffix", [".ply", ".compressed.ply", ".spz", ".splat", ".sog", ".glb", ".gltf"]
+)
 def test_export_every_format_round_trips_to_our_world(scene, tmp_path, capsys, suffix):
     g, src = scene
     out = tmp_path / f"out{suffix}"
@@ -94,7 +96,7 @@ def test_sh_degree_cap(scene, tmp_path, capsys):
         assert load(out).sh_degree == d
 
 
-@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".splat", ".spz", ".glb"])
+@pytest.mark.parametrize("suffix", [".ply", ".compressed.ply", ".splat", ".spz", ".sog", ".glb"])
 def test_axes_standard_writes_each_formats_frame_and_raw_writes_the_world(
     scene, tmp_path, capsys, suffix
 ):
@@ -107,7 +109,7 @@ def test_axes_standard_writes_each_formats_frame_and_raw_writes_the_world(
     raw = load(tmp_path / f"raw{suffix}", axes="raw")
     m = GLTF_Y_UP if suffix == ".glb" else PLY_SPACE
     expected = rotate_gaussians(g, m)
-    tol = {".compressed.ply": 5e-3, ".spz": 1e-3}.get(suffix, 1e-6)
+    tol = {".compressed.ply": 5e-3, ".spz": 1e-3, ".sog": 1e-3}.get(suffix, 1e-6)
     assert near(std.means, expected.means) < tol
     # raw in, raw out: IN's own coordinates (in.ply is a standard file, in PLY space).
     assert near(raw.means, rotate_gaussians(g, PLY_SPACE).means) < tol
@@ -136,7 +138,7 @@ def test_in_axes_raw_converts_an_old_raw_export_to_standard(scene, tmp_path, cap
 
 def test_reads_every_supported_input(scene, tmp_path, capsys):
     g, src = scene
-    for suffix in (".compressed.ply", ".spz", ".splat", ".glb", ".gltf"):
+    for suffix in (".compressed.ply", ".spz", ".splat", ".sog", ".glb", ".gltf"):
         mid = tmp_path / f"mid{suffix}"
         save(g, mid)
         out = tmp_path / f"from{suffix.replace('.', '_')}.ply"

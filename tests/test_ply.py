@@ -686,12 +686,14 @@ def test_save_load_dispatch_on_suffix(tmp_path: Path) -> None:
         ".glb",
         ".gltf",
         ".ply",
+        ".sog",
         ".splat",
         ".spz",
+        "meta.json",
     ]
 
 
-@pytest.mark.parametrize("name", ["a.sog", "a.ply.gz", "noext"])
+@pytest.mark.parametrize("name", ["a.ksplat", "a.ply.gz", "noext"])
 def test_unknown_suffix_lists_supported(tmp_path: Path, name: str) -> None:
     supported = r"unsupported splat file suffix.*supported: \.compressed\.ply, \.glb, \.gltf, \.ply"
     with pytest.raises(ValueError, match=supported):

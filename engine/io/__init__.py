@@ -19,6 +19,7 @@ from .compressed_ply import (
 )
 from .gltf import GltfFormatError, read_gltf, write_gltf
 from .ply import PlyData, PlyFormatError, read_ply, write_ply
+from .sog import SogData, SogFormatError, read_sog, write_sog
 from .splat import SplatFormatError, read_splat, write_splat
 from .spz import SpzData, SpzFormatError, read_spz, write_spz
 
@@ -28,6 +29,8 @@ __all__ = [
     "GltfFormatError",
     "PlyData",
     "PlyFormatError",
+    "SogData",
+    "SogFormatError",
     "SplatFormatError",
     "SpzData",
     "SpzFormatError",
@@ -35,6 +38,7 @@ __all__ = [
     "read_compressed_ply",
     "read_gltf",
     "read_ply",
+    "read_sog",
     "read_splat",
     "read_spz",
     "save",
@@ -42,6 +46,7 @@ __all__ = [
     "write_compressed_ply",
     "write_gltf",
     "write_ply",
+    "write_sog",
     "write_splat",
     "write_spz",
 ]
@@ -65,6 +70,10 @@ def _save_spz(g: Gaussians, path: Path, **options: Any) -> None:
     write_spz(path, g, coordinate_system="identity", **options)
 
 
+def _load_sog(path: Path, device: torch.device | str) -> Gaussians:
+    return read_sog(path, device=device).gaussians
+
+
 def _load_gltf(path: Path, device: torch.device | str) -> Gaussians:
     return read_gltf(path, device=device, y_up=False)
 
@@ -84,6 +93,9 @@ _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | st
     ".spz": (_save_spz, _load_spz),
     # antimatter15 .splat: SH degree 0 only (higher degrees are dropped).
     ".splat": (lambda g, path, **options: write_splat(path, g, **options), read_splat),
+    # PlayCanvas SOG: a .sog ZIP bundle, or meta.json with WebP images beside it.
+    ".sog": (lambda g, path, **options: write_sog(path, g, **options), _load_sog),
+    "meta.json": (lambda g, path, **options: write_sog(path, g, **options), _load_sog),
     # glTF KHR_gaussian_splatting; .gltf embeds base64.
     ".glb": (_save_gltf, _load_gltf),
     ".gltf": (_save_gltf, _load_gltf),
@@ -115,7 +127,7 @@ def save(
 
     axes: "standard" (default) writes each format in the frame its readers assume
         (engine/io/axes.py): PLY space, Blender (x, y, z) -> (-x, -z, -y), for .ply,
-        .compressed.ply, .splat, .spz and .sog; Y-up (x, z, -y) for .glb / .gltf.
+        .compressed.ply, .splat, .spz and SOG; Y-up (x, z, -y) for .glb / .gltf.
         Orientations and SH turn with the positions. "raw" writes world coordinates as
         they are (for files that share their frame with a camera set).
     options: go to the writer:
@@ -123,6 +135,8 @@ def save(
         .compressed.ply: PlayCanvas compressed PLY, Morton-sorted unless `sort=False`.
         .spz: Niantic SPZ (`write_spz`: `version`, `fractional_bits`, ...).
         .splat: antimatter15 .splat, SH degree 0 only.
+        .sog / *meta.json: PlayCanvas SOG, bundled / loose WebP images (`write_sog`:
+            `sort`, `iterations`).
         .glb / .gltf: glTF `KHR_gaussian_splatting`.
     Every writer checks everything first and writes atomically.
     """
