@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -1025,8 +1024,8 @@ def install_work(build: str, progress: jobs.Progress, cancel: threading.Event) -
 
 
 class GD_OT_download_weights(_JobOperator, bpy.types.Operator):
-    """Download the model's weights from the URL in the preferences, verify their SHA-256
-    and save them in the add-on's user folder (needs online access)"""
+    """Download the model's weights and their config from the URL in the preferences, verify
+    both SHA-256s and save them in the add-on's user folder (needs online access)"""
 
     bl_idname = "gd.download_weights"
     bl_label = "Download Weights"
@@ -1036,18 +1035,22 @@ class GD_OT_download_weights(_JobOperator, bpy.types.Operator):
     def prepare(self, context: bpy.types.Context) -> None:
         if not online_access():
             raise UserError(_offline_error())
-        if not dependencies.torch_available():
+        if not dependencies.torch_available():  # importing `engine` imports torch
             raise UserError(MISSING_TORCH)
         from .preferences import downloaded_weights_path
 
         prefs = get_prefs(context)
-        if not (prefs.weights_url and prefs.weights_sha256):
-            raise UserError("Set the weights URL and its SHA-256 in the preferences first")
+        if not (prefs.weights_url and prefs.weights_sha256 and prefs.weights_config_sha256):
+            raise UserError(
+                "Set the weights URL and the SHA-256s of the weights and of their config "
+                "in the preferences first"
+            )
         self._url, self._sha = prefs.weights_url, prefs.weights_sha256
+        self._config_sha = prefs.weights_config_sha256
         self._dest = downloaded_weights_path(prefs.model)
 
-    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        return fetch_weights(self._url, self._sha, self._dest, progress, cancel)
+    def job(self) -> jobs.Work:
+        return functools.partial(fetch_weights, self._url, self._sha, self._config_sha, self._dest)
 
     def finish(self, context: bpy.types.Context, result: Any) -> None:
         clear_models()
@@ -1055,52 +1058,25 @@ class GD_OT_download_weights(_JobOperator, bpy.types.Operator):
 
 
 def fetch_weights(
-    url: str, sha256: str, dest: Path, progress: jobs.Progress, cancel: threading.Event
+    url: str,
+    sha256: str,
+    config_sha256: str,
+    dest: Path,
+    progress: jobs.Progress,
+    cancel: threading.Event,
 ) -> Path:
-    """Download the weights (SHA-256 verified) and the JSON config the engine reads beside
-    them (`<url without suffix>.json`, which must name the same SHA-256). Both land in a
-    temporary folder next to `dest` and are moved into place only when both are good."""
+    """Download the weights and the JSON config the engine reads beside them with
+    `engine.download.download_weights` (both SHA-256 verified and size-capped, moved into
+    place together); the add-on itself does no HTTP. Engine errors become UserErrors."""
     dependencies.setup_paths()
-    from engine.download import DownloadCancelled, DownloadError, download
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download_", dir=dest.parent))
-    try:
-        weights = staging / dest.name
-        try:
-            download(url, weights, sha256, progress=lambda f, m: progress(0.95 * f, m),
-                     cancel=cancel)  # fmt: skip
-            config = _fetch_config(url.rsplit(".", 1)[0] + ".json", sha256)
-        except DownloadCancelled:
-            raise jobs.JobCancelled() from None
-        except DownloadError as err:
-            raise UserError(f"Download failed: {err}") from None
-        config_path = dest.with_suffix(".json")
-        (staging / config_path.name).write_text(config, encoding="utf-8")
-        os.replace(staging / config_path.name, config_path)
-        os.replace(weights, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    progress(1.0, "saved")
-    return dest
-
-
-def _fetch_config(url: str, sha256: str) -> str:
-    import requests
+    from engine.download import DownloadCancelled, DownloadError, download_weights
 
     try:
-        response = requests.get(url, timeout=30)
-    except requests.RequestException as err:
-        raise UserError(f"Download failed: {url}: {err}") from None
-    if response.status_code != 200:
-        raise UserError(f"Download failed: {url}: HTTP {response.status_code}")
-    try:
-        meta = json.loads(response.text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"Download failed: {url} is not JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("sha256", sha256).lower() != sha256.lower():
-        raise UserError(f"Download failed: {url} describes other weights (SHA-256 differs)")
-    return response.text
+        return download_weights(url, dest, sha256, config_sha256, progress, cancel)
+    except DownloadCancelled:
+        raise jobs.JobCancelled() from None
+    except (DownloadError, ValueError) as err:  # ValueError: a malformed URL or SHA-256
+        raise UserError(f"Download failed: {err}") from None
 
 
 class GD_OT_cancel_job(bpy.types.Operator):

@@ -55,6 +55,14 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         description="Expected SHA-256 of the weights file; downloads that differ are discarded",
         default="",
     )
+    weights_config_sha256: StringProperty(  # type: ignore[valid-type]
+        name="Config SHA-256",
+        description=(
+            "Expected SHA-256 of the weights' JSON config (the URL with .json for its "
+            "suffix); downloads that differ are discarded"
+        ),
+        default="",
+    )
     torch_build: EnumProperty(  # type: ignore[valid-type]
         name="PyTorch Build",
         description="Which PyTorch to install",
@@ -83,6 +91,7 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
             col.label(text="  CPU: works everywhere, ~200 MB.  CUDA: NVIDIA GPUs, ~2.5 GB.")
             col.label(text="  macOS (Apple Silicon): choose Default for GPU (MPS) support.")
             box.prop(self, "torch_build", expand=True)
+            box.label(text=dependencies.install_summary(self.torch_build))
             row = box.row()
             row.enabled = bpy.app.online_access
             row.operator("gd.install_dependencies", icon="IMPORT").build = self.torch_build
@@ -111,8 +120,11 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         col = box.column()
         col.prop(self, "weights_url")
         col.prop(self, "weights_sha256")
+        col.prop(self, "weights_config_sha256")
         row = box.row()
-        row.enabled = bpy.app.online_access and bool(self.weights_url and self.weights_sha256)
+        row.enabled = bpy.app.online_access and bool(
+            self.weights_url and self.weights_sha256 and self.weights_config_sha256
+        )
         row.operator("gd.download_weights", icon="IMPORT")
         if not bpy.app.online_access:
             box.label(text="Downloads need Online Access (Preferences > System > Network)")
@@ -136,6 +148,7 @@ def get_prefs(context: bpy.types.Context | None = None) -> Any:
         weights_path="",
         weights_url="",
         weights_sha256="",
+        weights_config_sha256="",
         torch_build="CPU",
     )
 

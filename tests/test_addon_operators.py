@@ -739,13 +739,12 @@ def test_missing_weights(scene, addon, tmp_path):
 
 # ---------------------------------------------------------------------------- downloads
 PAYLOAD = b"not really weights" * 1000
+CONFIG = json.dumps({"sha256": hashlib.sha256(PAYLOAD).hexdigest()}).encode()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
-        body = {"/w.safetensors": PAYLOAD,
-                "/w.json": json.dumps({"sha256": hashlib.sha256(PAYLOAD).hexdigest()}).encode()
-                }.get(self.path)  # fmt: skip
+        body = {"/w.safetensors": PAYLOAD, "/w.json": CONFIG}.get(self.path)
         if body is None:
             self.send_error(404)
             return
@@ -777,8 +776,10 @@ def prefs(addon, tmp_path, monkeypatch, server):
     prefs.model = "test-model"
     prefs.weights_url = f"{server}/w.safetensors"
     prefs.weights_sha256 = hashlib.sha256(PAYLOAD).hexdigest()
+    prefs.weights_config_sha256 = hashlib.sha256(CONFIG).hexdigest()
     yield prefs
     prefs.model, prefs.weights_url, prefs.weights_sha256 = "object-small", "", ""
+    prefs.weights_config_sha256 = ""
 
 
 def test_download_refused_offline(scene, prefs, tmp_path):
@@ -801,6 +802,13 @@ def test_download_weights(scene, prefs, tmp_path, monkeypatch):
     folder = tmp_path / "user" / "weights"
     assert sorted(p.name for p in folder.iterdir()) == ["test-model.json", "test-model.safetensors"]
     assert (folder / "test-model.safetensors").read_bytes() == PAYLOAD
+    assert (folder / "test-model.json").read_bytes() == CONFIG
+
+
+def test_download_has_no_http_code_of_its_own():
+    """All HTTP (timeouts, caps, cancel) lives in engine/download.py."""
+    source = (Path(__file__).parents[1] / "gd_blender_addon" / "operators.py").read_text()
+    assert "requests" not in source and "urllib" not in source
 
 
 def test_download_checksum_mismatch(scene, prefs, tmp_path, monkeypatch):
@@ -811,10 +819,42 @@ def test_download_checksum_mismatch(scene, prefs, tmp_path, monkeypatch):
     monkeypatch.setattr(operators, "online_access", lambda: True)
     prefs.weights_sha256 = "0" * 64
     before = snapshot(scene)
-    with pytest.raises(RuntimeError, match="checksum mismatch"):
+    # The config, which names the real weights' SHA-256, is refused first.
+    with pytest.raises(RuntimeError, match="w.json describes other weights"):
         bpy.ops.gd.download_weights()
     assert snapshot(scene) == before
     assert list((tmp_path / "user" / "weights").iterdir()) == []  # nothing left behind
+
+
+def test_download_config_checksum_mismatch(scene, prefs, tmp_path, monkeypatch):
+    """The config is verified like the weights: a wrong SHA-256 saves neither file, and an
+    existing pair is left as it was."""
+    import bpy
+
+    from gd_blender_addon import operators
+
+    monkeypatch.setattr(operators, "online_access", lambda: True)
+    folder = tmp_path / "user" / "weights"
+    folder.mkdir(parents=True)
+    (folder / "test-model.safetensors").write_bytes(b"old")
+    (folder / "test-model.json").write_bytes(b"{}")
+    prefs.weights_config_sha256 = "0" * 64
+    with pytest.raises(RuntimeError, match="w.json: checksum mismatch"):
+        bpy.ops.gd.download_weights()
+    assert sorted(p.name for p in folder.iterdir()) == ["test-model.json", "test-model.safetensors"]
+    assert (folder / "test-model.safetensors").read_bytes() == b"old"
+    assert (folder / "test-model.json").read_bytes() == b"{}"
+
+
+def test_download_needs_the_config_checksum(scene, prefs, monkeypatch):
+    import bpy
+
+    from gd_blender_addon import operators
+
+    monkeypatch.setattr(operators, "online_access", lambda: True)
+    prefs.weights_config_sha256 = ""
+    with pytest.raises(RuntimeError, match="SHA-256s of the weights and of their config"):
+        bpy.ops.gd.download_weights()
 
 
 # ---------------------------------------------------------------------------- pieces
