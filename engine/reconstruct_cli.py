@@ -114,19 +114,45 @@ class Views:
     source: Path
 
 
-def read_views(path: str | Path, background: Sequence[float] = WHITE) -> Views:
+def _transforms_file(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "transforms.json" if path.is_dir() else path
+
+
+def check_views(path: str | Path) -> None:
+    """Check a transforms.json, its cameras and its images' headers (existence, size,
+    `engine.data.images.MAX_IMAGE_PIXELS`) without decoding any pixels, so that bad input
+    fails in a moment, before the model loads.
+
+    Raises:
+        FileNotFoundError: the file or one of its images is missing.
+        ValueError: malformed JSON, cameras or images (CameraError is a ValueError).
+    """
+    from .camera_formats import read_nerf_transforms
+    from .data.images import check_views as check_images
+
+    path = _transforms_file(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: transforms file not found")
+    frames = read_nerf_transforms(path)
+    check_images(frames.image_paths, frames.cameras)
+
+
+def read_views(
+    path: str | Path, background: Sequence[float] = WHITE, max_side: int | None = None
+) -> Views:
     """Views of a transforms.json (or of a folder's transforms.json).
 
+    max_side: decode larger views reduced to this longer side (the model's `view_size`:
+        it resamples them to that anyway), cameras scaled to match.
     Raises:
         FileNotFoundError: the file or one of its images is missing.
         ValueError: malformed JSON, cameras or images (CameraError is a ValueError).
     """
     from .data.datasets import load_nerf_scene
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transforms.json"
-    views = load_nerf_scene(path, background=background)
+    path = _transforms_file(path)
+    views = load_nerf_scene(path, background=background, max_side=max_side)
     return Views(views.images, views.cameras, path)
 
 
@@ -174,12 +200,16 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.transforms}: transforms file not found")
 
     t0 = time.perf_counter()
-    views = read_views(args.transforms, args.background)
+    check_views(args.transforms)  # headers only: bad views fail before the model loads
     read_s = time.perf_counter() - t0
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     model = load_object_model(args.model, device, args.random_init)
     load_s = time.perf_counter() - t0
+    # Decoded reduced to the size the model resamples its views to, never full-size floats.
+    t0 = time.perf_counter()
+    views = read_views(args.transforms, args.background, getattr(model, "view_size", None))
+    read_s += time.perf_counter() - t0
     if args.background != WHITE:
         print(f"note: {model.name} was trained on white backgrounds; inputs on "
               f"{args.background} may reconstruct worse", file=sys.stderr)  # fmt: skip

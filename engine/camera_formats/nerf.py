@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..atomic import write_atomic
 from ..cameras import CameraError, Cameras, _check_rigid, _rigid_inverse
+from ..data.images import ImageTooLargeError, image_size
 from ._common import _flip_yz, _in_file
 
 __all__ = ["NerfFrames", "read_nerf_transforms", "write_nerf_transforms"]
@@ -135,8 +135,9 @@ def _optional_image(folder: Path, file_path: Any, index: int) -> Path:
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
-        with Image.open(path) as image:  # lazy: reads the header, not the pixels
-            return image.size
+        return image_size(path)  # the header only, with the views' pixel limit
+    except ImageTooLargeError as err:
+        raise CameraError(str(err)) from None
     except (OSError, ValueError) as err:
         raise CameraError(
             f"cannot read the size of {path} ({err}); add 'w' and 'h' to the json"
@@ -152,6 +153,8 @@ def _load_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise CameraError(f"invalid JSON: {err}") from None
+    except RecursionError:  # e.g. 100,000 nested '[': the parser recurses once a level
+        raise CameraError("invalid JSON: nested too deeply") from None
 
 
 def read_nerf_transforms(

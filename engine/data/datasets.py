@@ -26,12 +26,17 @@ from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_p
 
 
 def load_nerf_scene(
-    path: str | os.PathLike, background: Sequence[float] = WHITE, resize: bool = False
+    path: str | os.PathLike,
+    background: Sequence[float] = WHITE,
+    resize: bool = False,
+    max_side: int | None = None,
 ) -> ViewSet:
     """Views of a `transforms.json` (or a folder holding `transforms.json`).
 
-    Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images
-    and images whose size differs from the cameras'.
+    max_side: decode views whose longer side exceeds it reduced to it, cameras scaled to
+        match (`load_views`); e.g. a model's input size.
+    Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images,
+    images above `images.MAX_IMAGE_PIXELS` and images whose size differs from the cameras'.
     """
     path = Path(path)
     if path.is_dir():
@@ -39,7 +44,7 @@ def load_nerf_scene(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: transforms file not found")
     frames = read_nerf_transforms(path)
-    return load_views(frames.image_paths, frames.cameras, background, resize)
+    return load_views(frames.image_paths, frames.cameras, background, resize, max_side)
 
 
 def load_colmap_scene(

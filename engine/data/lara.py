@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from engine.cameras import Cameras
 
-from .images import WHITE, ViewSet, composite, load_views, training_sample
+from .images import WHITE, ViewSet, composite, image_size, load_views, training_sample
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -142,8 +142,10 @@ def read_gso_scene(folder: str | os.PathLike) -> tuple[Cameras, list[Path]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: transforms file not found") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: malformed JSON ({err})") from None
+    except RecursionError:  # the parser recurses once a nesting level
+        raise ValueError(f"{path}: malformed JSON (nested too deeply)") from None
     frames = data.get("frames") if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames:
         raise ValueError(f"{path}: needs a non-empty 'frames' list")
@@ -158,13 +160,7 @@ def read_gso_scene(folder: str | os.PathLike) -> tuple[Cameras, list[Path]]:
         c2ws.append(c2w @ _GL_TO_CV)
         intr.append((k[0, 0], k[1, 1], k[0, 2], k[1, 2]))
         paths.append(folder / f"r_{idx:03d}.png")
-    first = paths[0]
-    if not first.is_file():
-        raise FileNotFoundError(f"{first}: image not found")
-    from PIL import Image
-
-    with Image.open(first) as image:
-        width, height = image.size
+    width, height = image_size(paths[0])  # header only, with the views' pixel limit
     # LaRa stores intrinsics for 512^2 renders and rescales them to the image size.
     k = torch.tensor(intr, dtype=torch.float32)
     sx, sy = width / 512.0, height / 512.0

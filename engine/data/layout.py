@@ -105,6 +105,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read JSON ({err})") from None
+    except RecursionError:  # the parser recurses once a nesting level
+        raise ValueError(f"{path}: cannot read JSON (nested too deeply)") from None
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
