@@ -51,9 +51,13 @@ def run(args: argparse.Namespace) -> int:
         if not source.is_file():
             raise FileNotFoundError(f"{source}: training config not found")
         try:
-            base = json.loads(source.read_text())
-        except json.JSONDecodeError as err:
+            base = json.loads(source.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{source}: not valid JSON ({err})") from None
+        except RecursionError:  # the parser recurses once a nesting level
+            raise ValueError(f"{source}: not valid JSON (nested too deeply)") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"{source}: a training config must be a JSON object")
     else:
         base = {"model": args.config, "out": f"runs/{args.config}"}
     overrides = {name: getattr(args, name) for name in (*_FIELDS, "densify", "freeze_backbone")}

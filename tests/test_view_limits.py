@@ -158,3 +158,13 @@ def test_deeply_nested_dataset_json(tmp_path: Path) -> None:
     (tmp_path / "transforms.json").write_text(NESTED)
     with pytest.raises(ValueError, match="nested too deeply"):
         read_gso_scene(tmp_path)
+
+
+@pytest.mark.parametrize("text", [NESTED, "[1, 2]"])
+def test_training_config_json(tmp_path: Path, capsys: pytest.CaptureFixture, text: str) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{config}: " in err[0]
+    assert not (tmp_path / "run").exists()
