@@ -11,7 +11,7 @@ CUDA when it is installed, numba on the CPU, torch otherwise.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,8 +58,17 @@ class RenderOutput:
         return self.radii > 0
 
 
+@functools.cache
 def numba_available() -> bool:
-    return importlib.util.find_spec("numba") is not None
+    """True if numba imports. Imported, not just looked up: a numba that is installed but
+    cannot load (built for another NumPy, as happens inside Blender's Python) must send
+    "auto" to the torch backend instead of failing every render. Asked only when a CPU
+    render picks its backend, so the CLI's start-up never pays for the import."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # ImportError, or whatever a broken install raises while loading
+        return False
+    return True
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

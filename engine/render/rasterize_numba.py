@@ -35,12 +35,9 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
-T_MIN = 1e-4
-# Binning pads each box by this many pixels so float rounding in the box never
-# drops a pixel the kernel's own alpha test would keep; extra pixels cost a test each.
-BOX_MARGIN = 1e-3
+# Shared with the portable torch rasteriser, which must import without numba; numba
+# freezes these module globals into the kernels as constants.
+from .constants import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
 
 
 @njit(cache=True, nogil=True)

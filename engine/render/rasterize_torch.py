@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .rasterize_numba import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
+from .constants import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
 
 # Upper bound on tile-pixel-Gaussian triples evaluated at once (~4M: the autograd
 # graph of one group then stays within a few hundred MB).
