@@ -3,8 +3,8 @@ whatever the server does, a size cap, SHA-256 verification and an all-or-nothing
 Pure Python (requests), no bpy and no torch: the Blender add-on calls it only when
 `bpy.app.online_access` allows network use, and keeps no HTTP code of its own.
 
-The body streams into a temporary file in the destination's directory, is hashed on the way,
-and replaces `dest` with `os.replace` only when the hash matches, so `dest` is either the
+The body streams into a temporary file in the destination's directory (`engine.atomic`), is
+hashed on the way, and replaces `dest` only when the hash matches, so `dest` is either the
 complete, verified file or untouched, and no partial file is left behind on any failure.
 
 The network is read by a helper thread that hands chunks to the caller through a small
@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from .atomic import atomic_open
 
 __all__ = [
     "CONFIG_MAX_BYTES",
@@ -200,7 +202,6 @@ def download(
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
     dest = Path(dest)
     reader = _Reader(url, timeout)
-    tmp: Path | None = None
     try:
         kind, value = reader.get(cancel)
         if kind == "error":
@@ -213,12 +214,11 @@ def download(
                 f"{url}: the server announces {total} bytes, more than the {max_bytes} allowed"
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # A short temporary name: the destination's own name may already be near NAME_MAX.
-        fd, tmp_name = tempfile.mkstemp(prefix=".gd-", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
         digest = hashlib.sha256()
         done = 0
-        with os.fdopen(fd, "wb") as file:
+        # engine.atomic: a short temporary name beside `dest` (whose own name may be near
+        # NAME_MAX), removed on any failure below, renamed over `dest` only at the end.
+        with atomic_open(dest) as file:
             while True:
                 kind, value = reader.get(cancel)
                 if kind == "end":
@@ -234,24 +234,20 @@ def download(
                     fraction = min(done / total, 1.0) if total else 0.0
                     size = f" of {total / 1e6:.1f}" if total else ""
                     progress(fraction, f"{done / 1e6:.1f}{size} MB")
-        if total is not None and done != total:
-            raise DownloadError(f"{url}: got {done} bytes, expected {total} (connection cut?)")
-        found = digest.hexdigest()
-        if found != expected:
-            raise DownloadError(
-                f"{url}: checksum mismatch (SHA-256 {found}, expected {expected}); "
-                "the file was not saved"
-            )
-        if cancel is not None and cancel.is_set():  # late cancel: still nothing replaced
-            raise DownloadCancelled(f"{url}: download cancelled")
-        os.replace(tmp, dest)
-        tmp = None
+            if total is not None and done != total:
+                raise DownloadError(f"{url}: got {done} bytes, expected {total} (connection cut?)")
+            found = digest.hexdigest()
+            if found != expected:
+                raise DownloadError(
+                    f"{url}: checksum mismatch (SHA-256 {found}, expected {expected}); "
+                    "the file was not saved"
+                )
+            if cancel is not None and cancel.is_set():  # late cancel: still nothing replaced
+                raise DownloadCancelled(f"{url}: download cancelled")
     except OSError as err:
         raise DownloadError(f"{dest}: cannot write the download ({err})") from None
     finally:
         reader.close()
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     if progress is not None:
         progress(1.0, f"saved {dest.name}")
     return dest

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -132,6 +134,23 @@ def test_mismatch_keeps_an_existing_file_untouched(server, tmp_path):
     with pytest.raises(DownloadError, match="checksum"):
         download(f"{server}/weights.bin", dest, "f" * 64)
     assert dest.read_bytes() == b"old" and _left(tmp_path) == ["model.safetensors"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_downloaded_file_mode_is_the_common_one(server, tmp_path):
+    """engine.atomic's rule: new files 0666 minus the umask (not mkstemp's 0600), a
+    replaced file keeps its mode."""
+    old = os.umask(0o022)
+    try:
+        download(f"{server}/weights.bin", tmp_path / "new.safetensors", SHA)
+        kept = tmp_path / "kept.safetensors"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        download(f"{server}/weights.bin", kept, SHA)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.safetensors").stat().st_mode) == 0o644
+    assert kept.read_bytes() == PAYLOAD and stat.S_IMODE(kept.stat().st_mode) == 0o600
 
 
 def test_http_error_and_truncation(server, tmp_path):
