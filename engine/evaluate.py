@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .atomic import atomic_open, write_atomic
 from .data.datasets import PropsDataset
 from .data.layout import SPLITS, read_manifest, write_json_atomic
 from .gaussians import Gaussians
@@ -365,7 +366,7 @@ def write_outputs(
         "objects": [o.to_json() for o in objects],
     }
     write_json_atomic(out_dir / "metrics.json", data)
-    (out_dir / "report.md").write_text(render_report(summary, objects, meta), encoding="utf-8")
+    write_atomic(out_dir / "report.md", render_report(summary, objects, meta))
     return data
 
 
@@ -684,6 +685,7 @@ def _write_strips(out_dir: Path, result: ObjectEval, views: int) -> list[str]:
         labels = ["ground truth", f"coarse {db(pc)}", f"fine {db(pf)}"]
         strip = image_strip([r["gt"][j], r["coarse"][j], r["fine"][j]], labels)
         name = f"images/{result.index:06d}_view{j:02d}.png"
-        strip.save(out_dir / name, format="PNG")
+        with atomic_open(out_dir / name) as f:
+            strip.save(f, format="PNG")
         names.append(name)
     return names

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from .atomic import atomic_open
+
 # Colour-blind-safe pairs (Okabe-Ito): first series blue, second vermilion, then others.
 PALETTE = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0)]
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1]}
@@ -133,7 +135,8 @@ class Panel:
 def _save(image: Image.Image, out_png: str | os.PathLike) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out, format="PNG")
+    with atomic_open(out) as f:
+        image.save(f, format="PNG")
     return out
 
 

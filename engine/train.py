@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .atomic import write_atomic
 from .cameras import Cameras
 from .devices import resolve_device
 from .gaussians import Gaussians
@@ -381,7 +382,7 @@ def train(
     step = resumed["step"] if resumed else 0
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
+        write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1) + "\n")
     # Views are decoded at the largest of the model's input size, its detail size and the
     # render size: the model resizes them for its parts, the loss scores them at the
     # render size and validation at full size.

@@ -80,6 +80,13 @@ def _write_weights(path: Path) -> None:
     save_weights({"w": torch.ones(2)}, path, {"config": {}})
 
 
+def _write_montage(path: Path) -> None:
+    from engine.data.montage import make_montage
+
+    make_montage(Path(__file__).resolve().parents[1] / "examples" / "sample_props", path,
+                 count=1, tile=16)  # fmt: skip
+
+
 WRITERS = {
     "write_atomic": lambda p: write_atomic(p, b"new"),
     "ply": _write_ply,
@@ -87,8 +94,10 @@ WRITERS = {
     "json": _write_json,
     "nerf": _write_nerf,
     "weights": _write_weights,
+    "montage": _write_montage,
 }
-SUFFIX = {"ply": ".ply", "png": ".png", "json": ".json", "nerf": ".json", "weights": ".st"}
+SUFFIX = {"ply": ".ply", "png": ".png", "json": ".json", "nerf": ".json", "weights": ".st",
+          "montage": ".png"}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- modes
@@ -241,3 +250,12 @@ def test_first_write_into_a_folder_sweeps_it(tmp_path: Path, monkeypatch) -> Non
     _age(stale, 2 * atomic.STALE_SECONDS)
     write_atomic(tmp_path / "x.bin", b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_montage_with_an_unknown_suffix_writes_nothing(tmp_path: Path) -> None:
+    from engine.data.montage import make_montage
+
+    with pytest.raises(ValueError, match="not an image file suffix"):
+        make_montage(Path(__file__).resolve().parents[1] / "examples" / "sample_props",
+                     tmp_path / "sheet.xyz", count=1, tile=16)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_open
 from .layout import OBJECTS_DIR, is_finished
 
 
@@ -31,6 +32,12 @@ def make_montage(
     """Write a PNG grid: `count` random finished objects (rows, in pairs of columns blocks)
     x their first `views` input views, each composited on `background` at `tile` pixels.
     Returns the written path."""
+    out = Path(out)
+    # The format from the suffix, as Image.save(path) would pick it (the temporary file's
+    # name says nothing); checked before any work.
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{out}: not an image file suffix Pillow knows (e.g. .png, .jpg)")
     objects = finished_objects(root)
     if not objects:
         raise ValueError(f"{root}: no finished objects to show")
@@ -51,7 +58,7 @@ def make_montage(
             canvas = Image.new("RGBA", (tile, tile), (*background, 255))
             canvas.alpha_composite(rgba)
             sheet.paste(canvas.convert("RGB"), (block * (views * tile + 8) + k * tile, row * tile))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, optimize=True)
+    with atomic_open(out) as f:
+        sheet.save(f, format=image_format, optimize=True)
     return out
