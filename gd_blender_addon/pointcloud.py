@@ -38,9 +38,9 @@ representation a new object gets is decided by capability, not by version number
 `pointcloud_objects_supported()` looks for POINTCLOUD among the enum items of the convert
 operator's `target` property (items on 4.2.23: CURVE MESH GPENCIL CURVES; 4.4.0: CURVE
 MESH CURVES GREASEPENCIL; 4.5/5.0 add POINTCLOUD). Every reader here takes both object
-types, and `replace_gaussians` keeps an object's type. A fresh fallback mesh has every
-vertex selected (`vertices.add` selects them), so Edit Mode shows the same "all selected"
-start as a point cloud.
+types, and `replace_gaussians` keeps an object's type. A fresh fallback mesh has no vertex
+selected (`vertices.add` selects them; we clear that), which is what Densify reads for a
+fresh point cloud too (`has_selected_points`).
 
 Edit-mode selection of point clouds in Blender 5.0 is the BOOLEAN POINT attribute
 `.selection` (written by `bpy.ops.pointcloud.select_*`); when it does not exist every
@@ -271,9 +271,12 @@ def _new_mesh_data(name: str, cols: dict[str, tuple[str, np.ndarray]]) -> bpy.ty
     mesh = bpy.data.meshes.new(name)
     try:
         if n:
-            # `vertices.add` also selects the new vertices (`.select_vert` all True), which
-            # is the point cloud's "absent = all selected" start, seen the same in Edit Mode.
             mesh.vertices.add(n)
+            # `vertices.add` also selects the new vertices (`.select_vert` all True). New
+            # points start unselected instead, as Densify reads them (`has_selected_points`):
+            # a fresh or just densified cloud is no selection, so a second Densify in a row
+            # cannot quietly take the whole object (Blender 4.2-4.4, where splats are meshes).
+            mesh.vertices.foreach_set("select", np.zeros(n, dtype=bool))
         for key, (data_type, values) in cols.items():
             if key != "position" or n:  # an empty mesh has no position layer to fill
                 _set(mesh.attributes, key, data_type, values)
@@ -551,7 +554,8 @@ def replace_gaussians(obj: bpy.types.Object, gaussians: Gaussians, level: Any, p
     A new datablock of the object's own type (PointCloud, or vertex-only Mesh: an object
     cannot change type) is built and swapped in; the old one's name and material slots are
     carried over and it is removed if nothing else uses it. Edit-mode selection is reset
-    (a new set of points: all selected). `level`/`parent`: (N,) integers or None.
+    (a new set of points: none selected on purpose, see `has_selected_points`).
+    `level`/`parent`: (N,) integers or None.
     """
     if obj is None or obj.type not in ("POINTCLOUD", "MESH"):
         raise ValueError("replace_gaussians needs a POINTCLOUD (or MESH) object")

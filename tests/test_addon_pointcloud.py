@@ -86,9 +86,10 @@ def test_round_trip_bit_exact(bpy, monkeypatch, degree, as_mesh):
     assert expected <= names and expected - {"radius"} <= set(pointcloud.ATTRIBUTES)
     if obj.type == "POINTCLOUD":
         assert ".select_vert" not in names  # no mesh leftovers
-    else:  # a fresh mesh: every vertex selected (the point cloud's "absent = all")
+    else:  # a fresh mesh: no vertex selected, so Densify asks for a selection
         assert len(obj.data.edges) == len(obj.data.polygons) == 0
-        assert pointcloud.selected_point_mask(obj).all()
+        assert not pointcloud.selected_point_mask(obj).any()
+        assert not pointcloud.has_selected_points(obj)
     types = {a.name: a.data_type for a in obj.data.attributes}
     assert types["rotation"] == "QUATERNION" and types["opacity"] == "FLOAT"
     assert types["scale"] == types["f_dc"] == "FLOAT_VECTOR" and types["gd_level"] == "INT"
@@ -311,7 +312,7 @@ def test_selected_point_mask_mesh(bpy, monkeypatch):
     use_representation(monkeypatch, pointcloud.pointcloud_objects_supported())
     obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(20), "sel")
     assert obj.type == "MESH"
-    assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20  # fresh: all selected
+    assert not pointcloud.selected_point_mask(obj).any()  # fresh: none selected (Densify asks)
     bpy.context.view_layer.objects.active = obj
     obj.select_set(True)
     bpy.ops.object.mode_set(mode="EDIT")
