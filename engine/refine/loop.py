@@ -1,0 +1,324 @@
+"""`refine`: optimise every Gaussian parameter against posed views for a time budget or a
+step count, densifying as it goes (DESIGN.md §8, "Refinement from a feed-forward start")."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..cameras import Cameras
+from ..gaussians import Gaussians
+from ..images import resize_views
+from ..metrics import psnr, ssim
+from .config import RefineConfig
+from .densify import (
+    DensifyStats,
+    GradientStats,
+    clone_and_split,
+    grow_candidates,
+    learned_densify,
+    prune,
+)
+from .errors import RefineError
+from .params import GaussianParams, learning_rates
+from .views import farthest_point_views, holdout_indices, scene_scale
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class RefineResult:
+    """What `refine` returns.
+
+    Attributes:
+        gaussians: the refined Gaussians (detached, on the input's device); with held-out
+            views and `keep_best`, the state with the best held-out PSNR.
+        trainable: (N,) bool, the rows that were allowed to change (all, or the `select`ed
+            ones and what densification made of them): `gaussians[~trainable]` is the
+            input's `gaussians[~select]`, bit for bit and in the same order.
+        steps: optimisation steps taken.
+        seconds: wall time of the whole call.
+        cancelled: the cancel event stopped the run early.
+        holdout: (H,) int64 indices of the held-out views (empty: none).
+        holdout_psnr: held-out PSNR (dB, mean over those views) of the returned state, or
+            None without held-out views; `holdout_psnr_start` the same before step one.
+        counts: "start", "final", "pruned", "cloned", "split", "learned_candidates",
+            "learned_added" Gaussian counts.
+        loss_history: training loss of every step.
+        psnr_history: (step, held-out PSNR) at each evaluation.
+    """
+
+    gaussians: Gaussians
+    trainable: Tensor
+    steps: int
+    seconds: float
+    cancelled: bool
+    holdout: Tensor
+    holdout_psnr: float | None
+    holdout_psnr_start: float | None
+    counts: dict[str, int] = field(default_factory=dict)
+    loss_history: list[float] = field(default_factory=list)
+    psnr_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _check_args(
+    gaussians: Gaussians,
+    images: Tensor,
+    cameras: Cameras,
+    seconds: float | None,
+    steps: int | None,
+    select: Tensor | None,
+) -> None:
+    if not isinstance(gaussians, Gaussians):
+        raise RefineError(f"gaussians must be engine.Gaussians, got {type(gaussians).__name__}")
+    if len(gaussians) == 0:
+        raise RefineError("there are no Gaussians to refine")
+    if not isinstance(cameras, Cameras):
+        raise RefineError(f"cameras must be engine.cameras.Cameras, got {type(cameras).__name__}")
+    if (seconds is None) == (steps is None):
+        raise RefineError("give exactly one of seconds= (a time budget) or steps=")
+    if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
+                                    and seconds > 0):  # fmt: skip
+        raise RefineError(f"seconds must be a finite number > 0, got {seconds!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise RefineError(f"steps must be an integer >= 1, got {steps!r}")
+    shape = (len(cameras), cameras.height, cameras.width, 3)
+    if not isinstance(images, Tensor) or tuple(images.shape) != shape:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise RefineError(f"images must be a tensor of shape {shape}, got {got}")
+    if not bool(torch.isfinite(images).all()):
+        raise RefineError("images have NaN or infinite pixels")
+    if select is not None:
+        if not isinstance(select, Tensor) or select.dtype != torch.bool or \
+                tuple(select.shape) != (len(gaussians),):  # fmt: skip
+            raise RefineError(f"select must be a bool tensor of shape ({len(gaussians)},)")
+        if not bool(select.any()):
+            raise RefineError("select is empty: nothing would be refined")
+
+
+def _snapshot(params: GaussianParams) -> tuple[Gaussians, Tensor]:
+    return params.snapshot(), params.trainable.clone()
+
+
+def _loss(pred: Tensor, target: Tensor, ssim_weight: float) -> Tensor:
+    """L1 + w · (1 − SSIM), both averaged over the batch. pred, target: (C, H, W, 3)."""
+    l1 = (pred - target).abs().mean()
+    if ssim_weight == 0:
+        return l1
+    return l1 + ssim_weight * (1.0 - ssim(pred, target).mean())
+
+
+def refine(
+    gaussians: Gaussians,
+    images: Tensor,
+    cameras: Cameras,
+    *,
+    seconds: float | None = None,
+    steps: int | None = None,
+    holdout: int | Sequence[int] | None = None,
+    select: Tensor | None = None,
+    densifier: Any = None,
+    background: Sequence[float] | Tensor = (1.0, 1.0, 1.0),
+    backend: str = "auto",
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    seed: int = 0,
+    config: RefineConfig | None = None,
+) -> RefineResult:
+    """Optimise all parameters of `gaussians` against posed views, densifying as it goes.
+
+    Args:
+        gaussians: N Gaussians (any device; the result stays there).
+        images: (V, H, W, 3) RGB in [0, 1] on `background`, V >= 1 (4 to 64 is typical).
+        cameras: the V cameras (one image size); views larger than `config.max_side` are
+            resampled down to it.
+        seconds: wall-clock budget (the last step ends within it; a first step that does
+            not fit raises). Exactly one of `seconds` and `steps`.
+        steps: number of optimisation steps.
+        holdout: views kept out of the optimisation and scored (see
+            `views.holdout_indices`; default: automatic with >= 8 views).
+        select: optional (N,) bool: only these Gaussians (and their children) change,
+            get pruned or densified; every other one is returned bit-identical, in order
+            (`RefineResult.trainable` marks which is which).
+        densifier: a model with `densify()` (`engine.models.GDObjectModel`): grow with its
+            learned GD module instead of 3DGS clone/split.
+        background: RGB behind the splats (white: the object convention).
+        backend: renderer backend (`engine.render`): numba on CPU, gsplat on CUDA, torch.
+        progress: called with (fraction done, message naming the step and held-out PSNR).
+        cancel: set it to stop after the current step; the best state so far is returned.
+        seed: seeds view sampling and split offsets.
+        config: `RefineConfig` (defaults otherwise).
+    Raises:
+        RefineError (a ValueError): bad budget, views or selection; a time budget too small
+            for one step.
+    """
+    from ..render import render, resolve_backend
+
+    cfg = config or RefineConfig()
+    _check_args(gaussians, images, cameras, seconds, steps, select)
+    start = time.perf_counter()
+    report = progress or (lambda f, m: None)
+    device = gaussians.device
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    dev_generator = torch.Generator(device=device).manual_seed(seed)
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    chosen_backend = resolve_backend(backend, device)
+    absgrad = cfg.absgrad and chosen_backend != "torch"
+
+    images = images.to(device=device, dtype=torch.float32)
+    cameras = cameras.to(device=device, dtype=torch.float32)
+    longer = max(cameras.width, cameras.height)
+    if cfg.max_side and longer > cfg.max_side:
+        w = max(1, round(cameras.width * cfg.max_side / longer))
+        h = max(1, round(cameras.height * cfg.max_side / longer))
+        images, cameras = resize_views(images, cameras, w, h)
+    held = holdout_indices(len(cameras), holdout, cfg)
+    train_mask = torch.ones(len(cameras), dtype=torch.bool)
+    train_mask[held] = False
+    train_idx = train_mask.nonzero().flatten()
+    extent = cfg.scene_scale or scene_scale(cameras[train_idx])
+    learned = densifier is not None
+    learned_views = None
+    if learned:
+        if not callable(getattr(densifier, "densify", None)):
+            raise RefineError("densifier must be a model with a densify() method")
+        learned_views = train_idx[farthest_point_views(cameras[train_idx], densifier.max_views)]
+
+    trainable = torch.ones(len(gaussians), dtype=torch.bool, device=device)
+    if select is not None:
+        trainable = select.to(device)
+    lrs = learning_rates(cfg, extent)
+    params = GaussianParams(gaussians, lrs, trainable)
+    stats = GradientStats(len(params), device)
+    counts = DensifyStats()
+    threshold = cfg.grad_threshold * (4.0 if absgrad else 1.0)
+
+    eval_seconds = [0.0]  # the last evaluation's time: the budget keeps it for the final one
+
+    def evaluate() -> float | None:
+        if held.numel() == 0:
+            return None
+        t_eval = time.perf_counter()
+        with torch.no_grad():
+            g = params.gaussians()
+            scores = [psnr(render(g, cameras[[int(i)]], background=bg, backend=backend).colors,
+                           images[[int(i)]]) for i in held]  # fmt: skip
+        eval_seconds[0] = time.perf_counter() - t_eval
+        return float(torch.cat(scores).mean())
+
+    best_psnr = evaluate()
+    start_psnr = best_psnr
+    best_state = _snapshot(params) if best_psnr is not None and cfg.keep_best else None
+    psnr_history = [] if best_psnr is None else [(0, best_psnr)]
+    latest_psnr = best_psnr
+    losses: list[float] = []
+    order: list[int] = []
+    step = 0
+    cancelled = False
+    step_times: list[float] = []
+    loop_start = time.perf_counter()
+
+    def fraction() -> float:
+        if steps is not None:
+            return step / steps
+        return min(1.0, (time.perf_counter() - start) / seconds)
+
+    while True:
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        if steps is not None and step >= steps:
+            break
+        if seconds is not None and step > 0:
+            # Stop when the next step (its recent mean time) and the final held-out
+            # evaluation would run past the budget.
+            remaining = seconds - (time.perf_counter() - start)
+            if remaining < sum(step_times[-10:]) / len(step_times[-10:]) + eval_seconds[0]:
+                break
+        t0 = time.perf_counter()
+        if len(order) < cfg.batch_views:
+            order += train_idx[torch.randperm(len(train_idx), generator=generator)].tolist()
+        batch, order = order[: cfg.batch_views], order[cfg.batch_views :]
+        batch = list(dict.fromkeys(batch))  # a view once per batch (few training views)
+
+        # means lr: 3DGS's exponential decay over the budget.
+        params.set_lr("means", lrs["means"] * cfg.means_lr_final ** fraction())
+        out = render(params.gaussians(), cameras[batch], background=bg, backend=backend,
+                     absgrad=absgrad)  # fmt: skip
+        loss = _loss(out.colors, images[batch], cfg.ssim_weight)
+        loss.backward()
+        grad = getattr(out.means2d, "absgrad", None) if absgrad else None
+        if grad is None:
+            grad = out.means2d.grad
+        if grad is not None:
+            stats.add(grad.detach(), out.radii > 0, cameras.width, cameras.height)
+        params.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        step_times.append(time.perf_counter() - t0)
+
+        if seconds is not None and step == 1 and time.perf_counter() - start > seconds:
+            raise RefineError(
+                f"a time budget of {seconds:g} s is too small for one refinement step "
+                f"(the first took {time.perf_counter() - loop_start:.2f} s with "
+                f"{len(params):,} Gaussians at {cameras.width}x{cameras.height})"
+            )
+
+        if cfg.densify and step % cfg.densify_every == 0 and fraction() <= cfg.densify_until:
+            t_d = time.perf_counter()
+            counts.pruned += prune(params, cfg, extent)
+            scores = stats.mean() if len(stats.total) == len(params) else None
+            if scores is None:  # pruning reordered rows: gather the statistics with them
+                scores = torch.zeros(len(params), device=device)
+            room = cfg.max_gaussians - len(params)
+            if learned:
+                fpc = float(densifier.fine_per_candidate)
+                room = min(room, cfg.learned_budget)
+                k = int(room // max(fpc - 1.0, 1e-6))
+            else:
+                k = room
+            selected = grow_candidates(params, scores, cfg, threshold, k)
+            if bool(selected.any()):
+                if learned:
+                    c, a = learned_densify(params, selected, densifier, images[learned_views],
+                                           cameras[learned_views], room)  # fmt: skip
+                    counts.learned_candidates += c
+                    counts.learned_added += a
+                else:
+                    c, s = clone_and_split(params, selected, cfg, extent, dev_generator)
+                    counts.cloned += c
+                    counts.split += s
+            stats = GradientStats(len(params), device)
+            step_times[-1] += time.perf_counter() - t_d
+
+        if held.numel() and (step % cfg.eval_every == 0):
+            latest_psnr = evaluate()
+            psnr_history.append((step, latest_psnr))
+            if cfg.keep_best and latest_psnr > best_psnr:
+                best_psnr, best_state = latest_psnr, _snapshot(params)
+        shown = "" if latest_psnr is None else f", held-out PSNR {latest_psnr:.2f} dB"
+        report(fraction(), f"refining: step {step}, {len(params):,} Gaussians{shown}")
+
+    # The final state, scored (unless just scored), against the best one seen.
+    final_psnr = latest_psnr
+    if held.numel() and (not psnr_history or psnr_history[-1][0] != step):
+        final_psnr = evaluate()
+        psnr_history.append((step, final_psnr))
+    result_g, result_trainable, result_psnr = params.snapshot(), params.trainable, final_psnr
+    if best_state is not None and best_psnr > final_psnr:
+        (result_g, result_trainable), result_psnr = best_state, best_psnr
+    report(1.0, "refined" + ("" if result_psnr is None else f": held-out {result_psnr:.2f} dB"))
+    return RefineResult(
+        gaussians=result_g, trainable=result_trainable, steps=step,
+        seconds=time.perf_counter() - start, cancelled=cancelled, holdout=held,
+        holdout_psnr=result_psnr, holdout_psnr_start=start_psnr,
+        counts={"start": len(gaussians), "final": len(result_g), **counts.__dict__},
+        loss_history=losses, psnr_history=psnr_history,
+    )  # fmt: skip
