@@ -44,11 +44,6 @@ class GradientStats:
         """(N,) mean normalised gradient over the views each Gaussian was seen in."""
         return self.total / self.count.clamp_min(1)
 
-    def remap(self, keep: Tensor, added: int) -> None:
-        """Follow `GaussianParams.remap`; statistics restart after each densification."""
-        n = keep.numel() + added
-        self.total = self.total.new_zeros(n)
-        self.count = self.count.new_zeros(n)
 
 
 @dataclass
@@ -62,19 +57,19 @@ class DensifyStats:
     learned_added: int = 0
 
 
-def prune(params: GaussianParams, cfg: RefineConfig, scene_scale: float) -> int:
+def prune(params: GaussianParams, cfg: RefineConfig, scene_scale: float) -> Tensor:
     """Remove trainable Gaussians that are nearly transparent (opacity < prune_opacity) or
-    oversized (largest scale > prune_scale · scene_scale). Returns how many went."""
+    oversized (largest scale > prune_scale · scene_scale). Returns the (N,) bool mask of
+    the rows kept (in their order, the rows of the pruned set)."""
     with torch.no_grad():
         t = params.tensors
         opacity = torch.sigmoid(t["opacity_logits"])
         largest = t["log_scales"].amax(dim=1).exp()
         bad = (opacity < cfg.prune_opacity) | (largest > cfg.prune_scale * scene_scale)
         bad &= params.trainable
-    if not bool(bad.any()):
-        return 0
-    params.remap((~bad).nonzero().flatten())
-    return int(bad.sum())
+    if bool(bad.any()):
+        params.remap((~bad).nonzero().flatten())
+    return ~bad
 
 
 def grow_candidates(params: GaussianParams, scores: Tensor, cfg: RefineConfig,

@@ -273,10 +273,9 @@ def refine(
 
         if cfg.densify and step % cfg.densify_every == 0 and fraction() <= cfg.densify_until:
             t_d = time.perf_counter()
-            counts.pruned += prune(params, cfg, extent)
-            scores = stats.mean() if len(stats.total) == len(params) else None
-            if scores is None:  # pruning reordered rows: gather the statistics with them
-                scores = torch.zeros(len(params), device=device)
+            kept = prune(params, cfg, extent)
+            counts.pruned += int((~kept).sum())
+            scores = stats.mean()[kept]  # the statistics follow the rows pruning kept
             room = cfg.max_gaussians - len(params)
             if learned:
                 fpc = float(densifier.fine_per_candidate)
