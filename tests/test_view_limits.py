@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.camera_formats import read_nerf_transforms
+from engine.camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 from engine.cameras import CameraError
 from engine.cli import main
 from engine.data.images import (
@@ -168,3 +168,25 @@ def test_training_config_json(tmp_path: Path, capsys: pytest.CaptureFixture, tex
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{config}: " in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_transforms_values_beyond_float32_are_refused(tmp_path: Path) -> None:
+    """Found by bench/fuzz_readers.py: cy = -1e308 is finite in the JSON but read as -inf
+    into float32 cameras, which were returned without a check."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "v.png")
+    views = transforms(tmp_path, "v.png", 8)
+    data = json.loads(views.read_text())
+    data["cy"] = -1e308
+    views.write_text(json.dumps(data))
+    with pytest.raises(CameraError, match=f"{views}: camera values must be finite"):
+        read_nerf_transforms(views)
+    assert read_nerf_transforms(views, dtype=torch.float64).cameras.cy[0] == -1e308
+
+
+def test_colmap_values_beyond_float32_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "cameras.txt").write_text("1 PINHOLE 40 30 1e300 35 20 15\n")
+    (tmp_path / "images.txt").write_text("1 1 0 0 0 0 0 0 1 a.png\n\n")
+    model = read_colmap(tmp_path)
+    with pytest.raises(CameraError, match="camera values must be finite"):
+        colmap_to_cameras(model)
+    assert float(colmap_to_cameras(model, dtype=torch.float64)[0].fx[0]) == 1e300

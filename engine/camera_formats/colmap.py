@@ -349,6 +349,8 @@ def colmap_to_cameras(
     w2c[:, 3, 3] = 1.0
     k = torch.tensor(intrinsics, dtype=torch.float64)
     cameras = Cameras(w2c, k[:, 0], k[:, 1], k[:, 2], k[:, 3], *size[0]).to(dtype=dtype)
+    # Finite doubles beyond float32's range (a focal of 1e300) become inf when cast.
+    cameras.validate()
     return cameras, names
 
 

@@ -229,6 +229,8 @@ def read_nerf_transforms(
         w2c = _rigid_inverse(c2w_gl @ _flip_yz())
         k = torch.tensor(intrinsics, dtype=torch.float64)
         cameras = Cameras(w2c, k[:, 0], k[:, 1], k[:, 2], k[:, 3], *sizes[0]).to(dtype=dtype)
+        # Finite float64 values beyond float32's range (cy = -1e308) become inf when cast.
+        cameras.validate()
     extra = {key: value for key, value in data.items() if key not in _NERF_CAMERA_KEYS}
     return NerfFrames(cameras, images, extra)
 
