@@ -237,10 +237,11 @@ def refine(
         if steps is not None and step >= steps:
             break
         if seconds is not None and step > 0:
-            # Stop when the next step (its recent mean time) and the final held-out
-            # evaluation would run past the budget.
+            # Stop when the next step and the final held-out evaluation would run past the
+            # budget. The slowest of the recent steps predicts the next: on a shared
+            # machine one step can take twice the mean.
             remaining = seconds - (time.perf_counter() - start)
-            if remaining < sum(step_times[-10:]) / len(step_times[-10:]) + eval_seconds[0]:
+            if remaining < max(step_times[-5:]) + eval_seconds[0]:
                 break
         t0 = time.perf_counter()
         if len(order) < cfg.batch_views:
