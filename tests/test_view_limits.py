@@ -190,3 +190,18 @@ def test_colmap_values_beyond_float32_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CameraError, match="camera values must be finite"):
         colmap_to_cameras(model)
     assert float(colmap_to_cameras(model, dtype=torch.float64)[0].fx[0]) == 1e300
+
+
+def test_png_chunk_length_past_the_file(tmp_path: Path) -> None:
+    """Found by bench/fuzz_readers.py: an IDAT length field of 2 GB in a 100-byte PNG makes
+    Pillow allocate 2 GB to skip it; where that fails it was a MemoryError traceback."""
+    Image.new("RGBA", (16, 16)).save(tmp_path / "v.png")
+    data = bytearray((tmp_path / "v.png").read_bytes())
+    at = data.find(b"IDAT") - 4
+    data[at : at + 4] = (0x7FFFFFF0).to_bytes(4, "big")
+    (tmp_path / "v.png").write_bytes(data)
+    path = tmp_path / "v.png"
+    code = f"from engine.data.images import read_rgba; read_rgba({str(path)!r})"
+    run = run_measured(python=code, data_limit=1 << 30)  # a machine without 2 GB to spare
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == f"ValueError: {path}: cannot read image (out of memory decoding it)"

@@ -150,6 +150,10 @@ def read_rgba(path: str | os.PathLike, size: tuple[int, int] | None = None) -> n
             return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise ValueError(f"{path}: cannot read image ({err})") from None
+        except MemoryError:
+            # Within the pixel limit decoding needs at most ~0.5 GB; more is a corrupt length
+            # field Pillow trusts (a 79-byte PNG whose IDAT claims 2 GB, found by fuzzing).
+            raise ValueError(f"{path}: cannot read image (out of memory decoding it)") from None
 
 
 def composite(rgba: np.ndarray, background: Sequence[float] = WHITE) -> np.ndarray:
