@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -22,16 +23,19 @@ from engine.io import (
     GltfFormatError,
     PlyFormatError,
     SplatFormatError,
+    SpzFormatError,
     read_compressed_ply,
     read_gltf,
     read_ply,
     read_splat,
+    read_spz,
     write_gltf,
+    write_spz,
 )
 from engine.io.limits import MAX_GAUSSIANS
 from engine.io.ply import standard_property_names
 
-from ._bomb_helpers import PEAK_LIMIT, run_measured
+from ._bomb_helpers import PEAK_LIMIT, gzip_repeated, run_measured
 
 SPZ_MAGIC = 0x5053474E
 TOO_MANY = MAX_GAUSSIANS + 1
@@ -73,6 +77,59 @@ def assert_refused_by_export(source: Path, fragment: str) -> None:
     assert not out.exists()
     assert sorted(p.name for p in source.parent.iterdir()) == [source.name]
     assert run.peak_bytes < PEAK_LIMIT, f"peak {run.peak_bytes / 2**30:.2f} GiB"
+
+
+# ---------------------------------------------------------------------------- SPZ
+
+
+@pytest.mark.parametrize("points", [20_000_000, 5_000_000])
+def test_spz_zero_point_bomb_is_refused_before_allocating(tmp_path: Path, points: int) -> None:
+    """389 KB declaring 20M zero points (was 7 GB resident) and 97 KB for 5M (was 1.9 GB)."""
+    payload = points * 20  # degree 0, version 3: 20 attribute bytes a point
+    bomb = gzip_repeated(spz_header(points), bytes(4_000_000), payload // 4_000_000)
+    assert len(bomb) < 400_000
+    path = tmp_path / "bomb.spz"
+    path.write_bytes(bomb)
+    assert_refused_by_export(path, "decompression bomb")
+
+
+@pytest.mark.slow  # decodes 3.3M Gaussians: ~1.5 s of CPU
+def test_spz_most_compressible_file_accepted_reads_bounded(tmp_path: Path) -> None:
+    """Below 64 MiB of attributes any ratio is accepted: 3.3M zero points from a 65 KB file
+    decode into float32 Gaussians within the memory limit (a bounded result)."""
+    points = (64 << 20) // 20 // 1000 * 1000  # 3,355,000 points, 67.1 MB of attributes
+    path = tmp_path / "dense.spz"
+    path.write_bytes(gzip_repeated(spz_header(points), bytes(671_000), 100))
+    assert path.stat().st_size < 100_000
+    code = f"from engine.io import read_spz; print(len(read_spz({str(path)!r}).gaussians))"
+    run = run_measured(python=code)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) == points
+    assert run.peak_bytes < PEAK_LIMIT, f"peak {run.peak_bytes / 2**30:.2f} GiB"
+
+
+def test_spz_count_above_the_limit(tmp_path: Path) -> None:
+    # A file large enough for its count at a plausible ratio (sparse: nothing is written).
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    head = deflate.compress(spz_header(TOO_MANY)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+    head += b"\x00" + struct.pack("<HH", 0xFFFF, 0x0000)  # a stored block: the zeros after
+    path = sparse_file(tmp_path / "many.spz", head, TOO_MANY * 20 // 32)
+    with pytest.raises(SpzFormatError, match=CAP_MESSAGE):
+        read_spz(path)
+
+
+def test_spz_more_data_than_the_header_declares(tmp_path: Path) -> None:
+    write_spz(tmp_path / "ok.spz", small_gaussians(3))
+    ok = read_spz(tmp_path / "ok.spz")
+    assert len(ok.gaussians) == 3
+    # Two points declared, 2 MiB of attribute-like bytes after them: refused, read bounded.
+    path = tmp_path / "long.spz"
+    path.write_bytes(gzip_repeated(spz_header(2) + bytes(40), bytes(1 << 20), 2))
+    with pytest.raises(SpzFormatError, match="more than 1048576 bytes beyond the 40 bytes"):
+        read_spz(path)
+    # A little trailing data (extensions) is still skipped.
+    path.write_bytes(gzip_repeated(spz_header(2) + bytes(40), bytes(1000), 1))
+    assert len(read_spz(path).gaussians) == 2
 
 
 # ---------------------------------------------------------------------------- glTF

@@ -45,12 +45,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
 from ..transforms import rotate_quaternions, rotate_sh
+from .limits import check_gaussian_count
 from .ply import _write_atomically
 
 __all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "COORDINATE_SYSTEMS"]
@@ -64,6 +66,16 @@ _HEADER = struct.Struct("<IIIBBBB")
 # Deflate cannot expand data by more than 1032:1, so a header whose payload needs more than
 # this many bytes per compressed byte is lying; checked before anything is decompressed.
 _MAX_DEFLATE_RATIO = 1032
+# Quantised splat attributes are close to noise: deflate shrinks real files 1.2-3x. A header
+# implying more attribute bytes than this many per compressed byte describes a decompression
+# bomb (e.g. 20M zero points in 389 KB) and is refused before anything is allocated; below
+# _RATIO_FREE_BYTES of attributes (~3M points at degree 0) any ratio is harmless and allowed.
+_MAX_PLAUSIBLE_RATIO = 64
+_RATIO_FREE_BYTES = 64 << 20
+# Decompressed bytes after the attribute blocks (extensions) that are skipped; more is refused.
+_MAX_TRAILING = 1 << 20
+_READ_PIECE = 1 << 20  # compressed bytes read, and decompressed bytes produced, per step
+_DECODE_SLICE = 1 << 18  # points decoded per step (float64 temporaries of ~100 MB at most)
 _MAX_FRACTIONAL_BITS = 23
 # Largest component index -> the other three, in increasing order (x y z w = 0 1 2 3).
 _OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
@@ -234,15 +246,20 @@ def read_spz(
 
     coordinate_system: how the file's axes map to our world, as for `write_spz`.
     Raises `SpzFormatError` for anything malformed and `OSError` if the file cannot be read.
-    Data after the attribute blocks (e.g. extensions) is ignored; the gzip stream must be
-    complete.
+    The gzip stream must be complete and hold exactly the attribute bytes the header implies;
+    up to `_MAX_TRAILING` bytes after them (extensions) are ignored, more are refused.
+
+    Memory: the header is checked against the file's size before anything is allocated
+    (`engine.io.limits.MAX_GAUSSIANS`; an implausible compression ratio is refused as a
+    decompression bomb), then the stream is inflated piecewise into one buffer of exactly
+    the declared size and decoded in slices of points into the float32 result, so a read
+    peaks at about the attribute bytes plus the result.
     """
     path = Path(path)
     m = _axes(coordinate_system)
     try:
         with open(path, "rb") as f:
-            compressed = f.read()
-        fields, payload = _decompress(compressed)
+            fields, payload = _decompress(f, os.fstat(f.fileno()).st_size)
         return _unpack(fields, payload, m, device)
     except _Problem as e:
         raise SpzFormatError(f"{path}: {e}") from None
@@ -253,53 +270,82 @@ def _payload_size(n: int, degree: int, version: int) -> int:
     return n * (9 + 1 + 3 + 3 + rotation + 3 * ((degree + 1) ** 2 - 1))
 
 
-def _decompress(data: bytes) -> tuple[tuple[int, ...], bytes]:
-    """Header fields and exactly the attribute bytes, decompressing no more than needed."""
-    if data[:4] == b"NGSP":
+class _Inflater:
+    """A gzip stream read from a file in pieces, inflated into caller-given buffers."""
+
+    def __init__(self, f: BinaryIO, first: bytes) -> None:
+        self.f = f
+        self.pending = first  # compressed bytes read but not yet given to zlib
+        self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def fill(self, out: memoryview) -> int:
+        """Inflate into `out` until it is full, the stream ends or the file does; the count."""
+        filled = 0
+        while filled < len(out) and not self.d.eof:
+            if not self.pending:
+                self.pending = self.f.read(_READ_PIECE)
+                if not self.pending:
+                    break  # the file ended inside the stream
+            want = min(len(out) - filled, _READ_PIECE)
+            piece = self.d.decompress(self.pending, want)
+            self.pending = self.d.unconsumed_tail
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+        return filled
+
+
+def _decompress(f: BinaryIO, file_size: int) -> tuple[tuple[int, ...], bytearray]:
+    """Header fields and exactly the attribute bytes, checked against the file's size first."""
+    first = f.read(_READ_PIECE)
+    if first[:4] == b"NGSP":
         raise _Problem("SPZ version 4 (zstd streams) is not supported; re-save it as version 3")
-    if data[:2] != b"\x1f\x8b":
+    if first[:2] != b"\x1f\x8b":
         raise _Problem("not an SPZ file (it is not a gzip stream)")
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    inflater = _Inflater(f, first)
     try:
-        head, tail = _inflate(d, data, _HEADER.size)
-        if len(head) < _HEADER.size:
-            raise _Problem(f"the data ends after {len(head)} bytes, inside the 16-byte header")
+        head = bytearray(_HEADER.size)
+        got = inflater.fill(memoryview(head))
+        if got < _HEADER.size:
+            raise _Problem(f"the data ends after {got} bytes, inside the 16-byte header")
         fields = _check_header(_HEADER.unpack(head))
         need = _payload_size(fields[2], fields[3], fields[1])
-        if need > len(data) * _MAX_DEFLATE_RATIO:
-            raise _Problem(
-                f"the header declares {fields[2]} points ({need} bytes) but a {len(data)}-byte "
-                "gzip file cannot hold that much"
-            )
-        payload, tail = _inflate(d, tail, need)
-        if len(payload) < need:
+        _check_ratio(fields[2], need, file_size)
+        check_gaussian_count(fields[2], _Problem)
+        payload = bytearray(need)  # the one allocation the header's count drives
+        got = inflater.fill(memoryview(payload))
+        if got < need:
             raise _Problem(
                 f"the header declares {fields[2]} points ({need} bytes of attributes) but the "
-                f"data ends after {len(payload)} bytes (truncated file?)"
+                f"data ends after {got} bytes (truncated file?)"
             )
-        while not d.eof:  # the rest (bounded by the ratio check) only to verify the CRC
-            before = len(tail)
-            piece, tail = _inflate(d, tail, 1 << 20)
-            if not piece and len(tail) == before:
-                break
+        # Whatever follows is read (to reach the gzip trailer and its CRC) but bounded.
+        trailing = inflater.fill(memoryview(bytearray(_MAX_TRAILING + 1)))
     except zlib.error as e:
         raise _Problem(f"corrupt gzip stream ({e})") from None
-    if not d.eof:
+    if trailing > _MAX_TRAILING:
+        raise _Problem(
+            f"the gzip stream holds more than {_MAX_TRAILING} bytes beyond the {need} bytes of "
+            f"attributes its header declares ({fields[2]} points)"
+        )
+    if not inflater.d.eof:
         raise _Problem("the gzip stream is truncated")
     return fields, payload
 
 
-def _inflate(d: zlib._Decompress, data: bytes, want: int) -> tuple[bytes, bytes]:
-    """Up to `want` bytes out of `d` fed with `data`; returns them and the unconsumed input."""
-    out = bytearray()
-    while len(out) < want and not d.eof:
-        before = len(data)
-        piece = d.decompress(data, want - len(out))
-        data = d.unconsumed_tail
-        if not piece and len(data) == before:
-            break  # no progress: the input is used up
-        out += piece
-    return bytes(out), data
+def _check_ratio(n: int, need: int, file_size: int) -> None:
+    """Refuse a header whose attribute bytes the file cannot (or could only absurdly) hold."""
+    if need > file_size * _MAX_DEFLATE_RATIO:
+        raise _Problem(
+            f"the header declares {n} points ({need} bytes) but a {file_size}-byte gzip file "
+            "cannot hold that much"
+        )
+    if need > max(_RATIO_FREE_BYTES, file_size * _MAX_PLAUSIBLE_RATIO):
+        raise _Problem(
+            f"the header declares {n:,} points ({need:,} bytes of attributes) in a "
+            f"{file_size:,}-byte file, a compression ratio of {need / file_size:.0f}:1; "
+            f"splat data compresses less than {_MAX_PLAUSIBLE_RATIO}:1, so this is refused "
+            "as a decompression bomb"
+        )
 
 
 def _check_header(fields: tuple[int, ...]) -> tuple[int, ...]:
@@ -319,32 +365,43 @@ def _check_header(fields: tuple[int, ...]) -> tuple[int, ...]:
     return fields
 
 
-def _unpack(fields: tuple[int, ...], payload: bytes, m: np.ndarray, device) -> SpzData:
+def _unpack(fields: tuple[int, ...], payload: bytearray, m: np.ndarray, device) -> SpzData:
+    """Decode the attribute blocks, `_DECODE_SLICE` points at a time, into float32 arrays:
+    means (N, 3), log_scales (N, 3), quats (N, 4), opacity_logits (N,), sh (N, K, 3)."""
     _, version, n, degree, fractional_bits, flags, _ = fields
     k = (degree + 1) ** 2
+    rot = 4 if version >= 3 else 3
     buf = np.frombuffer(payload, dtype=np.uint8)
-    sizes = [9 * n, n, 3 * n, 3 * n, (4 if version >= 3 else 3) * n, 3 * (k - 1) * n]
-    parts = np.split(buf, np.cumsum(sizes)[:-1])
-    pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = parts
-
-    b = pos_b.reshape(n * 3, 3).astype(np.int32)
-    fixed = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-    fixed = fixed - ((fixed & 0x800000) << 1)  # sign-extend 24 bits
-    positions = (fixed.astype(np.float64) / float(1 << fractional_bits)).reshape(n, 3) @ m
-
-    # Byte 0 / 255 are opacity 0 / 1, whose logits are infinite: decode to a quarter step inside.
-    alpha = np.clip(alpha_b.astype(np.float64) / 255.0, 0.25 / 255.0, 1.0 - 0.25 / 255.0)
-    dc = (color_b.reshape(n, 1, 3).astype(np.float64) / 255.0 - 0.5) / COLOR_SCALE
-    rest = (sh_b.reshape(n, k - 1, 3).astype(np.float64) - 128.0) / 128.0
-    rest = _rotate_sh(rest, m.T)
-    arrays = {
-        "means": positions,
-        "log_scales": scale_b.reshape(n, 3).astype(np.float64) / 16.0 - 10.0,
-        "quats": _unpack_rotations(rot_b, n, version, m),
-        "opacity_logits": np.log(alpha / (1.0 - alpha)),
-        "sh": np.concatenate([dc, rest], axis=1),
+    sizes = [9 * n, n, 3 * n, 3 * n, rot * n, 3 * (k - 1) * n]
+    pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = np.split(buf, np.cumsum(sizes)[:-1])
+    pos_b, color_b, scale_b = pos_b.reshape(n, 9), color_b.reshape(n, 3), scale_b.reshape(n, 3)
+    rot_b, sh_b = rot_b.reshape(n, rot), sh_b.reshape(n, k - 1, 3)
+    out = {
+        "means": np.empty((n, 3), np.float32),
+        "log_scales": np.empty((n, 3), np.float32),
+        "quats": np.empty((n, 4), np.float32),
+        "opacity_logits": np.empty(n, np.float32),
+        "sh": np.empty((n, k, 3), np.float32),
     }
-    tensors = {a: torch.from_numpy(v.astype(np.float32)).to(device) for a, v in arrays.items()}
+    for lo in range(0, n, _DECODE_SLICE):
+        s = slice(lo, min(n, lo + _DECODE_SLICE))
+        c = s.stop - s.start
+        b = pos_b[s].reshape(c * 3, 3).astype(np.int32)
+        fixed = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        fixed = fixed - ((fixed & 0x800000) << 1)  # sign-extend 24 bits
+        positions = fixed.astype(np.float64).reshape(c, 3) / float(1 << fractional_bits)
+        out["means"][s] = positions @ m
+        # Byte 0 / 255 are opacity 0 / 1, whose logits are infinite: a quarter step inside.
+        alpha = np.clip(alpha_b[s].astype(np.float64) / 255.0, 0.25 / 255.0, 1.0 - 0.25 / 255.0)
+        out["opacity_logits"][s] = np.log(alpha / (1.0 - alpha))
+        out["log_scales"][s] = scale_b[s].astype(np.float64) / 16.0 - 10.0
+        out["quats"][s] = _unpack_rotations(rot_b[s], c, version, m)
+        out["sh"][s, 0] = (color_b[s].astype(np.float64) / 255.0 - 0.5) / COLOR_SCALE
+        rest = (sh_b[s].astype(np.float64) - 128.0) / 128.0
+        out["sh"][s, 1:] = _rotate_sh(rest, m.T)
+    del buf, pos_b, alpha_b, color_b, scale_b, rot_b, sh_b
+    payload.clear()  # the caller's reference would keep the attribute bytes alive
+    tensors = {a: torch.from_numpy(v).to(device) for a, v in out.items()}
     try:
         gaussians = Gaussians(**tensors)
     except GaussiansError as e:  # not expected: every byte pattern decodes to valid values
@@ -353,7 +410,7 @@ def _unpack(fields: tuple[int, ...], payload: bytes, m: np.ndarray, device) -> S
 
 
 def _unpack_rotations(raw: np.ndarray, n: int, version: int, m: np.ndarray) -> np.ndarray:
-    """(N, 4) unit quaternions w x y z in our frame."""
+    """(N, 4) unit quaternions w x y z in our frame, from (N, 3) v2 or (N, 4) v3 bytes."""
     if version == 2:
         xyz = raw.reshape(n, 3).astype(np.float64) / 127.5 - 1.0
         w = np.sqrt(np.maximum(0.0, 1.0 - (xyz * xyz).sum(axis=1, keepdims=True)))
@@ -361,13 +418,18 @@ def _unpack_rotations(raw: np.ndarray, n: int, version: int, m: np.ndarray) -> n
     else:
         comp = raw.reshape(n, 4).copy().view("<u4").reshape(n).astype(np.int64)
         largest = comp >> 30
-        rows = np.arange(n)
-        q = np.zeros((n, 4))
-        for j in range(3):
-            field = (comp >> (10 * (2 - j))) & 0x3FF
-            value = SQRT1_2 * (field & 0x1FF) / 511.0
-            q[rows, _OTHERS[largest, j]] = np.where(field & 0x200, -value, value)
-        q[rows, largest] = np.sqrt(np.maximum(0.0, 1.0 - (q * q).sum(axis=1)))
+        fields = [(comp >> (10 * (2 - j))) & 0x3FF for j in range(3)]
+        small = [SQRT1_2 * (f & 0x1FF) / 511.0 * np.where(f & 0x200, -1.0, 1.0) for f in fields]
+        w = np.sqrt(np.maximum(0.0, 1.0 - sum(v * v for v in small)))
+        # Component i is the largest one, or else stored value j = i - (i > largest) (the
+        # others in increasing order): elementwise selects instead of scattered indexing.
+        zero = np.zeros(n)
+        q = np.empty((n, 4))
+        for i in range(4):
+            below, here = (small[i - 1] if i > 0 else zero), (small[i] if i < 3 else zero)
+            q[:, i] = np.where(largest == i, w, np.where(largest < i, below, here))
     q /= np.linalg.norm(q, axis=1, keepdims=True)  # never zero: see the module tests
-    wxyz = torch.from_numpy(np.concatenate([q[:, 3:], q[:, :3]], axis=1))
-    return rotate_quaternions(wxyz, m.T).numpy()  # back to our axes: R = Mᵀ R'
+    wxyz = np.concatenate([q[:, 3:], q[:, :3]], axis=1)
+    if np.array_equal(m, np.eye(3)):  # the file's own axes (what engine.io.load reads)
+        return wxyz
+    return rotate_quaternions(torch.from_numpy(wxyz), m.T).numpy()  # our axes: R = Mᵀ R'
