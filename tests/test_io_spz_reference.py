@@ -2,7 +2,8 @@
 
 `@spz-loader/core` (npm, pinned in tools/spz-loader/) is Niantic's C++ SPZ loader
 compiled to WebAssembly; `tools/spz-loader/read_spz.mjs` prints what it decodes. With
-coordinate system UNSPECIFIED it returns the file's own axes (RUB for our writer),
+coordinate system UNSPECIFIED it returns the file's own axes (PLY space for `engine.io.save`:
+Blender (x, y, z) -> (-x, -z, -y), engine/io/axes.py),
 scales linear, rotations x y z w, alphas as opacity and, with `colorScaleFactor` 1,
 colours as 0.5 + DC. `.ci/run` installs it; these tests skip without node or the package.
 """
@@ -20,7 +21,7 @@ import torch
 
 from engine.gaussians import Gaussians
 from engine.io import save
-from engine.io.spz import COORDINATE_SYSTEMS
+from engine.io.axes import PLY_SPACE
 from engine.rotations import quaternion_to_matrix
 from engine.transforms import rotate_sh
 
@@ -77,7 +78,7 @@ def test_reference_decoder_reads_our_spz(tmp_path: Path, version: int) -> None:
     n = len(g)
     assert d["numPoints"] == n and d["shDegree"] == 3 and d["antialiased"] is False
 
-    m = torch.from_numpy(COORDINATE_SYSTEMS["rub"]).double()  # our Z-up world -> RUB
+    m = torch.from_numpy(PLY_SPACE).double()  # our Z-up world -> the file's PLY space
     pos = torch.tensor(d["positions"], dtype=torch.float64).reshape(n, 3)
     assert (pos - g.means.double() @ m.T).abs().max() <= POS_TOL
 
@@ -97,7 +98,7 @@ def test_reference_decoder_reads_our_spz(tmp_path: Path, version: int) -> None:
     assert rel.max() <= COV_TOL[version]
     assert (scales.log() - g.log_scales.double()).abs().max() <= LOG_SCALE_TOL
 
-    # SH rest, coefficient-major with colour innermost, in RUB axes.
+    # SH rest, coefficient-major with colour innermost, in the file's axes.
     rest = torch.tensor(d["sh"], dtype=torch.float64).reshape(n, 15, 3)
     want = rotate_sh(g.sh.double(), m)[:, 1:]
     for degree, (lo, hi) in {1: (0, 3), 2: (3, 8), 3: (8, 15)}.items():
