@@ -84,7 +84,7 @@ def test_image_size_from_the_header_is_checked_against_the_limit(tmp_path: Path)
 
 def test_a_legal_8000_square_view_is_decoded_reduced(tmp_path: Path) -> None:
     """An 8000² RGBA view was decoded whole into float32 (4 GB a frame); now it costs its
-    8-bit pixels (256 MB) and floats at the model's size."""
+    8-bit pixels (256 MB, and a premultiplied copy) and floats at the model's size."""
     (tmp_path / "big.png").write_bytes(png_uniform(8000, 8000, rgba=True))
     views = transforms(tmp_path, "big.png", 8000)
     code = (

@@ -122,7 +122,8 @@ def read_rgba(path: str | os.PathLike, size: tuple[int, int] | None = None) -> n
     their header. With `size`, the image is decoded reduced: JPEGs at 1/2, 1/4 or 1/8 scale
     in the decoder (`Image.draft`), everything else shrunk in its own 8-bit mode by an
     integer box filter (`reducing_gap`) and then area-resampled, so a large view costs its
-    8-bit pixels once and float32 only at `size` (an 8000² RGBA PNG: 256 MB, not 4 GB).
+    8-bit pixels (twice for RGBA, which Pillow premultiplies into a copy to resample) and
+    float32 only at `size`: an 8000² RGBA PNG peaks at ~0.5 GB over the interpreter, not 4 GB.
 
     Args:
         size: optional (width, height) to resample to (area filter; RGBA is resampled
