@@ -511,7 +511,3 @@ def _header_bytes(n: int, names: Sequence[str], extras: Sequence[tuple[str, np.n
     lines += [f"property {_WRITE_TYPE_NAMES[a.dtype]} {name}" for name, a in extras]
     lines.append("end_header")
     return ("\n".join(lines) + "\n").encode("ascii")
-
-
-# Old name, kept only until spz.py's import moves to engine.atomic (next commit).
-_write_atomically = write_atomic

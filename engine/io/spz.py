@@ -50,10 +50,10 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
 from ..transforms import rotate_quaternions, rotate_sh
 from .limits import check_gaussian_count
-from .ply import _write_atomically
 
 __all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "COORDINATE_SYSTEMS"]
 
@@ -176,7 +176,7 @@ def write_spz(
         _pack_sh(_rotate_sh(g.sh[:, 1:, :].numpy(), m), sh1_bits, sh_rest_bits),
     ]
     payload = header + b"".join(np.ascontiguousarray(b).tobytes() for b in blocks)
-    _write_atomically(path, [_gzip(payload)])
+    write_atomic(path, [_gzip(payload)])
 
 
 def _gzip(data: bytes) -> bytes:
