@@ -72,9 +72,13 @@ def _start_slow_export(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     out = out_dir / "scene.ply"
     out.write_bytes(b"the previous export")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A shell starts background jobs with SIGINT ignored and children inherit that (Python
+    # then installs no KeyboardInterrupt handler): give the child the default disposition,
+    # as a terminal's Ctrl+C would find it, whatever ran this test suite.
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_EXPORT, str(src), str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the writer is mid-write
