@@ -322,9 +322,11 @@ def _new_pointcloud_data(
             raise RuntimeError(f"Blender could not convert the points to a point cloud: {result}")
         data = carrier.data
         try:
-            # The mesh's vertex selection is carried over under its mesh name; drop it so
-            # the point cloud's own `.selection` semantics (absent = all selected) apply.
-            for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert"):
+            # The mesh's vertex selection is carried over, under its mesh name (5.0) or as
+            # `.selection` (5.3, all True): drop it so a new cloud has no selection made on
+            # purpose (`has_selected_points`) on every Blender.
+            for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert",
+                         SELECTION_ATTRIBUTE):
                 attr = data.attributes.get(junk)
                 if attr is not None:
                     data.attributes.remove(attr)
