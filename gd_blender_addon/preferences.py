@@ -84,7 +84,8 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         box.label(text="PyTorch", icon="SCRIPTPLUGINS")
         missing = dependencies.missing_modules(required_only=False)
         if not dependencies.torch_available():
-            required = [m for m in missing if m != "numba"] or ["torch"]
+            optional = {pip for _, pip, req in dependencies.MODULES if not req}
+            required = [m for m in missing if m not in optional] or ["torch"]
             col = box.column(align=True)
             col.label(text=f"Missing in Blender's Python: {', '.join(required)}", icon="ERROR")
             col.label(text="The engine needs PyTorch. Install it into this add-on's own folder:")
@@ -108,6 +109,8 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
             box.label(text=dependencies.torch_summary(), icon="CHECKMARK")
             if "numba" in missing:
                 box.label(text="numba missing: CPU rendering uses the slower PyTorch fallback")
+            if "zstandard" in missing:
+                box.label(text="zstandard missing: .spz reads and writes version 3 only")
         box.label(text=f"Install folder: {dependencies.site_packages_dir(create=False)}")
 
         box = layout.box()

@@ -151,7 +151,7 @@ def test_standard_files_import_upright(bpy, tmp_path, suffix):
     if suffix == ".ply":
         write_ply(path, g)
     else:
-        write_spz(path, g, coordinate_system="identity")
+        write_spz(path, g)
     obj = splat_files.import_splat(path, bpy.context, display_mode=None)
     bpy.context.view_layer.update()
     corners = np.array([list(c) for c in obj.bound_box])  # Blender's own bounds, local

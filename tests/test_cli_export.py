@@ -136,6 +136,19 @@ def test_in_axes_raw_converts_an_old_raw_export_to_standard(scene, tmp_path, cap
     assert near(load(new).means, g.means) == 0
 
 
+def test_spz_version(scene, tmp_path, capsys):
+    from engine.io import read_spz
+
+    _, src = scene
+    assert export(capsys, src, tmp_path / "v4.spz")[0] == 0
+    assert read_spz(tmp_path / "v4.spz").version == 4  # the default, as Niantic's and st's
+    assert export(capsys, src, tmp_path / "v3.spz", "--spz-version", "3")[0] == 0
+    assert read_spz(tmp_path / "v3.spz").version == 3
+    rc, _, err = export(capsys, src, tmp_path / "v3.ply", "--spz-version", "3")
+    assert rc == 2 and "applies to a .spz OUT" in err
+    assert not (tmp_path / "v3.ply").exists()
+
+
 def test_reads_every_supported_input(scene, tmp_path, capsys):
     g, src = scene
     for suffix in (".compressed.ply", ".spz", ".splat", ".sog", ".glb", ".gltf"):

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from engine.gaussians import SH_C0, Gaussians
-from engine.io import SpzFormatError, load, read_compressed_ply, read_sog, read_spz, save
+from engine.io import load, read_compressed_ply, read_sog, read_spz, save
 from engine.io.axes import world_to_file
 from engine.io.compressed_ply import CHUNK_SIZE, write_compressed_ply
 from engine.rotations import quaternion_to_matrix
@@ -177,7 +177,8 @@ def ours(tmp_path_factory) -> tuple[Gaussians, Gaussians, Path]:
     ).to(dtype=torch.float32)
     d = tmp_path_factory.mktemp("ours")
     for suffix in (".ply", ".spz", ".splat", ".sog"):
-        save(g, d / f"ours{suffix}")
+        save(g, d / f"ours{suffix}")  # .spz: version 4, the default
+    save(g, d / "ours_v3.spz", version=3)
     # PLY space as the writers receive it (float32, as save turns it), for value checks.
     file_g = world_to_file(g, ".ply").to(dtype=torch.float64)
     return g.to(dtype=torch.float64), file_g, d
@@ -194,9 +195,10 @@ def test_our_ply_read_by_splat_transform_is_bit_exact(ours, tmp_path):
         assert torch.equal(getattr(theirs, name), getattr(file_g, name)), name
 
 
-def test_our_spz_read_by_splat_transform(ours, tmp_path):
+@pytest.mark.parametrize("name", ["ours.spz", "ours_v3.spz"])
+def test_our_spz_read_by_splat_transform(ours, tmp_path, name):
     _, file_g, d = ours
-    theirs = decoded_by_splat_transform(d / "ours.spz", tmp_path, DEGREE)
+    theirs = decoded_by_splat_transform(d / name, tmp_path, DEGREE)
     assert len(theirs) == N
     assert float((theirs.means - file_g.means).abs().max()) <= POS_TOL
     assert float((theirs.log_scales - file_g.log_scales).abs().max()) <= LOG_SCALE_TOL
@@ -204,8 +206,7 @@ def test_our_spz_read_by_splat_transform(ours, tmp_path):
     assert_same_axes(theirs.quats, file_g.quats, 0.01)
     assert_sh_within_spz_bounds(theirs.sh, file_g.sh)
     # The same file, decoded by us in its own axes: the two decoders agree.
-    assert_same_decode(theirs, read_spz(d / "ours.spz", coordinate_system="identity")
-                       .gaussians.to(dtype=torch.float64))  # fmt: skip
+    assert_same_decode(theirs, read_spz(d / name).gaussians.to(dtype=torch.float64))
 
 
 def test_our_splat_read_by_splat_transform(ours, tmp_path):
@@ -260,21 +261,11 @@ def test_splat_transform_ply_read_by_us(ours, tmp_path):
     assert float((back.sh - g.sh).abs().max()) <= 1e-6
 
 
-def test_splat_transform_spz_default_is_version_4(ours, tmp_path):
-    """splat-transform's default SPZ is version 4 (zstd streams), which our reader does not
-    read yet: it says so."""
-    _, _, d = ours
-    st(d / "ours.ply", tmp_path / "st.spz")
-    assert (tmp_path / "st.spz").read_bytes()[:4] == b"NGSP"
-    with pytest.raises(SpzFormatError, match="version 4"):
-        read_spz(tmp_path / "st.spz")
-
-
-def _splat_transform_spz_default_read_by_us(ours, tmp_path):  # with SPZ version 4
-    """splat-transform's default SPZ (version 4 in 3.7) from our .ply."""
+def test_splat_transform_spz_default_read_by_us(ours, tmp_path):
+    """splat-transform's default SPZ (version 4, zstd streams, in 3.7) from our .ply."""
     g, file_g, d = ours
     st(d / "ours.ply", tmp_path / "st.spz")
-    data = read_spz(tmp_path / "st.spz", coordinate_system="identity")
+    data = read_spz(tmp_path / "st.spz")
     assert data.version == 4
     raw = data.gaussians.to(dtype=torch.float64)
     assert len(raw) == N and raw.sh_degree == DEGREE
@@ -291,7 +282,7 @@ def _splat_transform_spz_default_read_by_us(ours, tmp_path):  # with SPZ version
 def test_splat_transform_spz_v3_read_by_us(ours, tmp_path):
     _, file_g, d = ours
     st(d / "ours.ply", "--spz-version", "3", tmp_path / "st.spz")
-    data = read_spz(tmp_path / "st.spz", coordinate_system="identity")
+    data = read_spz(tmp_path / "st.spz")
     assert data.version == 3
     raw = data.gaussians.to(dtype=torch.float64)
     assert float((raw.means - file_g.means).abs().max()) <= POS_TOL

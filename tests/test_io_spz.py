@@ -1,4 +1,5 @@
-"""Niantic SPZ reader/writer: quantisation-bounded round trips, axes, hostile files, fuzzing."""
+"""Niantic SPZ reader/writer (versions 2, 3 and 4): quantisation-bounded round trips, layout,
+axes at the save/load boundary, hostile files (sizes bounded before allocation), fuzzing."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine.gaussians import Gaussians
 from engine.io import SpzFormatError, load, read_spz, save, write_spz
+from engine.io.axes import PLY_SPACE
 from engine.render.sh import eval_sh_colors
 
 from ._rotation_helpers import rotation_angle
@@ -83,19 +85,42 @@ def check_close(g: Gaussians, h: Gaussians, version: int, rotated: bool) -> None
     assert rotation_angle(h.quats, g.quats).max() <= tol + 1e-4
 
 
-@pytest.mark.parametrize("version", [2, 3])
-@pytest.mark.parametrize("coordinate_system", ["rub", "identity"])
+@pytest.mark.parametrize("version", [2, 3, 4])
 @pytest.mark.parametrize("sh_degree", [0, 1, 3])
-def test_round_trip_within_quantisation(
-    tmp_path: Path, version: int, coordinate_system: str, sh_degree: int
-) -> None:
+def test_round_trip_within_quantisation(tmp_path: Path, version: int, sh_degree: int) -> None:
     g = random_gaussians(500, sh_degree, seed=version * 10 + sh_degree)
     path = tmp_path / "a.spz"
-    write_spz(path, g, version=version, coordinate_system=coordinate_system, antialiased=True)
-    data = read_spz(path, coordinate_system=coordinate_system)
+    write_spz(path, g, version=version, antialiased=True)
+    data = read_spz(path)
     assert (data.version, data.antialiased, data.fractional_bits) == (version, True, 12)
     assert len(data.gaussians) == 500 and data.gaussians.sh_degree == sh_degree
-    check_close(g, data.gaussians, version, rotated=coordinate_system == "rub")
+    check_close(g, data.gaussians, min(version, 3), rotated=False)
+    assert path.read_bytes()[:4] == (b"NGSP" if version == 4 else b"\x1f\x8b\x08\x00")
+
+
+def test_version_4_is_the_default_and_holds_version_3s_blocks(tmp_path: Path) -> None:
+    """Same quantised blocks as version 3, each in its own zstd stream behind a 32-byte
+    header and a table of contents (nianticlabs/spz load-spz.cc NgspFileHeader)."""
+    zstd = pytest.importorskip("zstandard")
+    g = random_gaussians(300, sh_degree=2)
+    write_spz(tmp_path / "v4.spz", g, fractional_bits=11)
+    write_spz(tmp_path / "v3.spz", g, version=3, fractional_bits=11)
+    v4 = (tmp_path / "v4.spz").read_bytes()
+    head = struct.unpack("<IIIBBBBI12x", v4[:32])
+    assert head == (0x5053474E, 4, 300, 2, 11, 0, 6, 32)
+    toc = [struct.unpack("<QQ", v4[32 + 16 * i : 48 + 16 * i]) for i in range(6)]
+    sizes = [300 * b for b in (9, 1, 3, 3, 4, 3 * 8)]
+    assert [u for _, u in toc] == sizes
+    assert 32 + 16 * 6 + sum(c for c, _ in toc) == len(v4)
+    at, blocks = 32 + 16 * 6, []
+    for c, u in toc:
+        blocks.append(zstd.ZstdDecompressor().decompress(v4[at : at + c], max_output_size=u))
+        at += c
+    assert b"".join(blocks) == gzip.decompress((tmp_path / "v3.spz").read_bytes())[16:]
+    # No SH: five streams, the empty one left out as the reference does.
+    write_spz(tmp_path / "d0.spz", random_gaussians(10, sh_degree=0))
+    assert (tmp_path / "d0.spz").read_bytes()[15] == 5
+    assert read_spz(tmp_path / "d0.spz").gaussians.sh_degree == 0
 
 
 def test_dispatch_and_requantising_is_exact(tmp_path: Path) -> None:
@@ -106,12 +131,8 @@ def test_dispatch_and_requantising_is_exact(tmp_path: Path) -> None:
     # Decoded values sit on the grid, so a second write gives the same bytes (in the file's
     # own axes: values turned into our world and back may move by float rounding).
     raw = load(tmp_path / "a.spz", axes="raw")
-    write_spz(tmp_path / "c.spz", raw, coordinate_system="identity")
-    write_spz(
-        tmp_path / "d.spz",
-        read_spz(tmp_path / "c.spz", coordinate_system="identity").gaussians,
-        coordinate_system="identity",
-    )
+    write_spz(tmp_path / "c.spz", raw)
+    write_spz(tmp_path / "d.spz", read_spz(tmp_path / "c.spz").gaussians)
     assert (tmp_path / "c.spz").read_bytes() == (tmp_path / "d.spz").read_bytes()
     check_close(g, load(tmp_path / "b.spz"), 3, rotated=True)
 
@@ -124,15 +145,16 @@ def test_header_and_layout(tmp_path: Path) -> None:
     assert len(raw) == 16 + 7 * (9 + 1 + 3 + 3 + 3 + 3 * 8)
 
 
-def test_rub_axes_and_render_invariance(tmp_path: Path) -> None:
-    """RUB maps (x, y, z) -> (x, z, -y); colours seen along mapped directions are unchanged."""
+def test_save_writes_ply_space_and_renders_the_same(tmp_path: Path) -> None:
+    """engine.io.save stores PLY space, Blender (x, y, z) -> (-x, -z, -y); colours seen along
+    mapped directions are unchanged (engine/io/axes.py)."""
     g = random_gaussians(50, sh_degree=3)
     g.means[:] = torch.tensor([1.0, 2.0, 3.0])
-    write_spz(tmp_path / "a.spz", g)
-    stored = read_spz(tmp_path / "a.spz", coordinate_system="identity").gaussians
-    assert torch.allclose(stored.means[0], torch.tensor([1.0, 3.0, -2.0]))
+    save(g, tmp_path / "a.spz")
+    stored = read_spz(tmp_path / "a.spz").gaussians  # the file's own values
+    assert torch.allclose(stored.means[0], torch.tensor([-1.0, -3.0, -2.0]))
     dirs = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=1)
-    m = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=torch.float64)
+    m = torch.from_numpy(PLY_SPACE)
     seen = eval_sh_colors(g.sh.double(), dirs, 3)
     seen_stored = eval_sh_colors(stored.sh.double(), dirs @ m.T, 3)
     # Colour error = Σ_l Δ_l · Y_l(d) <= Σ_l |Δ_l| |Y_l(d)| (Cauchy-Schwarz per band), with
@@ -154,8 +176,8 @@ def test_rub_axes_and_render_invariance(tmp_path: Path) -> None:
 def test_writer_rejects_bad_options_and_positions(tmp_path: Path) -> None:
     g = random_gaussians(3)
     for kwargs in (
-        {"version": 4},
-        {"coordinate_system": "rdf"},
+        {"version": 5},
+        {"version": 1},
         {"fractional_bits": 24},
         {"sh1_bits": 0},
     ):
@@ -169,9 +191,13 @@ def test_writer_rejects_bad_options_and_positions(tmp_path: Path) -> None:
 
 
 def test_empty(tmp_path: Path) -> None:
-    write_spz(tmp_path / "a.spz", Gaussians.empty(sh_degree=1))
+    write_spz(tmp_path / "a.spz", Gaussians.empty(sh_degree=1), version=3)
     h = read_spz(tmp_path / "a.spz").gaussians
     assert len(h) == 0 and h.sh_degree == 1
+    # Version 4 cannot hold zero points: Niantic's reader refuses such files.
+    with pytest.raises(ValueError, match="zero Gaussians"):
+        write_spz(tmp_path / "b.spz", Gaussians.empty(sh_degree=1))
+    assert not (tmp_path / "b.spz").exists()
 
 
 # ---------------------------------------------------------------------------- hostile files
@@ -181,15 +207,40 @@ def spz_bytes(header: tuple[int, ...], payload: bytes = b"") -> bytes:
     return gzip.compress(struct.pack("<IIIBBBB", *header) + payload)
 
 
+def ngsp_bytes(
+    n: int,
+    degree: int = 0,
+    streams: list[bytes] | None = None,
+    *,
+    version: int = 4,
+    toc_at: int = 32,
+    sizes: list[int] | None = None,
+    tail: bytes = b"",
+) -> bytes:
+    """A version 4 file from raw streams (zstd-compressed here) and declared sizes."""
+    zstd = pytest.importorskip("zstandard")
+    k = (degree + 1) ** 2
+    blocks = [b for b in (9 * n, n, 3 * n, 3 * n, 4 * n, 3 * (k - 1) * n) if b]
+    streams = [bytes(b) for b in blocks] if streams is None else streams
+    packed = [zstd.ZstdCompressor().compress(s) for s in streams]
+    sizes = [len(s) for s in streams] if sizes is None else sizes
+    head = struct.pack("<IIIBBBBI12x", 0x5053474E, version, n, degree, 12, 0, len(packed), toc_at)
+    head += bytes(max(0, toc_at - 32))
+    toc = b"".join(struct.pack("<QQ", len(c), u) for c, u in zip(packed, sizes, strict=True))
+    return head + toc + b"".join(packed) + tail
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [
         (b"", "not a gzip stream"),
         (b"ply\n", "not a gzip stream"),
-        (b"NGSP" + bytes(28), "version 4"),
+        (b"NGSP" + bytes(28), "unzipped NGSP header of version 0"),
+        (b"NGSP\x04\x00\x00\x00", "inside the 32-byte header"),
         (spz_bytes((0x12345678, 2, 1, 0, 12, 0, 0)), "magic"),
         (spz_bytes((0x5053474E, 1, 1, 0, 12, 0, 0)), "version 1"),
         (spz_bytes((0x5053474E, 5, 1, 0, 12, 0, 0)), "unsupported SPZ version 5"),
+        (spz_bytes((0x5053474E, 4, 1, 0, 12, 0, 0), bytes(20)), "not gzipped"),
         (spz_bytes((0x5053474E, 3, 1, 4, 12, 0, 0)), "SH degree 4"),
         (spz_bytes((0x5053474E, 3, 1, 0, 30, 0, 0)), "fractionalBits"),
         (spz_bytes((0x5053474E, 3, 2, 0, 12, 0, 0), bytes(20)), "truncated"),
@@ -206,6 +257,52 @@ def test_hostile_files(tmp_path: Path, content: bytes, match: str) -> None:
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ngsp_bytes(0), "zero points"),
+        (lambda: ngsp_bytes(3, degree=4), "SH degree 4"),
+        (lambda: ngsp_bytes(3, streams=[bytes(27)] * 4), "4 streams where"),
+        (lambda: ngsp_bytes(3, sizes=[27, 3, 9, 9, 13]), "stream sizes"),
+        (lambda: ngsp_bytes(3, tail=b"junk"), "data after the streams"),
+        (lambda: ngsp_bytes(3)[:-3], "truncated"),
+        (lambda: ngsp_bytes(3, toc_at=20), "table of contents"),
+        (lambda: ngsp_bytes(3)[:40], "table of contents"),
+        # A stream that decompresses to more (or less) than its declared size.
+        (lambda: ngsp_bytes(3, streams=[bytes(28), bytes(3), bytes(9), bytes(9), bytes(12)],
+                            sizes=[27, 3, 9, 9, 12]), "more than 27"),  # fmt: skip
+        (lambda: ngsp_bytes(3, streams=[bytes(26), bytes(3), bytes(9), bytes(9), bytes(12)],
+                            sizes=[27, 3, 9, 9, 12]), "holds 26 bytes"),  # fmt: skip
+        (lambda: ngsp_bytes(3)[:128] + b"\xff" * (len(ngsp_bytes(3)) - 128), "zstd"),
+        # 40M points declared by a small file: refused before anything is allocated.
+        (lambda: ngsp_bytes(3)[:8] + struct.pack("<I", 40_000_000) + ngsp_bytes(3)[12:],
+         "decompression bomb"),
+    ],
+)  # fmt: skip
+def test_hostile_version_4_files(tmp_path: Path, make, match: str) -> None:
+    path = tmp_path / "bad.spz"
+    path.write_bytes(make())
+    with pytest.raises(SpzFormatError, match=match) as info:
+        read_spz(path)
+    assert str(path) in str(info.value)
+
+
+def test_version_4_zstd_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
+    """8M zero points (about 170 MB of attributes) in 10 KB of zstd: a ratio no splat data
+    reaches, refused from the header and table of contents alone."""
+    zstd = pytest.importorskip("zstandard")
+    n = 8_000_000
+    sizes = [9 * n, n, 3 * n, 3 * n, 4 * n]
+    packed = [zstd.ZstdCompressor(level=19).compress(bytes(s)) for s in sizes]
+    head = struct.pack("<IIIBBBBI12x", 0x5053474E, 4, n, 0, 12, 0, 5, 32)
+    toc = b"".join(struct.pack("<QQ", len(c), u) for c, u in zip(packed, sizes, strict=True))
+    path = tmp_path / "bomb.spz"
+    path.write_bytes(head + toc + b"".join(packed))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(SpzFormatError, match="decompression bomb"):
+        read_spz(path)
+
+
 def test_truncated_gzip(tmp_path: Path) -> None:
     write_spz(tmp_path / "a.spz", random_gaussians(20))
     data = (tmp_path / "a.spz").read_bytes()
@@ -217,16 +314,15 @@ def test_truncated_gzip(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- fuzzing
 
-_SAMPLE = None
+_SAMPLES: dict[int, bytes] = {}
 
 
-def _sample() -> bytes:
-    global _SAMPLE
-    if _SAMPLE is None:
+def _sample(version: int = 3) -> bytes:
+    if version not in _SAMPLES:
         with tempfile.TemporaryDirectory() as d:
-            write_spz(Path(d) / "a.spz", random_gaussians(8, sh_degree=1), version=3)
-            _SAMPLE = (Path(d) / "a.spz").read_bytes()
-    return _SAMPLE
+            write_spz(Path(d) / "a.spz", random_gaussians(8, sh_degree=1), version=version)
+            _SAMPLES[version] = (Path(d) / "a.spz").read_bytes()
+    return _SAMPLES[version]
 
 
 def _read_only_documented_errors(content: bytes) -> None:
@@ -256,9 +352,17 @@ def test_fuzz_valid_gzip_random_payload(payload: bytes, n: int, degree: int, bit
 
 
 @FUZZ
-@given(st.data())
-def test_fuzz_truncations_and_flips(data: st.DataObject) -> None:
-    content = bytearray(_sample())
+@given(st.binary(max_size=120), st.integers(0, 2**32 - 1), st.integers(0, 7),
+       st.integers(0, 8), st.integers(0, 200))  # fmt: skip
+def test_fuzz_version_4_headers(payload: bytes, n: int, degree: int, streams: int, toc: int):
+    head = struct.pack("<IIIBBBBI12x", 0x5053474E, 4, n % 40, degree, 12, 0, streams, toc)
+    _read_only_documented_errors(head + payload)
+
+
+@FUZZ
+@given(st.data(), st.sampled_from([3, 4]))
+def test_fuzz_truncations_and_flips(data: st.DataObject, version: int) -> None:
+    content = bytearray(_sample(version))
     for _ in range(data.draw(st.integers(0, 4))):
         i = data.draw(st.integers(0, len(content) - 1))
         content[i] ^= data.draw(st.integers(1, 255))

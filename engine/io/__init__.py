@@ -61,13 +61,13 @@ def _load_ply(path: Path, device: torch.device | str) -> Gaussians:
 
 # The writers and readers below store and return the file's own values; the axis change
 # between our Z-up world and each format's frame happens once, in `save` / `load`
-# (engine/io/axes.py). SPZ and glTF get their "identity" / "no Y-up" options for that.
+# (engine/io/axes.py). glTF gets its "no Y-up" option for that.
 def _load_spz(path: Path, device: torch.device | str) -> Gaussians:
-    return read_spz(path, device=device, coordinate_system="identity").gaussians
+    return read_spz(path, device=device).gaussians
 
 
 def _save_spz(g: Gaussians, path: Path, **options: Any) -> None:
-    write_spz(path, g, coordinate_system="identity", **options)
+    write_spz(path, g, **options)
 
 
 def _load_sog(path: Path, device: torch.device | str) -> Gaussians:
@@ -133,7 +133,8 @@ def save(
     options: go to the writer:
         .ply: INRIA PLY, float32 (`write_ply`: `extra` vertex properties).
         .compressed.ply: PlayCanvas compressed PLY, Morton-sorted unless `sort=False`.
-        .spz: Niantic SPZ (`write_spz`: `version`, `fractional_bits`, ...).
+        .spz: Niantic SPZ, version 4 (zstd) unless `version=3` (`write_spz`:
+            `version`, `fractional_bits`, ...).
         .splat: antimatter15 .splat, SH degree 0 only.
         .sog / *meta.json: PlayCanvas SOG, bundled / loose WebP images (`write_sog`:
             `sort`, `iterations`).

@@ -34,7 +34,10 @@ rendered with `gd render`, which reads raw by default) and for files written by
 this project before this convention (raw Z-up). --in-axes overrides how IN is
 read, e.g. `--in-axes raw` turns an old raw Z-up export into a standard file.
 
-.splat holds SH degree 0 only; glTF cannot hold zero Gaussians.
+.spz is written as version 4 (zstd streams), the default of Niantic's library and
+splat-transform; --spz-version 3 writes the older gzip form for readers that predate it.
+.sog is PlayCanvas SOG (lossless WebP images in a ZIP; `meta.json` for loose files).
+.splat holds SH degree 0 only; glTF and SPZ version 4 cannot hold zero Gaussians.
 Bad input exits with status 2 and a one-line message, leaving OUT untouched.
 """
 
@@ -56,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="standard: each format's own frame (default); raw: none")  # fmt: skip
     p.add_argument("--in-axes", choices=AXES, default=None,
                    help="how IN is read (default: as --axes)")  # fmt: skip
+    p.add_argument("--spz-version", type=int, choices=(2, 3, 4), default=None,
+                   help="SPZ version for a .spz OUT (default: 4)")  # fmt: skip
     p.add_argument("--min-opacity", metavar="X", default=None,
                    help="drop Gaussians with opacity below X, in [0, 1)")  # fmt: skip
     p.add_argument("--crop", metavar="BOX", default=None,
@@ -126,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     _format_for(args.output)
     suffix = suffix_of(args.output)
     in_axes = args.in_axes or args.axes
+    options = {}
+    if args.spz_version is not None:
+        if suffix != ".spz":
+            raise ValueError(f"--spz-version applies to a .spz OUT, not {suffix or 'this file'}")
+        options["version"] = args.spz_version
     if not args.input.is_file():
         raise FileNotFoundError(f"{args.input}: no such file")
     if args.output.exists() and not args.output.is_file():
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         g = cap_sh_degree(g, sh_degree)
 
     try:
-        save(g, args.output, axes=args.axes)
+        save(g, args.output, axes=args.axes, **options)
     except OSError as e:
         raise ValueError(f"{args.output}: {e.strerror or e}") from None
     except ValueError as e:
