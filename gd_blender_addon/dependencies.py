@@ -34,11 +34,13 @@ VENDOR_DIR = ADDON_DIR / "_vendor"
 
 # Modules the engine needs that Blender's Python lacks: (import name, pip name, required).
 # numba is optional: the engine falls back to its PyTorch rasteriser (slower on the CPU).
+# zstandard is optional: only SPZ version 4 (the default .spz export) needs it.
 MODULES: tuple[tuple[str, str, bool], ...] = (
     ("torch", "torch", True),
     ("PIL", "pillow", True),
     ("safetensors", "safetensors", True),
     ("numba", "numba", False),
+    ("zstandard", "zstandard", False),
 )
 
 TORCH_VERSION = "2.13.0"
@@ -238,13 +240,18 @@ def install(
     kind: str,
     progress: Callable[[float, str], None] | None = None,
     cancel: threading.Event | None = None,
+    commands: list[list[str]] | None = None,
 ) -> None:
     """Run the pip commands of `install_commands(kind)`; call from a worker thread.
 
-    Raises RuntimeError with pip's last output lines when a command fails, and
+    commands: `install_commands(kind)` made beforehand on the main thread (the target folder
+    comes from `bpy.utils.extension_path_user`, which is bpy); made here when None.
+    The caller runs `setup_paths()` on the main thread afterwards, so the new packages can
+    be imported. Raises RuntimeError with pip's last output lines when a command fails, and
     InterruptedError when `cancel` is set (pip is terminated).
     """
-    commands = install_commands(kind)
+    if commands is None:
+        commands = install_commands(kind)
     if progress is not None:
         progress(0.0, install_summary(kind))
     for i, command in enumerate(commands):
@@ -266,6 +273,5 @@ def install(
         if proc.wait() != 0:
             raise RuntimeError(f"pip failed (exit {proc.returncode}):\n" + "\n".join(tail))
     importlib.invalidate_caches()
-    setup_paths()
     if progress is not None:
         progress(1.0, "installed")

@@ -1006,17 +1006,22 @@ class GD_OT_install_dependencies(_JobOperator, bpy.types.Operator):
             raise UserError(_offline_error())
 
     def job(self) -> jobs.Work:
-        return functools.partial(install_work, self.build)
+        # The pip target is the add-on's user folder, which only bpy (main thread) knows.
+        commands = dependencies.install_commands(self.build)
+        return functools.partial(install_work, self.build, commands)
 
     def finish(self, context: bpy.types.Context, result: Any) -> None:
+        dependencies.setup_paths()  # the user site-packages may be new: onto sys.path
         clear_models()
         self.report({"INFO"}, f"Installed: {dependencies.torch_summary()}")
 
 
-def install_work(build: str, progress: jobs.Progress, cancel: threading.Event) -> None:
-    """Worker: pip-install PyTorch and the engine's dependencies."""
+def install_work(
+    build: str, commands: list[list[str]], progress: jobs.Progress, cancel: threading.Event
+) -> None:
+    """Worker: pip-install PyTorch and the engine's dependencies with `commands`."""
     try:
-        dependencies.install(build, progress, cancel)
+        dependencies.install(build, progress, cancel, commands=commands)
     except InterruptedError:
         raise jobs.JobCancelled() from None
     except (RuntimeError, OSError) as err:
@@ -1067,8 +1072,8 @@ def fetch_weights(
 ) -> Path:
     """Download the weights and the JSON config the engine reads beside them with
     `engine.download.download_weights` (both SHA-256 verified and size-capped, moved into
-    place together); the add-on itself does no HTTP. Engine errors become UserErrors."""
-    dependencies.setup_paths()
+    place together); the add-on itself does no HTTP. Engine errors become UserErrors.
+    `prepare` put the engine on sys.path (main thread: the user folder is bpy's)."""
     from engine.download import DownloadCancelled, DownloadError, download_weights
 
     try:

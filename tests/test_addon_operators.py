@@ -805,6 +805,39 @@ def test_download_weights(scene, prefs, tmp_path, monkeypatch):
     assert (folder / "test-model.json").read_bytes() == CONFIG
 
 
+def test_install_and_download_find_the_user_folder_on_the_main_thread(
+    scene, prefs, tmp_path, monkeypatch
+):
+    """The user folder comes from `bpy.utils.extension_path_user` (bpy: main thread only):
+    Install PyTorch and Download Weights resolve it and set up sys.path before or after
+    their worker, never in it."""
+    import sys
+
+    import bpy
+
+    from gd_blender_addon import dependencies, operators
+
+    monkeypatch.setattr(operators, "online_access", lambda: True)
+    threads: list[threading.Thread] = []
+
+    def watch(original: Any) -> Any:
+        def watched(*args: Any, **kw: Any) -> Any:
+            threads.append(threading.current_thread())
+            return original(*args, **kw)
+
+        return watched
+
+    for name in ("user_dir", "setup_paths"):
+        monkeypatch.setattr(dependencies, name, watch(getattr(dependencies, name)))
+    good = [sys.executable, "-c", "print('Successfully installed')"]
+    real_commands = dependencies.install_commands
+    monkeypatch.setattr(dependencies, "install_commands",
+                        lambda build: [good for _ in real_commands(build)])  # fmt: skip
+    assert bpy.ops.gd.install_dependencies(build="CPU") == {"FINISHED"}
+    assert bpy.ops.gd.download_weights() == {"FINISHED"}
+    assert threads and all(thread is threading.main_thread() for thread in threads)
+
+
 def test_download_has_no_http_code_of_its_own():
     """All HTTP (timeouts, caps, cancel) lives in engine/download.py."""
     source = (Path(__file__).parents[1] / "gd_blender_addon" / "operators.py").read_text()
