@@ -159,6 +159,14 @@ def _commit(tmp: Path, path: Path, new_mode: int) -> None:
     _fsync_dir(path.parent)
 
 
+def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the finished file `src` over `dst` (same file system) with the one mode rule:
+    `dst`'s mode when it exists, else `src`'s own. For files staged elsewhere first (a
+    download verified before it may replace anything)."""
+    src, dst = Path(src), Path(dst)
+    _commit(src, dst, stat.S_IMODE(os.stat(src).st_mode))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` for a writer that takes a file name.

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from . import atomic
 from .atomic import atomic_open
 
 __all__ = [
@@ -316,8 +317,9 @@ def download_weights(
             timeout=timeout, max_bytes=max_bytes,
         )  # fmt: skip
         try:
-            os.replace(config, config_dest)
-            os.replace(weights, dest)
+            # Keep the modes of the files being replaced (engine.atomic's one rule).
+            atomic.replace(config, config_dest)
+            atomic.replace(weights, dest)
         except OSError as err:
             raise DownloadError(f"{dest}: cannot write the download ({err})") from None
     finally:

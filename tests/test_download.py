@@ -259,6 +259,24 @@ def test_download_weights_saves_the_verified_pair(server, tmp_path):
     assert _left(dest.parent) == ["m.json", "m.safetensors"] and seen[-1] == 1.0
 
 
+def test_download_weights_keeps_the_modes_of_the_files_it_replaces(server, tmp_path):
+    dest = tmp_path / "m.safetensors"
+    dest.write_bytes(b"old weights")
+    dest.chmod(0o600)
+    dest.with_suffix(".json").write_bytes(b"{}")
+    dest.with_suffix(".json").chmod(0o640)
+    download_weights(f"{server}/w.safetensors", dest, SHA, _sha(CONFIG))
+    assert dest.read_bytes() == PAYLOAD and stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert stat.S_IMODE(dest.with_suffix(".json").stat().st_mode) == 0o640
+    fresh = tmp_path / "new" / "m.safetensors"
+    old_umask = os.umask(0o022)
+    try:
+        download_weights(f"{server}/w.safetensors", fresh, SHA, _sha(CONFIG))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+
+
 @pytest.mark.parametrize(
     ("config", "config_sha", "error", "match"),
     [
