@@ -323,13 +323,15 @@ def _new_pointcloud_data(
         data = carrier.data
         try:
             # The mesh's vertex selection is carried over, under its mesh name (5.0) or as
-            # `.selection` (5.3, all True): drop it so a new cloud has no selection made on
-            # purpose (`has_selected_points`) on every Blender.
+            # `.selection` (5.3, all True). A new cloud starts with nothing selected, and
+            # says so explicitly: an absent `.selection` means *all* selected to Blender
+            # (drawn and acted on so), which is what Select All leaves behind.
             for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert",
                          SELECTION_ATTRIBUTE):
                 attr = data.attributes.get(junk)
                 if attr is not None:
                     data.attributes.remove(attr)
+            _set(data.attributes, SELECTION_ATTRIBUTE, "BOOLEAN", np.zeros(n, dtype=bool))
             data.name = name
         except BaseException:
             bpy.data.objects.remove(carrier)
@@ -612,13 +614,14 @@ def selected_point_mask(obj: bpy.types.Object) -> Tensor:
 
 
 def has_selected_points(obj: bpy.types.Object | None) -> bool:
-    """Whether some points of `obj` are selected on purpose (cheap: panels call this).
+    """Whether some points of `obj` are selected, as Blender shows them (cheap: panels call
+    this); the same answer as `selected_point_mask(obj).any()`.
 
-    Unlike `selected_point_mask`, a point cloud without `.selection` counts as nothing
-    selected, although Blender draws it all selected: a fresh or just densified cloud has
-    none, and so does one after Select All (which removes the attribute, checked on 5.0.1),
-    so "everything, on purpose" cannot be told apart from "never selected". A mesh in Edit
-    Mode answers from its BMesh count (`total_vert_sel`), without flushing the edit data.
+    The add-on makes every new cloud with nothing selected (an explicit all-False
+    `.selection`, or `.select_vert` on the 4.2-4.4 mesh fallback), so a fresh or just
+    densified cloud asks for a selection, while Select All (which removes `.selection`,
+    checked on 5.0.1 and 5.3.0; absent means all) counts as everything selected on purpose.
+    A mesh in Edit Mode answers from its BMesh count (`total_vert_sel`) without flushing.
     """
     if obj is None or obj.type not in ("POINTCLOUD", "MESH"):
         return False
@@ -628,10 +631,11 @@ def has_selected_points(obj: bpy.types.Object | None) -> bool:
             return data.total_vert_sel > 0
         selection = _get(data.attributes, ".select_vert", len(data.vertices), "BOOLEAN")
         return selection is not None and bool(selection.any())
+    n = len(data.points)
     attr = data.attributes.get(SELECTION_ATTRIBUTE)
     if attr is None or attr.domain != "POINT" or attr.data_type not in ("BOOLEAN", "FLOAT"):
-        return False
-    values = _get(data.attributes, SELECTION_ATTRIBUTE, len(data.points), attr.data_type)
+        return n > 0  # absent: Blender's "all selected"
+    values = _get(data.attributes, SELECTION_ATTRIBUTE, n, attr.data_type)
     return values is not None and bool((values > 0).any())
 
 

@@ -275,10 +275,23 @@ def test_selected_point_mask(bpy):
     if splat_type() != "POINTCLOUD":
         pytest.skip("no point cloud objects on this Blender (see the mesh test below)")
     obj = pointcloud.gaussians_to_object(bpy.context, random_gaussians(20), "sel")
-    assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20  # no attribute: all
-    # Blender's own edit-mode operator writes the attribute we read.
+    # A new cloud: nothing selected, explicitly (Blender acts on it so: Delete keeps all).
+    assert not pointcloud.selected_point_mask(obj).any()
+    assert not pointcloud.has_selected_points(obj)
     bpy.context.view_layer.objects.active = obj
     obj.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.delete()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert len(obj.data.points) == 20
+    # Select All removes the attribute, which Blender reads as all selected: so do we.
+    bpy.ops.object.mode_set(mode="EDIT")
+    bpy.ops.pointcloud.select_all(action="SELECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert obj.data.attributes.get(pointcloud.SELECTION_ATTRIBUTE) is None
+    assert pointcloud.selected_point_mask(obj).tolist() == [True] * 20
+    assert pointcloud.has_selected_points(obj)
+    # Blender's own edit-mode operator writes the attribute we read.
     bpy.ops.object.mode_set(mode="EDIT")
     bpy.ops.pointcloud.select_all(action="DESELECT")
     bpy.ops.object.mode_set(mode="OBJECT")
