@@ -1,8 +1,10 @@
-"""glTF KHR_gaussian_splatting: round trips, Y-up invariance, pygltflib validity, hostile files."""
+"""glTF KHR_gaussian_splatting: round trips, Y-up at the save/load boundary, linear COLOR_0,
+.gltf with a sidecar .bin, pygltflib validity, hostile files."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -14,9 +16,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.gaussians import Gaussians
+from engine.gaussians import SH_C0, Gaussians
 from engine.io import GltfFormatError, load, read_gltf, save, write_gltf
-from engine.io.gltf import EXTENSION, Y_UP
+from engine.io.axes import GLTF_Y_UP
+from engine.io.gltf import EXTENSION, srgb_to_linear
 from engine.render.sh import sh_basis
 from engine.rotations import quaternion_to_matrix
 
@@ -57,24 +60,69 @@ def check_close(g: Gaussians, h: Gaussians) -> None:
     assert torch.allclose(covariance(g), covariance(h), atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("suffix", [".glb", ".gltf"])
+@pytest.mark.parametrize("suffix", [".glb", ".gltf", "embedded.gltf"])
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
-@pytest.mark.parametrize("y_up", [True, False])
-def test_round_trip(tmp_path: Path, suffix: str, degree: int, y_up: bool) -> None:
+def test_round_trip(tmp_path: Path, suffix: str, degree: int) -> None:
     g = random_gaussians(50, degree, seed=degree)
-    path = tmp_path / f"a{suffix}"
-    write_gltf(path, g, y_up=y_up)
-    check_close(g, read_gltf(path, y_up=y_up))
-    if y_up:
-        check_close(g, load(path))
+    path = tmp_path / f"a.{suffix.lstrip('.')}"
+    write_gltf(path, g, embed=suffix.startswith("embedded"))
+    check_close(g, read_gltf(path))  # the file's own values
+    save(g, path, embed=suffix.startswith("embedded"))
+    check_close(g, load(path))  # turned into glTF's Y-up and back
+
+
+def test_gltf_writes_a_sidecar_bin_and_embeds_on_request(tmp_path: Path) -> None:
+    g = random_gaussians(30, 1)
+    path = tmp_path / "my prop.gltf"  # a space: the URI is percent-encoded
+    save(g, path)
+    doc = json.loads(path.read_text())
+    assert doc["buffers"][0]["uri"] == "my%20prop.bin"
+    assert (tmp_path / "my prop.bin").stat().st_size == doc["buffers"][0]["byteLength"]
+    assert sorted(os.listdir(tmp_path)) == ["my prop.bin", "my prop.gltf"]
+    check_close(g, load(path))
+    # pygltflib (an independent reader) finds the same buffer beside the file.
+    gltf = pygltflib.GLTF2().load(str(path))
+    assert gltf.buffers[0].uri == "my%20prop.bin"
+    save(g, tmp_path / "one.gltf", embed=True)
+    assert sorted(os.listdir(tmp_path))[-1] == "one.gltf"
+    assert "one.bin" not in os.listdir(tmp_path)
+    assert json.loads((tmp_path / "one.gltf").read_text())["buffers"][0]["uri"].startswith(
+        "data:application/octet-stream;base64,"
+    )
+    # The .bin missing: a clear error naming it.
+    (tmp_path / "my prop.bin").unlink()
+    with pytest.raises(GltfFormatError, match="my%20prop.bin"):
+        load(path)
+
+
+def test_color_0_is_linear(tmp_path: Path) -> None:
+    """glTF defines COLOR_0 as linear; the fallback colour is the sRGB decoding of the DC
+    colour 0.5 + C0 · dc (3DGS colours are sRGB display values), 16 bits, alpha = opacity."""
+    g = random_gaussians(64, 0)
+    g.sh[:, 0] = (torch.rand(64, 3, generator=torch.Generator().manual_seed(3)) - 0.5) / SH_C0
+    path = tmp_path / "c.glb"
+    write_gltf(path, g)
+    data = path.read_bytes()
+    doc = json.loads(data[20 : 20 + struct.unpack_from("<I", data, 12)[0]])
+    blob = data[20 + struct.unpack_from("<I", data, 12)[0] + 8 :]
+    acc = doc["accessors"][doc["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"]]
+    assert acc["componentType"] == 5123 and acc["normalized"] is True and acc["type"] == "VEC4"
+    view = doc["bufferViews"][acc["bufferView"]]
+    rgba = np.frombuffer(blob, "<u2", 64 * 4, view["byteOffset"]).reshape(64, 4) / 65535.0
+    srgb = (0.5 + SH_C0 * g.sh[:, 0].double()).clamp(0, 1).numpy()
+    assert np.abs(rgba[:, :3] - srgb_to_linear(srgb)).max() <= 0.5 / 65535 + 1e-9
+    assert np.abs(rgba[:, 3] - g.opacities.double().numpy()).max() <= 0.5 / 65535 + 1e-7
+    # The sRGB decoding itself: its two branches meet, and mid grey is about 0.214.
+    assert abs(float(srgb_to_linear(np.array(0.5))) - 0.21404) < 1e-4
+    assert srgb_to_linear(np.array([0.0, 1.0])).tolist() == [0.0, 1.0]
 
 
 def test_y_up_is_a_consistent_rotation(tmp_path: Path) -> None:
     """Read raw, the file holds M p, M Σ Mᵀ and SH whose colour at M d equals ours at d."""
     g = random_gaussians(40, 3)
     save(g, tmp_path / "a.glb")
-    raw = read_gltf(tmp_path / "a.glb", y_up=False).to("cpu").detach()
-    m = torch.from_numpy(Y_UP)
+    raw = read_gltf(tmp_path / "a.glb").to("cpu").detach()
+    m = torch.from_numpy(GLTF_Y_UP)
     assert torch.allclose(raw.means.double(), g.means.double() @ m.T, atol=TOL)
     assert torch.allclose(covariance(raw), m @ covariance(g) @ m.T, atol=TOL, rtol=TOL)
     dirs = torch.nn.functional.normalize(torch.randn(64, 3, dtype=torch.float64), dim=1)
@@ -100,14 +148,12 @@ def test_pygltflib_sees_a_valid_file(tmp_path: Path, suffix: str) -> None:
     names = doc_json["meshes"][0]["primitives"][0]["attributes"]
     expected = {"POSITION": "VEC3", f"{EXTENSION}:ROTATION": "VEC4"}
     expected |= {f"{EXTENSION}:SCALE": "VEC3", f"{EXTENSION}:OPACITY": "SCALAR"}
-    blob = (
-        doc.binary_blob() if suffix == ".glb" else doc.get_data_from_buffer_uri(doc.buffers[0].uri)
-    )
+    blob = doc.binary_blob() if suffix == ".glb" else (tmp_path / "a.bin").read_bytes()
     for acc in doc.accessors:
         assert acc.count == 33
         view = doc.bufferViews[acc.bufferView]
         size = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc.type] * (
-            4 if acc.componentType == 5126 else 1
+            4 if acc.componentType == 5126 else 2
         )
         assert view.byteOffset + view.byteLength <= len(blob) and view.byteLength == 33 * size
     pos = doc.accessors[names["POSITION"]]
@@ -137,7 +183,7 @@ def test_empty_and_bad_values_rejected_by_writer(tmp_path: Path) -> None:
 def _valid(suffix: str, n: int = 20) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / f"v{suffix}"
-        write_gltf(p, random_gaussians(n, 1))
+        write_gltf(p, random_gaussians(n, 1), embed=True)  # one file, for byte surgery
         return p.read_bytes()
 
 

@@ -59,9 +59,6 @@ def _load_ply(path: Path, device: torch.device | str) -> Gaussians:
     return read_ply(path, device=device).gaussians
 
 
-# The writers and readers below store and return the file's own values; the axis change
-# between our Z-up world and each format's frame happens once, in `save` / `load`
-# (engine/io/axes.py). glTF gets its "no Y-up" option for that.
 def _load_spz(path: Path, device: torch.device | str) -> Gaussians:
     return read_spz(path, device=device).gaussians
 
@@ -74,15 +71,9 @@ def _load_sog(path: Path, device: torch.device | str) -> Gaussians:
     return read_sog(path, device=device).gaussians
 
 
-def _load_gltf(path: Path, device: torch.device | str) -> Gaussians:
-    return read_gltf(path, device=device, y_up=False)
-
-
-def _save_gltf(g: Gaussians, path: Path, **options: Any) -> None:
-    write_gltf(path, g, y_up=False, **options)
-
-
-# suffix (lower case) -> (writer(gaussians, path, **options), reader(path, device))
+# suffix (lower case) -> (writer(gaussians, path, **options), reader(path, device)). The
+# writers and readers store and return the file's own values; the axis change between our
+# Z-up world and each format's frame happens once, in `save` / `load` (engine/io/axes.py).
 _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | str], Gaussians]]] = {
     ".ply": (lambda g, path, **options: write_ply(path, g, **options), _load_ply),
     # PlayCanvas compressed PLY: chunked quantisation, Morton-sorted by default.
@@ -96,9 +87,9 @@ _FORMATS: dict[str, tuple[Callable[..., None], Callable[[Path, torch.device | st
     # PlayCanvas SOG: a .sog ZIP bundle, or meta.json with WebP images beside it.
     ".sog": (lambda g, path, **options: write_sog(path, g, **options), _load_sog),
     "meta.json": (lambda g, path, **options: write_sog(path, g, **options), _load_sog),
-    # glTF KHR_gaussian_splatting; .gltf embeds base64.
-    ".glb": (_save_gltf, _load_gltf),
-    ".gltf": (_save_gltf, _load_gltf),
+    # glTF KHR_gaussian_splatting; .gltf with a sidecar .bin (embed=True: base64 inside).
+    ".glb": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
+    ".gltf": (lambda g, path, **options: write_gltf(path, g, **options), read_gltf),
 }
 
 
@@ -138,7 +129,8 @@ def save(
         .splat: antimatter15 .splat, SH degree 0 only.
         .sog / *meta.json: PlayCanvas SOG, bundled / loose WebP images (`write_sog`:
             `sort`, `iterations`).
-        .glb / .gltf: glTF `KHR_gaussian_splatting`.
+        .glb / .gltf: glTF `KHR_gaussian_splatting`; .gltf writes `<name>.bin` beside
+            it unless `embed=True` (`write_gltf`).
     Every writer checks everything first and writes atomically.
     """
     path = Path(path)

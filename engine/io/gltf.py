@@ -3,8 +3,10 @@
 One mesh with one POINTS primitive (mode 0) whose attributes are, all float32 except COLOR_0:
 
     POSITION                                   VEC3  (with the min / max glTF requires)
-    COLOR_0                                    VEC4 uint8 normalised: fallback colour
-                                               clamp(0.5 + C0 · dc) and opacity
+    COLOR_0                                    VEC4 uint16 normalised: fallback colour for
+                                               viewers without the extension, LINEAR as
+                                               glTF defines COLOR_0: the sRGB decoding of
+                                               clamp(0.5 + C0 · dc); alpha = opacity
     KHR_gaussian_splatting:ROTATION            VEC4  unit quaternion x y z w
     KHR_gaussian_splatting:SCALE               VEC3  LINEAR scales exp(log_scale) (the draft
                                                moved from log to linear, glTF issue #2563)
@@ -12,19 +14,20 @@ One mesh with one POINTS primitive (mode 0) whose attributes are, all float32 ex
     KHR_gaussian_splatting:SH_DEGREE_l_COEF_n  VEC3  RGB of SH coefficient n of degree l,
                                                l = 0 .. degree, n = 0 .. 2l
 
-and the primitive's extension object {kernel: ellipse, colorSpace: srgb_rec709_display,
-sortingMethod: cameraDistance, projection: perspective}; `extensionsUsed` lists it.
+and the primitive's extension object {kernel: ellipse, colorSpace: srgb_rec709_display
+(the SH evaluate to sRGB display values, as in 3DGS), sortingMethod: cameraDistance,
+projection: perspective}; `extensionsUsed` lists it.
 
-Axes: glTF is Y-up. `y_up=True` (default) maps our Z-up world (x, y, z) -> (x, z, -y),
-a proper rotation (-90° about x) as Blender's glTF exporter does; positions, rotations
-(R' = M R) and SH degrees 1-3 are rotated with it, so the splats render identically.
-`y_up=False` stores raw coordinates. The reader applies the inverse.
+Axes: the writer stores and the reader returns the values as given, the file's frame;
+`engine.io.save` / `load` turn our Z-up world into glTF's Y-up, (x, y, z) -> (x, z, -y), and
+back (engine/io/axes.py).
 
-`.gltf` embeds the binary buffer as a base64 `data:application/octet-stream` URI (one
-file, written atomically); the reader also accepts a relative sidecar `.bin` URI beside
-the file. The reader reads every POINTS primitive with the extension (concatenated; node
-transforms are ignored) and accepts float32 accessors only (no KHR_mesh_quantization,
-meshopt or sparse accessors).
+`.gltf` is written with its buffer in a sidecar `<name>.bin` beside it (URI percent-encoded;
+the .bin is written first, each file atomically), or embedded as a base64
+`data:application/octet-stream` URI with `embed=True`. The reader takes either, reads every
+POINTS primitive with the extension (concatenated; node transforms are ignored) and reads
+the splat attributes from float32 accessors only (no KHR_mesh_quantization, meshopt or
+sparse accessors; COLOR_0 is not read).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import binascii
 import json
 import os
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,17 +47,15 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
-from ..transforms import rotate_quaternions, rotate_sh
 from .limits import check_gaussian_count, read_regular_file
 
-__all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "Y_UP"]
+__all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "srgb_to_linear"]
 
 EXTENSION = "KHR_gaussian_splatting"
-Y_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 GLB_MAGIC = 0x46546C67
 JSON_CHUNK = 0x4E4F534A
 BIN_CHUNK = 0x004E4942
-FLOAT, UNSIGNED_BYTE = 5126, 5121
+FLOAT, UNSIGNED_SHORT = 5126, 5123
 _COMPONENTS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
 _DATA_URI_PREFIXES = (
     "data:application/octet-stream;base64,",
@@ -69,25 +71,20 @@ class _Problem(Exception):
     """Internal: what is wrong with a file; `read_gltf` adds the path."""
 
 
-def _axes(y_up: bool) -> np.ndarray:
-    return Y_UP if y_up else np.eye(3)
-
-
-def _rotate_quats(quats_wxyz: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Unit quaternions of M R for rotations R (w x y z)."""
-    return rotate_quaternions(torch.from_numpy(quats_wxyz), m).numpy()
-
-
-def _rotate_sh(sh: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """(N, K, 3) SH, DC first, re-expressed in the frame M maps to (DC unchanged)."""
-    return sh if np.array_equal(m, np.eye(3)) else rotate_sh(torch.from_numpy(sh), m).numpy()
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function's inverse (IEC 61966-2-1), elementwise on [0, 1]."""
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 # ============================================================================ writing
 
 
-def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool = True) -> None:
-    """Write `gaussians` as `.glb` or `.gltf` (JSON, embedded base64 buffer), atomically."""
+def write_gltf(
+    path: str | os.PathLike[str], gaussians: Gaussians, *, embed: bool = False
+) -> None:
+    """Write `gaussians` (the file's values: see the module doc on axes) as `.glb`, or as
+    `.gltf` JSON with its buffer in a sidecar `<name>.bin` (`embed=True`: base64 inside
+    the JSON). Each file is written atomically; the .bin before the .gltf."""
     path = Path(path)
     binary = path.suffix.lower() == ".glb"
     gaussians.validate()
@@ -95,22 +92,22 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
     n, degree = len(g), g.sh_degree
     if n == 0:
         raise ValueError("glTF accessors need count >= 1: cannot write zero Gaussians")
-    m = _axes(y_up)
     sh = g.sh.numpy()
-    sh = _rotate_sh(sh, m)
     with np.errstate(over="ignore", under="ignore"):
         scales = np.exp(g.log_scales.numpy()).astype(np.float32)
     if not (np.isfinite(scales) & (scales > 0)).all():
         raise ValueError("a scale exp(log_scale) over/underflows float32; cannot write glTF")
     alpha = torch.sigmoid(g.opacity_logits).numpy()
-    rgba = np.concatenate([np.clip(0.5 + SH_C0 * sh[:, 0], 0, 1), alpha[:, None]], axis=1)
-    q = _rotate_quats(g.quats.numpy(), m)
-    positions = (g.means.numpy() @ m.T).astype(np.float32)
+    # COLOR_0 is linear in glTF; 3DGS colours (and so the SH's DC) are sRGB display values.
+    rgb = srgb_to_linear(np.clip(0.5 + SH_C0 * sh[:, 0], 0.0, 1.0))
+    rgba = np.concatenate([rgb, alpha[:, None]], axis=1)
+    q = g.quats.numpy() / np.linalg.norm(g.quats.numpy(), axis=1, keepdims=True)
+    positions = g.means.numpy().astype(np.float32)
     if not np.isfinite(positions).all():
         raise ValueError("positions overflow float32; cannot write glTF")
     attributes: list[tuple[str, np.ndarray]] = [
         ("POSITION", positions),
-        ("COLOR_0", np.round(rgba * 255).astype(np.uint8)),
+        ("COLOR_0", np.round(rgba * 65535.0).astype("<u2")),
         (f"{EXTENSION}:ROTATION", np.concatenate([q[:, 1:], q[:, :1]], axis=1)),
         (f"{EXTENSION}:SCALE", scales),
         (f"{EXTENSION}:OPACITY", alpha),
@@ -120,7 +117,7 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
             attributes.append((f"{EXTENSION}:SH_DEGREE_{band}_COEF_{c}", sh[:, band * band + c]))
     blob, views, accessors, names = bytearray(), [], [], {}
     for i, (name, values) in enumerate(attributes):
-        arr = np.ascontiguousarray(values.astype(np.uint8 if name == "COLOR_0" else "<f4"))
+        arr = np.ascontiguousarray(values.astype("<u2" if name == "COLOR_0" else "<f4"))
         views.append({"buffer": 0, "byteOffset": len(blob), "byteLength": arr.nbytes})
         views[-1]["target"] = 34962  # ARRAY_BUFFER
         blob += arr.tobytes()
@@ -128,7 +125,7 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
         width = 1 if arr.ndim == 1 else arr.shape[1]
         acc: dict[str, Any] = {
             "bufferView": i,
-            "componentType": UNSIGNED_BYTE if name == "COLOR_0" else FLOAT,
+            "componentType": UNSIGNED_SHORT if name == "COLOR_0" else FLOAT,
             "count": n,
             "type": {1: "SCALAR", 3: "VEC3", 4: "VEC4"}[width],
         }
@@ -140,7 +137,10 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
         accessors.append(acc)
         names[name] = i
     buffer: dict[str, Any] = {"byteLength": len(blob)}
-    if not binary:
+    sidecar = None if binary or embed else path.with_suffix(".bin")
+    if sidecar is not None:
+        buffer["uri"] = urllib.parse.quote(sidecar.name)  # a URI: spaces etc. escaped
+    elif not binary:
         buffer["uri"] = _DATA_URI_PREFIXES[0] + base64.b64encode(bytes(blob)).decode("ascii")
     doc = {
         "asset": {"version": "2.0", "generator": "engine.io.gltf"},
@@ -172,6 +172,8 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
     }
     text = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     if not binary:
+        if sidecar is not None:  # first: a reader never finds the .gltf without its buffer
+            write_atomic(sidecar, [bytes(blob)])
         write_atomic(path, [text])
         return
     text += b" " * (-len(text) % 4)
@@ -191,10 +193,9 @@ def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, y_up: bool
 # ============================================================================ reading
 
 
-def read_gltf(
-    path: str | os.PathLike[str], device: torch.device | str = "cpu", *, y_up: bool = True
-) -> Gaussians:
-    """Read the `KHR_gaussian_splatting` primitives of a `.glb` or `.gltf` file.
+def read_gltf(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Gaussians:
+    """Read the `KHR_gaussian_splatting` primitives of a `.glb` or `.gltf` file, in the
+    file's own axes (glTF's Y-up for files that follow the specification).
 
     Raises `GltfFormatError` for anything malformed and `OSError` if unreadable.
     """
@@ -203,7 +204,7 @@ def read_gltf(
         with open(path, "rb") as f:
             data = f.read()
         doc, glb_bin = _split_glb(data) if data[:4] == b"glTF" else (_json(data), None)
-        return _decode(doc, glb_bin, path, _axes(y_up), device)
+        return _decode(doc, glb_bin, path, device)
     except _Problem as e:
         raise GltfFormatError(f"{path}: {e}") from None
 
@@ -291,6 +292,7 @@ def _buffer(
 def _sidecar(uri: str, index: int, length: int, path: Path) -> bytes:
     """The first `length` bytes of the buffer file `uri` names, beside `path`."""
     shown = repr(uri[:80])
+    uri = urllib.parse.unquote(uri)  # a URI: "my%20prop.bin" names "my prop.bin"
     if "\0" in uri:
         raise _Problem(f"buffers[{index}].uri {shown} holds a NUL byte")
     name = Path(uri)
@@ -396,7 +398,7 @@ def _plan(doc: dict, prim: dict) -> dict[str, _Layout]:
     return layouts
 
 
-def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
+def _decode(doc: dict, glb_bin, path: Path, device) -> Gaussians:
     plans: list[dict[str, _Layout]] = []
     for mi, mesh in enumerate(_field(doc, "meshes", list, "the glTF", [])):
         for pi, prim in enumerate(_field(mesh, "primitives", list, f"meshes[{mi}]")):
@@ -425,11 +427,11 @@ def _decode(doc: dict, glb_bin, path: Path, m: np.ndarray, device) -> Gaussians:
     for layouts in plans:  # one primitive's float64 temporaries at a time
         part = _decode_primitive(layouts, doc, glb_bin, path, cache)
         s = slice(lo, lo + len(part["means"]))
-        out["means"][s] = part["means"] @ m
+        out["means"][s] = part["means"]
         out["log_scales"][s] = part["log_scales"]
-        out["quats"][s] = _rotate_quats(part["quats"], m.T)
+        out["quats"][s] = part["quats"]
         out["opacity_logits"][s] = part["opacity_logits"]
-        out["sh"][s] = _rotate_sh(part["sh"], m.T)
+        out["sh"][s] = part["sh"]
         lo = s.stop
     tensors = {a: torch.from_numpy(v).to(device) for a, v in out.items()}
     try:
