@@ -856,11 +856,20 @@ def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[A
 
 
 # ---------------------------------------------------------------------------- files
-SPLAT_GLOB = "*.ply;*.spz;*.splat;*.glb;*.gltf"
+SPLAT_GLOB = "*.ply;*.spz;*.splat;*.sog;*.glb;*.gltf;*meta.json"
+# How a splat file's axes meet Blender's (engine/io/axes.py); shared by import and export.
+AXES_ITEMS = [
+    ("standard", "Standard",
+     "The format's own frame: PLY space (-Y up) for .ply/.spz/.splat/.sog, Y-up for glTF; "
+     "files from 3DGS training, SuperSplat or splat-transform come in upright"),
+    ("raw", "Raw",
+     "File coordinates are Blender's, unturned: files that share their frame with a camera "
+     "set, and this add-on's exports from before the standard axes"),
+]  # fmt: skip
 
 
 class GD_OT_export_splats(bpy.types.Operator, ExportHelper):
-    """Export the active splat object (.ply, .compressed.ply, .spz, .splat, .glb, .gltf)"""
+    """Export the active splat object (.ply, .compressed.ply, .spz, .splat, .sog, .glb, .gltf)"""
 
     bl_idname = "gd.export_splats"
     bl_label = "Export Splats"
@@ -876,6 +885,7 @@ class GD_OT_export_splats(bpy.types.Operator, ExportHelper):
         ),
         default=True,
     )
+    axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="standard")  # type: ignore[valid-type]
 
     @classmethod
     def description(cls, context: bpy.types.Context, properties: Any) -> str:
@@ -897,7 +907,9 @@ class GD_OT_export_splats(bpy.types.Operator, ExportHelper):
             plain_ply = path.suffix.lower() == ".ply" and not path.name.lower().endswith(
                 ".compressed.ply"
             )
-            export_object(context.active_object, path, levels=self.levels and plain_ply)
+            export_object(
+                context.active_object, path, levels=self.levels and plain_ply, axes=self.axes
+            )
         except (ValueError, TypeError, OSError) as err:
             self.report({"ERROR"}, f"Export failed: {err}")
             return {"CANCELLED"}
@@ -913,6 +925,7 @@ class GD_OT_import_splats(bpy.types.Operator, ImportHelper):
     bl_options = {"REGISTER", "UNDO"}
 
     filter_glob: StringProperty(default=SPLAT_GLOB, options={"HIDDEN"})  # type: ignore[valid-type]
+    axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="standard")  # type: ignore[valid-type]
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         if not dependencies.torch_available():
@@ -921,7 +934,7 @@ class GD_OT_import_splats(bpy.types.Operator, ImportHelper):
         from .splat_files import import_splat
 
         try:
-            obj = import_splat(self.filepath, context.collection)
+            obj = import_splat(self.filepath, context.collection, axes=self.axes)
         except (ValueError, OSError) as err:
             self.report({"ERROR"}, f"Import failed: {err}")
             return {"CANCELLED"}
