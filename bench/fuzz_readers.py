@@ -5,7 +5,9 @@ examples a test on every `make test`. This reruns their idea at scale: N mutated
 reader (default 10,000), each derived from valid files our writers produce by seeded
 mutators (byte flips, interesting integers and floats, truncation, splicing, random bytes,
 and format-aware ones: PLY header tokens, SPZ fields mutated inside a recompressed stream so
-the CRC holds, glTF / transforms.json trees, GLB chunks re-assembled with correct lengths).
+the CRC holds (version 4: its header, table of contents and zstd streams, re-assembled),
+glTF / transforms.json / SOG meta.json trees, SOG images, GLB chunks re-assembled with
+correct lengths).
 
 For each input the reader must either return valid data (`Gaussians.validate()`, at most
 `engine.io.limits.MAX_GAUSSIANS`; valid cameras for transforms.json) or raise its format's
@@ -48,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "fuzz_readers.md"
-READERS = ("ply", "compressed_ply", "spz", "splat", "gltf", "transforms", "images")
+READERS = ("ply", "compressed_ply", "spz", "splat", "sog", "gltf", "transforms", "images")
 DATA_LIMIT = 3 << 30
 CASE_SECONDS = 20
 SAMPLE = ROOT / "examples" / "sample_props" / "objects" / "000000"
@@ -350,14 +352,17 @@ class SpzReader(Reader):
             _written(
                 self.folder,
                 "s.spz",
-                lambda p, n=n, d=d: write_spz(p, _gaussians(n, d, n), version=2 + n % 2),
+                lambda p, n=n, d=d, v=v: write_spz(p, _gaussians(n, d, n), version=v),
             )
             for n, d in SEED_SHAPES
+            for v in (2 + n % 2, 4)
         ]
 
     def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
         seed = self.seeds[int(rng.integers(len(self.seeds)))]
         roll = rng.random()
+        if seed[:4] == b"NGSP":
+            return self._mutate_ngsp(rng, seed) if roll < 0.7 else havoc(rng, seed)
         if roll < 0.6:  # inside the stream, recompressed: the CRC holds, the decoder is reached
             raw = bytearray(gzip.decompress(seed))
             what = "inner"
@@ -375,6 +380,38 @@ class SpzReader(Reader):
         if roll < 0.65:
             return random_bytes(rng, b"\x1f\x8b\x08"), "random gzip-like"
         return havoc(rng, seed)
+
+    def _mutate_ngsp(self, rng: np.random.Generator, seed: bytes) -> tuple[bytes, str]:
+        """Version 4: header fields, a stream's content or its declared sizes, re-assembled
+        with a consistent table of contents unless the sizes themselves are the target."""
+        import zstandard
+
+        head = bytearray(seed[:32])
+        count = head[15]
+        toc = [struct.unpack_from("<QQ", seed, 32 + 16 * i) for i in range(count)]
+        at, streams = 32 + 16 * count, []
+        for packed, _ in toc:
+            streams.append(zstandard.ZstdDecompressor().decompress(seed[at : at + packed]))
+            at += packed
+        what = "ngsp"
+        if rng.random() < 0.5:
+            field = int(rng.choice([4, 8, 12, 13, 14, 15, 16]))
+            width = 4 if field in (4, 8, 16) else 1
+            value = INTERESTING_INTS[int(rng.integers(len(INTERESTING_INTS)))]
+            head[field : field + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
+            what += f" header@{field}"
+        if streams and rng.random() < 0.6:
+            i = int(rng.integers(len(streams)))
+            streams[i], more = havoc(rng, streams[i])
+            what += f" stream{i} {more}"
+        packed = [zstandard.ZstdCompressor(level=1).compress(x) for x in streams]
+        sizes = [len(x) for x in streams]
+        if sizes and rng.random() < 0.2:
+            i = int(rng.integers(len(sizes)))
+            sizes[i] = INTERESTING_INTS[int(rng.integers(len(INTERESTING_INTS)))] % (1 << 64)
+            what += f" size{i}"
+        table = b"".join(struct.pack("<QQ", len(c), u) for c, u in zip(packed, sizes, strict=True))
+        return bytes(head) + table + b"".join(packed), what
 
     def read(self, path: Path) -> Any:
         from engine.io import SpzFormatError, read_spz
@@ -401,6 +438,62 @@ class SplatReader(Reader):
         return read_splat(path)
 
 
+class SogReader(Reader):
+    """The .sog bundle: meta.json trees, images replaced or mutated, the ZIP itself."""
+
+    suffix = ".sog"
+
+    def make_seeds(self) -> list[bytes]:
+        from engine.io import write_sog
+
+        return [
+            _written(self.folder, "s.sog", lambda p, n=n, d=d: write_sog(p, _gaussians(n, d, n)))
+            for n, d in SEED_SHAPES
+        ]
+
+    def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
+        import io
+        import zipfile
+
+        seed = self.seeds[int(rng.integers(len(self.seeds)))]
+        if rng.random() < 0.25:
+            return havoc(rng, seed)
+        with zipfile.ZipFile(io.BytesIO(seed)) as z:
+            members = {name: z.read(name) for name in z.namelist()}
+        roll, what = rng.random(), "sog"
+        if roll < 0.5:
+            doc = json.loads(members["meta.json"])
+            for _ in range(int(rng.integers(1, 4))):
+                doc, done = mutate_json(rng, doc)
+                what += f" meta {done}"
+            members["meta.json"] = json.dumps(doc).encode()[: 1 << 22]
+        else:
+            names = sorted(n for n in members if n.endswith(".webp"))
+            name = names[int(rng.integers(len(names)))]
+            if rng.random() < 0.5:
+                members[name], done = havoc(rng, members[name])
+            else:  # a valid image of another size and content
+                from PIL import Image
+
+                w, h = (int(v) for v in rng.integers(1, 90, 2))
+                pixels = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+                out = io.BytesIO()
+                Image.fromarray(pixels, "RGBA").save(out, "WEBP", lossless=True, exact=True)
+                members[name], done = out.getvalue(), f"image {w}x{h}"
+            what += f" {name} {done}"
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return out.getvalue(), what
+
+    def read(self, path: Path) -> Any:
+        from engine.io import SogFormatError, read_sog
+
+        self.error = SogFormatError
+        return read_sog(path).gaussians
+
+
 def _glb(doc: dict, blob: bytes) -> bytes:
     return _glb_text(json.dumps(doc).encode(), blob)
 
@@ -415,7 +508,8 @@ def _glb_text(text: bytes, blob: bytes) -> bytes:
 
 
 class GltfReader(Reader):
-    """Both containers: .glb (binary chunk) and .gltf (base64 data URI), picked per case."""
+    """Both containers: .glb (binary chunk) and .gltf (base64 data URI: one file to
+    mutate, rather than the sidecar .bin the writer makes by default), picked per case."""
 
     suffix = ".glb"
 
@@ -423,10 +517,11 @@ class GltfReader(Reader):
         from engine.io import write_gltf
 
         return [
-            _written(self.folder, name, lambda p, n=n, d=d: write_gltf(p, _gaussians(n, d, n)))
+            _written(self.folder, name,
+                     lambda p, n=n, d=d: write_gltf(p, _gaussians(n, d, n), embed=True))
             for n, d in SEED_SHAPES
             for name in ("s.glb", "s.gltf")
-        ]
+        ]  # fmt: skip
 
     def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
         seed = self.seeds[int(rng.integers(len(self.seeds)))]
@@ -608,6 +703,7 @@ READER_CLASSES: dict[str, type[Reader]] = {
     "compressed_ply": CompressedPlyReader,
     "spz": SpzReader,
     "splat": SplatReader,
+    "sog": SogReader,
     "gltf": GltfReader,
     "transforms": TransformsReader,
     "images": ImageReader,
