@@ -112,7 +112,7 @@ def import_splat(
 
     Args:
         path: a file with a suffix `engine.io` reads (.ply, .compressed.ply, .spz,
-            .splat, .glb, .gltf).
+            .splat, .sog or a SOG meta.json, .glb, .gltf).
         context_or_collection: where to link the object (see
             `pointcloud.gaussians_to_object`).
         name: object name (default: the file name without its splat suffix).
