@@ -3,12 +3,17 @@
     gd reconstruct views/transforms.json -o prop.ply
     gd reconstruct views/transforms.json -o prop.spz --no-densify --device cpu
     gd reconstruct views/transforms.json -o prop.glb --model my.safetensors --budget 2000
+    gd reconstruct views/transforms.json -o prop.ply --refine 30     # + 30 s of refinement
 
 The object model (`engine.models`) predicts coarse Gaussians from the views, then
 generative densification adds detail where the coarse render disagrees with the inputs.
-The output format follows `-o`'s suffix (`engine.io.save`). Every input is read and checked
-and the whole reconstruction runs before anything is written; the file itself is written
-atomically, so on any error nothing appears on disk (exit status 2 for bad input).
+A transforms.json may hold any number of views: the model reads at most its `max_views`
+of them, spread around the prop (farthest-point sampling on the camera centres), and
+`--refine SECONDS` / `--refine-steps N` then optimise the result against all of them
+(`engine.refine`). The output format follows `-o`'s suffix (`engine.io.save`). Every
+input is read and checked and the whole reconstruction runs before anything is written;
+the file itself is written atomically, so on any error nothing appears on disk (exit
+status 2 for bad input).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .cli_args import positive_float, positive_int
 from .devices import DEVICE_CHOICES, resolve_device
 from .render.cli import parse_background
 
@@ -38,6 +44,10 @@ trained on). Views must be square; they are resampled to the model's input size.
 
 The prop's position and size are estimated from where the cameras look, or taken from
 --bbox. OUT's suffix picks the format (.ply, .compressed.ply, .spz, .splat, .glb, .gltf).
+Any number of views: the model reads at most its max_views of them (spread around the
+prop); --refine SECONDS or --refine-steps N then optimise the Gaussians against all of
+them (views above 512 px are resampled to 512), holding some out and printing their PSNR
+when there are at least 8.
 Bad input exits with status 2 and a one-line message, and nothing is written.
 """
 
@@ -60,16 +70,6 @@ def parse_bbox(text: str) -> Tensor:
     return box
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "reconstruct",
@@ -87,13 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="object-small",
                    help="model preset with shipped weights (default object-small) or a "
                         ".safetensors weights file (its .json config beside it)")  # fmt: skip
-    p.add_argument("--budget", type=_positive_int, default=None, metavar="K",
+    p.add_argument("--budget", type=positive_int, default=None, metavar="K",
                    help="densification candidates K (default: the model's)")  # fmt: skip
     p.add_argument("--bbox", type=parse_bbox, default=None, metavar="BOX",
                    help="the prop's world bounds xmin,ymin,zmin,xmax,ymax,zmax "
                         "(default: estimated from the cameras)")  # fmt: skip
     p.add_argument("--background", type=parse_background, default=WHITE,
                    help="composite RGBA inputs on 'white' (default), 'black' or r,g,b")  # fmt: skip
+    refine = p.add_mutually_exclusive_group()
+    refine.add_argument("--refine", type=positive_float, default=None, metavar="SECONDS",
+                        help="then refine the Gaussians against all views this long")  # fmt: skip
+    refine.add_argument("--refine-steps", type=positive_int, default=None, metavar="N",
+                        help="then refine the Gaussians for N optimisation steps")  # fmt: skip
     p.add_argument("--random-init", action="store_true",
                    help="for testing only: an untrained, randomly initialised model")  # fmt: skip
     p.set_defaults(func=run)
@@ -189,6 +194,39 @@ def format_stats(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_refine(result: Any, num_views: int) -> list[str]:
+    """Human-readable lines of a `RefineResult`."""
+    c = result.counts
+    held = len(result.holdout)
+    stopped = " (cancelled)" if result.cancelled else ""
+    lines = [
+        f"refined {result.steps} steps in {result.seconds:.2f} s on {num_views - held} views"
+        f"{stopped}: Gaussians {c['start']:,} -> {c['final']:,} (pruned {c['pruned']:,}, "
+        f"cloned {c['cloned']:,}, split {c['split']:,})"
+    ]
+    if result.holdout_psnr is not None:
+        lines.append(
+            f"held-out PSNR ({held} views): {result.holdout_psnr_start:.2f} -> "
+            f"{result.holdout_psnr:.2f} dB"
+        )
+    return lines
+
+
+def _progress_bar(label: str):
+    """A one-line progress bar on stderr when it is a terminal (nothing otherwise)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(fraction: float, message: str) -> None:
+        filled = int(round(30 * min(max(fraction, 0.0), 1.0)))
+        bar = "#" * filled + "." * (30 - filled)
+        end = "\n" if fraction >= 1.0 else ""
+        print(f"\r{label} [{bar}] {fraction:4.0%} {message[:60]:<60}", end=end, file=sys.stderr,
+              flush=True)  # fmt: skip
+
+    return show
+
+
 def run(args: argparse.Namespace) -> int:
     from .io import _format_for, save
 
@@ -206,22 +244,47 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = load_object_model(args.model, device, args.random_init)
     load_s = time.perf_counter() - t0
-    # Decoded reduced to the size the model resamples its views to, never full-size floats.
+    refining = args.refine is not None or args.refine_steps is not None
+    # Decoded reduced to the size the model resamples its views to (refinement: to the size
+    # it optimises at), never full-size floats.
+    max_side = getattr(model, "view_size", None)
+    if refining and max_side is not None:
+        from .refine import RefineConfig
+
+        max_side = max(max_side, RefineConfig().max_side)
     t0 = time.perf_counter()
-    views = read_views(args.transforms, args.background, getattr(model, "view_size", None))
+    views = read_views(args.transforms, args.background, max_side)
     read_s += time.perf_counter() - t0
     if args.background != WHITE:
         print(f"note: {model.name} was trained on white backgrounds; inputs on "
               f"{args.background} may reconstruct worse", file=sys.stderr)  # fmt: skip
 
+    # The model reads at most max_views views, spread around the prop; refinement uses all.
+    model_views = torch.arange(len(views.cameras))
+    max_views = getattr(model, "max_views", None)
+    if max_views is not None and len(views.cameras) > max_views:
+        from .refine import farthest_point_views
+
+        model_views = farthest_point_views(views.cameras, max_views)
     rec = model.reconstruct(
-        views.images, views.cameras, bbox=args.bbox, densify=args.densify, budget=args.budget
-    )
+        views.images[model_views], views.cameras[model_views], bbox=args.bbox,
+        densify=args.densify, budget=args.budget,
+    )  # fmt: skip
     gaussians = rec.gaussians
     if len(gaussians) == 0:
         raise ValueError(
             "the model produced no Gaussians (the views show nothing it recognises as a prop)"
         )
+    refined = None
+    if refining:
+        from .refine import refine
+
+        refined = refine(
+            gaussians, views.images, views.cameras, seconds=args.refine,
+            steps=args.refine_steps, background=args.background,
+            progress=_progress_bar("refine"),
+        )  # fmt: skip
+        gaussians = refined.gaussians
 
     # Only now touch the disk: the parent folders we create are removed again on failure.
     created = [p for p in [args.output.parent, *args.output.parent.parents] if not p.exists()]
@@ -244,8 +307,15 @@ def run(args: argparse.Namespace) -> int:
     weights = getattr(model, "weights_path", None)
     print(f"read {v} views ({cams.width}x{cams.height}) from {views.source} in {read_s:.2f} s")
     print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
+    if len(model_views) < v:
+        print(f"the model read {len(model_views)} of the {v} views (its max_views, spread "
+              "around the prop by farthest-point sampling)")  # fmt: skip
     for line in format_stats(rec.stats):
         print(line)
     kind = "coarse + fine" if args.densify else "coarse only"
+    if refined is not None:
+        kind += " + refined"
+        for line in format_refine(refined, v):
+            print(line)
     print(f"wrote {args.output}: {len(gaussians):,} Gaussians ({kind}) in {save_s:.2f} s")
     return 0
