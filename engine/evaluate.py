@@ -8,8 +8,8 @@ best-of figure is reported once, labelled). Written to the output folder:
     report.md          summary (coarse vs fine, gain, how often fine >= coarse), Gaussian
                        counts, stage times, per-object table, definitions, provenance
     metrics.json       the same, machine-readable, per object and per view
-    images/            GT | coarse | fine strips for the first target views of the first
-                       objects
+    images/            GT | visual hull | coarse | fine strips for the first target views
+                       of the first objects
     hist_log_scale.png, hist_opacity.png
                        coarse vs selected candidates vs generated fine Gaussians (Fig. 8)
 
@@ -21,6 +21,13 @@ Definitions (also written into the report):
   truth only, so coarse and fine (and different models or checkpoints) are scored on
   the same pixels; floaters away from the object show in full-image PSNR instead.
 - Per object: mean over its target views; summary: mean over objects.
+- Visual hull: a non-learned reference (`engine.baselines.visual_hull`) made from the same
+  input views and scored on the same target views, so every report states the model's
+  margin over it.
+- `views`: how many input views the model reads (`plan_views`). Fewer than the dataset's
+  input ring: an evenly spaced subset of the ring. More: the ring plus the LAST target
+  views, which are then never scored; the scored targets are the first ones, so
+  `views=8, targets=4` and `views=4, targets=4` score the very same views.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .atomic import atomic_open, write_atomic
+from .baselines.visual_hull import visual_hull_gaussians
+from .cameras import Cameras
 from .data.datasets import PropsDataset
 from .data.layout import SPLITS, read_manifest, write_json_atomic
 from .gaussians import Gaussians
@@ -62,6 +71,108 @@ METRIC_TITLES = {
 MASK_ALPHA = 0.5
 # Cap on values kept per object for the histograms (a fine set can hold ~100k Gaussians).
 HIST_SAMPLES_PER_OBJECT = 20_000
+
+
+# ---------------------------------------------------------------------------- views
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which of an object's views the model reads and which are scored.
+
+    Attributes:
+        inputs: indices into the object's input views (its ring) given to the model.
+        borrowed: indices of target views given to the model as extra inputs; never scored.
+        scored: indices of the target views scored.
+    """
+
+    inputs: tuple[int, ...]
+    borrowed: tuple[int, ...]
+    scored: tuple[int, ...]
+
+    @property
+    def views(self) -> int:
+        return len(self.inputs) + len(self.borrowed)
+
+    def describe(self) -> str:
+        """One line for the report."""
+        text = f"{self.views} input view(s): input {_ranges(self.inputs)}"
+        if self.borrowed:
+            text += f" + target {_ranges(self.borrowed)} (borrowed as inputs, never scored)"
+        return text + f"; target {_ranges(self.scored)} scored"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "borrowed_targets": list(self.borrowed),
+                "scored_targets": list(self.scored)}  # fmt: skip
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    if not indices:
+        return "none"
+    if list(indices) == list(range(indices[0], indices[-1] + 1)) and len(indices) > 2:
+        return f"{indices[0]}–{indices[-1]}"
+    return ", ".join(str(i) for i in indices)
+
+
+def plan_views(
+    n_input: int,
+    n_target: int,
+    views: int | None = None,
+    targets: int | None = None,
+    max_views: int | None = None,
+) -> ViewPlan:
+    """Choose the input views and the scored target views of an object.
+
+    Args:
+        n_input, n_target: how many input (ring) and target views the object has.
+        views: input views for the model (None: the whole ring). At most `n_input`: an
+            evenly spaced subset of the ring (the generator renders it in azimuth order).
+            More: the ring plus the last `views - n_input` target views.
+        targets: score only the first `targets` of the target views not borrowed
+            (None: all of them).
+        max_views: the model's limit, if it has one.
+    Raises:
+        ValueError: views outside 1..max_views, too few target views left to score.
+    """
+    if views is None:
+        views = n_input
+    if views < 1:
+        raise ValueError(f"--views must be at least 1, got {views}")
+    if max_views is not None and views > max_views:
+        raise ValueError(f"the model reads 1 to {max_views} views, got --views {views}")
+    if views <= n_input:
+        inputs = tuple(sorted({(i * n_input) // views for i in range(views)}))
+        borrowed: tuple[int, ...] = ()
+    else:
+        inputs = tuple(range(n_input))
+        extra = views - n_input
+        if extra >= n_target:
+            raise ValueError(
+                f"--views {views}: the objects have {n_input} input views, and borrowing "
+                f"{extra} of their {n_target} target views would leave none to score"
+            )
+        borrowed = tuple(range(n_target - extra, n_target))
+    left = n_target - len(borrowed)
+    if targets is not None and not 1 <= targets <= left:
+        raise ValueError(
+            f"--targets {targets}: {left} target view(s) are left to score"
+            + (f" (target {_ranges(borrowed)} are inputs with --views {views})" if borrowed
+               else "")
+        )  # fmt: skip
+    scored = tuple(range(left if targets is None else targets))
+    return ViewPlan(inputs, borrowed, scored)
+
+
+def apply_plan(item: dict[str, Any], plan: ViewPlan) -> dict[str, Any]:
+    """A `PropsDataset` item with the plan's inputs as `input_*` and only the scored
+    targets as `target_*` (images, alphas and cameras selected alike)."""
+    out = dict(item)
+    ins, bor, sc = list(plan.inputs), list(plan.borrowed), list(plan.scored)
+    for key in ("images", "alphas"):
+        out[f"input_{key}"] = torch.cat([item[f"input_{key}"][ins], item[f"target_{key}"][bor]])
+        out[f"target_{key}"] = item[f"target_{key}"][sc]
+    in_cams, tgt_cams = item["input_cameras"], item["target_cameras"]
+    out["input_cameras"] = Cameras.cat([in_cams[ins], tgt_cams[bor]]) if bor else in_cams[ins]
+    out["target_cameras"] = tgt_cams[sc]
+    return out
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -149,6 +260,7 @@ class ObjectEval:
         index: the object's number in the dataset.
         coarse, fine: metric -> per-view values (T,) for the coarse and the final set.
         white: metric -> per-view values of an all-white image (a floor to read against).
+        hull: metric -> per-view values of the visual-hull splat (empty when not made).
         counts: Gaussian counts. seconds: per stage (model's stats plus wall times).
         renders: (T, H, W, 3) ground truth, coarse and fine renders (CPU) for the strips.
         hist: series name -> sampled log-scales / opacities for the histograms.
@@ -161,6 +273,7 @@ class ObjectEval:
     white: dict[str, list[float | None]]
     counts: dict[str, int]
     seconds: dict[str, float]
+    hull: dict[str, list[float | None]] = field(default_factory=dict)
     backend: str = ""
     renders: dict[str, Tensor] = field(default_factory=dict, repr=False)
     hist: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
@@ -178,7 +291,8 @@ class ObjectEval:
                     "mean": {m: self.mean(which, m) for m in getattr(self, which)},
                     "per_view": getattr(self, which),
                 }
-                for which in ("coarse", "fine", "white")
+                for which in ("coarse", "fine", "white", "hull")
+                if getattr(self, which)
             },
             "counts": self.counts,
             "seconds": self.seconds,
@@ -226,10 +340,15 @@ def _hist_samples(rec: Any, seed: int) -> dict[str, dict[str, Tensor]]:
 
 
 def evaluate_object(
-    model: Any, item: dict[str, Any], device: torch.device, keep_renders: bool = False
+    model: Any,
+    item: dict[str, Any],
+    device: torch.device,
+    keep_renders: bool = False,
+    visual_hull: bool = True,
 ) -> ObjectEval:
     """Reconstruct one object from its input views and score coarse and fine on its
-    target views (see the module docstring for the definitions).
+    target views, beside the visual-hull splat of the same inputs (see the module
+    docstring for the definitions).
 
     Args:
         model: has `reconstruct(images, cameras)` and `image_size` (the engine's object
@@ -238,6 +357,8 @@ def evaluate_object(
         item: a `PropsDataset` item (input_* and target_* images, alphas, cameras).
         device: where to render and score.
         keep_renders: keep the (T, H, W, 3) renders for the image strips.
+        visual_hull: also make and score the visual-hull splat (from the input views at
+            their native size, normalised as the model normalises them: from the cameras).
     """
     size = int(getattr(model, "view_size", model.image_size))
     images, cameras = resize_views(item["input_images"].float(), item["input_cameras"], size)
@@ -259,6 +380,21 @@ def evaluate_object(
     _sync(device)
     render_wall = time.perf_counter() - t0
 
+    hull_scores: dict[str, list[float | None]] = {}
+    hull_seconds: dict[str, float] = {}
+    hull_count: dict[str, int] = {}
+    hull_img = None
+    if visual_hull:
+        rgba = torch.cat([item["input_images"].float(), item["input_alphas"].float()[..., None]],
+                         dim=-1)  # fmt: skip
+        t0 = time.perf_counter()
+        hull = visual_hull_gaussians(rgba, item["input_cameras"])
+        hull_seconds["visual_hull_wall"] = time.perf_counter() - t0
+        with torch.no_grad():
+            hull_img = render(hull.to(device), target_cams, background=white).colors
+        hull_scores = image_metrics(hull_img, targets, mask)
+        hull_count = {"visual_hull": len(hull)}
+
     stage_seconds = {str(k): float(v) for k, v in (rec.stats or {}).get("seconds", {}).items()}
     result = ObjectEval(
         index=int(item.get("index", -1)),
@@ -266,13 +402,21 @@ def evaluate_object(
         coarse=image_metrics(coarse_img, targets, mask),
         fine=image_metrics(fine_img, targets, mask),
         white=image_metrics(torch.ones_like(targets), targets, mask),
-        counts=gaussian_counts(rec),
-        seconds={**stage_seconds, "reconstruct_wall": wall, "render_targets_wall": render_wall},
+        counts={**gaussian_counts(rec), **hull_count},
+        seconds={
+            **stage_seconds,
+            "reconstruct_wall": wall,
+            "render_targets_wall": render_wall,
+            **hull_seconds,
+        },  # fmt: skip
+        hull=hull_scores,
         backend=fine_out.backend,
         hist=_hist_samples(rec, seed=int(item.get("index", 0))),
     )
     if keep_renders:
         result.renders = {"gt": targets.cpu(), "coarse": coarse_img.cpu(), "fine": fine_img.cpu()}
+        if hull_img is not None:
+            result.renders["hull"] = hull_img.cpu()
     return result
 
 
@@ -283,6 +427,26 @@ def summarize(objects: Sequence[ObjectEval]) -> dict[str, Any]:
     out: dict[str, Any] = {"objects": len(objects), "metrics": metrics}
     for which in ("coarse", "fine", "white"):
         out[which] = {m: _nanmean([o.mean(which, m) for o in objects]) for m in metrics}
+    if all(o.hull for o in objects):
+        out["visual_hull"] = {m: _nanmean([o.mean("hull", m) for o in objects]) for m in metrics}
+        # The model's margin over the non-learned reference (positive: the model is better;
+        # for LPIPS, lower is better, so its margin is hull - model).
+        sign = {m: -1.0 if m == "lpips" else 1.0 for m in metrics}
+        out["margin_over_visual_hull"] = {
+            which: {
+                m: sign[m] * (out[which][m] - out["visual_hull"][m])
+                if out[which][m] is not None and out["visual_hull"][m] is not None
+                else None
+                for m in metrics
+            }
+            for which in ("coarse", "fine")
+        }
+        beats = {}
+        for m in ("psnr", "psnr_object"):
+            pairs = [(o.mean("fine", m), o.mean("hull", m)) for o in objects]
+            pairs = [(f, h) for f, h in pairs if f is not None and h is not None]
+            beats[m] = {"fine_gt_hull": sum(f > h for f, h in pairs), "of": len(pairs)}
+        out["fine_beats_visual_hull"] = beats
     out["gain"] = {
         m: (out["fine"][m] - out["coarse"][m])
         if out["fine"][m] is not None and out["coarse"][m] is not None
@@ -386,6 +550,16 @@ DEFINITIONS = {
     "averaging": "per object: mean over its target views; summary: mean over objects",
     "white": "an all-white image scored the same way (what predicting only the background "
     "would get)",
+    "visual_hull": "non-learned reference from the same input views "
+    "(engine/baselines/visual_hull.py): silhouettes (alpha > 0.5) carved on a 96³ grid over "
+    "the model's cube (normalised from the cameras as the model is), one isotropic Gaussian "
+    "(sigma 0.4 voxel, opacity 0.95, SH DC) per surface voxel, coloured by the alpha-weighted "
+    "mean of the input pixels where a z-buffer says the voxel is seen; rendered and scored "
+    "like coarse and fine",
+    "views": "--views N: N < ring size takes an evenly spaced subset of the input ring; "
+    "N > ring size adds the last N − ring target views as inputs and never scores them "
+    "(the first target views are scored; --targets T scores only the first T, so runs with "
+    "different N can be scored on the same views)",
     "best_of": "per object the higher of coarse and fine (the released GD evaluation's "
     "protocol); for comparison with published numbers only",
 }
@@ -414,7 +588,8 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         f"{meta['data']['input_size']}, read at {meta['model']['image_size']}² by the backbone "
         f"and {meta['model'].get('detail_size', meta['model']['image_size'])}² by the "
         f"densifier; {meta['data']['target_views']} target views scored at their native "
-        f"{meta['data']['target_size']}",
+        f"{meta['data']['target_size']}"
+        + (f" ({meta['data']['view_plan_text']})" if meta["data"].get("view_plan_text") else ""),
         f"- Date: {meta['date']}; machine: {meta['machine']['platform']}, "
         f"{meta['machine']['cpu_count']} CPUs, device {meta['machine']['device']}"
         + (f" ({meta['machine']['gpu']})" if "gpu" in meta["machine"] else "")
@@ -426,16 +601,38 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         "Coarse and fine are each scored on their own. Mean over objects; each object is the "
         "mean over its target views.",
         "",
-        "| metric | coarse | fine | fine − coarse | all-white image |",
-        "|---|---:|---:|---:|---:|",
     ]
+    hull = summary.get("visual_hull")
+    if hull:
+        lines += ["| metric | coarse | fine | fine − coarse | visual hull | fine − hull "
+                  "| all-white image |", "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    else:
+        lines += ["| metric | coarse | fine | fine − coarse | all-white image |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
     for m in metrics:
         d = digits[m]
-        lines.append(
+        row = (
             f"| {METRIC_TITLES[m]} | {_f(summary['coarse'][m], d)} | {_f(summary['fine'][m], d)}"
             f" | {_signed(summary['gain'][m], d)}"
-            f" | {_f(summary['white'][m], d)} |"
         )
+        if hull:
+            row += (f" | {_f(hull[m], d)}"
+                    f" | {_signed(summary['margin_over_visual_hull']['fine'][m], d)}")  # fmt: skip
+        lines.append(row + f" | {_f(summary['white'][m], d)} |")
+    if hull:
+        margin, beats = summary["margin_over_visual_hull"], summary["fine_beats_visual_hull"]
+        lines += [
+            "",
+            "**Margin over the visual hull** (non-learned: silhouettes of the same input views "
+            "carved on a 96³ grid, surface voxels coloured from the views that see them; "
+            f"`engine/baselines/visual_hull.py`): fine {_signed(margin['fine']['psnr'], 2)} dB "
+            f"full image, {_signed(margin['fine']['psnr_object'], 2)} dB on object pixels; "
+            f"coarse {_signed(margin['coarse']['psnr'], 2)} dB / "
+            f"{_signed(margin['coarse']['psnr_object'], 2)} dB. Fine beats the hull on "
+            f"{beats['psnr']['fine_gt_hull']} of {beats['psnr']['of']} objects (full image), "
+            f"{beats['psnr_object']['fine_gt_hull']} of {beats['psnr_object']['of']} "
+            "(object pixels).",
+        ]
     if "lpips" not in metrics:
         lines += ["", "LPIPS: not computed (the `lpips` package or its local weights are "
                   "missing; nothing is downloaded)."]  # fmt: skip
@@ -454,10 +651,12 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         "",
         "## Gaussians (mean per object)",
         "",
-        "| coarse | final (fine set) | candidates replaced | generated | added |",
-        "|---:|---:|---:|---:|---:|",
+        "| coarse | final (fine set) | candidates replaced | generated | added |"
+        + (" visual hull |" if hull else ""),
+        "|---:|---:|---:|---:|---:|" + ("---:|" if hull else ""),
         "| " + " | ".join(f"{summary['counts_mean'].get(k, 0):.0f}" for k in
-                         ("coarse", "final", "candidates", "generated", "added")) + " |",
+                         ("coarse", "final", "candidates", "generated", "added")
+                         + (("visual_hull",) if hull else ())) + " |",
         "",
         "![log-scales](hist_log_scale.png) ![opacities](hist_opacity.png)",
         "",
@@ -473,6 +672,8 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         lines.append(f"| {stage} | {_f(sec, 3)} |")
     header = ["object", "PSNR c", "PSNR f", "Δ", "obj PSNR c", "obj PSNR f", "Δ obj",
               "SSIM c", "SSIM f"]  # fmt: skip
+    if hull:
+        header += ["PSNR hull", "obj PSNR hull"]
     if "lpips" in metrics:
         header += ["LPIPS c", "LPIPS f"]
     header += ["N coarse", "N final", "s"]
@@ -483,6 +684,8 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
         oc, of = o.mean("coarse", "psnr_object"), o.mean("fine", "psnr_object")
         row = [f"{o.index:06d}", _f(pc), _f(pf), _delta(pf, pc), _f(oc), _f(of), _delta(of, oc),
                _f(o.mean("coarse", "ssim"), 4), _f(o.mean("fine", "ssim"), 4)]  # fmt: skip
+        if hull:
+            row += [_f(o.mean("hull", "psnr")), _f(o.mean("hull", "psnr_object"))]
         if "lpips" in metrics:
             row += [_f(o.mean("coarse", "lpips"), 4), _f(o.mean("fine", "lpips"), 4)]
         row += [str(o.counts["coarse"]), str(o.counts["final"]),
@@ -491,7 +694,8 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
     lines += ["", "## Definitions", ""]
     lines += [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()]
     if meta.get("images"):
-        lines += ["", "## Images", "", "GT | coarse | fine, in `images/`:", ""]
+        shown = "GT | visual hull | coarse | fine" if hull else "GT | coarse | fine"
+        lines += ["", "## Images", "", f"{shown}, in `images/`:", ""]
         lines += [f"![{p}]({p})" for p in meta["images"]]
     return "\n".join(lines) + "\n"
 
@@ -579,6 +783,9 @@ def evaluate(
     image_objects: int = 4,
     image_views: int = 2,
     device: torch.device | str = "cpu",
+    views: int | None = None,
+    targets: int | None = None,
+    visual_hull: bool = True,
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int, ObjectEval], None] | None = None,
 ) -> dict[str, Any]:
@@ -592,6 +799,10 @@ def evaluate(
         image_objects, image_views: GT | coarse | fine strips for the first
             `image_views` target views of the first `image_objects` objects.
         device: where rendering and scoring run.
+        views: input views the model reads (None: the dataset's input ring); see
+            `plan_views` for where they come from when the ring has fewer.
+        targets: score only the first T target views left after `views` (None: all).
+        visual_hull: score the visual-hull baseline beside the model.
         meta: provenance to merge into the report (data path, split, command line).
         progress: called after each object with (done, total, result).
     Returns:
@@ -601,16 +812,26 @@ def evaluate(
     total = len(dataset) if limit is None else min(limit, len(dataset))
     if total <= 0:
         raise ValueError("nothing to evaluate (limit must be at least 1)")
+    # The view plan is checked on the first object before anything is written.
+    first = dataset[0]
+    plan = plan_views(len(first["input_cameras"]), len(first["target_cameras"]), views,
+                      targets, getattr(model, "max_views", None))  # fmt: skip
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     objects: list[ObjectEval] = []
     image_files: list[str] = []
-    first = None
     for position in range(total):
-        item = dataset[position]
-        first = first or item
+        item = first if position == 0 else dataset[position]
+        counts = (len(item["input_cameras"]), len(item["target_cameras"]))
+        if counts != (len(first["input_cameras"]), len(first["target_cameras"])):
+            raise ValueError(
+                f"object {item.get('index')} has {counts[0]} input and {counts[1]} target "
+                "views, unlike the first object: one view plan cannot serve both"
+            )
+        item = apply_plan(item, plan)
         keep = position < image_objects
-        result = evaluate_object(model, item, device, keep_renders=keep)
+        result = evaluate_object(model, item, device, keep_renders=keep,
+                                 visual_hull=visual_hull)  # fmt: skip
         if keep:
             image_files += _write_strips(out_dir, result, image_views)
             result.renders = {}
@@ -622,7 +843,8 @@ def evaluate(
     weights_sha = (
         sha256_file(weights_path) if weights_path and Path(weights_path).is_file() else None
     )
-    in_cams, tgt_cams = first["input_cameras"], first["target_cameras"]
+    planned = apply_plan(first, plan)
+    in_cams, tgt_cams = planned["input_cameras"], planned["target_cameras"]
     limit_note = "" if total == len(dataset) else f" (first {total} of {len(dataset)})"
     full_meta: dict[str, Any] = {
         "model": {
@@ -644,6 +866,10 @@ def evaluate(
             "input_size": f"{in_cams.width}x{in_cams.height}",
             "target_views": len(tgt_cams),
             "target_size": f"{tgt_cams.width}x{tgt_cams.height}",
+            "views_in_dataset": {"input": len(first["input_cameras"]),
+                                 "target": len(first["target_cameras"])},
+            "view_plan": plan.to_json(),
+            "view_plan_text": plan.describe(),
         },
         "split": split,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -675,15 +901,21 @@ def _config_dict(config: Any) -> Any:
 
 
 def _write_strips(out_dir: Path, result: ObjectEval, views: int) -> list[str]:
-    """GT | coarse | fine PNGs (labels carry each render's PSNR) for the first views."""
+    """GT | (visual hull |) coarse | fine PNGs (labels carry each render's PSNR) for the
+    first views."""
     names = []
     r = result.renders
     for j in range(min(views, result.views)):
         pc, pf = result.coarse["psnr"][j], result.fine["psnr"][j]
         # ASCII only: Pillow's built-in font has no glyph for the report's dash.
         db = lambda v: "n/a" if v is None else f"{v:.2f} dB"  # noqa: E731
-        labels = ["ground truth", f"coarse {db(pc)}", f"fine {db(pf)}"]
-        strip = image_strip([r["gt"][j], r["coarse"][j], r["fine"][j]], labels)
+        images, labels = [r["gt"][j]], ["ground truth"]
+        if "hull" in r:
+            images.append(r["hull"][j])
+            labels.append(f"visual hull {db(result.hull['psnr'][j])}")
+        images += [r["coarse"][j], r["fine"][j]]
+        labels += [f"coarse {db(pc)}", f"fine {db(pf)}"]
+        strip = image_strip(images, labels)
         name = f"images/{result.index:06d}_view{j:02d}.png"
         with atomic_open(out_dir / name) as f:
             strip.save(f, format="PNG")

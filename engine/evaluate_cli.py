@@ -1,5 +1,6 @@
-"""`gd evaluate MODEL DATA --out DIR`: score a model's coarse and fine reconstructions on
-the held-out target views of a props dataset and write a report (engine/evaluate.py)."""
+"""`gd evaluate MODEL DATA --out DIR [--views N]`: score a model's coarse and fine
+reconstructions (beside a visual-hull baseline) on the held-out target views of a props
+dataset and write a report (engine/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score coarse and fine reconstructions on a dataset's target views",
         description="Reconstruct every object of a split from its input views, render the "
         "coarse and the densified Gaussians into the target views and score each on its own "
-        "(PSNR, object-pixel PSNR, SSIM, LPIPS when installed). Writes report.md, "
-        "metrics.json, image strips and histograms to --out.",
+        "(PSNR, object-pixel PSNR, SSIM, LPIPS when installed), beside a non-learned "
+        "visual-hull splat of the same input views. Writes report.md, metrics.json, image "
+        "strips and histograms to --out.",
     )
     p.add_argument("model", help="model name (e.g. object-small), a .safetensors weights file "
                    "or a folder holding one")  # fmt: skip
@@ -27,6 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="train, val, test or all (default test)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="evaluate the first N objects only")  # fmt: skip
+    p.add_argument("--views", type=positive_int, default=None, metavar="N",
+                   help="input views the model reads, 1 to its max_views (default: the "
+                        "dataset's input ring). Fewer than the ring: an evenly spaced subset; "
+                        "more: the ring plus the LAST target views, which are then not "
+                        "scored")  # fmt: skip
+    p.add_argument("--targets", type=positive_int, default=None, metavar="T",
+                   help="score only the first T target views left (default: all), e.g. "
+                        "--views 4 --targets 4 scores the views --views 8 scores")  # fmt: skip
+    p.add_argument("--no-visual-hull", action="store_true",
+                   help="skip the visual-hull baseline")  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--weights", type=Path, default=None,
                    help="weights file for a model name (default: the shipped weights)")  # fmt: skip
@@ -50,22 +62,31 @@ def run(args: argparse.Namespace) -> int:
                           pretrained=not args.random_init)  # fmt: skip
 
     def progress(done: int, total: int, result) -> None:
+        hull = result.mean("hull", "psnr")
         print(
             f"[{done}/{total}] object {result.index:06d}: PSNR coarse "
-            f"{result.mean('coarse', 'psnr'):.2f} fine {result.mean('fine', 'psnr'):.2f} dB",
+            f"{result.mean('coarse', 'psnr'):.2f} fine {result.mean('fine', 'psnr'):.2f} dB"
+            + ("" if hull is None else f" (visual hull {hull:.2f})"),
             file=sys.stderr,
         )
 
     data = evaluate(
         model, dataset, args.out, split=args.split, limit=args.limit,
         image_objects=args.images, image_views=args.image_views, device=device,
+        views=args.views, targets=args.targets, visual_hull=not args.no_visual_hull,
         meta={"command": "gd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "gd evaluate"},
         progress=progress,
     )  # fmt: skip
     s = data["summary"]
+    hull = s.get("visual_hull")
+    hull_text = (
+        f"; visual hull {hull['psnr']:.2f} dB (object pixels {hull['psnr_object']:.2f})"
+        if hull
+        else ""
+    )
     print(
         f"{s['objects']} objects: PSNR coarse {s['coarse']['psnr']:.2f} -> fine "
         f"{s['fine']['psnr']:.2f} dB (object pixels {s['coarse']['psnr_object']:.2f} -> "
-        f"{s['fine']['psnr_object']:.2f}); report in {args.out / 'report.md'}"
+        f"{s['fine']['psnr_object']:.2f}){hull_text}; report in {args.out / 'report.md'}"
     )
     return 0

@@ -18,11 +18,14 @@ from engine.cameras import Cameras
 from engine.cli import main
 from engine.data.layout import object_dir, read_manifest, transforms_path, write_json_atomic
 from engine.evaluate import (
+    ViewPlan,
+    apply_plan,
     evaluate,
     evaluate_object,
     gaussian_counts,
     object_mask,
     open_dataset,
+    plan_views,
     weights_in_folder,
 )
 from engine.gaussians import Gaussians
@@ -207,7 +210,7 @@ def test_evaluate_writes_report_and_never_reports_best_of_as_fine(tiny_props, tm
         assert (out / name).is_file(), name
     assert not (out / "images" / "000001_view00.png").exists()
     with Image.open(out / "images" / "000000_view00.png") as strip:
-        assert strip.width == 3 * SIZE and strip.height > SIZE
+        assert strip.width == 4 * SIZE and strip.height > SIZE  # GT | hull | coarse | fine
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(data))
     s = saved["summary"]
@@ -236,8 +239,19 @@ def test_evaluate_writes_report_and_never_reports_best_of_as_fine(tiny_props, tm
     assert saved["histograms"]["opacity"]["fine (generated)"]["count"] == 600
     report = (out / "report.md").read_text()
     for text in ("fine − coarse", "object pixels", "not our headline number", "Per object",
-                 "000001", "Weights: none", "all-white"):  # fmt: skip
+                 "000001", "Weights: none", "all-white", "Margin over the visual hull",
+                 "fine − hull", "PSNR hull"):  # fmt: skip
         assert text in report, text
+    # The visual hull is scored on the same views, and the margin is fine minus hull.
+    hull_means = [o["hull"]["mean"]["psnr"] for o in objs]
+    assert s["visual_hull"]["psnr"] == pytest.approx(np.mean(hull_means))
+    assert s["margin_over_visual_hull"]["fine"]["psnr"] == pytest.approx(
+        s["fine"]["psnr"] - s["visual_hull"]["psnr"]
+    )
+    assert s["fine_beats_visual_hull"]["psnr"]["fine_gt_hull"] == sum(
+        f > h for f, h in zip(fine_means, hull_means, strict=True)
+    )
+    assert objs[0]["counts"]["visual_hull"] > 0 and "visual_hull_wall" in objs[0]["seconds"]
 
 
 def test_evaluate_limit(tiny_props, tmp_path):
@@ -403,3 +417,101 @@ def test_plot_histograms_density(tmp_path):
     clipped = plot_histograms({"a": np.array([0.0, 0.5, 5.0])}, tmp_path / "c.png",
                               value_range=(0.0, 1.0))  # fmt: skip
     assert clipped["a"]["outside_range"] == 1
+
+
+# ---------------------------------------------------------------------------- --views
+def test_plan_views():
+    # The whole ring by default; every target scored.
+    assert plan_views(4, 8) == ViewPlan((0, 1, 2, 3), (), tuple(range(8)))
+    # Fewer views: evenly spaced on the ring.
+    assert plan_views(4, 8, views=2).inputs == (0, 2)
+    assert plan_views(4, 8, views=1).inputs == (0,)
+    assert plan_views(8, 8, views=3).inputs == (0, 2, 5)
+    # More views: the ring plus the last target views, which are never scored.
+    plan = plan_views(4, 8, views=8, max_views=8)
+    assert plan == ViewPlan((0, 1, 2, 3), (4, 5, 6, 7), (0, 1, 2, 3)) and plan.views == 8
+    assert not set(plan.borrowed) & set(plan.scored)
+    assert "target 4–7 (borrowed as inputs, never scored)" in plan.describe()
+    # --targets scores the same first views whatever --views is.
+    assert plan_views(4, 8, views=4, targets=4).scored == plan.scored
+    with pytest.raises(ValueError, match="reads 1 to 8 views"):
+        plan_views(4, 8, views=9, max_views=8)
+    with pytest.raises(ValueError, match="at least 1"):
+        plan_views(4, 8, views=0)
+    with pytest.raises(ValueError, match="would leave none to score"):
+        plan_views(4, 4, views=8)
+    with pytest.raises(ValueError, match="4 target view"):
+        plan_views(4, 8, views=8, targets=5)
+
+
+def test_apply_plan_moves_borrowed_targets_into_the_inputs(tiny_props):
+    item = open_dataset(tiny_props, "test")[0]
+    plan = plan_views(4, 4, views=6)
+    out = apply_plan(item, plan)
+    assert out["input_images"].shape[0] == 6 and len(out["input_cameras"]) == 6
+    assert out["target_images"].shape[0] == 2 and len(out["target_cameras"]) == 2
+    torch.testing.assert_close(out["input_images"][4:], item["target_images"][2:])
+    torch.testing.assert_close(out["input_alphas"][4:], item["target_alphas"][2:])
+    torch.testing.assert_close(
+        out["input_cameras"].world_to_camera[4:], item["target_cameras"].world_to_camera[2:]
+    )
+    torch.testing.assert_close(out["target_images"], item["target_images"][:2])
+    torch.testing.assert_close(
+        out["target_cameras"].world_to_camera, item["target_cameras"].world_to_camera[:2]
+    )
+
+
+def test_evaluate_with_more_views_than_the_ring(tiny_props, tmp_path):
+    dataset = open_dataset(tiny_props, "test")
+    model = FakeModel()
+    model.max_views = 8
+    data = evaluate(model, dataset, tmp_path / "v6", views=6, image_objects=0)
+    # The model read 6 views; only the 2 targets it did not read were scored.
+    assert [c[0][0] for c in model.calls] == [6, 6]
+    assert all(len(o["fine"]["per_view"]["psnr"]) == 2 for o in data["objects"])
+    assert all(len(o["hull"]["per_view"]["psnr"]) == 2 for o in data["objects"])
+    meta = data["meta"]["data"]
+    assert meta["input_views"] == 6 and meta["target_views"] == 2
+    assert meta["view_plan"] == {"inputs": [0, 1, 2, 3], "borrowed_targets": [2, 3],
+                                 "scored_targets": [0, 1]}  # fmt: skip
+    assert "borrowed as inputs, never scored" in (tmp_path / "v6" / "report.md").read_text()
+    # Fewer views than the ring, scored on the same two targets.
+    data = evaluate(model, dataset, tmp_path / "v2", views=2, targets=2, image_objects=0)
+    assert [c[0][0] for c in model.calls[2:]] == [2, 2]
+    assert data["meta"]["data"]["view_plan"]["scored_targets"] == [0, 1]
+    # A plan that cannot be met fails before anything is written.
+    with pytest.raises(ValueError, match="reads 1 to 8 views"):
+        evaluate(model, dataset, tmp_path / "v9", views=9)
+    assert not (tmp_path / "v9").exists()
+
+
+def test_evaluate_without_the_visual_hull(tiny_props, tmp_path):
+    data = evaluate(FakeModel(), open_dataset(tiny_props, "test"), tmp_path / "o",
+                    image_objects=0, visual_hull=False)  # fmt: skip
+    assert "visual_hull" not in data["summary"] and "hull" not in data["objects"][0]
+    assert "Margin over the visual hull" not in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--views", "0"], "--views: must be a positive integer"),
+        (["--views", "8"], "would leave none to score"),
+        (["--views", "4", "--targets", "5"], "--targets 5"),
+    ],
+)
+def test_cli_views_errors_exit_2_and_write_nothing(tiny_props, tmp_path, monkeypatch, capsys,
+                                                   args, message):  # fmt: skip
+    import engine.evaluate as ev
+
+    monkeypatch.setattr(ev, "resolve_model", lambda *a, **k: FakeModel())
+    out = tmp_path / "out"
+    argv = ["evaluate", "object-tiny", str(tiny_props), "--out", str(out), *args]
+    if args[1] == "0":  # refused while the command line is parsed
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+    else:  # refused by the view plan, before the output folder is made
+        assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
