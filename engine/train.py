@@ -166,13 +166,14 @@ def compute_loss(
     outs = model(images, [p[1] for p in prepared], densify=densify,
                  drop_backbone_features=drop_features)  # fmt: skip
     total = images.new_zeros(())
-    stats = {"coarse": 0.0, "fine": 0.0, "pc": 0.0, "pf": 0.0, "nc": 0, "nf": 0}
+    stats = {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
+             "coarse_count": 0, "fine_count": 0}  # fmt: skip
     bg = torch.tensor(WHITE, device=device)
     for (inp, in_cams, tgt, tgt_cams), out in zip(prepared, outs, strict=True):
         gt, cams = torch.cat([inp, tgt]), Cameras.cat([in_cams, tgt_cams])
         if cfg.render_size > 0:
             gt, cams = resize_views(gt, cams, cfg.render_size)
-        stats["nc"] += len(out.coarse)
+        stats["coarse_count"] += len(out.coarse)
         # A frozen backbone's render has no gradient to give: skip it (validation still
         # scores the coarse set).
         if out.coarse.means.requires_grad:
@@ -180,19 +181,20 @@ def compute_loss(
             lc = image_loss(coarse, gt, cfg.ms_ssim_weight)
             total = total + lc
             stats["coarse"] += float(lc.detach())
-            stats["pc"] += float(psnr(coarse.detach(), gt).mean())
+            stats["psnr_coarse"] += float(psnr(coarse.detach(), gt).mean())
         if out.densified is not None:
             merged: Gaussians = out.densified.merged.gaussians
             fine = render(merged, cams, background=bg).colors
             lf = image_loss(fine, gt, cfg.ms_ssim_weight)
             total = total + lf
             stats["fine"] += float(lf.detach())
-            stats["pf"] += float(psnr(fine.detach(), gt).mean())
-            stats["nf"] += len(merged)
+            stats["psnr_fine"] += float(psnr(fine.detach(), gt).mean())
+            stats["fine_count"] += len(merged)
     n = len(samples)
     return LossTerms(
-        total / n, stats["coarse"] / n, stats["fine"] / n, stats["pc"] / n, stats["pf"] / n,
-        stats["nc"] // n, stats["nf"] // n,
+        total / n, stats["coarse"] / n, stats["fine"] / n,
+        stats["psnr_coarse"] / n, stats["psnr_fine"] / n,
+        stats["coarse_count"] // n, stats["fine_count"] // n,
     )  # fmt: skip
 
 
@@ -482,29 +484,31 @@ def validate(
 ) -> dict[str, Any]:
     """Mean coarse / fine PSNR on held-out target views of the first `val_objects`."""
     model.eval()
-    pc, pf, n = 0.0, 0.0, 0
+    psnr_coarse, psnr_fine, n = 0.0, 0.0, 0
     for i in range(min(cfg.val_objects, len(val_set))):
         sample = val_set[i]
-        outs = compute_terms_eval(model, sample, densify)  # the mask enables grad itself
-        pc += outs[0]
-        pf += outs[1]
+        coarse, fine = compute_terms_eval(model, sample, densify)  # the mask enables grad
+        psnr_coarse += coarse
+        psnr_fine += fine
         n += 1
     model.train()
-    fine = pf / n if math.isfinite(pf) else None  # strict JSON has no NaN
-    return {"step": step, "split": "val", "psnr_coarse": pc / n, "psnr_fine": fine,
+    mean_fine = psnr_fine / n if math.isfinite(psnr_fine) else None  # strict JSON has no NaN
+    return {"step": step, "split": "val", "psnr_coarse": psnr_coarse / n, "psnr_fine": mean_fine,
             "objects": n, "time": time.time()}  # fmt: skip
 
 
 def compute_terms_eval(
     model: GDObjectModel, sample: dict[str, Any], densify: bool
 ) -> tuple[float, float]:
+    """(coarse PSNR, fine PSNR) of one held-out object's target views (fine NaN without
+    densification)."""
     device = next(model.parameters()).device
     inp, in_cams, tgt, tgt_cams = model_space(sample, device)
     out = model(inp[None], [in_cams], densify=densify, budget=model.cfg.candidates)[0]
     bg = torch.tensor(WHITE, device=device)
     coarse = render(out.coarse.detach(), tgt_cams, background=bg).colors
-    pc = float(psnr(coarse, tgt).mean())
+    psnr_coarse = float(psnr(coarse, tgt).mean())
     if out.densified is None:
-        return pc, float("nan")
+        return psnr_coarse, float("nan")
     fine = render(out.densified.merged.gaussians.detach(), tgt_cams, background=bg).colors
-    return pc, float(psnr(fine, tgt).mean())
+    return psnr_coarse, float(psnr(fine, tgt).mean())

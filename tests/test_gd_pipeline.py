@@ -13,7 +13,7 @@ if not hasattr(render_mod, "render"):
 cameras_mod = pytest.importorskip("engine.cameras")
 
 from engine.gd.config import SMALL, ViewFeatureConfig, fine_count  # noqa: E402
-from engine.gd.pipeline import Densifier  # noqa: E402
+from engine.gd.pipeline import DensifyPipeline  # noqa: E402
 
 CFG = SMALL.with_(
     channels=(8, 8), heads=(2, 2), patch_size=16, view=ViewFeatureConfig(dim=8, heads=2)
@@ -39,7 +39,7 @@ def _setup(n: int = 50, seed: int = 0):
 def test_top_k_densify_and_merge_with_gradients_to_every_module() -> None:
     torch.manual_seed(0)
     coarse, images, cams = _setup()
-    model = Densifier(CFG).train()
+    model = DensifyPipeline(CFG).train()
     result = model(coarse, images, cams, budget=12, variant="plain", backend="auto")
     assert int(result.selection.selected.sum()) == 12
     merged = result.merged
@@ -47,7 +47,7 @@ def test_top_k_densify_and_merge_with_gradients_to_every_module() -> None:
     merged.gaussians.validate()
     out = render_mod.render(merged.gaussians, cams, background=torch.ones(3), backend="auto")
     ((out.colors - images) ** 2).mean().backward()
-    for name, module in (("encoder", model.encoder), ("densifier", model.densifier)):
+    for name, module in (("encoder", model.encoder), ("generative", model.generative)):
         grads = [p.grad for p in module.parameters()]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     assert model.encoder.key_value[0].weight.grad.abs().sum() > 0
@@ -58,7 +58,7 @@ def test_explicit_selection_keeps_the_rest_bit_identical_and_handles_backbone_fe
     coarse, images, cams = _setup(seed=1)
     select = torch.zeros(50, dtype=torch.bool)
     select[10:20] = True
-    model = Densifier(CFG, backbone_dim=4).eval()
+    model = DensifyPipeline(CFG, backbone_dim=4).eval()
     with torch.no_grad():
         result = model(coarse, images, cams, select=select, backbone_feats=torch.randn(50, 4),
                        backend="auto")
@@ -72,7 +72,7 @@ def test_explicit_selection_keeps_the_rest_bit_identical_and_handles_backbone_fe
 
 def test_empty_selection_returns_the_coarse_set() -> None:
     coarse, images, cams = _setup(n=20, seed=2)
-    model = Densifier(CFG.with_(grid_size=None)).eval()
+    model = DensifyPipeline(CFG.with_(grid_size=None)).eval()
     with torch.no_grad():
         result = model(coarse, images, cams, select=torch.zeros(20, dtype=torch.bool),
                        backend="auto")
@@ -84,12 +84,12 @@ def test_children_can_read_the_views_at_their_own_positions() -> None:
     torch.manual_seed(3)
     coarse, images, cams = _setup(seed=3)
     cfg = CFG.with_(child_samples=8)
-    model = Densifier(cfg).train()
+    model = DensifyPipeline(cfg).train()
     result = model(coarse, images, cams, budget=6, backend="auto")
     result.merged.gaussians.sh.sum().backward()
-    assert model.densifier.levels[1].head.net[0].weight.grad[:, -8:].abs().sum() > 0
+    assert model.generative.levels[1].head.net[0].weight.grad[:, -8:].abs().sum() > 0
     with pytest.raises(ValueError):
-        Densifier(CFG.with_(child_samples=3))
+        DensifyPipeline(CFG.with_(child_samples=3))
 
 
 def test_reusing_the_selection_render_gives_identical_output() -> None:
@@ -100,7 +100,7 @@ def test_reusing_the_selection_render_gives_identical_output() -> None:
     coarse, images, cams = _setup(n=80, seed=3)
     cfg = CFG.with_(child_samples=8)
     torch.manual_seed(3)
-    model = Densifier(cfg, backbone_dim=4).eval()
+    model = DensifyPipeline(cfg, backbone_dim=4).eval()
     feats = torch.randn(80, 4, generator=torch.Generator().manual_seed(4))
     white = (1.0, 1.0, 1.0)
     scores = view_space_gradients(coarse, images, cams, white, absgrad=True)

@@ -261,7 +261,7 @@ def test_densify_bad_selection(tiny, views):
 
 # ---------------------------------------------------------------------------- weights
 def test_backbone_and_densifier_read_the_views_at_their_own_sizes(monkeypatch):
-    from engine.gd.pipeline import Densifier
+    from engine.gd.pipeline import DensifyPipeline
     from engine.images import resize_views
     from engine.models.config import OBJECT_TINY
     from engine.models.gd_object import GDObjectModel
@@ -271,7 +271,7 @@ def test_backbone_and_densifier_read_the_views_at_their_own_sizes(monkeypatch):
     model = GDObjectModel(OBJECT_TINY.with_(detail_size=96)).eval()
     assert (model.image_size, model.detail_size, model.view_size) == (64, 96, 96)
     seen: dict[str, list[int]] = {"backbone": [], "densifier": []}
-    for name, cls in (("backbone", ObjectBackbone), ("densifier", Densifier)):
+    for name, cls in (("backbone", ObjectBackbone), ("densifier", DensifyPipeline)):
         forward = cls.forward
 
         def recording(self, *args, _forward=forward, _name=name, **kwargs):
@@ -315,6 +315,31 @@ def test_weights_round_trip_and_errors(tiny, tmp_path, views):
     with pytest.raises(ValueError, match="unknown model"):
         load_model("object-huge", device="cpu", pretrained=False)
 
+
+
+def test_weights_saved_before_the_densifier_rename_still_load(tiny, tmp_path):
+    """`Densifier.densifier` became `DensifyPipeline.generative`: old `densifier.densifier.*`
+    keys (the shipped object-small has them) load into `densifier.generative.*`."""
+    from engine.weights import load_weights, shipped_weights
+
+    old = {k.replace("densifier.generative.", "densifier.densifier.", 1): v
+           for k, v in tiny.state_dict().items()}  # fmt: skip
+    assert any(k.startswith("densifier.densifier.") for k in old)
+    path = tmp_path / "old.safetensors"
+    save_weights(old, path, {"config": tiny.cfg.to_dict()})
+    again = load_model(path, device="cpu")
+    for (name, a), b in zip(tiny.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    shipped = shipped_weights("object-small")
+    if shipped.is_file():
+        model = load_model("object-small", device="cpu")  # raises on missing/unexpected keys
+        state, _ = load_weights(shipped)
+        loaded = model.state_dict()
+        old_keys = [k for k in state if k.startswith("densifier.densifier.")]
+        assert old_keys
+        for key in old_keys:
+            new = key.replace("densifier.densifier.", "densifier.generative.", 1)
+            assert torch.equal(state[key], loaded[new]), key
 
 def test_config_json_round_trip():
     for cfg in (OBJECT_SMALL,):

@@ -4,13 +4,13 @@ See DESIGN.md §2 for the method. Public entry points:
 
     cfg = get_config("small")
     gd = GenerativeDensifier(cfg, in_channels)
-    out = gd(means, feats)                         # DensifyOutput: gaussians, level, parent
+    out = gd(means, feats)                         # FineGaussians: gaussians, level, parent
     merged = merge(coarse, selected, out.gaussians, out.level, out.parent)
 
-    densifier = Densifier(cfg)                      # + gradient mask and view features
-    result = densifier(coarse, images, cameras, select=None, budget=K)
+    pipeline = DensifyPipeline(cfg)                 # + gradient mask, view features, merge
+    result = pipeline(coarse, images, cameras, select=None, budget=K)
 
-`Densifier`, `gradient_mask` and the view-feature helpers use the renderer and
+`DensifyPipeline`, `gradient_mask` and the view-feature helpers use the renderer and
 cameras; they are imported on first use so `engine.gd` itself does not need them.
 """
 
@@ -27,13 +27,13 @@ from .config import (
     get_config,
     level_counts,
 )
-from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales, split_top_k
+from .densify import FineGaussians, GenerativeDensifier, grid_size_from_scales, split_top_k
 from .merge import MergeResult, merge
 from .serialization import ORDERS, encode, hilbert_encode, serialize, z_order_encode
 
 _LAZY = {
-    "Densifier": "pipeline",
-    "DensifyResult": "pipeline",
+    "DensifyPipeline": "pipeline",
+    "DensifyPipelineResult": "pipeline",
     "Selection": "gradient_mask",
     "GradientScores": "gradient_mask",
     "gradient_mask": "gradient_mask",
@@ -61,7 +61,7 @@ __all__ = [
     "SCENE",
     "SMALL",
     "DensifyConfig",
-    "DensifyOutput",
+    "FineGaussians",
     "GenerativeDensifier",
     "MergeResult",
     "ViewFeatureConfig",

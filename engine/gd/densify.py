@@ -30,8 +30,8 @@ from .serialization import serialize
 
 
 @dataclass
-class DensifyOutput:
-    """Fine Gaussians from one forward pass.
+class FineGaussians:
+    """Fine Gaussians from one forward pass of `GenerativeDensifier`.
 
     Attributes:
         gaussians: M fine Gaussians, level by level, children of a point in
@@ -309,7 +309,7 @@ class GenerativeDensifier(nn.Module):
         batch: Tensor | None = None,
         grid_size: float | None = None,
         child_sampler: Callable[[Tensor], Tensor] | None = None,
-    ) -> DensifyOutput:
+    ) -> FineGaussians:
         """Densify candidates.
 
         Args:
@@ -348,11 +348,11 @@ class GenerativeDensifier(nn.Module):
         outs: list[tuple[tuple[Tensor, ...], Tensor, Tensor, int]] = []
         keep_probs: list[Tensor] = []
 
-        def emit(xs: Tensor, fs: Tensor, rs: Tensor, li: int) -> tuple[Tensor, ...]:
+        def emit(points: Tensor, pfeats: Tensor, roots: Tensor, li: int) -> tuple[Tensor, ...]:
             """HEAD of level li: positions (M, 3), feats (M, C), candidates (M,) -> fields."""
             if child_sampler is not None:
-                fs = torch.cat([fs, child_sampler(xs.detach())], dim=1)
-            g = self._gaussians(self.levels[li].head, xs, fs, rs, li, grid_size, parents)
+                pfeats = torch.cat([pfeats, child_sampler(points.detach())], dim=1)
+            g = self._gaussians(self.levels[li].head, points, pfeats, roots, li, grid_size, parents)
             return tuple(getattr(g, name) for name in _FIELDS)
 
         for li, level in enumerate(self.levels):
@@ -374,23 +374,23 @@ class GenerativeDensifier(nn.Module):
                 # chunk of parents at a time, so the (N·R, C) child features (650 MB at
                 # 100k candidates, and as much again for their gradient) never exist
                 # whole; only the Gaussians do.
-                def up_emit(xs, fs, ks, rs, up=level.up, g=g, li=li, r=r):
-                    cx, cf = up(xs, fs, g, ks)
-                    return emit(cx, cf, rs.repeat_interleave(r), li)
+                def up_emit(points, pfeats, child_keep, roots, up=level.up, g=g, li=li, r=r):
+                    child_x, child_f = up(points, pfeats, g, child_keep)
+                    return emit(child_x, child_f, roots.repeat_interleave(r), li)
 
                 size = max(1, attention.ROWWISE_CHUNK // r)
                 fields = rowwise(up_emit, x, f, drop, root, size=size)
                 root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
                 outs.append((fields, root, batch, li))
                 break
-            x, f = rowwise(lambda xs, fs, ks, up=level.up, g=g: up(xs, fs, g, ks), x, f, drop)
+            x, f = rowwise(lambda pts, pf, ck, up=level.up, g=g: up(pts, pf, g, ck), x, f, drop)
             root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
             if level.split is not None:
                 f, keep, prob = level.split(f, level.ratio, batch)
                 keep_probs.append(prob)
                 leaf = ~keep
                 xl, fl, rl = x[leaf], f[leaf], root[leaf]
-                fields = rowwise(lambda xs, fs, rs, li=li: emit(xs, fs, rs, li), xl, fl, rl)
+                fields = rowwise(lambda pts, pf, roots, li=li: emit(pts, pf, roots, li), xl, fl, rl)
                 outs.append((fields, rl, batch[leaf], li))
                 x, f, root, batch = x[keep], f[keep], root[keep], batch[keep]
             # else: a continue ratio of 1.0 disables the mask; all points continue
@@ -398,7 +398,7 @@ class GenerativeDensifier(nn.Module):
         gaussians = Gaussians.unchecked(
             *(torch.cat([fields[i] for fields, *_ in outs]) for i in range(len(_FIELDS)))
         )
-        return DensifyOutput(
+        return FineGaussians(
             gaussians=gaussians,
             level=torch.cat([torch.full_like(rl, li + 1) for _, rl, _, li in outs]),
             parent=torch.cat([rl for _, rl, _, _ in outs]),

@@ -1,9 +1,12 @@
 """The whole densification step: select candidates, featurise them, densify, merge.
 
-    densifier = Densifier(get_config("small"))
-    result = densifier(coarse, images, cameras)              # top-K by gradient
-    result = densifier(coarse, images, cameras, select=mask)  # the artist's region
-    result.merged.gaussians                                    # coarse with the candidates replaced
+    pipeline = DensifyPipeline(get_config("small"))
+    result = pipeline(coarse, images, cameras)              # top-K by gradient
+    result = pipeline(coarse, images, cameras, select=mask)  # the artist's region
+    result.merged.gaussians                                   # coarse with the candidates replaced
+
+`DensifyPipeline` is the whole step; the network inside it that turns candidates into
+fine Gaussians is `GenerativeDensifier` (`densify.py`, attribute `generative`).
 
 Works for any Gaussians: with a backbone feature per Gaussian (`backbone_dim`
 > 0, the object and scene models) or without (a splat file), in which case the
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 
 from ..gaussians import Gaussians
 from .config import DensifyConfig
-from .densify import DensifyOutput, GenerativeDensifier, grid_size_from_scales
+from .densify import FineGaussians, GenerativeDensifier, grid_size_from_scales
 from .gradient_mask import (
     GradientScores,
     Selection,
@@ -38,24 +41,27 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DensifyResult:
-    """Output of `Densifier`.
+class DensifyPipelineResult:
+    """Output of `DensifyPipeline`.
 
     Attributes:
         merged: the coarse set with the candidates replaced by fine Gaussians.
-        fine: the densifier's raw output (parents index the candidates).
+        fine: the `GenerativeDensifier`'s output (parents index the candidates).
         selection: which coarse Gaussians were candidates (and their scores).
         grid_size: the level-1 grid size used.
     """
 
     merged: MergeResult
-    fine: DensifyOutput
+    fine: FineGaussians
     selection: Selection
     grid_size: float
 
 
-class Densifier(nn.Module):
-    """View-feature encoder + generative densification module, end to end.
+class DensifyPipeline(nn.Module):
+    """Candidate selection, view-feature encoder, `GenerativeDensifier` and merge, end to end.
+
+    Weights: `encoder.*` (the `ViewFeatureEncoder`) and `generative.*` (the
+    `GenerativeDensifier`; `densifier.*` in weights saved before the rename, mapped on load).
 
     Args:
         cfg: densification config.
@@ -68,7 +74,8 @@ class Densifier(nn.Module):
             raise ValueError(f"child_samples must be 0 or {CHILD_SAMPLES} (ChildSampler's width)")
         self.cfg = cfg
         self.encoder = ViewFeatureEncoder(cfg.view, backbone_dim)
-        self.densifier = GenerativeDensifier(cfg, self.encoder.out_channels)
+        self.generative = GenerativeDensifier(cfg, self.encoder.out_channels)
+        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
     def forward(
         self,
@@ -82,7 +89,7 @@ class Densifier(nn.Module):
         variant: str = "abs",
         backend: str = "auto",
         coarse_render: GradientScores | None = None,
-    ) -> DensifyResult:
+    ) -> DensifyPipelineResult:
         """Densify `coarse` (N Gaussians) seen in `images` (C, H, W, 3) from `cameras`.
 
         Args:
@@ -143,8 +150,20 @@ class Densifier(nn.Module):
         if self.cfg.child_samples:
             # Depth tolerance of two coarse voxels (4 level-1 cells).
             sampler = ChildSampler(images, cameras, alphas, depths, tolerance=4 * grid_size)
-        fine = self.densifier(
+        fine = self.generative(
             candidates.means, feats, parents=candidates, grid_size=grid_size, child_sampler=sampler
         )
         merged = merge(coarse, selection.selected, fine.gaussians, fine.level, fine.parent)
-        return DensifyResult(merged, fine, selection, grid_size)
+        return DensifyPipelineResult(merged, fine, selection, grid_size)
+
+
+OLD_GENERATIVE_PREFIX = "densifier."
+"""Where weights saved before the rename keep the `GenerativeDensifier` (the model's keys
+were `densifier.densifier.*`, now `densifier.generative.*`)."""
+
+
+def _rename_old_keys(module: nn.Module, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: `<prefix>densifier.*` -> `<prefix>generative.*`, in place."""
+    old = prefix + OLD_GENERATIVE_PREFIX
+    for key in [k for k in state if k.startswith(old)]:
+        state[prefix + "generative." + key[len(old):]] = state.pop(key)

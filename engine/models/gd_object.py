@@ -25,7 +25,7 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from ..gd.gradient_mask import select_top_k, view_space_gradients
 from ..gd.merge import MergeResult, merge
-from ..gd.pipeline import Densifier, DensifyResult
+from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
 from .config import ObjectModelConfig
 from .normalization import (
@@ -74,7 +74,7 @@ class ObjectOutput:
     """
 
     coarse: Gaussians
-    densified: DensifyResult | None
+    densified: DensifyPipelineResult | None
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -89,7 +89,7 @@ class GDObjectModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = ObjectBackbone(cfg.backbone)
-        self.densifier = Densifier(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
+        self.densifier = DensifyPipeline(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
         self.weights_path = None
         self.weights_sha256: str | None = None
 
@@ -339,7 +339,7 @@ class GDObjectModel(nn.Module):
         cams: Cameras,
         k: int,
         select: Tensor | None,
-    ) -> tuple[DensifyResult, float]:
+    ) -> tuple[DensifyPipelineResult, float]:
         """Candidate selection (top-k, optionally within `select`) and the densifier."""
         t0 = time.perf_counter()
         scores = None
@@ -445,7 +445,7 @@ class GDObjectModel(nn.Module):
 
 
 def _merge_in_world(
-    coarse_world: Gaussians, result: DensifyResult, norm: Normalization
+    coarse_world: Gaussians, result: DensifyPipelineResult, norm: Normalization
 ) -> tuple[Gaussians, MergeResult]:
     """Fine Gaussians mapped to the world and merged into the world-space coarse set there,
     so unselected Gaussians are the caller's values bit for bit (no round trip through
