@@ -158,6 +158,7 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
     prop) and the torch.profiler's top operators for one full reconstruction."""
     import engine.gd.attention as attention
     import engine.gd.densify as densify
+    import engine.gd.gradient_mask as gradient_mask
     import engine.gd.pipeline as pipeline
     import engine.gd.view_features as view_features
     import engine.models.gd_object as gd_object
@@ -177,7 +178,7 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
 
     patches = [
         (object_backbone.ObjectBackbone, "forward", "backbone"),
-        (gd_object, "view_space_gradients", "gradient mask: loss + backward"),
+        (gradient_mask, "view_space_gradients", "gradient mask: loss + backward"),
         (render_mod, "render", render_label),
         (pipeline, "candidate_features", "view features (sampling + view attention)"),
         (view_features.ChildSampler, "__call__", "child sampling (children re-sample inputs)"),
@@ -187,7 +188,7 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
         (densify.Upsample, "forward", "UP (children offsets and features)"),
         (densify.GaussianHead, "forward", "HEAD (Gaussian parameters)"),
         (densify.GenerativeDensifier, "forward", "densifier other (split mask, gather, cat)"),
-        (pipeline, "merge", "merge"),
+        (pipeline, "merge_fine", "merge"),
         (gd_object, "merge", "merge"),
     ]
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]

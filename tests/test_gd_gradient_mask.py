@@ -104,6 +104,23 @@ def test_explicit_selection_is_returned_as_given() -> None:
         gradient_mask(g)  # neither views nor a selection
 
 
+def test_a_region_is_kept_whole_within_budget_and_scored_beyond_it() -> None:
+    g, cams = _scene(seed=4)
+    images = _images(g, cams)
+    g.opacity_logits[:5] = -10.0  # below min_opacity: still eligible inside a region
+    within = torch.zeros(len(g), dtype=torch.bool)
+    within[:20] = True
+    small = gradient_mask(g, images, cams, k=20, backend="auto", within=within)
+    assert torch.equal(small.selected, within) and small.scores is None
+    top = gradient_mask(g, images, cams, k=6, backend="auto", within=within)
+    assert int(top.selected.sum()) == 6 and not (top.selected & ~within).any()
+    score = top.scores.get("abs") if top.scores.absolute is not None else top.scores.plain
+    expected = select_top_k(score, 6, within & (top.scores.visible_views > 0))
+    assert torch.equal(top.selected, expected)
+    with pytest.raises(ValueError, match="within"):
+        gradient_mask(g, images, cams, k=6, within=torch.ones(3, dtype=torch.bool))
+
+
 def test_select_top_k_respects_eligibility_and_budget() -> None:
     scores = torch.tensor([5.0, 1.0, 4.0, 3.0, 2.0])
     eligible = torch.tensor([False, True, True, True, True])

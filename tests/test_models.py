@@ -241,6 +241,23 @@ def test_densify_a_selection_keeps_the_rest_bit_for_bit(tiny, views):
     assert len(out) == n_kept + res.stats["counts"]["fine"]
 
 
+def test_inference_merges_once_in_world_space(tiny, views, monkeypatch):
+    import engine.gd.pipeline as pipeline
+    import engine.models.gd_object as gd_object
+
+    calls = []
+    for module, name in ((pipeline, "merge_fine"), (gd_object, "merge")):
+        original = getattr(module, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+    tiny.reconstruct(*views)
+    assert calls == ["merge"]
+
+
 def test_densify_budget_limits_added_gaussians(tiny, views):
     images, cams = views
     g = tiny.reconstruct(images, cams, densify=False).coarse

@@ -219,35 +219,55 @@ def gradient_mask(
     background: Tensor | Sequence[float] | float | None = None,
     backend: str = "auto",
     mask_size: int = 0,
+    within: Tensor | None = None,
 ) -> Selection:
-    """Pick densification candidates: the top-k by gradient, or an explicit selection.
+    """Pick densification candidates: the one entry point for candidate selection.
+
+    Three ways, by argument:
+    - `select`: an explicit selection, used as is (nothing is rendered);
+    - `within` (the artist's region): all of it when it holds at most `k` Gaussians
+      (nothing is rendered), else its top-k by gradient (visible ones, any opacity);
+    - neither: the top-k by gradient among the visible Gaussians above `min_opacity`.
 
     Args:
         gaussians: N coarse Gaussians.
         images, cameras: the input views; needed unless `select` is given.
         k: budget for top-k selection.
-        select: explicit (N,) bool selection (e.g. the artist's region); used as is.
+        select: explicit (N,) bool selection; used as is.
         variant: "abs" (AbsGS, falls back to "plain" where unsupported) or "plain".
-        min_opacity: Gaussians at or below this opacity are never candidates
-            (they barely render; the official code uses 0.005).
+        min_opacity: without `within`, Gaussians at or below this opacity are never
+            candidates (they barely render; the official code uses 0.005).
         background: render background.
         backend: renderer backend.
         mask_size: score on a render whose longer side is this many pixels (0: full size).
+        within: (N,) bool, the Gaussians that may be candidates.
     """
     n = len(gaussians)
     if select is not None:
-        select = torch.as_tensor(select, device=gaussians.device)
-        if select.dtype != torch.bool or tuple(select.shape) != (n,):
-            raise ValueError(f"select must be a bool mask of shape ({n},)")
-        return Selection(select.clone(), None)
+        return Selection(_bool_mask(select, n, gaussians.device, "select").clone(), None)
     if images is None or cameras is None or k is None:
         raise ValueError("top-k selection needs images, cameras and k (or pass select=)")
     if variant not in VARIANTS:
         raise ValueError(f"unknown gradient variant {variant!r}; expected one of {VARIANTS}")
+    if within is not None:
+        within = _bool_mask(within, n, gaussians.device, "within")
+        if int(within.sum()) <= k:
+            return Selection(within.clone(), None)
     scores = view_space_gradients(
         gaussians, images, cameras, background, absgrad=variant == "abs", backend=backend,
         mask_size=mask_size,
     )  # fmt: skip
     score = scores.absolute if variant == "abs" and scores.absolute is not None else scores.plain
-    eligible = (gaussians.opacities.detach() > min_opacity) & (scores.visible_views > 0)
+    eligible = scores.visible_views > 0
+    if within is not None:
+        eligible = eligible & within
+    else:
+        eligible = eligible & (gaussians.opacities.detach() > min_opacity)
     return Selection(select_top_k(score, k, eligible), scores)
+
+
+def _bool_mask(mask: Tensor, n: int, device: torch.device, name: str) -> Tensor:
+    mask = torch.as_tensor(mask, device=device)
+    if mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+        raise ValueError(f"{name} must be a bool mask of shape ({n},)")
+    return mask

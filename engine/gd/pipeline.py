@@ -33,7 +33,8 @@ from .gradient_mask import (
     gradient_mask,
     mask_cameras,
 )
-from .merge import MergeResult, merge
+from .merge import MergeResult
+from .merge import merge as merge_fine
 from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
 
 if TYPE_CHECKING:
@@ -45,13 +46,14 @@ class DensifyPipelineResult:
     """Output of `DensifyPipeline`.
 
     Attributes:
-        merged: the coarse set with the candidates replaced by fine Gaussians.
+        merged: the coarse set with the candidates replaced by fine Gaussians (None when
+            the caller merges itself, `merge=False`).
         fine: the `GenerativeDensifier`'s output (parents index the candidates).
         selection: which coarse Gaussians were candidates (and their scores).
         grid_size: the level-1 grid size used.
     """
 
-    merged: MergeResult
+    merged: MergeResult | None
     fine: FineGaussians
     selection: Selection
     grid_size: float
@@ -89,6 +91,7 @@ class DensifyPipeline(nn.Module):
         variant: str = "abs",
         backend: str = "auto",
         coarse_render: GradientScores | None = None,
+        merge: bool = True,
     ) -> DensifyPipelineResult:
         """Densify `coarse` (N Gaussians) seen in `images` (C, H, W, 3) from `cameras`.
 
@@ -106,6 +109,8 @@ class DensifyPipeline(nn.Module):
                 make, at `mask_cameras(cameras, cfg.mask_size)`: the same pixels (the
                 forward pass does not depend on whether gradients are recorded), one
                 render fewer.
+            merge: merge the fine Gaussians into `coarse` (`result.merged`); False for a
+                caller that merges them elsewhere (the object model, in world space).
         """
         if budget is None:
             budget = candidate_budget(self.cfg, len(cameras))
@@ -153,7 +158,9 @@ class DensifyPipeline(nn.Module):
         fine = self.generative(
             candidates.means, feats, parents=candidates, grid_size=grid_size, child_sampler=sampler
         )
-        merged = merge(coarse, selection.selected, fine.gaussians, fine.level, fine.parent)
+        merged = None
+        if merge:
+            merged = merge_fine(coarse, selection.selected, fine.gaussians, fine.level, fine.parent)
         return DensifyPipelineResult(merged, fine, selection, grid_size)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
-from ..gd.gradient_mask import select_top_k, view_space_gradients
+from ..gd.gradient_mask import gradient_mask
 from ..gd.merge import MergeResult, merge
 from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
@@ -340,28 +340,21 @@ class GDObjectModel(nn.Module):
         k: int,
         select: Tensor | None,
     ) -> tuple[DensifyPipelineResult, float]:
-        """Candidate selection (top-k, optionally within `select`) and the densifier."""
+        """Candidate selection (top-k, optionally within `select`) and the densifier, without
+        the merge (the caller merges in world space)."""
         t0 = time.perf_counter()
-        scores = None
-        if select is None or int(select.sum()) > k:
-            scores = view_space_gradients(
-                coarse, images, cams, WHITE, absgrad=True,
-                mask_size=self.cfg.densify.mask_size,
-            )  # fmt: skip
-            score = scores.absolute if scores.absolute is not None else scores.plain
-            eligible = scores.visible_views > 0
-            if select is not None:
-                eligible = eligible & select
-            else:
-                eligible = eligible & (coarse.opacities > self.cfg.backbone.prune_opacity)
-            select = select_top_k(score, k, eligible)
+        selection = gradient_mask(
+            coarse, images, cams, k=k, variant="abs", background=WHITE,
+            min_opacity=self.cfg.backbone.prune_opacity, mask_size=self.cfg.densify.mask_size,
+            within=select,
+        )  # fmt: skip
         sel_time = time.perf_counter() - t0
         if feats is None:
             feats = coarse.means.new_zeros(len(coarse), self.cfg.backbone.feature_dim)
         # The gradient mask's render of the coarse set doubles as the view features' one.
         result = self.densifier(
-            coarse, images, cams, select=select, backbone_feats=feats, background=WHITE,
-            coarse_render=scores,
+            coarse, images, cams, select=selection.selected, backbone_feats=feats,
+            background=WHITE, coarse_render=selection.scores, merge=False,
         )  # fmt: skip
         return result, sel_time
 
