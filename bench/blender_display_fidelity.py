@@ -47,6 +47,29 @@ def make_gaussians(n: int = 400, seed: int = 0):
     return Gaussians.from_activated(means, scales, quats, opacities, colors=colors)
 
 
+def make_dense_gaussians(n: int = 600, seed: int = 0):
+    """n seeded translucent Gaussians packed in [-0.25, 0.25]³ (sigma 0.03–0.08, opacity
+    0.05–0.3): like a reconstruction, a ray crosses dozens of them, more than Cycles' default
+    8 transparent bounces."""
+    import torch
+
+    from engine.gaussians import Gaussians
+
+    gen = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=gen) - 0.5) * 0.5
+    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.03), math.log(0.08), generator=gen))
+    quats = torch.randn(n, 4, generator=gen)
+    opacities = torch.empty(n).uniform_(0.05, 0.3, generator=gen)
+    colors = torch.rand(n, 3, generator=gen)
+    return Gaussians.from_activated(means, scales, quats, opacities, colors=colors)
+
+
+# Transparent bounces of the Cycles render: "matched" (what the rasteriser does: every
+# layer, no Russian roulette), Cycles' own defaults, or the defaults as the add-on leaves
+# them when it makes a splat object (gd_blender_addon/render_setup.py).
+BOUNCES = ("matched", "defaults", "addon")
+
+
 def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Blender camera matrix_world at `eye` looking at `target` (camera -Z forward, Z up)."""
     forward = target - eye
@@ -142,9 +165,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fidelity(out_png: str | Path | None = None, n: int = 400, samples: int = 8, seed: int = 0,
-             mode: str = "ELLIPSOIDS") -> dict:  # fmt: skip
+             mode: str = "ELLIPSOIDS", bounces: str = "matched",
+             dense: bool = False) -> dict:  # fmt: skip
     """Render both ways; returns {"psnr", "engine", "cycles", "seconds"}. Needs bpy.
 
+    bounces: one of BOUNCES; dense: `make_dense_gaussians` instead of `make_gaussians`.
     Leaves the current scene alone: the object, camera and world live in a scene made
     here, which is removed (with them) afterwards.
     """
@@ -152,8 +177,19 @@ def fidelity(out_png: str | Path | None = None, n: int = 400, samples: int = 8, 
 
     from gd_blender_addon import display, pointcloud
 
-    gaussians = make_gaussians(n, seed)
+    if bounces not in BOUNCES:
+        raise ValueError(f"bounces must be one of {BOUNCES}, got {bounces!r}")
+    gaussians = (make_dense_gaussians if dense else make_gaussians)(n, seed)
     scene, cam, world = _setup_scene(bpy, samples, seed)
+    if bounces != "matched":
+        defaults = bpy.data.scenes.new("GD Fidelity Defaults")  # Cycles' defaults
+        scene.cycles.transparent_max_bounces = defaults.cycles.transparent_max_bounces
+        scene.cycles.min_transparent_bounces = defaults.cycles.min_transparent_bounces
+        bpy.data.scenes.remove(defaults)
+    if bounces == "addon":
+        from gd_blender_addon.render_setup import ensure_splat_render_settings
+
+        ensure_splat_render_settings(scene)
     obj = pointcloud.gaussians_to_object(scene.collection, gaussians, "GD Fidelity Splat")
     try:
         # A non-trivial object transform: the shaders work in instance/object space.
@@ -196,13 +232,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--mode", default="ELLIPSOIDS", choices=["ELLIPSOIDS", "POINTS"])
+    parser.add_argument("--bounces", default="matched", choices=BOUNCES,
+                        help="Cycles transparent bounces: matched to the rasteriser (128, no "
+                             "Russian roulette), Cycles' defaults, or as the add-on leaves "
+                             "them")  # fmt: skip
+    parser.add_argument("--dense", action="store_true",
+                        help="translucent Gaussians packed tight (many layers per ray)")
     args = parser.parse_args()
     import bpy
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    r = fidelity(args.out, n=args.n, samples=args.samples, mode=args.mode)
-    print(f"{args.mode}: PSNR {r['psnr']:.2f} dB (Cycles render {r['seconds']:.2f} s, "
-          f"{args.n} Gaussians, {args.samples} samples, {RES}x{RES})")  # fmt: skip
+    r = fidelity(args.out, n=args.n, samples=args.samples, mode=args.mode,
+                 bounces=args.bounces, dense=args.dense)  # fmt: skip
+    kind = "dense " if args.dense else ""
+    print(f"{args.mode}, {args.bounces} bounces: PSNR {r['psnr']:.2f} dB (Cycles render "
+          f"{r['seconds']:.2f} s, {args.n} {kind}Gaussians, {args.samples} samples, "
+          f"{RES}x{RES})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ job synchronously. UNDO still has Blender push one undo step when the result has
 from __future__ import annotations
 
 import functools
-import json
 import shutil
 import tempfile
 import threading
@@ -31,17 +30,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import dependencies, jobs
 from .camera_capture import CaptureError, camera_record, check_camera, render_view, to_local
+from .errors import UserError
 from .preferences import MISSING_TORCH, get_prefs, weights_for
-
-
-class UserError(Exception):
-    """A problem the user can fix; reported as is."""
-
+from .refine_job import RefineSettings, reconstruct_report, spread_views
+from .refine_job import scaled as _scaled
+from .refine_job import view_size as _view_size
+from .results import land_reconstruction, stored_views
 
 # ---------------------------------------------------------------------------- the model
 _models: dict[tuple[str, str, str | None], Any] = {}
@@ -171,6 +170,45 @@ def densify_blocker(context: bpy.types.Context) -> str | None:
     return None
 
 
+def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
+    """Why Reconstruct Object cannot run now, or None."""
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    busy = _blocked_by_job()
+    if busy:
+        return busy
+    from .rig import check_selection
+
+    try:
+        check_selection(list(context.selected_objects))
+    except UserError as err:
+        return str(err)
+    return None
+
+
+REFINE_NEEDS_SECONDS = (
+    "Refine Seconds is 0: set how long to refine (Refine Seconds in the panel) and press "
+    "Refine again"
+)
+
+
+def refine_blocker(context: bpy.types.Context) -> str | None:
+    """Why Refine cannot run now, or None."""
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    busy = _blocked_by_job()
+    if busy:
+        return busy
+    obj = context.active_object
+    if not is_splat(obj):
+        return "Make a Gaussian splat object active (made by Reconstruct or imported)"
+    if not len(obj.gd_splat.views):
+        return f"'{obj.name}' has no stored views to refine against (only Reconstruct stores them)"
+    if not refine_settings(context).enabled:
+        return REFINE_NEEDS_SECONDS
+    return None
+
+
 def export_blocker(context: bpy.types.Context) -> str | None:
     if not dependencies.torch_available():
         return MISSING_TORCH
@@ -193,13 +231,14 @@ def _world_bbox(objects: list[bpy.types.Object]) -> list[list[float]] | None:
     return [lo, hi]
 
 
-def _view_size(model: Any) -> int:
-    """Side of the square views to give `model`: the size it reads in full."""
-    return int(getattr(model, "view_size", model.image_size))
+def refine_settings(context: bpy.types.Context, steps: int = 0) -> RefineSettings:
+    """The refinement budget: the panel's Refine Seconds, or `steps` when a script gives it."""
+    return RefineSettings(seconds=float(settings(context).refine_seconds), steps=int(steps))
 
 
-def _scaled(progress: Callable[[float, str], None], start: float, end: float):
-    return lambda f, m: progress(start + (end - start) * float(f), m)
+def any_splats(context: bpy.types.Context) -> bool:
+    """Whether the scene has a splat object (the panel's render tips; cheap enough to draw)."""
+    return dependencies.torch_available() and any(is_splat(o) for o in context.scene.objects)
 
 
 def _splat_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
@@ -447,19 +486,15 @@ class _SceneJobOperator(_JobOperator):
         reason = cls.blocker(context)
         return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
 
-    def add_model_stage(self, context: bpy.types.Context, views: int) -> None:
+    def add_model_stage(self, context: bpy.types.Context) -> None:
         """Queue loading the preferences' model in the worker. Once it is there (main
-        thread) check that it takes `views` views and pick the render size, `_size`, which
-        the render steps queued after this read when they run."""
+        thread) pick the render size, `_size`, which the render steps queued after this read
+        when they run. Any number of views: the model reads at most its `max_views` of
+        them, spread around the prop (`refine_job.spread_views`); refinement uses all."""
         request = model_request(context)
         resolution = int(settings(context).resolution)
 
         def loaded(model: Any) -> None:
-            if views > model.max_views:
-                raise UserError(
-                    f"{views} views but the model takes at most {model.max_views}; "
-                    "select fewer cameras"
-                )
             self._model = model
             self._size = resolution or _view_size(model)
 
@@ -485,6 +520,11 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         ),
         default="SCENE",
     )
+    refine_steps: IntProperty(  # type: ignore[valid-type]
+        name="Refine Steps",
+        description="Scripts and tests: refine this many steps instead of the panel's seconds",
+        default=0, min=0, options={"SKIP_SAVE"},
+    )  # fmt: skip
 
     blocker = staticmethod(reconstruct_blocker)
 
@@ -502,6 +542,7 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         for camera in cameras:
             check_camera(camera)
         self._photos = source == "PHOTOS"
+        self._refine = refine_settings(context, self.refine_steps)
         self._views: list[Any] = []
         self._records: list[dict[str, Any]] = []
         self._images: list[Any] = []  # photo image datablocks to remember on the object
@@ -515,7 +556,7 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                 self._views.append(pixels)
                 self._records.append(record)
                 self._images.append(image)
-        self.add_model_stage(context, len(cameras))
+        self.add_model_stage(context)
         # Selected non-camera objects (the prop) bound the reconstruction.
         props = [
             o
@@ -538,69 +579,24 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                 self.add_step(f"rendering {camera.name}", step)
 
     def job(self) -> jobs.Work:
+        from .refine_job import reconstruct_work
+
         return functools.partial(
-            reconstruct_work, self._model, list(self._views), list(self._records), self._bbox
-        )
+            reconstruct_work, self._model, list(self._views), list(self._records), self._bbox,
+            self._refine,
+        )  # fmt: skip
 
     def finish(self, context: bpy.types.Context, rec: Any) -> None:
-        from .display import ensure_display
-        from .pointcloud import gaussians_to_object, remove_data
-
-        obj = gaussians_to_object(
-            context.collection, rec.gaussians, self._name, level=rec.level, parent=rec.parent
-        )
-        images_before = set(bpy.data.images)
-        try:
-            ensure_display(obj)
-            source = "photos" if self._photos else "cameras"
-            _store_views(obj, self._paths, self._images, self._records, source)
-        except BaseException:
-            # Leave nothing behind: the object, its point cloud and any packed view.
-            data = obj.data
-            bpy.data.objects.remove(obj)
-            if data.users == 0:
-                remove_data(data)  # PointCloud, or the 4.2-4.4 fallback Mesh
-            for image in set(bpy.data.images) - images_before:
-                bpy.data.images.remove(image)
-            raise
-        for other in context.selected_objects:
-            other.select_set(False)
-        obj.select_set(True)
-        context.view_layer.objects.active = obj
-        seconds = time.monotonic() - self._started
-        self.report(
-            {"INFO"},
-            f"Reconstructed {len(rec.gaussians.means)} Gaussians from "
-            f"{len(self._records)} views in {seconds:.1f} s",
-        )
+        source = "photos" if self._photos else "cameras"
+        _, note = land_reconstruction(context, rec, self._name, self._paths, self._images,
+                                      self._records, source)  # fmt: skip
+        self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
 
     def cleanup(self, context: bpy.types.Context) -> None:
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         self._model = None
-
-
-def reconstruct_work(
-    model: Any,
-    views: list[Any],
-    records: list[dict[str, Any]],
-    bbox: list[list[float]] | None,
-    progress: jobs.Progress,
-    cancel: threading.Event,
-) -> Any:
-    """Worker: reconstruct from plain data (RGBA arrays, camera records, world bounds)."""
-    import torch
-
-    from .photos import prepare_views
-
-    progress(0.3, "preparing views")
-    images, cameras = prepare_views(views, records, _view_size(model))
-    box = None if bbox is None else torch.tensor(bbox, dtype=torch.float32)
-    return model.reconstruct(
-        images, cameras, bbox=box, densify=True, progress=_scaled(progress, 0.35, 1.0),
-        cancel=cancel,
-    )  # fmt: skip
 
 
 def _render_hiding(
@@ -621,48 +617,6 @@ def _render_hiding(
         for obj, value in saved:
             if obj.hide_render != value:
                 obj.hide_render = value
-
-
-def _store_views(
-    obj: bpy.types.Object,
-    paths: list[Path],
-    images: list[Any],
-    records: list[dict[str, Any]],
-    source: str,
-) -> None:
-    """Remember the views on the object (see properties.py): rendered PNGs are packed into
-    the .blend with a fake user; photos keep pointing at their image datablocks."""
-    local = to_local(records, obj.matrix_world)
-    data = obj.gd_splat
-    data.views.clear()
-    data.source = source
-    for i, record in enumerate(local):
-        if paths:
-            image = bpy.data.images.load(str(paths[i]), check_existing=False)
-            image.pack()
-            image.name = f"{obj.name} view {i:02d}"
-            image.use_fake_user = True
-        else:
-            image = images[i]
-        view = data.views.add()
-        view.image = image
-        view.camera = json.dumps(record)
-
-
-def stored_views(obj: bpy.types.Object) -> tuple[list[Any], list[dict[str, Any]]]:
-    """(pixels, camera records in the object's local frame) of the views kept on `obj`."""
-    from .camera_capture import read_image_pixels
-
-    pixels, records = [], []
-    for i, view in enumerate(obj.gd_splat.views):
-        if view.image is None:
-            raise UserError(
-                f"view {i} of '{obj.name}' lost its image; densify against "
-                "selected cameras instead (Views: Selected Cameras)"
-            )
-        pixels.append(read_image_pixels(view.image))
-        records.append(json.loads(view.camera))
-    return pixels, records
 
 
 # ---------------------------------------------------------------------------- densify
@@ -763,7 +717,7 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
                     pixels, record, _ = photo_view(camera)
                     self._views.append(pixels)
                     self._records.append(to_local([record], obj.matrix_world)[0])
-        self.add_model_stage(context, len(self._records) or len(cameras))
+        self.add_model_stage(context)
         self._gaussians, self._level, self._parent = object_to_gaussians(obj)
         if mask is None:
             mask = torch.ones(len(self._gaussians.means), dtype=torch.bool)
@@ -828,13 +782,16 @@ def densify_work(
     progress: jobs.Progress,
     cancel: threading.Event,
 ) -> Any:
-    """Worker: densify the masked Gaussians against plain views and camera records."""
+    """Worker: densify the masked Gaussians against plain views and camera records (at
+    most the model's `max_views` of them, spread around the prop: Reconstruct Object
+    stores up to 64)."""
     from .photos import prepare_views
 
     progress(0.3, "preparing views")
     images, cameras = prepare_views(views, records, _view_size(model))
+    chosen = spread_views(cameras, getattr(model, "max_views", None))
     return model.densify(
-        gaussians, images, cameras, select=mask, budget=budget,
+        gaussians, images[chosen], cameras[chosen], select=mask, budget=budget,
         progress=_scaled(progress, 0.35, 1.0), cancel=cancel,
     )  # fmt: skip
 
@@ -853,6 +810,172 @@ def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[A
     level = torch.as_tensor(level, dtype=torch.int64)
     parent = torch.as_tensor(parent, dtype=torch.int64)
     return level[source] + torch.as_tensor(res_level, dtype=torch.int64), parent[source]
+
+
+# ---------------------------------------------------------------------------- reconstruct object
+class GD_OT_reconstruct_object(_SceneJobOperator, bpy.types.Operator):
+    """Reconstruct the selected meshes as splats: render them with Cycles from a temporary
+    camera rig, reconstruct, then refine for Refine Seconds"""
+
+    bl_idname = "gd.reconstruct_object"
+    bl_label = "Reconstruct Object"
+    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
+    job_name = "Reconstruct Object"
+
+    refine_steps: IntProperty(  # type: ignore[valid-type]
+        name="Refine Steps",
+        description="Scripts and tests: refine this many steps instead of the panel's seconds",
+        default=0, min=0, options={"SKIP_SAVE"},
+    )  # fmt: skip
+
+    blocker = staticmethod(reconstruct_object_blocker)
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        from . import rig
+
+        if not dependencies.torch_available():
+            raise UserError(MISSING_TORCH)
+        meshes = rig.check_selection(list(context.selected_objects))
+        lo, hi = rig.world_bounds(meshes)
+        self._plan = rig.plan_rig(lo, hi, int(settings(context).rig_views))
+        self._refine = refine_settings(context, self.refine_steps)
+        self._bbox = [lo.tolist(), hi.tolist()]
+        self._name = f"{meshes[0].name} splats"
+        self._capture = rig.Capture([m.name for m in meshes])
+        self.add_model_stage(context)
+        self._tmp = Path(tempfile.mkdtemp(prefix="gd_rig_"))
+        scene = context.scene
+        for i in range(len(self._plan)):
+            path = self._tmp / f"view_{i:03d}.png"
+            step = functools.partial(self._capture.render, scene, self._plan, i, path)
+            self.add_step(f"rendering rig view {i + 1}/{len(self._plan)}",
+                          lambda step=step: step(self._size))  # fmt: skip
+        self.add_step("checking the views", self._capture.check)
+
+    def job(self) -> jobs.Work:
+        from .refine_job import reconstruct_work
+
+        c = self._capture
+        return functools.partial(reconstruct_work, self._model, list(c.views),
+                                 list(c.records), self._bbox, self._refine)  # fmt: skip
+
+    def finish(self, context: bpy.types.Context, rec: Any) -> None:
+        c = self._capture
+        _, note = land_reconstruction(context, rec, self._name, c.paths, [], c.records, "rig")
+        self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._model = None
+
+
+# ---------------------------------------------------------------------------- refine
+class GD_OT_refine(_SceneJobOperator, bpy.types.Operator):
+    """Refine the active splat object against its stored views for Refine Seconds; with an
+    Edit Mode selection or a Region only those Gaussians change"""
+
+    bl_idname = "gd.refine"
+    bl_label = "Refine"
+    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
+    job_name = "Refine"
+
+    refine_steps: IntProperty(  # type: ignore[valid-type]
+        name="Refine Steps",
+        description="Scripts and tests: refine this many steps instead of the panel's seconds",
+        default=0, min=0, options={"SKIP_SAVE"},
+    )  # fmt: skip
+
+    blocker = staticmethod(refine_blocker)
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        from .pointcloud import object_to_gaussians
+
+        if not dependencies.torch_available():
+            raise UserError(MISSING_TORCH)
+        obj = context.active_object
+        if not is_splat(obj):
+            raise UserError("Make a Gaussian splat object active to refine it")
+        self._refine = refine_settings(context, self.refine_steps)
+        if not self._refine.enabled:
+            raise UserError(REFINE_NEEDS_SECONDS)
+        if not len(obj.gd_splat.views):
+            raise UserError(
+                f"'{obj.name}' has no stored views to refine against: only objects made by "
+                "Reconstruct or Reconstruct Object keep the views they were made from"
+            )
+        self._obj, self._mode = obj, obj.mode
+        if obj.mode != "OBJECT":
+            # Edit Mode keeps its selection in edit data; Object Mode writes it back.
+            bpy.ops.object.mode_set(mode="OBJECT")
+        self._mask = refine_selection(obj, settings(context).region)
+        self._views, self._records = stored_views(obj)
+        self._gaussians, self._level, self._parent = object_to_gaussians(obj)
+
+    def job(self) -> jobs.Work:
+        from .refine_job import refine_object_work
+
+        return functools.partial(
+            refine_object_work, self._gaussians, self._level, self._parent, self._views,
+            self._records, self._mask, self._refine,
+        )  # fmt: skip
+
+    def finish(self, context: bpy.types.Context, res: Any) -> None:
+        from .pointcloud import replace_gaussians
+        from .refine_job import refine_report
+
+        try:
+            self._obj.name  # noqa: B018 (raises ReferenceError once the object is gone)
+        except ReferenceError:
+            raise UserError("The splat object was deleted while it was being refined") from None
+        replace_gaussians(self._obj, res.gaussians, res.level, res.parent)
+        kept = f"; {res.frozen:,} unselected Gaussians kept exactly" if res.frozen else ""
+        self.report({"INFO"}, f"'{self._obj.name}': {refine_report(res.result)}{kept}")
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
+        try:
+            if obj is not None and mode != "OBJECT" and obj.mode != mode:
+                bpy.ops.object.mode_set(mode=mode)
+        except ReferenceError:
+            pass
+        self._obj = None
+
+
+def refine_selection(obj: bpy.types.Object, region: bpy.types.Object | None) -> Any:
+    """(N,) bool of the Gaussians Refine may change: inside the Region, else the Edit Mode
+    selection, else None (all of them: unlike Densify, refining everything is the plain
+    case, and it does not grow the object each time)."""
+    from .pointcloud import has_selected_points, points_in_region, selected_point_mask
+
+    if region is not None:
+        mask = points_in_region(obj, region)
+        if not bool(mask.any()):
+            raise UserError(
+                f"No Gaussians inside '{region.name}': move the Region box over the part to "
+                "refine, or clear the Region to refine the whole object"
+            )
+        return mask
+    if has_selected_points(obj):
+        mask = selected_point_mask(obj)
+        return None if bool(mask.all()) else mask
+    return None
+
+
+class GD_OT_splat_render_settings(bpy.types.Operator):
+    """Raise the scene's Cycles transparent bounces to what splats need (never lowers them)"""
+
+    bl_idname = "gd.splat_render_settings"
+    bl_label = "Set Render Settings for Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        from .render_setup import ensure_splat_render_settings
+
+        note = ensure_splat_render_settings(context.scene)
+        self.report({"INFO"}, note or "The scene's render settings already suit splats")
+        return {"FINISHED"}
 
 
 # ---------------------------------------------------------------------------- files
@@ -942,6 +1065,10 @@ class GD_OT_import_splats(bpy.types.Operator, ImportHelper):
             other.select_set(False)
         obj.select_set(True)
         context.view_layer.objects.active = obj
+        from .render_setup import ensure_splat_render_settings
+
+        note = ensure_splat_render_settings(context.scene)
+        self.report({"INFO"}, f"Imported {obj.name}" + (f". {note}" if note else ""))
         return {"FINISHED"}
 
 
@@ -1139,7 +1266,10 @@ def menu_export(self: Any, context: bpy.types.Context) -> None:
 
 classes = (
     GD_OT_reconstruct,
+    GD_OT_reconstruct_object,
     GD_OT_densify,
+    GD_OT_refine,
+    GD_OT_splat_render_settings,
     GD_OT_export_splats,
     GD_OT_import_splats,
     GD_OT_import_photos,

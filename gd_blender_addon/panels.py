@@ -34,6 +34,24 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def _render_box(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """How to render splats cleanly; a warning and a fix while the scene's Cycles settings
+    would render them dark and smeared (render_setup.py)."""
+    from .render_setup import CLEAN_RENDER_TIPS, missing_splat_render_settings
+
+    missing = missing_splat_render_settings(context.scene)
+    if not missing and not operators.any_splats(context):
+        return
+    box = layout.box()
+    if missing:
+        box.label(text="Splats will render dark and smeared:", icon="ERROR")
+        for item in missing:
+            box.label(text=item)
+        box.operator("gd.splat_render_settings", icon="SCENE")
+    for line in CLEAN_RENDER_TIPS:
+        box.label(text=line)
+
+
 class VIEW3D_PT_gd_splat(bpy.types.Panel):
     """Reconstruct, densify and export Gaussian splats"""
 
@@ -76,14 +94,27 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
             col.prop(prefs, "device")
         col.prop(opts, "budget")
 
+        col.prop(opts, "refine_seconds")
+
         _button(layout, "gd.reconstruct", operators.reconstruct_blocker(context), "MOD_PARTICLES")
 
         layout.separator()
         col = layout.column()
-        col.label(text="Densify")
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(opts, "rig_views")
+        _button(layout, "gd.reconstruct_object", operators.reconstruct_object_blocker(context),
+                "MESH_MONKEY")  # fmt: skip
+
+        layout.separator()
+        col = layout.column()
+        col.label(text="Densify / Refine")
         col.prop(opts, "region")
         col.prop(opts, "densify_views")
         _button(layout, "gd.densify_selected", operators.densify_blocker(context), "PARTICLES")
+        _button(layout, "gd.refine", operators.refine_blocker(context), "SHADERFX")
+
+        _render_box(layout, context)
 
         layout.separator()
         _button(layout, "gd.export_splats", operators.export_blocker(context), "EXPORT")

@@ -14,6 +14,7 @@ import bpy
 from bpy.props import (
     CollectionProperty,
     EnumProperty,
+    FloatProperty,
     IntProperty,
     PointerProperty,
     StringProperty,
@@ -71,6 +72,29 @@ class GD_SceneSettings(bpy.types.PropertyGroup):
         min=1,
         soft_max=200000,
         max=10_000_000,
+    )
+    rig_views: IntProperty(  # type: ignore[valid-type]
+        name="Rig Views",
+        description=(
+            "Reconstruct Object: how many cameras the temporary rig renders the selected "
+            "meshes from (the model reads a spread subset, refinement uses all)"
+        ),
+        default=16,
+        min=4,
+        max=64,
+    )
+    refine_seconds: FloatProperty(  # type: ignore[valid-type]
+        name="Refine Seconds",
+        description=(
+            "Reconstruct, Reconstruct Object and Refine: seconds of refinement against all "
+            "views after the model (0: none for Reconstruct; Refine needs more than 0)"
+        ),
+        default=30.0,
+        min=0.0,
+        soft_max=300.0,
+        max=3600.0,
+        step=100,
+        precision=0,
     )
     densify_views: EnumProperty(  # type: ignore[valid-type]
         name="Views",

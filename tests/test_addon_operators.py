@@ -125,6 +125,7 @@ def scene(addon):
     scene.render.resolution_x, scene.render.resolution_y = 640, 480  # must survive capture
     scene.render.film_transparent = False
     scene.gd_splat.resolution = CAPTURE
+    scene.gd_splat.refine_seconds = 0.0  # these tests are about the model's result
     world = bpy.data.worlds.new("world")
     world.use_nodes = True
     scene.world = world

@@ -1,0 +1,425 @@
+"""The Blender workflow of issue 15 in real headless Blender (bpy wheel) with the tiny random
+model: Reconstruct Object (temporary camera rig, removed and every setting restored after
+success, error and cancel), the Refine option of Reconstruct, the Refine button (a selection
+changes only the selected Gaussians, the rest bit-identical; one undo step), bad inputs
+leaving the scene untouched, and the scene settings Cycles needs to render splats.
+
+Fast on purpose: 32² captures, few rig views, refinement in steps rather than seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from . import test_addon_operators as _ops
+from ._splat_helpers import point_count, set_selection
+
+# The operator tests' fixtures (enabled add-on, tiny model spy, the cube-and-cameras scene).
+addon, tiny, spy, scene = _ops.addon, _ops.tiny, _ops.spy, _ops.scene
+attributes, snapshot, _window_override = _ops.attributes, _ops.snapshot, _ops._window_override
+
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
+]
+
+CYCLES = ("transparent_max_bounces", "min_transparent_bounces", "samples", "use_denoising",
+          "use_adaptive_sampling")  # fmt: skip
+
+
+def full_snapshot(scene: Any) -> dict[str, Any]:
+    """`snapshot` plus what the rig could leave: camera datablocks, the render engine and
+    the Cycles settings the captures and the splat display touch."""
+    import bpy
+
+    state = snapshot(scene)
+    state["cameras"] = sorted(c.name for c in bpy.data.cameras)
+    state["engine"] = scene.render.engine
+    state.update({f"cycles.{k}": getattr(scene.cycles, k) for k in CYCLES})
+    state["selected"] = sorted(o.name for o in bpy.context.selected_objects)
+    return state
+
+
+def _select_only(scene: Any, names: list[str]) -> None:
+    import bpy
+
+    for obj in scene.objects:
+        obj.select_set(obj.name in names)
+    bpy.context.view_layer.objects.active = scene.objects[names[0]] if names else None
+
+
+@pytest.fixture
+def prop_only(scene):
+    """The operators' scene with only the prop selected, 8 rig views, Workbench as the
+    scene's engine (the rig renders with Cycles and puts it back)."""
+    _select_only(scene, ["Prop"])
+    scene.gd_splat.rig_views = 8
+    scene.render.engine = "BLENDER_WORKBENCH"
+    return scene
+
+
+def _new_objects(before: dict[str, Any]) -> list[Any]:
+    import bpy
+
+    return [o for o in bpy.data.objects if o.name not in before["objects"]]
+
+
+# ---------------------------------------------------------------------------- the rig
+def test_rig_frames_the_bounds_from_the_upper_hemisphere(addon):
+    from engine.camera_formats import from_blender
+    from gd_blender_addon import rig
+
+    lo, hi = np.array([-0.1, -0.4, 0.0]), np.array([0.5, 0.2, 0.6])
+    plan = rig.plan_rig(lo, hi, 16)
+    assert len(plan) == 16
+    centre = (lo + hi) / 2
+    eyes = np.array([np.array(p)[:3, 3] for p in plan.poses])
+    offsets = eyes - centre
+    elevations = np.degrees(np.arcsin(offsets[:, 2] / np.linalg.norm(offsets, axis=1)))
+    assert (elevations > 4.9).all() and (elevations < 75.1).all()
+    # Spread: no two cameras closer than a fraction of the orbit.
+    gaps = np.linalg.norm(eyes[:, None] - eyes[None], axis=-1) + np.eye(16) * 1e9
+    assert gaps.min() > 0.2 * np.linalg.norm(offsets[0])
+    # Every camera sees the whole bounding box, centred.
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1])
+                        for z in (lo[2], hi[2])])  # fmt: skip
+    for pose in plan.poses:
+        cam = from_blender(np.array(pose), 50.0, 36.0, 36.0, "HORIZONTAL", 0.0, 0.0, 64, 64)
+        w2c = cam.world_to_camera[0].double().numpy()
+        fx, cx = float(cam.fx[0]), float(cam.cx[0])
+        for point in corners:
+            x, y, z = w2c[:3, :3] @ point + w2c[:3, 3]
+            assert z > 0 and 0 < fx * x / z + cx < 64 and 0 < fx * y / z + cx < 64
+        c = w2c[:3, :3] @ centre + w2c[:3, 3]
+        assert abs(c[0]) < 1e-6 and abs(c[1]) < 1e-6
+    with pytest.raises(Exception, match="4 to 64 views"):
+        rig.plan_rig(lo, hi, 3)
+
+
+# ---------------------------------------------------------------------------- reconstruct object
+@pytest.mark.slow
+def test_reconstruct_object_renders_a_rig_reconstructs_refines_and_leaves_no_trace(
+    prop_only, spy, monkeypatch
+):
+    import bpy
+
+    import engine.refine
+    from gd_blender_addon import render_setup
+
+    scene = prop_only
+    scene.gd_splat.rig_views = 10
+    calls = []
+    original = engine.refine.refine
+
+    def recording(gaussians, images, cameras, **kw):
+        result = original(gaussians, images, cameras, **kw)
+        calls.append((images, cameras, kw, result))
+        return result
+
+    monkeypatch.setattr(engine.refine, "refine", recording)
+    before = full_snapshot(scene)
+    assert bpy.ops.gd.reconstruct_object(refine_steps=3) == {"FINISHED"}
+    (obj,) = _new_objects(before)
+    # The model read 8 of the 10 rig views (its max_views), spread; refinement used all 10,
+    # holding one out for its PSNR.
+    (kind, (images, cameras, kw), rec), = spy.calls  # fmt: skip
+    assert kind == "reconstruct" and len(cameras) == 8
+    assert (images[:, 0, 0, 3] == 0).all()  # transparent film
+    (r_images, r_cameras, r_kw, result), = calls  # fmt: skip
+    assert len(r_cameras) == 10 and r_images.shape == (10, 64, 64, 3) and r_kw["steps"] == 3
+    assert result.holdout_psnr is not None and len(result.holdout) == 1
+    assert point_count(obj) == len(result.gaussians)
+    # The rig views are stored on the object for Refine: 10 packed PNGs.
+    assert len(obj.gd_splat.views) == 10 and obj.gd_splat.source == "rig"
+    assert all(v.image.packed_file is not None for v in obj.gd_splat.views)
+    # Rig removed, every setting restored; the only changes: the object, its data, its views,
+    # the selection, and the Cycles transparent bounces the splats need.
+    after = full_snapshot(scene)
+    assert after["cameras"] == before["cameras"] and after["engine"] == "BLENDER_WORKBENCH"
+    assert scene.cycles.transparent_max_bounces == render_setup.SPLAT_TRANSPARENT_BOUNCES
+    assert scene.cycles.min_transparent_bounces == render_setup.SPLAT_MIN_TRANSPARENT_BOUNCES
+    allowed = {"objects", "images", "pointclouds", "meshes", "hide_render", "matrices", "modes",
+               "selected", "cycles.transparent_max_bounces", "cycles.min_transparent_bounces"}
+    assert {k for k in before if after[k] != before[k]} <= allowed  # fmt: skip
+    assert after["objects"] == sorted([*before["objects"], obj.name])
+    assert after["hide_render"] == {**before["hide_render"], obj.name: False}
+    assert after["selected"] == [obj.name]
+
+
+class _FailingRender:
+    """Fails the second rig render (after the first succeeded and was restored)."""
+
+    def __init__(self, original: Any) -> None:
+        self.original, self.calls = original, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("render exploded")
+        return self.original(*args, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["capture", "engine", "error"])
+def test_reconstruct_object_error_and_cancel_leave_the_scene_as_it_was(
+    prop_only, spy, monkeypatch, when
+):
+    import bpy
+
+    from gd_blender_addon import jobs, rig
+
+    scene = prop_only
+    scene.objects["Cam1"].hide_render = True  # an odd state that must come back as it was
+
+    def cancel(fraction: float, message: str, event: threading.Event) -> None:
+        if (when == "capture" and "rig view 3" in message) or (
+            when == "engine" and message.startswith("refining")
+        ):
+            event.set()
+
+    if when == "error":
+        monkeypatch.setattr(rig, "render_view", _FailingRender(rig.render_view))
+    before = full_snapshot(scene)
+    jobs.progress_listeners.append(cancel)
+    try:
+        if when == "error":
+            with pytest.raises(RuntimeError, match="render exploded"):
+                bpy.ops.gd.reconstruct_object(refine_steps=200)
+        else:
+            assert bpy.ops.gd.reconstruct_object(refine_steps=200) == {"CANCELLED"}
+    finally:
+        jobs.progress_listeners.remove(cancel)
+    assert full_snapshot(scene) == before
+    assert jobs.active_job() is None
+    assert not [c for c in bpy.data.cameras if c.name.startswith(rig.CAMERA_NAME)]
+
+
+def _select_light(scene: Any) -> None:
+    import bpy
+
+    light = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))
+    scene.collection.objects.link(light)
+    light.select_set(True)
+
+
+def _nothing(scene: Any) -> None:
+    _select_only(scene, [])
+
+
+def _hidden(scene: Any) -> None:
+    scene.objects["Prop"].hide_render = True
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (_nothing, "Nothing selected"),
+        (_select_light, "'Lamp' is a light, not a mesh"),
+        (_hidden, "renders are empty: 'Prop' is hidden from renders"),
+    ],
+)
+def test_reconstruct_object_bad_input_reports_and_changes_nothing(prop_only, spy, breakage,
+                                                                  message):  # fmt: skip
+    import bpy
+
+    breakage(prop_only)
+    before = full_snapshot(prop_only)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.gd.reconstruct_object(refine_steps=2)
+    assert full_snapshot(prop_only) == before
+    assert spy.calls == []
+
+
+# ---------------------------------------------------------------------------- reconstruct + refine
+@pytest.mark.slow
+def test_reconstruct_from_cameras_refines_against_all_views(scene, spy, monkeypatch):
+    import bpy
+
+    import engine.refine
+
+    calls = []
+    original = engine.refine.refine
+
+    def recording(gaussians, images, cameras, **kw):
+        calls.append(kw)
+        return original(gaussians, images, cameras, **kw)
+
+    monkeypatch.setattr(engine.refine, "refine", recording)
+    scene.gd_splat.refine_seconds = 0.0  # no refinement: unchanged behaviour
+    assert bpy.ops.gd.reconstruct() == {"FINISHED"}
+    assert calls == []
+    for obj in scene.objects:  # the first left only its result selected
+        obj.select_set(obj.type in ("CAMERA", "MESH") and not obj.name.endswith("splats"))
+    assert bpy.ops.gd.reconstruct(refine_steps=2) == {"FINISHED"}
+    assert len(calls) == 1 and calls[0]["steps"] == 2 and calls[0]["select"] is None
+
+
+# ---------------------------------------------------------------------------- refine button
+def _reconstructed(scene: Any) -> Any:
+    import bpy
+
+    before = {o.name for o in bpy.data.objects}
+    scene.gd_splat.refine_seconds = 0.0
+    assert bpy.ops.gd.reconstruct() == {"FINISHED"}
+    (obj,) = [o for o in bpy.data.objects if o.name not in before]
+    return obj
+
+
+@pytest.mark.slow
+def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy):
+    import bpy
+
+    obj = _reconstructed(scene)
+    name, n = obj.name, point_count(obj)
+    mask = np.zeros(n, bool)
+    mask[::3] = True
+    set_selection(obj, mask)
+    before = attributes(obj)
+    scene.gd_splat.refine_seconds = 30.0
+    with _window_override():
+        bpy.ops.ed.undo_push(message="before refine")
+        assert bpy.ops.gd.refine("EXEC_DEFAULT", True, refine_steps=4) == {"FINISHED"}
+    obj = bpy.data.objects[name]
+    after = attributes(obj)
+    frozen = int((~mask).sum())
+    assert point_count(obj) >= frozen
+    # The unselected Gaussians first, in order, bit for bit (every attribute, lineage too)...
+    for key, values in before.items():
+        assert np.array_equal(after[key][:frozen], values[~mask]), key
+    # ...and the selected ones were refined.
+    assert not np.array_equal(after["position"][frozen:], before["position"][mask])
+    with _window_override():
+        assert bpy.ops.ed.undo() == {"FINISHED"}
+    restored = attributes(bpy.data.objects[name])
+    for key, values in before.items():
+        assert np.array_equal(restored[key], values), key
+
+
+@pytest.mark.slow
+def test_refine_region_and_whole_object(scene, spy):
+    import bpy
+
+    obj = _reconstructed(scene)
+    name = obj.name
+    before = attributes(obj)
+    region = bpy.data.objects.new("Region", None)
+    region.empty_display_type = "CUBE"
+    region.empty_display_size = 0.15
+    region.location = tuple(before["position"].mean(0))
+    scene.collection.objects.link(region)
+    bpy.context.view_layer.update()
+    from gd_blender_addon.pointcloud import points_in_region
+
+    inside = points_in_region(obj, region).numpy()
+    assert 0 < inside.sum() < len(inside)
+    scene.gd_splat.region = region
+    scene.gd_splat.refine_seconds = 30.0
+    assert bpy.ops.gd.refine(refine_steps=3) == {"FINISHED"}
+    after = attributes(bpy.data.objects[name])
+    for key, values in before.items():
+        assert np.array_equal(after[key][: int((~inside).sum())], values[~inside]), key
+    scene.gd_splat.region = None
+    assert bpy.ops.gd.refine(refine_steps=2) == {"FINISHED"}  # no selection: everything
+    whole = attributes(bpy.data.objects[name])
+    assert not np.array_equal(whole["position"][:10], after["position"][:10])
+
+
+def _zero_seconds(scene: Any, obj: Any) -> dict[str, Any]:
+    scene.gd_splat.refine_seconds = 0.0
+    return {}
+
+
+def _no_views(scene: Any, obj: Any) -> dict[str, Any]:
+    obj.gd_splat.views.clear()
+    return {"refine_steps": 2}
+
+
+def _tiny_budget(scene: Any, obj: Any) -> dict[str, Any]:
+    scene.gd_splat.refine_seconds = 1e-4
+    return {}
+
+
+def _empty_region(scene: Any, obj: Any) -> dict[str, Any]:
+    import bpy
+
+    region = bpy.data.objects.new("Far", None)
+    region.location = (50.0, 50.0, 50.0)
+    scene.collection.objects.link(region)
+    bpy.context.view_layer.update()  # its matrix_world, before the snapshot
+    scene.gd_splat.region = region
+    return {"refine_steps": 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (_zero_seconds, "Refine Seconds is 0"),
+        (_no_views, "has no stored views"),
+        (_tiny_budget, "too small for one refinement step"),
+        (_empty_region, "No Gaussians inside 'Far'"),
+    ],
+)
+def test_refine_bad_input_reports_and_changes_nothing(scene, spy, breakage, message):
+    import bpy
+
+    obj = _reconstructed(scene)
+    kwargs = breakage(scene, obj)
+    before, state = attributes(obj), full_snapshot(scene)
+    with pytest.raises(RuntimeError, match=message):
+        bpy.ops.gd.refine(**kwargs)
+    after = attributes(bpy.data.objects[obj.name])
+    assert after.keys() == before.keys()
+    for key, values in before.items():
+        assert np.array_equal(after[key], values), key
+    assert full_snapshot(scene) == state
+
+
+# ---------------------------------------------------------------------------- rendering splats
+def test_new_splat_objects_raise_cycles_transparent_bounces_visibly(addon, tmp_path):
+    import bpy
+
+    from gd_blender_addon import render_setup
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    assert scene.cycles.transparent_max_bounces == 8  # Cycles' default
+    missing = render_setup.missing_splat_render_settings(scene)
+    assert len(missing) == 2 and "Transparent Max Bounces 8" in missing[0]
+    note = render_setup.ensure_splat_render_settings(scene)
+    assert "Transparent Max Bounces 8 -> 128" in note
+    assert render_setup.missing_splat_render_settings(scene) == []
+    assert render_setup.ensure_splat_render_settings(scene) == ""  # never twice...
+    scene.cycles.transparent_max_bounces = 512
+    render_setup.ensure_splat_render_settings(scene)
+    assert scene.cycles.transparent_max_bounces == 512  # ...and never lowered
+
+
+@pytest.mark.slow
+def test_splats_render_in_cycles_as_the_addon_leaves_the_scene(addon):
+    """Dense translucent splats (many layers a ray) in Cycles against the engine's render:
+    with Cycles' default bounces they come out dark and smeared; with the settings the add-on
+    gives the scene they are within 1.5 dB of the render matched to the rasteriser."""
+    import sys
+
+    import bpy
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        import blender_display_fidelity as fidelity
+    finally:
+        sys.path.remove(bench)
+    bpy.ops.wm.read_homefile(use_empty=True)
+    kw = {"n": 250, "samples": 4, "dense": True}
+    matched = fidelity.fidelity(bounces="matched", **kw)["psnr"]
+    defaults = fidelity.fidelity(bounces="defaults", **kw)["psnr"]
+    left = fidelity.fidelity(bounces="addon", **kw)["psnr"]
+    assert defaults < matched - 6.0, (defaults, matched)  # the failure is real here...
+    assert left >= matched - 1.5, (left, matched)  # ...and fixed by what the add-on sets
