@@ -347,11 +347,39 @@ def select_targets(sample: dict[str, Any], k: int, rng: random.Random) -> dict[s
     return out
 
 
-def train(
-    cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None, max_steps: int | None = None
-) -> Path:
-    """Run (or resume) training; returns the run folder. `max_steps` stops early (this
-    call only), e.g. to train in sessions."""
+@dataclass
+class Run:
+    """Everything a training loop needs, made by `setup_run`.
+
+    Attributes:
+        model: the model (the main process checkpoints and validates it).
+        net: `model`, wrapped in DistributedDataParallel under torchrun.
+        params: the parameters the optimizer trains (all but a frozen backbone's).
+        opt: AdamW over `params`.
+        step: the step training starts from (0, or the resumed checkpoint's).
+        batches: endless per-process batches of training-set indices, already
+            advanced past those the resumed steps consumed.
+        rng: target-view and feature-dropout draws (seeded by seed, rank and step).
+        train_set, val_set: decoded caches (val_set None when the data has no val split).
+        device, ddp: where and as which process this runs.
+    """
+
+    model: GDObjectModel
+    net: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    step: int
+    batches: Iterator[list[int]]
+    rng: random.Random
+    train_set: Any
+    val_set: Any
+    device: torch.device
+    ddp: Dist
+
+
+def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> Run:
+    """Distributed setup, model (fresh, `--init` or resumed), freezing, optimizer and the
+    data caches; writes `train_config.json` on the main process."""
     from .data.cache import CachedProps, build_cache, cache_dir
 
     device = resolve_device(cfg.device)
@@ -406,63 +434,96 @@ def train(
     for _ in range(step % epoch_len):
         next(it)
     rng = random.Random(cfg.seed * 1000 + ddp.rank + step)
-    log = (out / "metrics.jsonl").open("a") if ddp.main else None
+    return Run(model, net, params, opt, step, it, rng, train_set, val_set, device, ddp)
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did, for the log."""
+
+    terms: LossTerms
+    lr: float
+    grad_norm: float
+    densify: bool
+
+
+def train_step(run: Run, cfg: TrainConfig, autocast: Any) -> StepResult:
+    """One optimizer step on the next batch (a non-finite gradient skips the update)."""
+    run.model.train()
+    lr = learning_rate(run.step, cfg)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    samples = [select_targets(run.train_set[i], cfg.target_views, run.rng)
+               for i in next(run.batches)]  # fmt: skip
+    densify = cfg.densify and run.step >= cfg.densify_from
+    drop = densify and run.rng.random() < cfg.feature_dropout
+    with autocast if autocast is not None else contextlib.nullcontext():
+        terms = compute_loss(run.net, samples, cfg, densify, drop)
+    run.opt.zero_grad(set_to_none=True)
+    terms.total.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip))
+    if not math.isfinite(grad_norm):
+        run.opt.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison Adam
+    else:
+        run.opt.step()
+    run.step += 1
+    return StepResult(terms, lr, grad_norm, densify)
+
+
+def train_record(step: int, result: StepResult, seconds_per_step: float) -> dict[str, Any]:
+    """The metrics.jsonl line of a training step."""
+    terms = result.terms
+    return {
+        "step": step, "split": "train", "loss": float(terms.total.detach()),
+        "loss_coarse": terms.coarse, "loss_fine": terms.fine,
+        "psnr_coarse": terms.psnr_coarse, "psnr_fine": terms.psnr_fine,
+        "lr": result.lr, "grad_norm": result.grad_norm, "coarse_count": terms.coarse_count,
+        "fine_count": terms.fine_count, "densify": result.densify,
+        "seconds_per_step": seconds_per_step, "time": time.time(),
+    }  # fmt: skip
+
+
+def train(
+    cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None, max_steps: int | None = None
+) -> Path:
+    """Run (or resume) training; returns the run folder. `max_steps` stops early (this
+    call only), e.g. to train in sessions."""
+    run = setup_run(cfg, model_cfg)
+    out, main = Path(cfg.out), run.ddp.main
+    log = (out / "metrics.jsonl").open("a") if main else None
     bar = None
-    if ddp.main:
+    if main:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
-    stop = cfg.steps if max_steps is None else min(cfg.steps, step + max_steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+        bar = tqdm(total=cfg.steps, initial=run.step, desc="train", unit="step",
+                   dynamic_ncols=True)  # fmt: skip
+    stop = cfg.steps if max_steps is None else min(cfg.steps, run.step + max_steps)
+    autocast = None
+    if run.device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     t_last = time.perf_counter()
-    while step < stop:
-        model.train()
-        lr = learning_rate(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        samples = [select_targets(train_set[i], cfg.target_views, rng) for i in next(it)]
-        densify = cfg.densify and step >= cfg.densify_from
-        drop = densify and rng.random() < cfg.feature_dropout
-        if autocast is not None:
-            with autocast:
-                terms = compute_loss(net, samples, cfg, densify, drop)
-        else:
-            terms = compute_loss(net, samples, cfg, densify, drop)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-        if not math.isfinite(grad_norm):
-            opt.zero_grad(set_to_none=True)  # skip a non-finite step rather than poison Adam
-        else:
-            opt.step()
-        step += 1
+    while run.step < stop:
+        result = train_step(run, cfg, autocast)
+        step, terms = run.step, result.terms
         if bar is not None:
             bar.update(1)
-            loss = float(terms.total.detach())
             bar.set_postfix(
-                loss=f"{loss:.4f}",
+                loss=f"{float(terms.total.detach()):.4f}",
                 psnr_c=f"{terms.psnr_coarse:.2f}",
                 psnr_f=f"{terms.psnr_fine:.2f}",
             )
         if log is not None and (step % cfg.log_every == 0 or step == stop):
             now = time.perf_counter()
-            record = {
-                "step": step, "split": "train", "loss": float(terms.total.detach()),
-                "loss_coarse": terms.coarse, "loss_fine": terms.fine,
-                "psnr_coarse": terms.psnr_coarse, "psnr_fine": terms.psnr_fine,
-                "lr": lr, "grad_norm": grad_norm, "coarse_count": terms.coarse_count,
-                "fine_count": terms.fine_count, "densify": densify,
-                "seconds_per_step": (now - t_last) / cfg.log_every, "time": time.time(),
-            }  # fmt: skip
+            log.write(json.dumps(train_record(step, result, (now - t_last) / cfg.log_every)))
+            log.write("\n")
+            log.flush()
             t_last = now
+        if main and run.val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            record = validate(run.model, run.val_set, cfg, result.densify, step)
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if ddp.main and val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-            record = validate(model, val_set, cfg, densify, step)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if ddp.main and (step % cfg.checkpoint_every == 0 or step == stop):
-            save_checkpoint(out, model, opt, step, cfg)
+        if main and (step % cfg.checkpoint_every == 0 or step == stop):
+            save_checkpoint(out, run.model, run.opt, step, cfg)
     if bar is not None:
         bar.close()
     if log is not None:
@@ -473,7 +534,7 @@ def train(
             plot_training_curves(out / "metrics.jsonl", out / "curves.png")
         except ImportError:
             pass
-    if ddp.world > 1:
+    if run.ddp.world > 1:
         dist.barrier()
     return out
 

@@ -14,6 +14,7 @@ it descends from.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,6 +272,15 @@ class Level(nn.Module):
         )
 
 
+@dataclass
+class _PassContext:
+    """What every UP and HEAD call of one `GenerativeDensifier.forward` shares."""
+
+    grid_size: float
+    parents: Gaussians | None
+    child_sampler: Callable[[Tensor], Tensor] | None
+
+
 class GenerativeDensifier(nn.Module):
     """Candidates (positions + features) -> fine Gaussians, in one forward pass.
 
@@ -342,30 +352,14 @@ class GenerativeDensifier(nn.Module):
             batch = torch.zeros(n, dtype=torch.int64, device=device)
         batch = batch.to(device=device, dtype=torch.int64)
 
+        ctx = _PassContext(grid_size, parents, child_sampler)
         x, f = means, self.in_proj(feats)
         root = torch.arange(n, device=device)
         # Per emitting level: (Gaussian fields, candidate index, batch index, level index).
         outs: list[tuple[tuple[Tensor, ...], Tensor, Tensor, int]] = []
         keep_probs: list[Tensor] = []
-
-        def emit(points: Tensor, pfeats: Tensor, roots: Tensor, li: int) -> tuple[Tensor, ...]:
-            """HEAD of level li: positions (M, 3), feats (M, C), candidates (M,) -> fields."""
-            if child_sampler is not None:
-                pfeats = torch.cat([pfeats, child_sampler(points.detach())], dim=1)
-            g = self._gaussians(self.levels[li].head, points, pfeats, roots, li, grid_size, parents)
-            return tuple(getattr(g, name) for name in _FIELDS)
-
         for li, level in enumerate(self.levels):
-            g = grid_size / 2**li
-            if len(level.blocks) and x.shape[0]:
-                orders = self._orders()
-                layouts: dict[str, PatchLayout] = {}
-                for bi, block in enumerate(level.blocks):
-                    order = orders[bi % len(orders)]
-                    if order not in layouts:
-                        ser = serialize(x, g, order, batch)
-                        layouts[order] = patch_layout(ser, cfg.patch_size, batch)
-                    f = block(f, x, g, layouts[order])
+            f = self._attend(level, x, f, grid_size / 2**li, batch)
             r = cfg.upsample[li]
             drop = level.up.drop_path.sample(x.shape[0] * r, device)
             drop = None if drop is None else drop.view(-1, r)
@@ -374,23 +368,20 @@ class GenerativeDensifier(nn.Module):
                 # chunk of parents at a time, so the (N·R, C) child features (650 MB at
                 # 100k candidates, and as much again for their gradient) never exist
                 # whole; only the Gaussians do.
-                def up_emit(points, pfeats, child_keep, roots, up=level.up, g=g, li=li, r=r):
-                    child_x, child_f = up(points, pfeats, g, child_keep)
-                    return emit(child_x, child_f, roots.repeat_interleave(r), li)
-
                 size = max(1, attention.ROWWISE_CHUNK // r)
+                up_emit = functools.partial(self._up_and_emit, ctx, li)
                 fields = rowwise(up_emit, x, f, drop, root, size=size)
                 root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
                 outs.append((fields, root, batch, li))
                 break
-            x, f = rowwise(lambda pts, pf, ck, up=level.up, g=g: up(pts, pf, g, ck), x, f, drop)
+            x, f = rowwise(functools.partial(self._up, ctx, li), x, f, drop)
             root, batch = root.repeat_interleave(r), batch.repeat_interleave(r)
             if level.split is not None:
                 f, keep, prob = level.split(f, level.ratio, batch)
                 keep_probs.append(prob)
                 leaf = ~keep
                 xl, fl, rl = x[leaf], f[leaf], root[leaf]
-                fields = rowwise(lambda pts, pf, roots, li=li: emit(pts, pf, roots, li), xl, fl, rl)
+                fields = rowwise(functools.partial(self._emit, ctx, li), xl, fl, rl)
                 outs.append((fields, rl, batch[leaf], li))
                 x, f, root, batch = x[keep], f[keep], root[keep], batch[keep]
             # else: a continue ratio of 1.0 disables the mask; all points continue
@@ -405,6 +396,54 @@ class GenerativeDensifier(nn.Module):
             batch=torch.cat([bl for _, _, bl, _ in outs]),
             keep_probs=keep_probs,
         )
+
+    def _attend(self, level: Level, x: Tensor, f: Tensor, grid: float, batch: Tensor) -> Tensor:
+        """The level's attention blocks over `x` (N, 3) serialized at `grid`: feats (N, C).
+
+        Block b uses curve order b mod (number of orders); each order's patch layout is
+        built once per level.
+        """
+        if not (len(level.blocks) and x.shape[0]):
+            return f
+        orders = self._orders()
+        layouts: dict[str, PatchLayout] = {}
+        for bi, block in enumerate(level.blocks):
+            order = orders[bi % len(orders)]
+            if order not in layouts:
+                ser = serialize(x, grid, order, batch)
+                layouts[order] = patch_layout(ser, self.cfg.patch_size, batch)
+            f = block(f, x, grid, layouts[order])
+        return f
+
+    def _up(
+        self, ctx: _PassContext, li: int, points: Tensor, feats: Tensor, child_keep: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """UP of level li for a chunk of points: child positions and features."""
+        return self.levels[li].up(points, feats, ctx.grid_size / 2**li, child_keep)
+
+    def _emit(
+        self, ctx: _PassContext, li: int, points: Tensor, feats: Tensor, roots: Tensor
+    ) -> tuple[Tensor, ...]:
+        """HEAD of level li: positions (M, 3), feats (M, C), candidates (M,) -> the Gaussian
+        fields (`_FIELDS`), with the child samples appended to the features first."""
+        if ctx.child_sampler is not None:
+            feats = torch.cat([feats, ctx.child_sampler(points.detach())], dim=1)
+        head = self.levels[li].head
+        g = self._gaussians(head, points, feats, roots, li, ctx.grid_size, ctx.parents)
+        return tuple(getattr(g, name) for name in _FIELDS)
+
+    def _up_and_emit(
+        self,
+        ctx: _PassContext,
+        li: int,
+        points: Tensor,
+        feats: Tensor,
+        child_keep: Tensor | None,
+        roots: Tensor,
+    ) -> tuple[Tensor, ...]:
+        """UP then HEAD of level li (the last: every child is a leaf) for a chunk of parents."""
+        child_x, child_f = self._up(ctx, li, points, feats, child_keep)
+        return self._emit(ctx, li, child_x, child_f, roots.repeat_interleave(self.cfg.upsample[li]))
 
     def _gaussians(
         self,
