@@ -40,7 +40,10 @@ Reconstruct a prop as 3D Gaussians from posed views: a NeRF-style transforms.jso
 (OpenGL camera-to-world `transform_matrix`, `camera_angle_x` or `fl_x/fl_y/cx/cy`) whose
 frames' `file_path` may leave out the image extension (.png, .jpg, .jpeg and .webp are
 tried). RGBA images are composited on --background (white, what the object model was
-trained on). Views must be square; they are resampled to the model's input size.
+trained on). Photos without alpha are cut out first (--masks): with the frames' mask_path
+files, or masks estimated from the views (where the cameras' axes meet, a colour
+segmentation refined across views); implausible masks stop with an error. Views must be
+square; they are resampled to the model's input size.
 
 The prop's position and size are estimated from where the cameras look, or taken from
 --bbox. OUT's suffix picks the format (.ply, .compressed.ply, .spz, .splat, .glb, .gltf).
@@ -92,6 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bbox", type=parse_bbox, default=None, metavar="BOX",
                    help="the prop's world bounds xmin,ymin,zmin,xmax,ymax,zmax "
                         "(default: estimated from the cameras)")  # fmt: skip
+    p.add_argument("--masks", default="auto", choices=("auto", "alpha", "files", "none"),
+                   help="which pixels are the prop: the images' alpha, the frames' mask_path "
+                        "files, none (use the images as they are), or auto (default: alpha "
+                        "if the images have it, else files, else estimated from the views; "
+                        "implausible masks stop with an error)")  # fmt: skip
     p.add_argument("--background", type=parse_background, default=WHITE,
                    help="composite RGBA inputs on 'white' (default), 'black' or r,g,b")  # fmt: skip
     refine = p.add_mutually_exclusive_group()
@@ -112,11 +120,13 @@ class Views:
         images: (V, H, W, 3) float RGB in [0, 1] composited on the background.
         cameras: V world-space cameras (`engine.cameras.Cameras`).
         source: the transforms file they came from.
+        masks: `engine.data.masks.Masks` the views were cut out with (None: as they are).
     """
 
     images: Tensor
     cameras: Any
     source: Path
+    masks: Any = None
 
 
 def _transforms_file(path: str | Path) -> Path:
@@ -144,12 +154,16 @@ def check_views(path: str | Path) -> None:
 
 
 def read_views(
-    path: str | Path, background: Sequence[float] = WHITE, max_side: int | None = None
+    path: str | Path,
+    background: Sequence[float] = WHITE,
+    max_side: int | None = None,
+    masks: str = "auto",
 ) -> Views:
     """Views of a transforms.json (or of a folder's transforms.json).
 
     max_side: decode larger views reduced to this longer side (the model's `view_size`:
         it resamples them to that anyway), cameras scaled to match.
+    masks: "auto", "alpha", "files" or "none" (`engine.data.masks`).
     Raises:
         FileNotFoundError: the file or one of its images is missing.
         ValueError: malformed JSON, cameras or images (CameraError is a ValueError).
@@ -157,8 +171,8 @@ def read_views(
     from .data.datasets import load_nerf_scene
 
     path = _transforms_file(path)
-    views = load_nerf_scene(path, background=background, max_side=max_side)
-    return Views(views.images, views.cameras, path)
+    views = load_nerf_scene(path, background=background, max_side=max_side, masks=masks)
+    return Views(views.images, views.cameras, path, views.masks)
 
 
 def load_object_model(name: str, device: torch.device, random_init: bool = False) -> Any:
@@ -253,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
         max_side = max(max_side, RefineConfig().max_side)
     t0 = time.perf_counter()
-    views = read_views(args.transforms, args.background, max_side)
+    views = read_views(args.transforms, args.background, max_side, args.masks)
     read_s += time.perf_counter() - t0
     if args.background != WHITE:
         print(f"note: {model.name} was trained on white backgrounds; inputs on "
@@ -307,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
     weights = getattr(model, "weights_path", None)
     print(f"read {v} views ({cams.width}x{cams.height}) from {views.source} in {read_s:.2f} s")
     print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
+    if views.masks is not None:
+        print(views.masks.summary())
     if len(model_views) < v:
         print(f"the model read {len(model_views)} of the {v} views (its max_views, spread "
               "around the prop by farthest-point sampling)")  # fmt: skip

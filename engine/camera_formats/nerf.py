@@ -42,6 +42,8 @@ class NerfFrames:
     cameras: Cameras
     image_paths: list[Path]
     extra: dict[str, Any] = field(default_factory=dict)
+    mask_paths: list[Path | None] = field(default_factory=list)
+    """Per frame, its foreground mask file (`mask_path`, as nerfstudio writes it) or None."""
 
 
 def _json_number(value: Any, what: str) -> float:
@@ -165,7 +167,8 @@ def read_nerf_transforms(
     Intrinsics come from `fl_x`/`fl_y` or `camera_angle_x`/`camera_angle_y` (focal = 0.5 *
     size / tan(0.5 * angle)), `cx`/`cy` (default W/2, H/2, already in the pixel-centre-at-0.5
     convention), `w`/`h` (default: the first image's size); a frame's own keys override the
-    top-level ones. Per-frame keys other than these are dropped.
+    top-level ones. A frame's `mask_path` (a foreground mask image, nerfstudio's key) must
+    exist and is returned in `mask_paths`. Per-frame keys other than these are dropped.
 
     require_images=False reads a camera path: frames need no image file (nor `file_path`;
     `image_paths` then holds the path as written, or "000", "001", ... without one), and
@@ -183,6 +186,7 @@ def read_nerf_transforms(
             raise CameraError("no frames")
         _nerf_check_pinhole(data, "top level")
         matrices, images, intrinsics, sizes = [], [], [], []
+        masks: list[Path | None] = []
         default_size = None
         for i, frame in enumerate(frames):
             what = f"frame {i}"
@@ -192,6 +196,10 @@ def read_nerf_transforms(
                 raise CameraError(f"{what} is missing 'transform_matrix' or 'file_path'")
             _nerf_check_pinhole(frame, what)
             matrices.append(_nerf_matrix(frame["transform_matrix"], f"{what} 'transform_matrix'"))
+            if "mask_path" in frame:
+                masks.append(_resolve_image(path.parent, frame["mask_path"], f"{what} mask"))
+            else:
+                masks.append(None)
             if require_images:
                 images.append(_resolve_image(path.parent, frame["file_path"], what))
             else:
@@ -232,7 +240,7 @@ def read_nerf_transforms(
         # Finite float64 values beyond float32's range (cy = -1e308) become inf when cast.
         cameras.validate()
     extra = {key: value for key, value in data.items() if key not in _NERF_CAMERA_KEYS}
-    return NerfFrames(cameras, images, extra)
+    return NerfFrames(cameras, images, extra, masks)
 
 
 def _relative_posix(target: Path, start: Path) -> str:

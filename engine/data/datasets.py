@@ -30,11 +30,16 @@ def load_nerf_scene(
     background: Sequence[float] = WHITE,
     resize: bool = False,
     max_side: int | None = None,
+    masks: str = "auto",
 ) -> ViewSet:
     """Views of a `transforms.json` (or a folder holding `transforms.json`).
 
     max_side: decode views whose longer side exceeds it reduced to it, cameras scaled to
         match (`load_views`); e.g. a model's input size.
+    masks: "auto" (default: the images' alpha when every view has a usable one, else the
+        frames' `mask_path` files, else masks estimated from the views), "alpha", "files"
+        or "none" (`engine.data.masks`); views are composited on `background` through them.
+        Implausible masks raise `engine.data.masks.MaskError` (a ValueError).
     Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images,
     images above `images.MAX_IMAGE_PIXELS` and images whose size differs from the cameras'.
     """
@@ -44,21 +49,33 @@ def load_nerf_scene(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: transforms file not found")
     frames = read_nerf_transforms(path)
-    return load_views(frames.image_paths, frames.cameras, background, resize, max_side)
+    return load_views(
+        frames.image_paths, frames.cameras, background, resize, max_side, masks, frames.mask_paths
+    )
 
 
 def load_colmap_scene(
     folder: str | os.PathLike,
     images: str | os.PathLike = "images",
     background: Sequence[float] = WHITE,
+    masks: str = "auto",
 ) -> ViewSet:
     """Views of a COLMAP reconstruction: the model in `folder` (or folder/sparse/0) and
-    images under `folder / images` (relative) or `images` (absolute), sorted by name."""
+    images under `folder / images` (relative) or `images` (absolute), sorted by name.
+
+    masks: as `load_nerf_scene`; mask files are looked up in a `masks/` folder beside the
+        images folder (`masks/<name>`, `masks/<name>.png` as COLMAP writes them, or the
+        image's stem with an image suffix)."""
+    from .masks import find_mask_file
+
     folder = Path(folder)
     model = read_colmap(folder)
     cameras, names = colmap_to_cameras(model)
     image_dir = Path(images) if Path(images).is_absolute() else folder / images
-    return load_views([image_dir / name for name in names], cameras, background)
+    paths = [image_dir / name for name in names]
+    mask_dir = image_dir.parent / "masks"
+    mask_paths = [find_mask_file(p, mask_dir) for p in paths]
+    return load_views(paths, cameras, background, masks=masks, mask_paths=mask_paths)
 
 
 class PropsDataset(Dataset):

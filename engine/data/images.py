@@ -33,12 +33,15 @@ class ViewSet:
         alphas: (V, H, W) float coverage in [0, 1] (all ones for images without alpha).
         cameras: V cameras of W x H pixels.
         paths: the V image files.
+        masks: where the alphas came from when a mask mode chose them
+            (`engine.data.masks.Masks`: source, coverage, cross-view consistency), else None.
     """
 
     images: Tensor
     alphas: Tensor
     cameras: Cameras
     paths: list[Path]
+    masks: Any = None
 
 
 def training_sample(inputs: ViewSet, targets: ViewSet, **identity: Any) -> dict[str, Any]:
@@ -204,6 +207,8 @@ def load_views(
     background: Sequence[float] = WHITE,
     resize: bool = False,
     max_side: int | None = None,
+    masks: str = "none",
+    mask_paths: Sequence[str | os.PathLike | None] | None = None,
 ) -> ViewSet:
     """Images for `cameras`, checked against the cameras' size.
 
@@ -213,6 +218,11 @@ def load_views(
         max_side: decode views larger than this (longer side) reduced to it, and return
             the cameras scaled to match (`Cameras.scaled`): what a model that resamples its
             inputs to `max_side` needs, without decoding the full images.
+        masks: which pixels are the prop (`engine.data.masks.resolve_masks`): "none" (the
+            images' alpha as it is, if any), "alpha" (a usable alpha channel required),
+            "files" (`mask_paths`), or "auto" (alpha if usable, else files, else estimated
+            from the views); the views are composited on `background` through them.
+        mask_paths: V mask files (None where a view has none), for "files" and "auto".
     Returns:
         A `ViewSet` of images (V, H, W, 3), alphas (V, H, W) and cameras of W x H, where
         W x H is the cameras' size, reduced to `max_side`.
@@ -221,6 +231,7 @@ def load_views(
         ImageTooLargeError: an image has more than `MAX_IMAGE_PIXELS` pixels.
         ValueError: an image's size differs from the cameras' (naming it and both sizes),
             or it cannot be decoded.
+        engine.data.masks.MaskError: (a ValueError) the masks are missing or implausible.
     """
     paths = check_views(paths, cameras, resize)
     target = reduced_size(cameras.width, cameras.height, max_side)
@@ -229,5 +240,12 @@ def load_views(
     # Images already at `target` decode as they are; others are decoded reduced to it.
     frames = [read_rgba(path, target) for path in paths]
     rgba = np.stack(frames)
+    if masks != "none":
+        from .masks import composite_masked, resolve_masks
+
+        tensor = torch.from_numpy(rgba)
+        found = resolve_masks(tensor, cameras, masks, mask_paths)
+        images = composite_masked(tensor, found, background)
+        return ViewSet(images, found.alphas.contiguous(), cameras, paths, found)
     images = torch.from_numpy(composite(rgba, background))
     return ViewSet(images, torch.from_numpy(np.ascontiguousarray(rgba[..., 3])), cameras, paths)

@@ -1,0 +1,471 @@
+"""Foreground masks for posed views: exact alpha, mask files, or estimated from the views.
+
+The object model was trained on props composited on white with exact alpha; a photo with a
+background reconstructs as grey fog. This module is the one place that decides which pixels
+of a view are the prop:
+
+- ``alpha``: the images' own alpha channel (renders on a transparent film).
+- ``files``: a mask image per view (`mask_path` in transforms.json, a `masks/` folder
+  beside COLMAP images); white (or opaque alpha) is the prop.
+- ``estimated``: no usable alpha and no files. The prop is where the cameras' optical axes
+  meet (least squares) and it is kept inside every frame, so the largest sphere about that
+  point that every view holds in frame bounds it. That sphere, projected into each view,
+  seeds a GrabCut colour segmentation (OpenCV, no download, wheels for every platform):
+  outside it is background, inside probably prop. Each view's mask is then refined by the
+  others: a pixel stays prop only if its ray meets the visual hull carved from the *other*
+  views' masks (a coarse voxel grid), and GrabCut runs again seeded by that hull.
+- ``none``: use the images as they are.
+
+Implausible masks stop the run with `MaskError` instead of reconstructing fog: an empty
+mask, one covering (nearly) the whole frame, one running along the frame border (the prop
+is kept in frame), or a view whose mask disagrees with the hull the views carve together
+(low IoU: the cameras do not share one subject).
+
+`mode="auto"` picks alpha when every view has a usable alpha channel, else files when
+given, else the estimate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.cameras import Cameras
+
+MASK_MODES = ("auto", "alpha", "files", "none")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class MaskError(ValueError):
+    """The foreground masks are implausible (empty, whole frame, inconsistent across views),
+    or cannot be made (no alpha, no files); the message says which view and why."""
+
+
+@dataclass
+class MaskConfig:
+    """Settings of the mask estimate and of the plausibility checks."""
+
+    work_side: int = 256
+    """Longer side the segmentation runs at (masks are resized back to the views)."""
+    grid: int = 48
+    """Voxels a side of the carving grid over the subject's sphere."""
+    iterations: int = 5
+    """GrabCut iterations per round."""
+    min_fraction: float = 0.002
+    """A mask covering less of its frame than this is empty."""
+    max_fraction: float = 0.85
+    """An estimated mask covering more of its frame than this is background, not a prop."""
+    whole_frame: float = 0.98
+    """An alpha channel or mask file covering more of its frame than this is no mask."""
+    max_border: float = 0.3
+    """Largest fraction of the frame's border pixels an estimated mask may cover."""
+    min_consistency: float = 0.5
+    """Smallest IoU between a view's mask and the re-projected hull of all the masks."""
+
+
+@dataclass
+class Masks:
+    """Foreground masks of V views and where they came from.
+
+    Attributes:
+        alphas: (V, H, W) float coverage in [0, 1].
+        source: "alpha", "files", "estimated" or "none".
+        fractions: per view, the fraction of the frame that is prop.
+        consistency: per view, IoU of its mask with the re-projected hull carved from all
+            the masks (empty when not computed).
+    """
+
+    alphas: Tensor
+    source: str
+    fractions: list[float] = field(default_factory=list)
+    consistency: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        text = f"masks: {self.source}"
+        if self.fractions:
+            text += ", prop covers " + "/".join(f"{f:.0%}" for f in self.fractions)
+        if self.consistency:
+            text += f", cross-view IoU >= {min(self.consistency):.2f}"
+        return text
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError as err:  # the `masks` extra
+        raise MaskError(
+            "estimating foreground masks needs OpenCV: pip install opencv-python-headless "
+            "(or give views with alpha, or mask files)"
+        ) from err
+    return cv2
+
+
+# ------------------------------------------------------------------------ inputs
+def alpha_usable(alphas: Tensor | np.ndarray) -> bool:
+    """True when the views (V, H, W) have an alpha channel: some pixel of some view is not
+    fully opaque (images without a channel read as alpha 1 everywhere). A view that is
+    opaque all over is then a prop filling its frame; one transparent all over is empty
+    and refused by `check_masks`."""
+    a = torch.as_tensor(np.asarray(alphas))
+    return a.ndim == 3 and a.numel() > 0 and bool((a < 0.999).any())
+
+
+def find_mask_file(image: str | os.PathLike, folder: str | os.PathLike) -> Path | None:
+    """The mask of `image` in `folder`: same name, same stem with an image suffix, or COLMAP's
+    `name.ext.png`; None when there is none."""
+    image, folder = Path(image), Path(folder)
+    candidates = [folder / image.name, folder / f"{image.name}.png"]
+    candidates += [folder / f"{image.stem}{s}" for s in MASK_SUFFIXES]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def read_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 coverage in [0, 1] of a mask image resized to `size` (width, height):
+    its alpha channel when that varies, else its brightness."""
+    from .images import read_rgba
+
+    rgba = read_rgba(path, size)
+    if float(rgba[..., 3].min()) < 0.99:
+        return np.ascontiguousarray(rgba[..., 3])
+    return np.ascontiguousarray(rgba[..., :3].mean(-1))
+
+
+# ------------------------------------------------------------------------ geometry
+def subject_sphere(cameras: Cameras) -> tuple[Tensor, float]:
+    """The sphere every view keeps in frame about the point the optical axes meet.
+
+    Returns:
+        centre (3,) and radius: the least-squares nearest point to every optical axis, and
+        the largest radius whose sphere about it fits inside every frame.
+    Raises:
+        MaskError: the cameras do not look at a common point (it is behind or outside a
+            view).
+    """
+    from engine.models.normalization import framed_radius, look_at_point
+
+    center = look_at_point(cameras)
+    pix, depth = cameras.project(center[None].to(cameras.dtype))
+    pix, depth = pix[:, 0], depth[:, 0]
+    inside = (
+        (depth > 0)
+        & (pix[:, 0] > 0.1 * cameras.width)
+        & (pix[:, 0] < 0.9 * cameras.width)
+        & (pix[:, 1] > 0.1 * cameras.height)
+        & (pix[:, 1] < 0.9 * cameras.height)
+    )
+    if not bool(inside.all()):
+        bad = int(torch.nonzero(~inside).flatten()[0])
+        raise MaskError(
+            f"view {bad} does not look at the point the other cameras' axes meet: the cameras "
+            "do not share one subject, so no prop can be found (give masks, or views of one prop)"
+        )
+    radius = float(framed_radius(cameras, center, fill=0.999).min())
+    if not radius > 0:
+        raise MaskError("the cameras frame no common region (no prop can be found)")
+    return center, radius
+
+
+def _sphere_disks(cameras: Cameras, center: Tensor, radius: float) -> np.ndarray:
+    """(V, H, W) bool: pixels whose ray meets the sphere (its projected disk, approximated
+    by a circle about the projected centre)."""
+    pix, depth = cameras.project(center[None].to(cameras.dtype))
+    h, w = cameras.height, cameras.width
+    vv, uu = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    disks = []
+    for k in range(len(cameras)):
+        d = float(depth[k, 0])
+        f = float(min(cameras.fx[k], cameras.fy[k]))
+        r_px = f * radius / max(np.sqrt(max(d * d - radius * radius, 1e-12)), 1e-9)
+        u0, v0 = (float(x) for x in pix[k, 0])
+        disks.append((uu - u0) ** 2 + (vv - v0) ** 2 <= r_px**2)
+    return np.stack(disks)
+
+
+def carve(
+    masks: np.ndarray, cameras: Cameras, center: Tensor, radius: float, grid: int
+) -> tuple[Tensor, Tensor]:
+    """Voxels of a grid over the subject's cube that project inside every mask.
+
+    Args:
+        masks: (V, H, W) bool.
+    Returns:
+        points (N, 3) centres of the voxels inside the subject's sphere, kept (N,) bool.
+    """
+    axis = torch.linspace(-radius, radius, grid + 1, dtype=torch.float32)
+    axis = 0.5 * (axis[1:] + axis[:-1])
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    # Only the subject's sphere: it is inside every frame, the cube's corners need not be.
+    pts = pts[pts.norm(dim=-1) <= radius] + center.to(torch.float32)
+    kept = torch.ones(len(pts), dtype=torch.bool)
+    pix, depth = cameras.to(dtype=torch.float32).project(pts)
+    h, w = masks.shape[1:]
+    m = torch.from_numpy(np.ascontiguousarray(masks))
+    for k in range(len(cameras)):
+        u = pix[k, :, 0].floor().long()
+        v = pix[k, :, 1].floor().long()
+        inframe = (depth[k] > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        hit = torch.zeros(len(pts), dtype=torch.bool)
+        hit[inframe] = m[k][v[inframe], u[inframe]]
+        kept &= hit | ~inframe  # outside a frame a view knows nothing
+    return pts, kept
+
+
+def reproject(
+    points: Tensor, kept: Tensor, cameras: Cameras, voxel: float, only: int | None = None
+) -> np.ndarray:
+    """(V, H, W) bool silhouettes of the kept voxels (each drawn as a disk of its projected
+    size); with `only`, the silhouette in that view alone, shape (1, H, W)."""
+    cv2 = _cv2()
+    views = range(len(cameras)) if only is None else [only]
+    h, w = cameras.height, cameras.width
+    out = []
+    sel = points[kept]
+    pix, depth = cameras.to(dtype=torch.float32).project(sel) if len(sel) else (None, None)
+    for k in views:
+        image = np.zeros((h, w), np.uint8)
+        if sel.shape[0]:
+            u = pix[k, :, 0].floor().long().numpy()
+            v = pix[k, :, 1].floor().long().numpy()
+            ok = (depth[k] > 0).numpy() & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+            image[v[ok], u[ok]] = 1
+            d = float(depth[k][depth[k] > 0].median()) if bool((depth[k] > 0).any()) else 1.0
+            size = int(np.ceil(float(cameras.fx[k]) * voxel / d)) | 1
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size + 2, size + 2))
+            image = cv2.dilate(image, kernel)
+        out.append(image.astype(bool))
+    return np.stack(out)
+
+
+# ------------------------------------------------------------------------ segmentation
+def _grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
+    """(H, W) bool foreground of GrabCut seeded with OpenCV labels (GC_BGD, GC_PR_FGD, ...)."""
+    cv2 = _cv2()
+    labels = labels.astype(np.uint8).copy()
+    if not (labels == cv2.GC_BGD).any() and not (labels == cv2.GC_PR_BGD).any():
+        return labels != cv2.GC_BGD
+    if not ((labels == cv2.GC_PR_FGD) | (labels == cv2.GC_FGD)).any():
+        return np.zeros(labels.shape, bool)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # Fixed seed: OpenCV's GMM initialisation (k-means) is random.
+    cv2.setRNGSeed(0)
+    cv2.grabCut(rgb, labels, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    return (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Drop specks: keep connected components of at least 5% of the largest one's area."""
+    cv2 = _cv2()
+    count, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count <= 2:
+        return mask
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= 0.05 * areas.max()) + 1
+    return np.isin(comp, keep)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def _border_fraction(mask: np.ndarray) -> float:
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    return float(border.mean())
+
+
+def estimate_masks(
+    images: Tensor, cameras: Cameras, config: MaskConfig | None = None
+) -> Masks:
+    """Foreground masks of views without alpha (see the module docstring).
+
+    Args:
+        images: (V, H, W, 3) float RGB in [0, 1].
+        cameras: V cameras of W x H pixels.
+    Returns:
+        `Masks` with alphas (V, H, W) and per-view consistency.
+    Raises:
+        MaskError: no common subject, or implausible masks (see `check_masks`).
+    """
+    cv2 = _cv2()
+    cfg = config or MaskConfig()
+    v_count, h, w = images.shape[:3]
+    if len(cameras) < 2:
+        raise MaskError("estimating masks needs at least 2 views of the prop")
+    scale = min(1.0, cfg.work_side / max(h, w))
+    sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
+    cams = cameras.scaled(sw, sh) if (sw, sh) != (w, h) else cameras
+    rgb8 = []
+    for k in range(v_count):
+        image = (images[k].clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+        if (sw, sh) != (w, h):
+            image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        rgb8.append(np.ascontiguousarray(image[..., ::-1]))  # OpenCV wants BGR
+    center, radius = subject_sphere(cams)
+    disks = _sphere_disks(cams, center, radius)
+    # Round 1: outside the subject's sphere is background; inside, probably prop.
+    first = []
+    for k in range(v_count):
+        labels = np.where(disks[k], cv2.GC_PR_FGD, cv2.GC_BGD)
+        first.append(_clean(_grabcut(rgb8[k], labels, cfg.iterations)))
+    first_masks = np.stack(first)
+    voxel = 2.0 * radius / cfg.grid
+    # Round 2: each view re-seeded by the hull the *other* views carve: outside it
+    # (dilated, for the coarse grid) is background, inside it the first mask is probably
+    # prop and the rest probably background.
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    final = []
+    for k in range(v_count):
+        others = [j for j in range(v_count) if j != k]
+        pts, kept = carve(
+            np.stack([cv2.dilate(first_masks[j].astype(np.uint8), kernel) > 0 for j in others]),
+            cams[others], center, radius, cfg.grid,
+        )  # fmt: skip
+        hull = reproject(pts, kept, cams, voxel, only=k)[0]
+        hull = cv2.dilate(hull.astype(np.uint8), kernel) > 0
+        labels = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+        labels[hull] = cv2.GC_PR_BGD
+        labels[hull & first_masks[k]] = cv2.GC_PR_FGD
+        final.append(_clean(_grabcut(rgb8[k], labels, cfg.iterations) & hull))
+    masks = np.stack(final)
+    check_masks(masks, "estimated", cfg, border=True)
+    consistency = consistency_iou(masks, cams, center, radius, cfg.grid)
+    check_consistency(consistency, cfg)
+    alphas = []
+    for k in range(v_count):
+        m = masks[k].astype(np.float32)
+        if (sw, sh) != (w, h):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        # A one-pixel feather: GrabCut's hard edge would leave a halo of background colour.
+        alphas.append(cv2.GaussianBlur(m, (3, 3), 0.7))
+    fractions = [float(m.mean()) for m in masks]
+    alpha = torch.from_numpy(np.stack(alphas)).clamp(0, 1)
+    return Masks(alpha, "estimated", fractions, consistency)
+
+
+def consistency_iou(
+    masks: np.ndarray, cameras: Cameras, center: Tensor, radius: float, grid: int = 64
+) -> list[float]:
+    """Per view, IoU of its mask (V, H, W) bool with the hull carved from all the masks,
+    re-projected into it."""
+    pts, kept = carve(masks, cameras, center, radius, grid)
+    hulls = reproject(pts, kept, cameras, 2.0 * radius / grid)
+    return [_iou(masks[k], hulls[k]) for k in range(len(masks))]
+
+
+# ------------------------------------------------------------------------ checks
+def check_masks(
+    masks: np.ndarray, source: str, config: MaskConfig | None = None, border: bool = False
+) -> None:
+    """Refuse empty and whole-frame masks, and (with `border`) masks along the frame edge.
+
+    Args:
+        masks: (V, H, W) bool or coverage in [0, 1].
+    Raises:
+        MaskError: naming the first such view.
+    """
+    cfg = config or MaskConfig()
+    what = {
+        "alpha": "its alpha channel", "files": "its mask file",
+        "estimated": "the estimated mask", "render": "its render",
+    }.get(source, source)  # fmt: skip
+    for k, mask in enumerate(np.asarray(masks) > 0.5):
+        fraction = float(mask.mean())
+        if fraction < cfg.min_fraction:
+            raise MaskError(
+                f"view {k} shows no prop: {what} is empty ({fraction:.2%} of the frame); "
+                + ("nothing stood out from the background" if source == "estimated"
+                   else "the prop is hidden, clipped or out of frame")  # fmt: skip
+            )
+        # An exact alpha may cover the frame (a close-up); a mask file or an estimate not.
+        if source != "alpha" and fraction > (
+            cfg.max_fraction if source == "estimated" else cfg.whole_frame
+        ):
+            raise MaskError(
+                f"view {k}: {what} covers {fraction:.0%} of the frame, not a prop in front "
+                "of a background; give mask files or views with alpha"
+            )
+        if border and _border_fraction(mask) > cfg.max_border:
+            raise MaskError(
+                f"view {k}: the estimated mask runs along {_border_fraction(mask):.0%} of the "
+                "frame's edge, so it is background, not a prop kept in frame; give mask files"
+            )
+
+
+def check_consistency(consistency: Sequence[float], config: MaskConfig | None = None) -> None:
+    """Refuse views whose mask disagrees with the hull all the masks carve together."""
+    cfg = config or MaskConfig()
+    for k, iou in enumerate(consistency):
+        if iou < cfg.min_consistency:
+            raise MaskError(
+                f"view {k}: its mask and the other views disagree (IoU {iou:.2f} with the "
+                f"shape they carve together, below {cfg.min_consistency}); the cameras do not "
+                "show one prop, or the prop was not found; give mask files"
+            )
+
+
+# ------------------------------------------------------------------------ the entry point
+def resolve_masks(
+    rgba: Tensor,
+    cameras: Cameras,
+    mode: str = "auto",
+    mask_paths: Sequence[str | os.PathLike | None] | None = None,
+    config: MaskConfig | None = None,
+) -> Masks:
+    """The foreground of each view by `mode` (auto, alpha, files, none).
+
+    Args:
+        rgba: (V, H, W, 4) float straight-alpha RGBA in [0, 1] (alpha 1 without a channel).
+        cameras: V cameras of W x H.
+        mask_paths: V mask files (None for a view without one), or None.
+    Returns:
+        `Masks` whose alphas (V, H, W) replace the images' alpha before compositing.
+    Raises:
+        MaskError: the mode's source is missing (alpha mode without alpha, files mode
+            without files) or its masks are implausible.
+    """
+    if mode not in MASK_MODES:
+        raise MaskError(f"masks must be one of {MASK_MODES}, got {mode!r}")
+    cfg = config or MaskConfig()
+    alpha = rgba[..., 3]
+    if mode == "none":
+        return Masks(alpha, "none")
+    have_files = mask_paths is not None and all(p is not None for p in mask_paths)
+    if mode == "auto":
+        mode = "alpha" if alpha_usable(alpha) else "files" if have_files else "estimate"
+    if mode == "alpha":
+        if not alpha_usable(alpha):
+            raise MaskError(
+                "the views have no alpha channel (or it is opaque everywhere); use masks "
+                "'auto' to estimate them, or give mask files"
+            )
+        check_masks(alpha.numpy(), "alpha", cfg)
+        return Masks(alpha, "alpha", [float((a > 0.5).float().mean()) for a in alpha])
+    if mode == "files":
+        if not have_files:
+            missing = 0 if mask_paths is None else [p is None for p in mask_paths].index(True)
+            raise MaskError(f"view {missing} has no mask file (mask_path / masks folder)")
+        size = (cameras.width, cameras.height)
+        files = np.stack([read_mask(p, size) for p in mask_paths])  # type: ignore[misc]
+        check_masks(files, "files", cfg)
+        return Masks(torch.from_numpy(files), "files", [float((m > 0.5).mean()) for m in files])
+    return estimate_masks(rgba[..., :3], cameras, cfg)
+
+
+def composite_masked(
+    rgba: Tensor, masks: Masks, background: Sequence[float] = (1.0, 1.0, 1.0)
+) -> Tensor:
+    """(V, H, W, 3) the views' colour composited on `background` through the masks.
+
+    Where the masks are the images' own alpha the colour is already straight alpha; for
+    estimated or file masks the photo's colour is used as it is.
+    """
+    a = masks.alphas.to(rgba)[..., None]
+    bg = torch.as_tensor(background, dtype=rgba.dtype)
+    return rgba[..., :3] * a + bg * (1.0 - a)

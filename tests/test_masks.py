@@ -1,0 +1,178 @@
+"""engine.data.masks: foreground masks of photos without alpha (estimated from the views),
+mask files, and the errors for views that show no common prop.
+
+The photos are ray-cast: a two-coloured box standing on a checkered ground plane under a
+sky gradient, seen by a ring of cameras, so the true silhouette is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.camera_formats import write_nerf_transforms
+from engine.cameras import Cameras
+from engine.cli import main
+from engine.data.datasets import load_nerf_scene
+from engine.data.masks import MaskError, estimate_masks, find_mask_file, resolve_masks
+
+from .test_visual_hull import pixel_rays, raycast_box
+
+pytest.importorskip("cv2")
+
+SIZE = 128
+CENTER = (0.0, 0.0, 0.0)
+HALF = (0.35, 0.25, 0.3)
+
+
+def ring(n: int = 4, elevation: float = 20.0, distance: float = 2.6, outward: bool = False,
+         offset_deg: float = 15.0) -> Cameras:  # fmt: skip
+    """n cameras on a ring looking at the origin (or, `outward`, away from it)."""
+    eyes, targets = [], []
+    for i in range(n):
+        az, el = math.radians(offset_deg + 360 * i / n), math.radians(elevation)
+        eye = distance * torch.tensor(
+            [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)],
+            dtype=torch.float64,
+        )
+        eyes.append(eye)
+        targets.append(eye * 2.0 if outward else torch.zeros(3, dtype=torch.float64))
+    return Cameras.look_at(torch.stack(eyes), torch.stack(targets), fov_x_deg=40.0,
+                           width=SIZE, height=SIZE)  # fmt: skip
+
+
+def photos(cameras: Cameras, with_box: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, H, W, 4) opaque RGBA photos and (V, H, W) bool true silhouettes."""
+    o, d = pixel_rays(cameras)
+    ground_z = CENTER[2] - HALF[2]
+    t = (ground_z - o[..., 2]) / torch.where(d[..., 2].abs() < 1e-9, -1e-9, d[..., 2])
+    hit_ground = t > 0
+    p = o + t[..., None] * d
+    checker = ((torch.floor(p[..., 0] * 4) + torch.floor(p[..., 1] * 4)) % 2)[..., None]
+    grass = torch.tensor([0.35, 0.55, 0.25], dtype=torch.float64)
+    soil = torch.tensor([0.55, 0.45, 0.3], dtype=torch.float64)
+    ground = grass * checker + soil * (1 - checker)
+    up = d[..., 2:3].clamp(0, 1)
+    sky = torch.tensor([0.75, 0.85, 0.95], dtype=torch.float64) * (1 - up) + torch.tensor(
+        [0.35, 0.5, 0.85], dtype=torch.float64) * up  # fmt: skip
+    rgb = torch.where(hit_ground[..., None], ground, sky)
+    truth = torch.zeros(rgb.shape[:3], dtype=torch.bool)
+    if with_box:
+        box = raycast_box(cameras, CENTER, HALF).double()
+        truth = box[..., 3] > 0.5
+        rgb = torch.where(truth[..., None], box[..., :3], rgb)
+    noise = torch.Generator().manual_seed(0)
+    rgb = (rgb + 0.02 * torch.randn(rgb.shape, generator=noise, dtype=torch.float64)).clamp(0, 1)
+    rgba = torch.cat([rgb, torch.ones_like(rgb[..., :1])], -1).float()
+    return rgba, truth
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_masks_of_a_known_silhouette_reach_iou_09():
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    masks = estimate_masks(rgba[..., :3], cameras)
+    assert masks.source == "estimated" and masks.alphas.shape == truth.shape
+    for k in range(len(cameras)):
+        assert iou(masks.alphas[k] > 0.5, truth[k]) >= 0.9, k
+    assert min(masks.consistency) >= 0.8
+    # auto picks the estimate for photos without alpha, alpha for views with one
+    assert resolve_masks(rgba, cameras, "auto").source == "estimated"
+    cut = torch.cat([rgba[..., :3], truth[..., None].float()], -1)
+    chosen = resolve_masks(cut, cameras, "auto")
+    assert chosen.source == "alpha" and torch.equal(chosen.alphas, truth.float())
+
+
+def _write_views(folder: Path, rgba: torch.Tensor, cameras: Cameras,
+                 masks: torch.Tensor | None = None) -> Path:  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, view in enumerate(rgba):
+        path = folder / f"{k:03d}.jpg"
+        Image.fromarray((view[..., :3].numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+        paths.append(path)
+    transforms = folder / "transforms.json"
+    write_nerf_transforms(transforms, cameras, paths)
+    if masks is not None:
+        (folder / "masks").mkdir()
+        data = json.loads(transforms.read_text())
+        for k, frame in enumerate(data["frames"]):
+            Image.fromarray(masks[k].numpy().astype(np.uint8) * 255).save(
+                folder / "masks" / f"{k:03d}.png"
+            )
+            frame["mask_path"] = f"masks/{k:03d}.png"
+        transforms.write_text(json.dumps(data))
+    return transforms
+
+
+def test_mask_files_are_honoured(tmp_path: Path):
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    # A mask that is not the silhouette (the left half of the box's bounding rows) proves
+    # the file, not an estimate, was used.
+    masks = truth.clone()
+    masks[:, :, SIZE // 2 :] = False
+    transforms = _write_views(tmp_path / "v", rgba, cameras, masks)
+    for mode in ("auto", "files"):
+        views = load_nerf_scene(transforms, masks=mode)
+        assert views.masks.source == "files"
+        assert torch.equal(views.alphas > 0.5, masks)
+        # outside the mask: the model's white background
+        assert torch.all(views.images[~masks] == 1.0)
+    with pytest.raises(MaskError, match="no alpha channel"):
+        load_nerf_scene(transforms, masks="alpha")
+    assert find_mask_file(tmp_path / "v" / "001.jpg", tmp_path / "v" / "masks").name == "001.png"
+
+
+def test_all_background_photos_are_refused_and_nothing_is_written(tmp_path: Path, capsys):
+    cameras = ring()
+    rgba, _ = photos(cameras, with_box=False)
+    with pytest.raises(MaskError):
+        estimate_masks(rgba[..., :3], cameras)
+    transforms = _write_views(tmp_path / "v", rgba, cameras)
+    out = tmp_path / "out" / "prop.ply"
+    code = main(["reconstruct", str(transforms), "-o", str(out), "--model", "object-tiny",
+                 "--random-init"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "view" in err and "prop" in err
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_cameras_that_share_no_subject_are_refused():
+    cameras = ring(outward=True)
+    rgba, _ = photos(cameras)
+    with pytest.raises(MaskError, match="do not share one subject"):
+        estimate_masks(rgba[..., :3], cameras)
+
+
+def test_empty_renders_are_refused():
+    cameras = ring()
+    rgba, _ = photos(cameras)
+    empty = rgba.clone()
+    empty[..., 3] = 0.0
+    with pytest.raises(MaskError, match="view 0 shows no prop: its alpha channel is empty"):
+        resolve_masks(empty, cameras, "auto")
+    # one empty view among good ones is named
+    _, truth = photos(cameras)
+    cut = torch.cat([rgba[..., :3], truth[..., None].float()], -1)
+    cut[2, ..., 3] = 0.0
+    with pytest.raises(MaskError, match="view 2 shows no prop"):
+        resolve_masks(cut, cameras, "alpha")
+
+
+def test_whole_frame_mask_files_are_refused(tmp_path: Path):
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    transforms = _write_views(tmp_path / "v", rgba, cameras, torch.ones_like(truth))
+    with pytest.raises(MaskError, match="view 0: its mask file covers 100% of the frame"):
+        load_nerf_scene(transforms, masks="files")
