@@ -12,8 +12,10 @@ status 2. Pure standard library, so building the parser stays cheap.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def _int(text: str) -> int:
@@ -96,3 +98,47 @@ def name_list(choices: Iterable[str]) -> Callable[[str], tuple[str, ...]]:
         return names
 
     return check
+
+
+# ---------------------------------------------------------------------------- config fields
+def option(default: Any, help: str, parse: Callable[[str], Any] | None = None,
+           flag: bool | None = None) -> Any:  # fmt: skip
+    """A config dataclass field documented where it is declared, for `add_config_flags`.
+
+    Args:
+        default: the field's default.
+        help: what the field means (shown by `--help`).
+        parse: the `type=` checker of its flag (bool fields need none).
+        flag: whether it gets a flag; default: bool fields and fields with `parse`.
+    """
+    if flag is None:
+        flag = parse is not None or isinstance(default, bool)
+    return dataclasses.field(default=default, metadata={"help": help, "parse": parse,
+                                                        "flag": flag})  # fmt: skip
+
+
+def config_flags(cls: type) -> list[str]:
+    """Names of the fields of dataclass `cls` that `add_config_flags` makes flags for."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("flag")]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
+    """A flag for every `option(...)` field of dataclass `cls` that has one, its help the
+    field's, each with default None (None: keep the config's value). A field `some_name`
+    becomes `--some-name VALUE`; a bool field the flag that flips its default
+    (`--some-name` when False, `--no-some-name` when True). Returns the field names."""
+    names = config_flags(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in names:
+            continue
+        dashed, help = f.name.replace("_", "-"), f.metadata["help"]
+        if isinstance(f.default, bool):
+            flag = f"--no-{dashed}" if f.default else f"--{dashed}"
+            action = "store_false" if f.default else "store_true"
+            help = f"turn off: {help}" if f.default else help
+            parser.add_argument(flag, dest=f.name, action=action, default=None, help=help)
+        else:
+            shown = f" (default: {f.default})" if f.default != "" else ""
+            parser.add_argument(f"--{dashed}", dest=f.name, type=f.metadata["parse"],
+                                default=None, help=help + shown)  # fmt: skip
+    return names

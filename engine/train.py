@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,80 +38,8 @@ from .models.config import ObjectModelConfig, get_model_config
 from .models.gd_object import WHITE, GDObjectModel
 from .models.normalization import estimate_normalization
 from .render import render
+from .train_config import TrainConfig
 from .weights import load_weights, save_weights
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of a training run (saved with every checkpoint).
-
-    Attributes:
-        model: model preset to train.
-        data: props dataset folder (`gd data make`).
-        out: run folder (checkpoints, metrics.jsonl, curves.png).
-        steps: total optimizer steps.
-        batch_size: objects per step and process.
-        target_views: random target views rendered per object per step.
-        lr, betas, weight_decay, warmup, grad_clip: AdamW and schedule.
-        ms_ssim_weight: the 0.5 of MSE + 0.5·(1 − MS-SSIM).
-        render_size: side at which the loss views are rendered (the ground truth is
-            area-downsampled to it); 0 means the model's image size. Small renders first
-            (DESIGN.md §8) make early steps several times cheaper; a render size above
-            the model's input size (decoded from the data at that size) lets the loss
-            see detail finer than the inputs' pixels, where densification helps most.
-        densify: train the densifier (and its losses).
-        densify_from: step at which densification starts (the backbone first learns
-            coarse shapes; candidates from an untrained backbone are noise).
-        freeze_backbone: train the densifier only.
-        feature_dropout: probability of hiding the backbone features from the densifier
-            (so it also densifies splats that have none).
-        init: weights to start from (e.g. a coarse-only run), not a resume.
-        init_densifier: weights whose densifier tensors replace `init`'s, to continue a
-            trained densifier on a backbone that trained further ("" for none).
-        checkpoint_every, log_every, val_every, val_objects: bookkeeping.
-        seed: base seed (each process offsets it by its rank).
-        device: "auto", "cpu", "cuda", "mps".
-        threads: torch intra-op threads (0: torch's default).
-    """
-
-    model: str = "object-small"
-    data: str = "datasets/props256_s1"
-    out: str = "runs/object-small"
-    steps: int = 20_000
-    batch_size: int = 1
-    target_views: int = 4
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    warmup: int = 300
-    grad_clip: float = 1.0
-    ms_ssim_weight: float = 0.5
-    render_size: int = 0
-    densify: bool = True
-    densify_from: int = 0
-    freeze_backbone: bool = False
-    feature_dropout: float = 0.25
-    init: str = ""
-    init_densifier: str = ""
-    checkpoint_every: int = 200
-    log_every: int = 10
-    val_every: int = 500
-    val_objects: int = 16
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}")
-        data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return TrainConfig(**data)
 
 
 # ---------------------------------------------------------------------------- losses

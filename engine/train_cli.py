@@ -11,20 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_args import float_range, nonnegative_int, positive_float, positive_int
-
-# Flags that map one to one onto TrainConfig fields (None: keep the config's value), each
-# with the argparse type that checks it: counts, sizes and intervals are positive (the
-# *_every ones divide the step), 0 means "the default" for render_size and threads.
-_FIELDS = {
-    "data": str, "out": str, "steps": positive_int, "batch_size": positive_int,
-    "target_views": positive_int, "lr": positive_float, "warmup": nonnegative_int,
-    "grad_clip": positive_float, "render_size": nonnegative_int,
-    "densify_from": nonnegative_int, "feature_dropout": float_range(0.0, 1.0, high_open=True),
-    "init": str, "init_densifier": str, "checkpoint_every": positive_int,
-    "log_every": positive_int, "val_every": positive_int, "seed": nonnegative_int,
-    "device": str, "threads": nonnegative_int,
-}  # fmt: skip
+from .cli_args import add_config_flags, config_flags, positive_int
+from .train_config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="object-small",
                    help="a model preset (object-tiny, object-small, object-paper) or a "
                         "train_config.json of an earlier run")  # fmt: skip
-    for name, kind in _FIELDS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
-    p.add_argument("--no-densify", dest="densify", action="store_false", default=None,
-                   help="train the backbone alone (coarse losses only)")  # fmt: skip
-    p.add_argument("--freeze-backbone", action="store_true", default=None)
+    # One flag per documented TrainConfig field, help from the field (None: keep the
+    # config's value).
+    add_config_flags(p, TrainConfig)
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many steps in this call (the schedule still runs "
                         "to --steps; run again to continue)")  # fmt: skip
@@ -44,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import train
 
     source = Path(args.config)
     if source.suffix == ".json":
@@ -60,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{source}: a training config must be a JSON object")
     else:
         base = {"model": args.config, "out": f"runs/{args.config}"}
-    overrides = {name: getattr(args, name) for name in (*_FIELDS, "densify", "freeze_backbone")}
+    overrides = {name: getattr(args, name) for name in config_flags(TrainConfig)}
     base.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig.from_dict(base)
     if not Path(cfg.data).is_dir():

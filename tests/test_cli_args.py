@@ -121,3 +121,26 @@ def test_make_dataset_refuses_bad_settings_before_writing(
     with pytest.raises(ValueError, match=field if field != "splits" else "unknown splits"):
         make_dataset(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_config_flags_come_from_the_documented_fields() -> None:
+    """`gd train`'s flags are TrainConfig's documented fields: each with its help, its
+    checker, None when not given, and bools flipping their default."""
+    import dataclasses
+
+    from engine.cli_args import add_config_flags
+    from engine.train_config import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    names = add_config_flags(parser, TrainConfig)
+    documented = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("help")]
+    undocumented = {f.name for f in dataclasses.fields(TrainConfig)} - set(documented)
+    assert set(names) <= set(documented) and undocumented == {"extra"}
+    assert {"steps", "feature_dropout", "densify", "freeze_backbone", "init"} <= set(names)
+    assert "model" not in names and "betas" not in names
+    helps = {a.dest: a.help for a in parser._actions if a.dest in names}
+    assert all(helps[n] for n in names)
+    args = parser.parse_args(["--steps", "7", "--no-densify", "--freeze-backbone"])
+    assert (args.steps, args.densify, args.freeze_backbone, args.lr) == (7, False, True, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--feature-dropout", "1.0"])
