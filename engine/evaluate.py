@@ -58,7 +58,7 @@ from .gaussians import Gaussians
 from .hashing import sha256_file
 from .images import resize_views
 from .metrics import lpips_or_none, psnr, ssim
-from .plots import image_strip, plot_histograms
+from .plots import histogram_stats, image_strip, plot_histograms
 from .render import render
 
 METRICS = ("psnr", "psnr_object", "ssim", "lpips")
@@ -507,21 +507,19 @@ def write_outputs(
         "candidates": "candidates (replaced)",
         "fine": "fine (generated)",
     }
-    hist_stats = {
-        "log_scale": plot_histograms(
-            {labels[s]: pooled[s]["log_scale"] for s in labels},
-            out_dir / "hist_log_scale.png",
-            title="Gaussian log-scales (ln sigma, all three axes)",
-            xlabel="ln(scale) [world units]",
-        ),
-        "opacity": plot_histograms(
-            {labels[s]: pooled[s]["opacity"] for s in labels},
-            out_dir / "hist_opacity.png",
-            title="Gaussian opacities (sigmoid of the logit)",
-            xlabel="opacity",
-            value_range=(0.0, 1.0),
-        ),
-    }
+    hists = {
+        "log_scale": dict(title="Gaussian log-scales (ln sigma, all three axes)",
+                          xlabel="ln(scale) [world units]"),
+        "opacity": dict(title="Gaussian opacities (sigmoid of the logit)", xlabel="opacity",
+                        value_range=(0.0, 1.0)),
+    }  # fmt: skip
+    hist_stats = {}
+    for name, options in hists.items():
+        series = {labels[s]: pooled[s][name] for s in labels}
+        try:
+            hist_stats[name] = plot_histograms(series, out_dir / f"hist_{name}.png", **options)
+        except ImportError:  # no matplotlib (an optional extra): the numbers without the plot
+            hist_stats[name] = histogram_stats(series, value_range=options.get("value_range"))
     data = {
         "meta": meta,
         "definitions": DEFINITIONS,

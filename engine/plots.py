@@ -1,5 +1,6 @@
-"""Small plots drawn with Pillow (no matplotlib dependency): training curves, histograms
-and labelled image strips for the evaluation report.
+"""Plots for `gd train` and `gd evaluate`: training curves and histograms with matplotlib
+(an optional extra, `pip install gd-splat[plots]`; never needed inside Blender), and
+labelled image strips with Pillow.
 
     plot_training_curves("runs/x/metrics.jsonl", "curves.png")
     plot_histograms({"coarse": a, "fine": b}, "hist.png", title=..., xlabel=...)
@@ -8,6 +9,7 @@ and labelled image strips for the evaluation report.
 The training log is JSON lines, one object per logged step, e.g.
 {"step": 100, "loss": 0.03, "psnr_fine": 24.1, "lr": 4e-4, "split": "train"}; every numeric
 key except "step" gets a panel, with the train and val records as separate lines.
+Without matplotlib the two plotters raise ImportError (`histogram_stats` still works).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -24,11 +27,16 @@ from torch import Tensor
 
 from .atomic import atomic_open
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 # Colour-blind-safe pairs (Okabe-Ito): first series blue, second vermilion, then others.
 PALETTE = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0)]
 SPLIT_COLOURS = {"train": PALETTE[0], "val": PALETTE[1]}
-GRID = (225, 225, 225)
 INK = (40, 40, 40)
+DPI = 100
+LINE_WIDTH = 2.0
+"""Points: about 2.8 pixels at `DPI`, so a line's middle pixels are its exact colour."""
 
 
 def _font(size: int = 12) -> ImageFont.ImageFont:
@@ -38,105 +46,26 @@ def _font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round tick values (1, 2, 5 × 10^k steps) covering [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return []
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(count, 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    t = first
-    while t <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(t) < step * 1e-9 else t)
-        t += step
-    return ticks
+def _figure(width: int, height: int) -> Figure:
+    """A matplotlib figure of width x height pixels (no pyplot, no global backend)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            "plots need matplotlib: pip install 'gd-splat[plots]' (or matplotlib)"
+        ) from err
+    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
 
 
-def _fmt(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.0e}"
-    return f"{value:.4g}"
+def _rgb(colour: tuple[int, int, int]) -> tuple[float, float, float]:
+    return tuple(c / 255 for c in colour)
 
 
-class Panel:
-    """One plot area inside an image: data coordinates -> pixels, frame, ticks, labels."""
-
-    def __init__(
-        self,
-        image: Image.Image,
-        box: tuple[int, int, int, int],
-        xlim: tuple[float, float],
-        ylim: tuple[float, float],
-        title: str = "",
-        xlabel: str = "",
-    ) -> None:
-        self.draw = ImageDraw.Draw(image)
-        self.font, self.small = _font(13), _font(11)
-        left, top, right, bottom = box
-        # Room for tick labels on the left and below, the title above.
-        self.x0, self.y0, self.x1, self.y1 = left + 58, top + 24, right - 10, bottom - 34
-        lo, hi = xlim
-        self.xlim = (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
-        lo, hi = ylim
-        self.ylim = (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
-        self._frame(title, xlabel)
-
-    def px(self, x: float, y: float) -> tuple[float, float]:
-        (xa, xb), (ya, yb) = self.xlim, self.ylim
-        u = self.x0 + (x - xa) / (xb - xa) * (self.x1 - self.x0)
-        v = self.y1 - (y - ya) / (yb - ya) * (self.y1 - self.y0)
-        return u, v
-
-    def _frame(self, title: str, xlabel: str) -> None:
-        d = self.draw
-        for t in nice_ticks(*self.ylim):
-            _, v = self.px(self.xlim[0], t)
-            d.line([(self.x0, v), (self.x1, v)], fill=GRID)
-            d.text((self.x0 - 4, v), _fmt(t), fill=INK, font=self.small, anchor="rm")
-        for t in nice_ticks(*self.xlim):
-            u, _ = self.px(t, self.ylim[0])
-            d.line([(u, self.y0), (u, self.y1)], fill=GRID)
-            d.text((u, self.y1 + 4), _fmt(t), fill=INK, font=self.small, anchor="mt")
-        d.rectangle([self.x0, self.y0, self.x1, self.y1], outline=INK)
-        d.text(((self.x0 + self.x1) / 2, self.y0 - 6), title, fill=INK, font=self.font,
-               anchor="mb")  # fmt: skip
-        d.text(((self.x0 + self.x1) / 2, self.y1 + 18), xlabel, fill=INK, font=self.small,
-               anchor="mt")  # fmt: skip
-
-    def line(self, xs: Sequence[float], ys: Sequence[float], colour, width: int = 2) -> None:
-        """A polyline clipped to the y range (values outside are pinned to the frame)."""
-        ya, yb = self.ylim
-        points = [
-            self.px(x, min(max(y, ya), yb)) for x, y in zip(xs, ys, strict=True) if math.isfinite(y)
-        ]
-        if len(points) == 1:
-            u, v = points[0]
-            self.draw.ellipse([u - 2, v - 2, u + 2, v + 2], fill=colour)
-        elif points:
-            self.draw.line(points, fill=colour, width=width, joint="curve")
-
-    def legend(self, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
-        x, y = self.x1 - 8, self.y0 + 6
-        if entries:  # a white box so the text stays readable over the lines
-            width = max(self.draw.textlength(label, font=self.small) for label, _ in entries)
-            self.draw.rectangle([x - width - 4, y - 2, x + 3, y + 15 * len(entries)],
-                                fill="white", outline=GRID)  # fmt: skip
-        for label, colour in entries:
-            self.draw.text((x, y), label, fill=colour, font=self.small, anchor="ra")
-            y += 15
-
-
-def _save(image: Image.Image, out_png: str | os.PathLike) -> Path:
+def _save(figure: Figure, out_png: str | os.PathLike) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out) as f:
-        image.save(f, format="PNG")
+        figure.savefig(f, format="png", dpi=DPI)
     return out
 
 
@@ -206,45 +135,46 @@ def plot_training_curves(
     colours = {s: SPLIT_COLOURS.get(s, PALETTE[2 + i % 3]) for i, s in enumerate(splits)}
     steps_all = [float(r["step"]) for r in records]
     xlim = (min(steps_all), max(steps_all))
+    if xlim[1] <= xlim[0]:
+        xlim = (xlim[0] - 0.5, xlim[0] + 0.5)
     pw, ph = panel_size
-    rows = math.ceil(len(keys) / columns)
-    image = Image.new("RGB", (pw * min(columns, len(keys)), ph * rows), "white")
-    for n, key in enumerate(keys):
-        series = {}
+    cols, rows = min(columns, len(keys)), math.ceil(len(keys) / columns)
+    figure = _figure(pw * cols, ph * rows)
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys, strict=False):
+        ylim = _robust_range(np.array(
+            [float(r[key]) for r in records if _is_number(r.get(key))], dtype=np.float64))
         for split in splits:
             mine = [r for r in records if str(r.get("split", "train")) == split]
             pts = sorted((float(r["step"]), float(r[key])) for r in mine if _is_number(r.get(key)))
             if pts:
-                series[split] = pts
-        values = np.array([y for pts in series.values() for _, y in pts], dtype=np.float64)
-        left, top = (n % columns) * pw, (n // columns) * ph
-        panel = Panel(image, (left, top, left + pw, top + ph), xlim, _robust_range(values),
-                      title=key, xlabel="step")  # fmt: skip
-        for split, pts in series.items():
-            panel.line([p[0] for p in pts], [p[1] for p in pts], colours[split])
-        panel.legend([(s, colours[s]) for s in series])
-    _save(image, out_png)
+                # Values outside the range are pinned to the frame, so spikes stay visible.
+                ys = np.clip([p[1] for p in pts], *ylim)
+                ax.plot([p[0] for p in pts], ys, color=_rgb(colours[split]), label=split,
+                        linewidth=LINE_WIDTH, marker="o" if len(pts) == 1 else None)  # fmt: skip
+        ax.set(title=key, xlabel="step", xlim=xlim, ylim=ylim)
+        ax.grid(color="0.88")
+        ax.legend(loc="upper right", fontsize="small")
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    figure.tight_layout()
+    _save(figure, out_png)
     return keys
 
 
 # ---------------------------------------------------------------------------- histograms
-def plot_histograms(
+def histogram_stats(
     series: Mapping[str, np.ndarray | Tensor],
-    out_png: str | os.PathLike,
-    title: str = "",
-    xlabel: str = "",
     bins: int = 60,
     value_range: tuple[float, float] | None = None,
-    size: tuple[int, int] = (520, 320),
 ) -> dict[str, dict]:
-    """Overlaid step histograms, each normalised to a density so sets of different sizes
-    compare (as in the paper's Fig. 8).
+    """Histograms normalised to a density, so sets of different sizes compare.
 
     Args:
         series: label -> 1-D values (numpy or torch); non-finite values are dropped.
         value_range: (lo, hi) of the bins; default the 0.5–99.5 percentile range of all
             values, padded by 5% each side.
-            Values outside are not drawn but still count in the normalisation.
+            Values outside are not counted in a bin but still count in the normalisation.
     Returns:
         label -> {"count", "outside_range", "mean", "median", "edges", "density"}, for
         metrics.json.
@@ -266,13 +196,12 @@ def plot_histograms(
         pad = 0.05 * (hi - lo)  # spikes at the extremes stay visible inside the frame
         value_range = (float(lo - pad), float(hi + pad))
     edges = np.linspace(value_range[0], value_range[1], bins + 1)
-    stats, densities = {}, {}
+    stats = {}
     for label, values in arrays.items():
         inside = values[(values >= edges[0]) & (values <= edges[-1])]
         # Density of all values (not only those inside), so tails cut off lower the curve.
         counts = np.histogram(inside, edges)[0].astype(np.float64)
         density = counts / max(values.size, 1) / np.diff(edges)
-        densities[label] = density
         stats[label] = {
             "count": int(values.size),
             "outside_range": int(values.size - inside.size),
@@ -281,21 +210,39 @@ def plot_histograms(
             "edges": [float(e) for e in edges],
             "density": [float(d) for d in density],
         }
-    top = max([float(d.max()) for d in densities.values()] + [1e-9]) * 1.08
-    image = Image.new("RGB", size, "white")
-    panel = Panel(image, (0, 0, *size), (edges[0], edges[-1]), (0.0, top), title, xlabel)
-    entries = []
-    xs = np.repeat(edges, 2)[1:-1].tolist()
-    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(densities)}
+    return stats
+
+
+def plot_histograms(
+    series: Mapping[str, np.ndarray | Tensor],
+    out_png: str | os.PathLike,
+    title: str = "",
+    xlabel: str = "",
+    bins: int = 60,
+    value_range: tuple[float, float] | None = None,
+    size: tuple[int, int] = (520, 320),
+) -> dict[str, Any]:
+    """Overlaid step histograms of `histogram_stats` (as in the paper's Fig. 8), written to
+    `out_png` (size in pixels); returns the stats."""
+    stats = histogram_stats(series, bins, value_range)
+    figure = _figure(*size)
+    ax = figure.subplots()
+    densities = {label: np.asarray(s["density"]) for label, s in stats.items()}
+    top = max([float(d.max()) for d in densities.values() if d.size] + [1e-9]) * 1.08
     # Drawn last to first so the first series stays visible where curves coincide; the
     # later ones are thinner for the same reason.
-    for i, label in reversed(list(enumerate(densities))):
-        panel.line(
-            xs, np.repeat(densities[label], 2).tolist(), colours[label], width=3 if i == 0 else 2
-        )
-        entries.append((f"{label} (n={stats[label]['count']})", colours[label]))
-    panel.legend(entries[::-1])
-    _save(image, out_png)
+    for i, label in reversed(list(enumerate(stats))):
+        colour = _rgb(PALETTE[i % len(PALETTE)])
+        ax.stairs(densities[label], stats[label]["edges"], color=colour, zorder=len(stats) - i,
+                  linewidth=1.5 * LINE_WIDTH if i == 0 else LINE_WIDTH,
+                  label=f"{label} (n={stats[label]['count']})")  # fmt: skip
+    edges = next(iter(stats.values()))["edges"] if stats else [0.0, 1.0]
+    ax.set(title=title, xlabel=xlabel, xlim=(edges[0], edges[-1]), ylim=(0.0, top))
+    ax.grid(color="0.88")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], loc="upper right", fontsize="small")
+    figure.tight_layout()
+    _save(figure, out_png)
     return stats
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -69,7 +70,8 @@ def test_tiny_model_loss_falls_on_one_object(one_object: Path, tmp_path: Path):
     assert sum(fine[-4:]) / 4 < sum(fine[:4]) / 4
     assert (run / "checkpoint" / "model.safetensors").is_file()
     assert (run / "checkpoint" / "optimizer.safetensors").is_file()
-    assert (run / "curves.png").is_file()
+    if importlib.util.find_spec("matplotlib") is not None:  # plots are an optional extra
+        assert (run / "curves.png").is_file()
 
 
 def test_resume_continues_from_the_checkpoint(one_object: Path, tmp_path: Path):
