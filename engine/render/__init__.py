@@ -161,7 +161,12 @@ def render(
         )
         return RenderOutput(colors, alphas, depths, radii, means2d, chosen)
 
-    proj = project(gaussians, cameras, sh_degree=degree, near=near, far=far, eps2d=eps2d)
+    if chosen == "numba":
+        from .project_numba import project_numba
+
+        proj = project_numba(gaussians, cameras, sh_degree=degree, near=near, far=far, eps2d=eps2d)
+    else:
+        proj = project(gaussians, cameras, sh_degree=degree, near=near, far=far, eps2d=eps2d)
     means2d = proj.means2d
     if torch.is_grad_enabled():
         if means2d.requires_grad:

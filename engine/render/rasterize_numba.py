@@ -14,15 +14,21 @@ pixels while visiting far fewer pixel–Gaussian pairs when Gaussians are small
 next to the tile (the coarse and fine sets of the object model are a few
 pixels wide).
 
-The backward pass walks the same lists back to front (recovering the
-transmittance by division, as 3DGS does) and writes each (tile, Gaussian)
-pair's summed gradient into a buffer indexed by the pair. A pair belongs to
-exactly one tile and a tile to exactly one thread, so there are no write races
-and no per-thread copies of the gradients; a final serial pass sums the pairs
-into per-Gaussian gradients.
+Each row of a Gaussian's box is cut to the exact span of its ellipse where alpha can
+reach 1/255 (a quadratic in x, widened by a rounding margin), and rows whose pixels are
+all saturated are skipped, so the forward pass tests few pixels that cannot blend.
 
-Only the screen-space stage lives here; projection and SH are differentiable
-PyTorch (see `projection.py`).
+The forward pass records every blended pair (its tile-list index k, the pixel within the
+tile and exp(-sigma)) in order of k. The backward pass walks that record backwards, which
+is every pixel's list back to front (recovering the transmittance by division, as 3DGS
+does): it touches only pairs that blended, not every pixel of every box up to a pixel's
+last contributor. Each (tile, Gaussian) pair's summed gradient goes into a buffer indexed
+by the pair. A pair belongs to exactly one tile and a tile to exactly one thread, so there
+are no write races and no per-thread copies of the gradients; a final serial pass sums
+the pairs into per-Gaussian gradients.
+
+Only the screen-space stage lives here; projection and SH are `project_numba.py` (the
+same maths as the PyTorch `projection.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from torch import Tensor
 # Shared with the portable torch rasteriser, which must import without numba; numba
 # freezes these module globals into the kernels as constants.
 from .constants import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
+
+# Relative widening of a row's exact ellipse span (float rounding of the root).
+SPAN_MARGIN = 1e-5
 
 
 @njit(cache=True, nogil=True)
@@ -92,6 +101,24 @@ def _pixel_span(centre, extent, lo, hi):  # pragma: no cover
     return max(lo, int(math.ceil(centre - e - 0.5))), min(hi, int(math.floor(centre + e - 0.5)))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _row_span(mx, my, a, b, c, tau, py, lo, hi):  # pragma: no cover
+    """Pixels of row `py` in [lo, hi] where sigma <= tau, i.e. alpha = o·exp(-sigma) can
+    reach 1/255 (tau = log(255·o)), widened by a margin so float rounding never drops a
+    pixel; the kernels still test every pixel, so the span only saves visits."""
+    dy = my - (py + 0.5)
+    # sigma(dx) = .5 a dx² + b dy dx + .5 c dy²: a quadratic in dx, a > 0.
+    disc = (b * dy) ** 2 - a * (c * dy * dy - 2.0 * tau)
+    if disc < 0.0:
+        return 1, 0
+    root = math.sqrt(disc)
+    dx_lo, dx_hi = (-b * dy - root) / a, (-b * dy + root) / a
+    # dx = mx - (px + .5)  =>  px in [mx - dx_hi - .5, mx - dx_lo - .5]
+    m = SPAN_MARGIN * (1.0 + abs(mx) + root / a)
+    return (max(lo, int(math.ceil(mx - dx_hi - 0.5 - m))),
+            min(hi, int(math.floor(mx - dx_lo - 0.5 + m))))  # fmt: skip
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _forward_kernel(
     means2d,
@@ -110,17 +137,25 @@ def _forward_kernel(
     out_alpha,
     out_t,
     out_last,
+    rec_k,
+    rec_pix,
+    rec_gauss,
+    tile_rec,
+    overflow,
 ):  # pragma: no cover
     n_tiles = offsets.size - 1
     n_ch = colors.shape[1]
+    cap = rec_k.shape[1]
     for part in prange(n_parts):
         # Per-tile pixel state; Gaussians are the outer loop, so each one visits only
-        # the pixels of its own box (outside it alpha < 1/255 and the pixel would skip
-        # it anyway), not every pixel of the tile.
+        # the pixels of its own ellipse (outside it alpha < 1/255 and the pixel would
+        # skip it anyway), not every pixel of the tile.
         trans = np.empty((tile, tile))
         acc = np.empty((tile, tile, n_ch))
         last = np.empty((tile, tile), np.int64)
         done = np.empty((tile, tile), np.bool_)
+        row_live = np.empty(tile, np.int64)
+        n_rec = 0
         for t in range(part, n_tiles, n_parts):
             start, end = offsets[t], offsets[t + 1]
             ty, tx = t // tiles_x, t % tiles_x
@@ -130,26 +165,34 @@ def _forward_kernel(
             acc[:, :, :] = 0.0
             last[:, :] = start
             done[:, :] = False
+            row_live[:] = x1 - x0 + 1
             live = (x1 - x0 + 1) * (y1 - y0 + 1)
+            tile_rec[t, 0] = n_rec
             for k in range(start, end):
                 if live == 0:
                     break  # every pixel of the tile is saturated
                 g = ids[k]
                 mx, my = means2d[g, 0], means2d[g, 1]
-                px0, px1 = _pixel_span(mx, extents[g, 0], x0, x1)
+                op = opacities[g]
+                ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+                tau = math.log(op * 255.0)
                 py0, py1 = _pixel_span(my, extents[g, 1], y0, y1)
                 for py in range(py0, py1 + 1):
                     ly = py - y0
+                    if row_live[ly] == 0:
+                        continue
+                    px0, px1 = _row_span(mx, my, ca, cb, cc, tau, py, x0, x1)
                     dy = my - (py + 0.5)
                     for px in range(px0, px1 + 1):
                         lx = px - x0
                         if done[ly, lx]:
                             continue
                         dx = mx - (px + 0.5)
-                        sigma = _mahalanobis_half(conics, g, dx, dy)
+                        sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
                         if sigma < 0.0:
                             continue
-                        alpha = min(ALPHA_MAX, opacities[g] * math.exp(-sigma))
+                        gauss = math.exp(-sigma)
+                        alpha = min(ALPHA_MAX, op * gauss)
                         if alpha < ALPHA_MIN:
                             continue
                         tr = trans[ly, lx]
@@ -157,12 +200,21 @@ def _forward_kernel(
                         if next_t < T_MIN:
                             done[ly, lx] = True
                             live -= 1
+                            row_live[ly] -= 1
                             continue
                         w = alpha * tr
                         for ch in range(n_ch):
                             acc[ly, lx, ch] += w * colors[g, ch]
                         trans[ly, lx] = next_t
                         last[ly, lx] = k + 1
+                        # The blended pair, in (k, pixel) order: walked backwards it is
+                        # every pixel's list back to front, all the backward pass needs.
+                        if n_rec < cap:
+                            rec_k[part, n_rec] = k
+                            rec_pix[part, n_rec] = ly * tile + lx
+                            rec_gauss[part, n_rec] = gauss
+                        n_rec += 1
+            tile_rec[t, 1] = n_rec
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
                     ly, lx = py - y0, px - x0
@@ -171,6 +223,7 @@ def _forward_kernel(
                     out_alpha[py, px] = 1.0 - trans[ly, lx]
                     out_t[py, px] = trans[ly, lx]
                     out_last[py, px] = last[ly, lx]
+        overflow[part] = n_rec
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -179,8 +232,6 @@ def _backward_kernel(
     conics,
     colors,
     opacities,
-    extents,
-    offsets,
     ids,
     tile,
     tiles_x,
@@ -188,7 +239,10 @@ def _backward_kernel(
     height,
     n_parts,
     pix_t,
-    pix_last,
+    rec_k,
+    rec_pix,
+    rec_gauss,
+    tile_rec,
     grad_acc,
     grad_alpha,
     pair_means2d,
@@ -198,87 +252,89 @@ def _backward_kernel(
     pair_abs,
     means_only,
 ):  # pragma: no cover
-    n_tiles = offsets.size - 1
+    n_tiles = tile_rec.shape[0]
     n_ch = colors.shape[1]
     for part in prange(n_parts):
         trans = np.empty((tile, tile))
         rest = np.empty((tile, tile, n_ch))  # colour of everything behind, per pixel
         g_col = np.empty(n_ch)
         for t in range(part, n_tiles, n_parts):
-            start = offsets[t]
+            r0, r1 = tile_rec[t, 0], tile_rec[t, 1]
+            if r1 == r0:
+                continue
             ty, tx = t // tiles_x, t % tiles_x
             x0, y0 = tx * tile, ty * tile
             x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
-            k_end = start
             for py in range(y0, y1 + 1):
                 for px in range(x0, x1 + 1):
                     trans[py - y0, px - x0] = pix_t[py, px]
-                    k_end = max(k_end, pix_last[py, px])
             rest[:, :, :] = 0.0
-            # Back to front over the tile's list; a pixel takes part in pair k only while
-            # k < its last contributor, exactly as its own front-to-back walk did.
-            for k in range(k_end - 1, start - 1, -1):
-                g = ids[k]
-                mx, my = means2d[g, 0], means2d[g, 1]
-                px0, px1 = _pixel_span(mx, extents[g, 0], x0, x1)
-                py0, py1 = _pixel_span(my, extents[g, 1], y0, y1)
-                gm0 = gm1 = ga0 = ga1 = 0.0
-                gc0 = gc1 = gc2 = 0.0
-                g_op = 0.0
-                for ch in range(n_ch):
-                    g_col[ch] = 0.0
-                for py in range(py0, py1 + 1):
-                    ly = py - y0
-                    dy = my - (py + 0.5)
-                    for px in range(px0, px1 + 1):
-                        if k >= pix_last[py, px]:
-                            continue
-                        lx = px - x0
-                        dx = mx - (px + 0.5)
-                        sigma = _mahalanobis_half(conics, g, dx, dy)
-                        if sigma < 0.0:
-                            continue
-                        gauss = math.exp(-sigma)
-                        raw = opacities[g] * gauss
-                        alpha = min(ALPHA_MAX, raw)
-                        if alpha < ALPHA_MIN:
-                            continue
-                        tr = trans[ly, lx] / (1.0 - alpha)  # transmittance in front of k
-                        trans[ly, lx] = tr
-                        w = alpha * tr
-                        g_a = 0.0
-                        for ch in range(n_ch):
-                            gc = grad_acc[py, px, ch]
-                            g_col[ch] += w * gc
-                            r = rest[ly, lx, ch]
-                            g_a += (colors[g, ch] - r) * tr * gc
-                            rest[ly, lx, ch] = alpha * colors[g, ch] + (1.0 - alpha) * r
-                        g_a += grad_alpha[py, px] * pix_t[py, px] / (1.0 - alpha)
-                        if raw > ALPHA_MAX:
-                            continue  # clamped: alpha does not depend on o or sigma here
-                        g_sigma = -raw * g_a
-                        gmx = g_sigma * (conics[g, 0] * dx + conics[g, 1] * dy)
-                        gmy = g_sigma * (conics[g, 2] * dy + conics[g, 1] * dx)
-                        gm0 += gmx
-                        gm1 += gmy
-                        ga0 += abs(gmx)
-                        ga1 += abs(gmy)
-                        g_op += gauss * g_a
-                        gc0 += 0.5 * g_sigma * dx * dx
-                        gc1 += g_sigma * dx * dy
-                        gc2 += 0.5 * g_sigma * dy * dy
-                # Pair k belongs to this tile alone, so plain stores need no locking.
-                pair_means2d[k, 0] = gm0
-                pair_means2d[k, 1] = gm1
-                pair_abs[k, 0] = ga0
-                pair_abs[k, 1] = ga1
-                if not means_only:
+            # The tile's blended pairs back to front: each pixel meets its Gaussians in
+            # reverse depth order; one pair (k) is a run of records, flushed when k changes.
+            k_cur = -1
+            g = 0
+            mx = my = ca = cb = cc = op = 0.0
+            gm0 = gm1 = ga0 = ga1 = gc0 = gc1 = gc2 = g_op = 0.0
+            for ch in range(n_ch):
+                g_col[ch] = 0.0
+            for r in range(r1 - 1, r0 - 2, -1):
+                k = rec_k[part, r] if r >= r0 else -1
+                if k != k_cur:
+                    if k_cur >= 0:
+                        # Pair k belongs to this tile alone, so plain stores need no lock.
+                        pair_means2d[k_cur, 0] = gm0
+                        pair_means2d[k_cur, 1] = gm1
+                        pair_abs[k_cur, 0] = ga0
+                        pair_abs[k_cur, 1] = ga1
+                        if not means_only:
+                            for ch in range(n_ch):
+                                pair_colors[k_cur, ch] = g_col[ch]
+                            pair_opacities[k_cur] = g_op
+                            pair_conics[k_cur, 0] = gc0
+                            pair_conics[k_cur, 1] = gc1
+                            pair_conics[k_cur, 2] = gc2
+                    if k < 0:
+                        break
+                    k_cur = k
+                    g = ids[k]
+                    mx, my = means2d[g, 0], means2d[g, 1]
+                    ca, cb, cc = conics[g, 0], conics[g, 1], conics[g, 2]
+                    op = opacities[g]
+                    gm0 = gm1 = ga0 = ga1 = gc0 = gc1 = gc2 = g_op = 0.0
                     for ch in range(n_ch):
-                        pair_colors[k, ch] = g_col[ch]
-                    pair_opacities[k] = g_op
-                    pair_conics[k, 0] = gc0
-                    pair_conics[k, 1] = gc1
-                    pair_conics[k, 2] = gc2
+                        g_col[ch] = 0.0
+                pix = rec_pix[part, r]
+                ly, lx = pix // tile, pix % tile
+                py, px = y0 + ly, x0 + lx
+                dx = mx - (px + 0.5)
+                dy = my - (py + 0.5)
+                gauss = rec_gauss[part, r]
+                raw = op * gauss
+                alpha = min(ALPHA_MAX, raw)
+                tr = trans[ly, lx] / (1.0 - alpha)  # transmittance in front of k
+                trans[ly, lx] = tr
+                w = alpha * tr
+                g_a = 0.0
+                for ch in range(n_ch):
+                    gc = grad_acc[py, px, ch]
+                    g_col[ch] += w * gc
+                    rv = rest[ly, lx, ch]
+                    g_a += (colors[g, ch] - rv) * tr * gc
+                    rest[ly, lx, ch] = alpha * colors[g, ch] + (1.0 - alpha) * rv
+                g_a += grad_alpha[py, px] * pix_t[py, px] / (1.0 - alpha)
+                if raw > ALPHA_MAX:
+                    continue  # clamped: alpha does not depend on o or sigma here
+                g_sigma = -raw * g_a
+                gmx = g_sigma * (ca * dx + cb * dy)
+                gmy = g_sigma * (cc * dy + cb * dx)
+                gm0 += gmx
+                gm1 += gmy
+                ga0 += abs(gmx)
+                ga1 += abs(gmy)
+                g_op += gauss * g_a
+                gc0 += 0.5 * g_sigma * dx * dx
+                gc1 += g_sigma * dx * dy
+                gc2 += 0.5 * g_sigma * dy * dy
 
 
 @njit(cache=True, nogil=True)
@@ -295,10 +351,46 @@ def _numpy(t: Tensor) -> np.ndarray:
 
 
 class _Bins:
-    """Per-camera tile lists and per-pixel state the backward pass needs."""
+    """Per-camera tile lists, per-pixel transmittance and the blended pairs the forward
+    pass recorded (per thread part: pair index k, pixel within its tile, exp(-sigma)),
+    which is all the backward pass reads."""
 
-    def __init__(self, offsets: np.ndarray, ids: np.ndarray, trans: np.ndarray, last: np.ndarray):
-        self.offsets, self.ids, self.trans, self.last = offsets, ids, trans, last
+    def __init__(self, offsets: np.ndarray, ids: np.ndarray, trans: np.ndarray,
+                 records: tuple[np.ndarray, ...], tile_rec: np.ndarray) -> None:  # fmt: skip
+        self.offsets, self.ids, self.trans = offsets, ids, trans
+        self.records, self.tile_rec = records, tile_rec
+
+
+# Blended pairs recorded per pixel, first guess of the forward pass's buffers (grown, and
+# the camera re-drawn, when a scene blends more; the next call starts from what was seen).
+_RECORDS_PER_PIXEL = [8.0]
+
+
+def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, width, height,
+                    n_parts, acc, alpha) -> _Bins:  # fmt: skip
+    """Bin, draw and record one camera into acc (H, W, D) and alpha (H, W)."""
+    visible = np.flatnonzero(ext[:, 0] > 0)
+    order = visible[np.argsort(dep[visible], kind="stable")]
+    offsets, ids = _bin_tiles(m, ext, order, tile_size, tiles_x, tiles_y, width, height)
+    n_tiles = tiles_x * tiles_y
+    while True:
+        cap = max(1024, int(_RECORDS_PER_PIXEL[0] * width * height / n_parts))
+        cap = min(cap, int(ids.size) * tile_size * tile_size + 1)  # never more than pairs × pixels
+        rec = (np.empty((n_parts, cap), np.int32), np.empty((n_parts, cap), np.int32),
+               np.empty((n_parts, cap), col.dtype))  # fmt: skip
+        tile_rec = np.zeros((n_tiles, 2), np.int64)
+        used = np.zeros(n_parts, np.int64)
+        trans = np.ones((height, width), np.float64)
+        last = np.zeros((height, width), np.int64)
+        _forward_kernel(
+            m, con, col, op, ext, offsets, ids, tile_size, tiles_x, width, height, n_parts,
+            acc, alpha, trans, last, *rec, tile_rec, used,
+        )  # fmt: skip
+        most = int(used.max()) if used.size else 0
+        if most <= cap:
+            _RECORDS_PER_PIXEL[0] = max(2.0, 1.25 * most * n_parts / (width * height))
+            return _Bins(offsets, ids, trans, rec, tile_rec)
+        _RECORDS_PER_PIXEL[0] = 1.25 * most * n_parts / (width * height)
 
 
 class NumbaRasterize(torch.autograd.Function):
@@ -315,33 +407,24 @@ class NumbaRasterize(torch.autograd.Function):
         ext_np, dep_np = _numpy(extents), _numpy(depths)
         acc = np.zeros((num_cams, height, width, n_ch), dtype)
         alpha = np.zeros((num_cams, height, width), dtype)
-        bins = []
-        for c in range(num_cams):
-            visible = np.flatnonzero(ext_np[c, :, 0] > 0)
-            order = visible[np.argsort(dep_np[c, visible], kind="stable")]
-            offsets, ids = _bin_tiles(
-                m_np[c], ext_np[c], order, tile_size, tiles_x, tiles_y, width, height
-            )
-            trans = np.ones((height, width), np.float64)
-            last = np.zeros((height, width), np.int64)
-            _forward_kernel(
-                m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], offsets, ids, tile_size,
-                tiles_x, width, height, n_parts, acc[c], alpha[c], trans, last,
-            )  # fmt: skip
-            bins.append(_Bins(offsets, ids, trans, last))
+        bins = [
+            _forward_camera(m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], dep_np[c],
+                            tile_size, tiles_x, tiles_y, width, height, n_parts, acc[c],
+                            alpha[c])  # fmt: skip
+            for c in range(num_cams)
+        ]
         ctx.bins = bins
-        ctx.geometry = (width, height, tile_size, tiles_x)
-        ctx.arrays = (m_np, con_np, col_np, op_np, ext_np)
+        ctx.geometry = (width, height, tile_size, tiles_x, n_parts)
+        ctx.arrays = (m_np, con_np, col_np, op_np)
         ctx.means2d = means2d
         return torch.from_numpy(acc).to(colors.device), torch.from_numpy(alpha).to(colors.device)
 
     @staticmethod
     def backward(ctx, grad_acc, grad_alpha):
-        width, height, tile_size, tiles_x = ctx.geometry
-        m_np, con_np, col_np, op_np, ext_np = ctx.arrays
+        width, height, tile_size, tiles_x, n_parts = ctx.geometry
+        m_np, con_np, col_np, op_np = ctx.arrays
         num_cams, n, n_ch = col_np.shape
         dtype = col_np.dtype
-        n_parts = numba.get_num_threads()
         # When only the 2D means need a gradient (the gradient mask renders detached
         # Gaussians), the per-pair conic, colour and opacity terms are neither written
         # nor reduced: 4 of the 10 pair columns remain.
@@ -359,8 +442,8 @@ class NumbaRasterize(torch.autograd.Function):
             else:
                 pair_con, pair_col, pair_op = pairs[2], pairs[3], pairs[4][:, 0]
             _backward_kernel(
-                m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], b.offsets, b.ids,
-                tile_size, tiles_x, width, height, n_parts, b.trans, b.last, g_acc[c], g_alpha[c],
+                m_np[c], con_np[c], col_np[c], op_np[c], b.ids, tile_size, tiles_x, width,
+                height, n_parts, b.trans, *b.records, b.tile_rec, g_acc[c], g_alpha[c],
                 pairs[0], pair_con, pair_col, pair_op, pairs[1], means_only,
             )  # fmt: skip
             for values, out in zip(pairs, outs, strict=True):
