@@ -1,5 +1,7 @@
-"""engine.metrics: PSNR (masked), SSIM against scikit-image, MS-SSIM against an independent
-NumPy/SciPy reference, gradients (gradcheck, constant and tiny images), LPIPS detection."""
+"""engine.metrics: PSNR (masked), SSIM against scikit-image, SSIM and MS-SSIM against
+pytorch-msssim at 256² and MS-SSIM against an independent NumPy/SciPy reference where
+pytorch-msssim cannot go (odd and small sizes), gradients (gradcheck, constant and tiny
+images), LPIPS detection."""
 
 from __future__ import annotations
 
@@ -215,6 +217,24 @@ def test_ms_ssim_matches_reference(h, w):
     levels = ms_ssim_levels(h, w)
     ref = reference_ms_ssim(a.numpy(), b.numpy(), levels)
     assert ms_ssim(a, b).item() == pytest.approx(ref, abs=1e-9)
+
+
+def test_ssim_and_ms_ssim_match_pytorch_msssim_at_256():
+    """The published implementation (pytorch-msssim, the test extra) at 256²: 5 scales,
+    11-px window, sigma 1.5, valid filtering, the published weights. The NumPy reference
+    above covers what pytorch-msssim cannot take: odd sides (it pads before pooling; we
+    drop the last row/column) and images under 161 px (fewer scales)."""
+    pm = pytest.importorskip("pytorch_msssim")
+    # pytorch-msssim builds its window and weights in float32, so even in float64 the two
+    # agree to ~1e-6 (MS-SSIM, whose powers amplify the taps' rounding) and ~1e-7 (SSIM).
+    for dtype in (torch.float64, torch.float32):
+        for noise in (0.02, 0.15, 0.5):
+            a, b = pair((2, 256, 256, 3), noise, seed=7, dtype=dtype)
+            x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+            ref_ms = pm.ms_ssim(x, y, data_range=1.0, size_average=False)
+            ref_ss = pm.ssim(x, y, data_range=1.0, size_average=False)
+            torch.testing.assert_close(ms_ssim(a, b), ref_ms, rtol=0, atol=5e-6)
+            torch.testing.assert_close(ssim(a, b), ref_ss, rtol=0, atol=5e-7)
 
 
 def test_ms_ssim_levels_1_is_ssim():
