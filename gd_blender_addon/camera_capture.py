@@ -87,7 +87,12 @@ def _sampling_settings(scene: bpy.types.Scene) -> list[tuple[Any, str, Any]]:
              max(int(cycles.transparent_max_bounces), CAPTURE_TRANSPARENT_BOUNCES)),
         ]  # fmt: skip
         if samples < cycles.samples:
-            settings.append((cycles, "use_denoising", True))
+            # Denoised the way the training data was (engine/data/procedural/scene.py):
+            # OpenImageDenoise's FAST quality and prefilter, also 2.5x quicker than the
+            # default HIGH/ACCURATE at 256² (0.81 vs 2.07 s a view, measured).
+            settings += [(cycles, "use_denoising", True),
+                         (cycles, "denoising_quality", "FAST"),
+                         (cycles, "denoising_prefilter", "FAST")]  # fmt: skip
         return settings
     if engine.startswith("BLENDER_EEVEE"):
         eevee = scene.eevee

@@ -34,9 +34,10 @@ instanced meshes are too heavy for the viewport.
 
 Cycles blends the transparent layers front to back like the splat rasteriser, but
 stops after `scene.cycles.transparent_max_bounces` layers (8 by default): dense splats
-need 64+ (set on the scene by the caller, e.g. the render operator; this module never
-touches scene settings). EEVEE is not verified here (no GPU context on the test
-machines); the materials use only nodes EEVEE has, with dithered transparency.
+need far more. This module never touches scene settings; `render_setup.py` raises them
+(visibly) whenever the add-on makes a splat object. EEVEE is not verified here (no GPU
+context on the test machines); the materials use only nodes EEVEE has, with dithered
+transparency.
 """
 
 from __future__ import annotations
