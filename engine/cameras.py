@@ -34,7 +34,7 @@ class CameraError(ValueError):
 
 
 # ---------------------------------------------------------------------------- small helpers
-def _as_size(value: Any, name: str) -> int:
+def as_size(value: Any, name: str) -> int:
     """A positive integer size; floats and bools are refused so a 799.9 cannot sneak in."""
     if isinstance(value, bool):
         raise CameraError(f"{name} must be an integer, got {value!r}")
@@ -47,7 +47,7 @@ def _as_size(value: Any, name: str) -> int:
     return size
 
 
-def _float64(value: Any, name: str) -> Tensor:
+def as_float64(value: Any, name: str) -> Tensor:
     """Any array-like (tensor, numpy, nested lists, mathutils.Matrix) as a CPU float64 tensor."""
     if isinstance(value, Tensor):
         return value.detach().to(device="cpu", dtype=torch.float64)
@@ -64,7 +64,7 @@ def _rotation_error(rotations: Tensor) -> Tensor:
     return (gram - eye).abs().amax(dim=(-1, -2))
 
 
-def _check_rigid(matrices: Tensor, what: str) -> None:
+def check_rigid(matrices: Tensor, what: str) -> None:
     """Raise unless every (…, 4, 4) matrix is a rotation + translation (no scale/shear/mirror)."""
     flat = matrices.detach().reshape(-1, 4, 4)
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=flat.dtype, device=flat.device)
@@ -80,7 +80,7 @@ def _check_rigid(matrices: Tensor, what: str) -> None:
             raise CameraError(f"{what} {index}: {problem}")
 
 
-def _rigid_inverse(matrices: Tensor) -> Tensor:
+def rigid_inverse(matrices: Tensor) -> Tensor:
     """Inverse of rigid transforms, exact up to rounding. (..., 4, 4) -> (..., 4, 4)."""
     rot_t = matrices[..., :3, :3].transpose(-1, -2)
     out = torch.zeros_like(matrices)
@@ -88,6 +88,11 @@ def _rigid_inverse(matrices: Tensor) -> Tensor:
     out[..., :3, 3] = -(rot_t @ matrices[..., :3, 3:4])[..., 0]
     out[..., 3, 3] = 1.0
     return out
+
+
+# The names these checks had while private; camera_formats/nerf.py still imports them (it is
+# being changed elsewhere): remove once it uses the public names.
+_check_rigid, _rigid_inverse = check_rigid, rigid_inverse
 
 
 # ---------------------------------------------------------------------------- Cameras
@@ -143,13 +148,13 @@ class Cameras:
         for name in ("fx", "fy", "cx", "cy"):
             value = getattr(self, name)
             if not isinstance(value, Tensor):
-                value = _float64(value, name)
+                value = as_float64(value, name)
             value = value.to(device=w2c.device, dtype=w2c.dtype)
             if value.ndim == 0 and w2c.ndim == 3:
                 value = value.expand(w2c.shape[0])
             setattr(self, name, value)
-        self.width = _as_size(self.width, "width")
-        self.height = _as_size(self.height, "height")
+        self.width = as_size(self.width, "width")
+        self.height = as_size(self.height, "height")
 
     def validate(self) -> None:
         """Raise `CameraError` on wrong shapes/dtypes/devices, non-finite values,
@@ -171,14 +176,14 @@ class Cameras:
                     f"{f.name} is {value.dtype} on {value.device}, "
                     f"world_to_camera is {w2c.dtype} on {w2c.device}"
                 )
-        _as_size(self.width, "width")
-        _as_size(self.height, "height")
+        as_size(self.width, "width")
+        as_size(self.height, "height")
         intrinsics = torch.stack([self.fx, self.fy, self.cx, self.cy], dim=-1).detach()
         if not (bool(torch.isfinite(w2c).all()) and bool(torch.isfinite(intrinsics).all())):
             raise CameraError("camera values must be finite (found NaN or Inf)")
         if bool((intrinsics[:, :2] <= 0).any()):
             raise CameraError("focal lengths fx, fy must be positive")
-        _check_rigid(w2c, "world_to_camera of camera")
+        check_rigid(w2c, "world_to_camera of camera")
 
     # ------------------------------------------------------------------ container
     def __len__(self) -> int:
@@ -245,7 +250,7 @@ class Cameras:
     @property
     def camera_to_world(self) -> Tensor:
         """(C, 4, 4) OpenCV camera-to-world."""
-        return _rigid_inverse(self.world_to_camera)
+        return rigid_inverse(self.world_to_camera)
 
     @property
     def centers(self) -> Tensor:
@@ -287,7 +292,7 @@ class Cameras:
         With pixel edges at integers, resampling is a plain scale of the continuous image
         coordinates, so fx, cx scale by width/W and fy, cy by height/H (no half-pixel shift).
         """
-        width, height = _as_size(width, "width"), _as_size(height, "height")
+        width, height = as_size(width, "width"), as_size(height, "height")
         sx, sy = width / self.width, height / self.height
         return Cameras._unchecked(
             self.world_to_camera, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
@@ -330,7 +335,7 @@ class Cameras:
         (cv2.calibrateCamera); their principal point moves by +0.5 into our convention.
         """
         if not isinstance(K, Tensor):
-            K = _float64(K, "K")
+            K = as_float64(K, "K")
         if K.shape[-2:] != (3, 3) or K.ndim not in (2, 3):
             raise CameraError(f"K must have shape (3, 3) or (C, 3, 3), got {tuple(K.shape)}")
         k = K.detach().reshape(-1, 3, 3).double()
@@ -391,7 +396,7 @@ class Cameras:
         w2c[:, :3, :3] = rot
         w2c[:, :3, 3] = -(rot @ eyes_t[..., None])[..., 0]
         w2c[:, 3, 3] = 1.0
-        width, height = _as_size(width, "width"), _as_size(height, "height")
+        width, height = as_size(width, "width"), as_size(height, "height")
         fov = torch.as_tensor(fov_x_deg, dtype=dtype, device=eyes_t.device)
         if not bool(((fov > 0) & (fov < 180)).all()):
             raise CameraError(f"fov_x_deg must be in (0, 180), got {fov_x_deg}")

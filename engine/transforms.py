@@ -6,7 +6,7 @@ Rendering `g2` from cameras whose world-to-camera matrices are `w2c @ inv([R t; 
 gives the same images as rendering `g` from `w2c` (tests/test_transforms.py).
 
 SH coefficients c describe the colour seen along direction d as c · Y(d) (3DGS basis,
-`engine.render.sh`). After the world is rotated by R the same colour must be seen along
+`engine.sh`). After the world is rotated by R the same colour must be seen along
 R·d, so the new coefficients c' satisfy c' · Y(R d) = c · Y(d) for every d. Each band
 l = 1..3 maps onto itself by a (2l+1)×(2l+1) matrix, found here by an exact least-squares
 fit on well spread directions (the system is consistent, so the fit is exact to rounding);
@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .gaussians import Gaussians
 from .rotations import matrix_to_quaternion, normalize_quaternions, quaternion_multiply
+from .sh import sh_basis
 
 __all__ = ["rotate_gaussians", "rotate_quaternions", "rotate_sh", "sh_rotation_blocks"]
 
@@ -41,8 +42,6 @@ def _check_rotation(rotation: Tensor, proper: bool) -> None:
 
 @functools.lru_cache(maxsize=32)
 def _blocks_cached(matrix: tuple[float, ...], degree: int) -> tuple[np.ndarray, ...]:
-    from .render.sh import sh_basis  # local: keep the renderer out of light imports (io)
-
     m = np.array(matrix, dtype=np.float64).reshape(3, 3)
     # Fibonacci sphere: well spread directions, plenty for a 7-coefficient band fit.
     i = np.arange(96) + 0.5

@@ -13,9 +13,8 @@ cameras_mod = pytest.importorskip("engine.cameras")
 if not hasattr(cameras_mod, "Cameras"):
     pytest.skip("engine.cameras is not in this tree yet", allow_module_level=True)
 
-from engine.gd.config import ViewFeatureConfig  # noqa: E402
+from engine.gd.config import CHILD_SAMPLES, ViewFeatureConfig  # noqa: E402
 from engine.gd.view_features import (  # noqa: E402
-    CHILD_SAMPLES,
     PARAM_FEATURES,
     ChildSampler,
     ViewFeatureEncoder,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..cameras import CameraError, Cameras, _as_size, _check_rigid, _float64, _rigid_inverse
+from ..cameras import CameraError, Cameras, as_float64, as_size, check_rigid, rigid_inverse
 from ._common import _flip_yz
 
 __all__ = ["from_blender", "to_blender"]
@@ -72,9 +72,9 @@ def from_blender(
     shift_x, shift_y = _finite(shift_x, "shift_x"), _finite(shift_y, "shift_y")
     aspect_x = _positive(pixel_aspect_x, "pixel_aspect_x")
     aspect_y = _positive(pixel_aspect_y, "pixel_aspect_y")
-    percentage = _as_size(resolution_percentage, "resolution_percentage")
-    width = _as_size(_as_size(resolution_x, "resolution_x") * percentage // 100, "scaled width")
-    height = _as_size(_as_size(resolution_y, "resolution_y") * percentage // 100, "scaled height")
+    percentage = as_size(resolution_percentage, "resolution_percentage")
+    width = as_size(as_size(resolution_x, "resolution_x") * percentage // 100, "scaled width")
+    height = as_size(as_size(resolution_y, "resolution_y") * percentage // 100, "scaled height")
 
     # Blender's BKE_camera_params_compute_viewplane: `ycor` stretches pixels vertically and
     # the sensor spans `view` pixels along the fitted axis; shifts are fractions of `view`.
@@ -86,7 +86,7 @@ def from_blender(
     cx = width / 2 - shift_x * view
     cy = height / 2 + shift_y * view / ycor
 
-    world = _float64(matrix_world, "matrix_world")
+    world = as_float64(matrix_world, "matrix_world")
     if world.shape[-2:] != (4, 4) or world.ndim not in (2, 3):
         raise CameraError(f"matrix_world must be (4, 4) or (C, 4, 4), got {tuple(world.shape)}")
     world = world.reshape(-1, 4, 4).clone()
@@ -96,8 +96,8 @@ def from_blender(
     if bool((scale < 1e-12).any()):
         raise CameraError("matrix_world has a zero scale axis")
     world[:, :3, :3] /= scale
-    _check_rigid(world, "matrix_world (after removing scale) of camera")
-    w2c = _flip_yz() @ _rigid_inverse(world)
+    check_rigid(world, "matrix_world (after removing scale) of camera")
+    w2c = _flip_yz() @ rigid_inverse(world)
 
     count = world.shape[0]
     full = lambda x: torch.full((count,), x, dtype=torch.float64)  # noqa: E731

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_atomic
-from ..cameras import CameraError, Cameras, _as_size
+from ..cameras import CameraError, Cameras, as_size
 from ..rotations import matrix_to_quaternion, quaternion_to_matrix
 from ._common import _in_file
 
@@ -90,8 +90,8 @@ def _pinhole_params(camera_id: int, camera: dict[str, Any]) -> tuple[float, floa
             f"{what}: {model} with non-zero distortion {[params[j] for j in distortion]}; "
             "undistort the images first (colmap image_undistorter)"
         )
-    _as_size(camera.get("width"), f"{what} width")
-    _as_size(camera.get("height"), f"{what} height")
+    as_size(camera.get("width"), f"{what} width")
+    as_size(camera.get("height"), f"{what} height")
     fx, fy = params[ifx], params[ify]
     if fx <= 0 or fy <= 0:
         raise CameraError(f"{what}: focal lengths must be positive, got {fx}, {fy}")

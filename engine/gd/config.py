@@ -13,6 +13,10 @@ from dataclasses import dataclass, field, replace
 
 from .serialization import ORDERS
 
+CHILD_SAMPLES = 8
+"""Width of `view_features.ChildSampler` features (mean input RGB, then the rest): the
+value a config's `child_samples` takes when children re-sample the inputs."""
+
 
 @dataclass(frozen=True)
 class ViewFeatureConfig:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..gaussians import Gaussians
-from .config import DensifyConfig
+from .config import CHILD_SAMPLES, DensifyConfig
 from .densify import FineGaussians, GenerativeDensifier, grid_size_from_scales
 from .gradient_mask import (
     GradientScores,
@@ -35,7 +35,7 @@ from .gradient_mask import (
 )
 from .merge import MergeResult
 from .merge import merge as merge_fine
-from .view_features import CHILD_SAMPLES, ChildSampler, ViewFeatureEncoder, candidate_features
+from .view_features import ChildSampler, ViewFeatureEncoder, candidate_features
 
 if TYPE_CHECKING:
     from ..cameras import Cameras

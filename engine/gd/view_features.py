@@ -165,10 +165,6 @@ def _project_and_sample(
     return torch.cat(sampled, dim=1).permute(2, 0, 1), depth.T, inside.T
 
 
-CHILD_SAMPLES = 8
-"""Width of `ChildSampler` features."""
-
-
 class ChildSampler:
     """What the input views show at arbitrary points (the densifier's children).
 
@@ -199,7 +195,7 @@ class ChildSampler:
         self.render = _render_stack(None, coarse_alphas, coarse_depths, len(cameras))
 
     def __call__(self, points: Tensor) -> Tensor:
-        """points: (M, 3) -> (M, CHILD_SAMPLES)."""
+        """points: (M, 3) -> (M, `config.CHILD_SAMPLES`)."""
         s, depth, inside = _project_and_sample(points, (self.images, self.render), self.cameras)
         surface = _unpremultiply(s[..., 4], s[..., 3])
         wgt = inside * torch.exp(-(surface - depth).abs() / self.tolerance)  # (M, V)

@@ -43,7 +43,7 @@ import torch
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
 from .limits import check_gaussian_count
-from .ply import MAX_HEADER_BYTES, _Header, _parse_header, _Problem
+from .ply import MAX_HEADER_BYTES, PlyHeader, PlyProblem, parse_header
 
 __all__ = [
     "CHUNK_SIZE",
@@ -211,13 +211,13 @@ def is_compressed_ply(path: str | os.PathLike[str]) -> bool:
     with open(path, "rb") as f:
         head = f.read(MAX_HEADER_BYTES)
     try:
-        header = _parse_header(head)
-    except _Problem:
+        header = parse_header(head)
+    except PlyProblem:
         return False
     return _looks_compressed(header)
 
 
-def _looks_compressed(header: _Header) -> bool:
+def _looks_compressed(header: PlyHeader) -> bool:
     return any(e.name == "chunk" for e in header.elements) or any(
         e.name == "vertex" and any(n.startswith("packed_") for n, _ in e.properties)
         for e in header.elements
@@ -235,57 +235,57 @@ def read_compressed_ply(
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            header = _parse_header(f.read(MAX_HEADER_BYTES))
+            header = parse_header(f.read(MAX_HEADER_BYTES))
             layout = _check_layout(header, size)
             f.seek(header.data_start)
             raw = f.read(layout["bytes"])
         if len(raw) < layout["bytes"]:
-            raise _Problem("the file ended while reading (it changed during the read?)")
+            raise PlyProblem("the file ended while reading (it changed during the read?)")
         return _decode(raw, layout, device)
-    except _Problem as e:
+    except PlyProblem as e:
         raise CompressedPlyFormatError(f"{path}: {e}") from None
 
 
-def _check_layout(header: _Header, file_size: int) -> dict:
+def _check_layout(header: PlyHeader, file_size: int) -> dict:
     names = [e.name for e in header.elements]
     if names not in (["chunk", "vertex"], ["chunk", "vertex", "sh"]):
-        raise _Problem(
+        raise PlyProblem(
             f"elements are {names[:5]!r}; a compressed PLY has 'chunk', 'vertex' and "
             "optionally 'sh', in that order"
         )
     chunk, vertex = header.elements[0], header.elements[1]
     props = [n for n, _ in chunk.properties]
     if props not in (CHUNK_PROPERTIES[:12], CHUNK_PROPERTIES):
-        raise _Problem(f"chunk properties {props[:20]!r} are not the compressed PLY layout")
+        raise PlyProblem(f"chunk properties {props[:20]!r} are not the compressed PLY layout")
     if any(t != _F32 for _, t in chunk.properties):
-        raise _Problem("chunk properties must all be float")
+        raise PlyProblem("chunk properties must all be float")
     if [n for n, _ in vertex.properties] != VERTEX_PROPERTIES or any(
         t != _U32 for _, t in vertex.properties
     ):
-        raise _Problem(f"vertex properties must be uint {' '.join(VERTEX_PROPERTIES)}")
+        raise PlyProblem(f"vertex properties must be uint {' '.join(VERTEX_PROPERTIES)}")
     n = vertex.count
     if chunk.count != (n + CHUNK_SIZE - 1) // CHUNK_SIZE:
-        raise _Problem(f"{chunk.count} chunks for {n} splats; expected ceil({n} / {CHUNK_SIZE})")
+        raise PlyProblem(f"{chunk.count} chunks for {n} splats; expected ceil({n} / {CHUNK_SIZE})")
     rest = 0
     if len(header.elements) == 3:
         sh = header.elements[2]
         rest = len(sh.properties)
         if rest not in _SH_REST_COUNTS:
-            raise _Problem(f"'sh' has {rest} properties; expected 9, 24 or 45")
+            raise PlyProblem(f"'sh' has {rest} properties; expected 9, 24 or 45")
         if [n_ for n_, _ in sh.properties] != [f"f_rest_{i}" for i in range(rest)] or any(
             t != _U8 for _, t in sh.properties
         ):
-            raise _Problem("'sh' properties must be uchar f_rest_0, f_rest_1, ... in order")
+            raise PlyProblem("'sh' properties must be uchar f_rest_0, f_rest_1, ... in order")
         if sh.count != n:
-            raise _Problem(f"'sh' has {sh.count} rows for {n} splats")
+            raise PlyProblem(f"'sh' has {sh.count} rows for {n} splats")
     needed = chunk.count * 4 * len(props) + n * 16 + n * rest
     available = file_size - header.data_start
     if needed > available:
-        raise _Problem(
+        raise PlyProblem(
             f"the header declares {n} splats ({needed} bytes of data) but only {available} "
             "bytes follow the header (truncated file?)"
         )
-    check_gaussian_count(n, _Problem)
+    check_gaussian_count(n, PlyProblem)
     return {"n": n, "chunks": chunk.count, "chunk_props": len(props), "rest": rest, "bytes": needed}
 
 
@@ -297,7 +297,7 @@ def _decode(raw: bytes, layout: dict, device) -> Gaussians:
         bounds = buf[:cb].view(_F32).reshape(chunks, nprops).astype(np.float64)
     if not np.isfinite(bounds).all():
         bad = int(np.argmax(~np.isfinite(bounds).all(axis=1)))
-        raise _Problem(f"chunk {bad} has NaN/Inf bounds")
+        raise PlyProblem(f"chunk {bad} has NaN/Inf bounds")
     packed = buf[cb : cb + 16 * n].view(_U32).reshape(n, 4).astype(np.int64)
     b = bounds[np.arange(n) // CHUNK_SIZE]  # (n, nprops)
 
@@ -329,7 +329,7 @@ def _decode(raw: bytes, layout: dict, device) -> Gaussians:
     try:
         return Gaussians(**tensors)
     except GaussiansError as e:  # e.g. bounds whose interpolation overflows float32
-        raise _Problem(str(e)) from None
+        raise PlyProblem(str(e)) from None
 
 
 def _unpack_11_10_11(v: np.ndarray) -> np.ndarray:

@@ -114,12 +114,15 @@ _REST_COUNTS = {3 * ((d + 1) ** 2 - 1): d for d in range(MAX_SH_DEGREE + 1)}
 # ============================================================================ reading
 
 
-class _Problem(Exception):
-    """Internal: what is wrong with a file; `read_ply` adds the path."""
+class PlyProblem(Exception):
+    """What is wrong with a PLY file, raised by `parse_header` and the readers of this
+    module and `compressed_ply`; each reader adds the path and raises its public error."""
 
 
 @dataclass
-class _Element:
+class PlyElement:
+    """One `element` of a PLY header: its rows and typed properties."""
+
     name: str
     count: int
     # dtype None marks a list property, whose per-row size is in the data itself.
@@ -133,8 +136,10 @@ class _Element:
 
 
 @dataclass
-class _Header:
-    elements: list[_Element]
+class PlyHeader:
+    """A parsed PLY header (`parse_header`): the elements in file order."""
+
+    elements: list[PlyElement]
     data_start: int  # file offset of the first byte after end_header's newline
 
 
@@ -150,24 +155,24 @@ def read_ply(path: str | os.PathLike[str], device: torch.device | str = "cpu") -
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            header = _parse_header(f.read(MAX_HEADER_BYTES))
+            header = parse_header(f.read(MAX_HEADER_BYTES))
             vertex, offset = _locate_vertex(header, size)
             records = _read_records(f, vertex, offset)
         return _to_ply_data(vertex, records, device)
-    except _Problem as e:
+    except PlyProblem as e:
         raise PlyFormatError(f"{path}: {e}") from None
 
 
-def _parse_header(head: bytes) -> _Header:
+def parse_header(head: bytes) -> PlyHeader:
     """Parse the header at the start of `head` (the first MAX_HEADER_BYTES of the file)."""
     if not (head.startswith(b"ply\n") or head.startswith(b"ply\r\n")):
-        raise _Problem("not a PLY file (it does not start with the 'ply' magic line)")
+        raise PlyProblem("not a PLY file (it does not start with the 'ply' magic line)")
     end = re.search(rb"\nend_header[ \t\r]*\n", head)
     if end is None:
         if len(head) >= MAX_HEADER_BYTES:
-            raise _Problem(f"no end_header line within the first {MAX_HEADER_BYTES} bytes")
-        raise _Problem("the header has no end_header line (truncated file?)")
-    elements: list[_Element] = []
+            raise PlyProblem(f"no end_header line within the first {MAX_HEADER_BYTES} bytes")
+        raise PlyProblem("the header has no end_header line (truncated file?)")
+    elements: list[PlyElement] = []
     fmt_seen = False
     for number, raw in enumerate(head[: end.start()].split(b"\n")[1:], start=2):
         tokens = raw.split()
@@ -177,56 +182,56 @@ def _parse_header(head: bytes) -> _Header:
         try:
             words = [t.decode("ascii") for t in tokens]
         except UnicodeDecodeError:
-            raise _Problem(f"header line {number} is not ASCII text") from None
+            raise PlyProblem(f"header line {number} is not ASCII text") from None
         keyword = words[0]
         if keyword == "format":
             if fmt_seen:
-                raise _Problem(f"header line {number}: second 'format' line")
+                raise PlyProblem(f"header line {number}: second 'format' line")
             _check_format(words, number)
             fmt_seen = True
         elif keyword == "element":
             elements.append(_parse_element(words, number))
         elif keyword == "property":
             if not elements:
-                raise _Problem(f"header line {number}: 'property' before any 'element'")
+                raise PlyProblem(f"header line {number}: 'property' before any 'element'")
             elements[-1].properties.append(_parse_property(words, number))
         else:
-            raise _Problem(f"header line {number}: unknown keyword {keyword[:40]!r}")
+            raise PlyProblem(f"header line {number}: unknown keyword {keyword[:40]!r}")
     if not fmt_seen:
-        raise _Problem("the header has no 'format' line")
-    return _Header(elements, end.end())
+        raise PlyProblem("the header has no 'format' line")
+    return PlyHeader(elements, end.end())
 
 
 def _check_format(words: list[str], number: int) -> None:
     if len(words) != 3:
-        raise _Problem(f"header line {number}: expected 'format <type> <version>'")
+        raise PlyProblem(f"header line {number}: expected 'format <type> <version>'")
     kind = words[1]
     if kind == "ascii":
-        raise _Problem("ascii PLY is not supported, convert to binary_little_endian")
+        raise PlyProblem("ascii PLY is not supported, convert to binary_little_endian")
     if kind == "binary_big_endian":
-        raise _Problem("big-endian binary PLY is not supported, convert to binary_little_endian")
+        raise PlyProblem("big-endian binary PLY is not supported, convert to binary_little_endian")
     if kind != "binary_little_endian":
-        raise _Problem(f"header line {number}: unknown format {kind[:40]!r}")
+        raise PlyProblem(f"header line {number}: unknown format {kind[:40]!r}")
 
 
-def _parse_element(words: list[str], number: int) -> _Element:
+def _parse_element(words: list[str], number: int) -> PlyElement:
     if len(words) != 3:
-        raise _Problem(f"header line {number}: expected 'element <name> <count>'")
+        raise PlyProblem(f"header line {number}: expected 'element <name> <count>'")
     count = words[2]
     if not _COUNT_RE.fullmatch(count) or len(count) > _MAX_COUNT_DIGITS:
-        raise _Problem(f"header line {number}: bad count {count[:40]!r} for element {words[1]!r}")
-    return _Element(words[1], int(count))
+        raise PlyProblem(f"header line {number}: bad count {count[:40]!r} for element {words[1]!r}")
+    return PlyElement(words[1], int(count))
 
 
 def _parse_property(words: list[str], number: int) -> tuple[str, np.dtype | None]:
     if len(words) >= 2 and words[1] == "list":
         if len(words) != 5:
-            raise _Problem(f"header line {number}: expected 'property list <type> <type> <name>'")
+            raise PlyProblem(f"header line {number}: expected 'property list <type> <type> <name>'")
         for t in words[2:4]:
             _scalar_type(t, number)
         return words[4], None
     if len(words) != 3:
-        raise _Problem(f"header line {number}: expected 'property <type> <name>'")
+        raise PlyProblem(f"header line {number}: expected 'property <type> <name>'")
     return words[2], _scalar_type(words[1], number)
 
 
@@ -234,10 +239,10 @@ def _scalar_type(name: str, number: int) -> np.dtype:
     try:
         return _PLY_TYPES[name]
     except KeyError:
-        raise _Problem(f"header line {number}: unknown property type {name[:40]!r}") from None
+        raise PlyProblem(f"header line {number}: unknown property type {name[:40]!r}") from None
 
 
-def _locate_vertex(header: _Header, file_size: int) -> tuple[_Element, int]:
+def _locate_vertex(header: PlyHeader, file_size: int) -> tuple[PlyElement, int]:
     """The vertex element and the file offset of its data, after checking that it fits.
 
     The check uses the file size, so a header declaring absurd counts fails
@@ -247,12 +252,12 @@ def _locate_vertex(header: _Header, file_size: int) -> tuple[_Element, int]:
     if any(e.name == "chunk" for e in header.elements) or (
         vertices and any(n.startswith("packed_") for n, _ in vertices[0].properties)
     ):
-        raise _Problem(
+        raise PlyProblem(
             "PlayCanvas compressed PLY is not supported, decompress it first "
             "(e.g. with @playcanvas/splat-transform)"
         )
     if len(vertices) != 1:
-        raise _Problem("no 'vertex' element" if not vertices else "more than one 'vertex' element")
+        raise PlyProblem("more than one 'vertex' element" if vertices else "no 'vertex' element")
     vertex = vertices[0]
     offset = header.data_start
     for element in header.elements:
@@ -260,7 +265,7 @@ def _locate_vertex(header: _Header, file_size: int) -> tuple[_Element, int]:
             break
         listed = element.list_property()
         if listed is not None and element.count > 0:
-            raise _Problem(
+            raise PlyProblem(
                 f"element {element.name!r} before 'vertex' has list property {listed!r}; "
                 "list properties are unsupported"
             )
@@ -271,33 +276,33 @@ def _locate_vertex(header: _Header, file_size: int) -> tuple[_Element, int]:
     available = file_size - header.data_start
     if skipped + needed > available:
         others = f" after {skipped} bytes of other elements" if skipped else ""
-        raise _Problem(
+        raise PlyProblem(
             f"the header declares {vertex.count} vertices ({needed} bytes{others}) but only "
             f"{available} bytes of data follow the header (truncated file?)"
         )
-    check_gaussian_count(vertex.count, _Problem)
+    check_gaussian_count(vertex.count, PlyProblem)
     return vertex, offset
 
 
-def _check_vertex_properties(vertex: _Element) -> None:
+def _check_vertex_properties(vertex: PlyElement) -> None:
     names = [n for n, _ in vertex.properties]
     listed = vertex.list_property()
     if listed is not None:
-        raise _Problem(f"vertex list property {listed!r} is unsupported")
+        raise PlyProblem(f"vertex list property {listed!r} is unsupported")
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise _Problem(f"duplicate vertex property {n!r}")
+            raise PlyProblem(f"duplicate vertex property {n!r}")
         seen.add(n)
     missing = [n for n in REQUIRED if n not in seen]
     if missing and all(n in missing for n in _GAUSSIAN_ONLY):
         found = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-        raise _Problem(
+        raise PlyProblem(
             "not a Gaussian splat PLY (a plain point cloud or mesh?): the vertex element has "
             f"no Gaussian properties; missing {', '.join(missing)} (found: {found or 'none'})"
         )
     if missing:
-        raise _Problem(f"missing required vertex properties: {', '.join(missing)}")
+        raise PlyProblem(f"missing required vertex properties: {', '.join(missing)}")
     _sh_degree(names)
 
 
@@ -305,28 +310,28 @@ def _sh_degree(names: Sequence[str]) -> int:
     """SH degree from the f_rest_* properties, which must be exactly f_rest_0..f_rest_{M-1}."""
     rest = {n for n in names if n.startswith("f_rest_")}
     if len(rest) not in _REST_COUNTS:
-        raise _Problem(
+        raise PlyProblem(
             f"found {len(rest)} f_rest_* properties; expected 0, 9, 24 or 45 (SH degree 0..3)"
         )
     degree = _REST_COUNTS[len(rest)]
     expected = sh_rest_names(degree)
     odd = sorted(rest - set(expected))
     if odd:
-        raise _Problem(
+        raise PlyProblem(
             f"f_rest properties must be named f_rest_0..f_rest_{len(rest) - 1}; "
             f"unexpected {', '.join(odd[:5])}"
         )
     return degree
 
 
-def _read_records(f: BinaryIO, vertex: _Element, offset: int) -> np.ndarray:
+def _read_records(f: BinaryIO, vertex: PlyElement, offset: int) -> np.ndarray:
     """(N,) structured array of the vertex rows, read from exactly their byte range."""
     dtype = np.dtype([(n, t) for n, t in vertex.properties])
     nbytes = vertex.count * dtype.itemsize
     f.seek(offset)
     raw = f.read(nbytes)
     if len(raw) != nbytes:  # only if the file shrank since its size was checked
-        raise _Problem(f"the file ended after {len(raw)} of {nbytes} bytes of vertex data")
+        raise PlyProblem(f"the file ended after {len(raw)} of {nbytes} bytes of vertex data")
     return np.frombuffer(raw, dtype=dtype, count=vertex.count)
 
 
@@ -344,7 +349,7 @@ class _Columns:
             self.matrix = records.view(_F32).reshape(len(records), len(names))
 
     def get(self, names: Sequence[str]) -> np.ndarray:
-        """(N, len(names)) float32; raises `_Problem` on NaN/Inf (or doubles beyond float32)."""
+        """(N, len(names)) float32; raises `PlyProblem` on NaN/Inf (or doubles beyond float32)."""
         if self.matrix is not None:
             out = self._from_matrix(self.matrix, [self.index[n] for n in names])
         else:
@@ -367,13 +372,13 @@ def _check_finite(values: np.ndarray, names: Sequence[str]) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = (int(i[0]) for i in np.nonzero(bad))
-        raise _Problem(
+        raise PlyProblem(
             f"property {names[col]!r} is NaN/Inf (or beyond float32 range) in vertex {row} "
             f"({int(bad.any(axis=1).sum())} bad vertices in all)"
         )
 
 
-def _to_ply_data(vertex: _Element, records: np.ndarray, device: torch.device | str) -> PlyData:
+def _to_ply_data(vertex: PlyElement, records: np.ndarray, device: torch.device | str) -> PlyData:
     names = [n for n, _ in vertex.properties]
     degree = _sh_degree(names)
     k = (degree + 1) ** 2
@@ -395,7 +400,7 @@ def _to_ply_data(vertex: _Element, records: np.ndarray, device: torch.device | s
     try:
         gaussians = Gaussians(**{a: torch.from_numpy(v).to(device) for a, v in arrays.items()})
     except GaussiansError as e:  # validation beyond the checks above, e.g. float32 underflow
-        raise _Problem(str(e)) from None
+        raise PlyProblem(str(e)) from None
     mapped = set(REQUIRED) | set(rest_names) | set(NORMALS)
     extra = {
         name: records[name].astype(records.dtype.fields[name][0].newbyteorder("="))
@@ -410,7 +415,7 @@ def _check_quaternions(quats: np.ndarray) -> None:
     zero = (quats.astype(np.float64) ** 2).sum(axis=1) < 1e-24
     if zero.any():
         row = int(np.argmax(zero))
-        raise _Problem(
+        raise PlyProblem(
             f"rot_0..rot_3 is a zero quaternion in vertex {row} "
             f"({int(zero.sum())} zero quaternions in all)"
         )

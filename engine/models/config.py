@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..gd.config import SMALL, DensifyConfig, ViewFeatureConfig
-from ..gd.view_features import CHILD_SAMPLES
+from ..gd.config import CHILD_SAMPLES, SMALL, DensifyConfig, ViewFeatureConfig
 
 DINO_MODELS = frozenset(
     {
