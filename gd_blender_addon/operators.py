@@ -1,4 +1,7 @@
-"""Operators: Reconstruct, Densify Selected, import/export, install PyTorch, download weights.
+"""Operators: Reconstruct, Reconstruct Object, Densify Selected, Refine, import/export,
+install PyTorch, download weights. They gather settings and queue stages; the work lives in
+small modules: rig.py (the camera rig), refine_job.py / densify_job.py (worker jobs),
+results.py (landing a result), render_setup.py (Cycles settings for splats).
 
 Every long operator follows one pattern (`_JobOperator`):
     prepare()  main thread: validate, read the scene, queue the stages below. Changes
@@ -35,10 +38,10 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import dependencies, jobs
 from .camera_capture import CaptureError, camera_record, check_camera, render_view, to_local
+from .densify_job import densify_work, lineage
 from .errors import UserError
 from .preferences import MISSING_TORCH, get_prefs, weights_for
-from .refine_job import RefineSettings, reconstruct_report, spread_views
-from .refine_job import scaled as _scaled
+from .refine_job import RefineSettings, reconstruct_report
 from .refine_job import view_size as _view_size
 from .results import land_reconstruction, stored_views
 
@@ -770,46 +773,6 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
         if obj is not None and mode != "OBJECT" and obj.mode != mode:
             bpy.ops.object.mode_set(mode=mode)
         self._model = None
-
-
-def densify_work(
-    model: Any,
-    gaussians: Any,
-    views: list[Any],
-    records: list[dict[str, Any]],
-    mask: Any,
-    budget: int,
-    progress: jobs.Progress,
-    cancel: threading.Event,
-) -> Any:
-    """Worker: densify the masked Gaussians against plain views and camera records (at
-    most the model's `max_views` of them, spread around the prop: Reconstruct Object
-    stores up to 64)."""
-    from .photos import prepare_views
-
-    progress(0.3, "preparing views")
-    images, cameras = prepare_views(views, records, _view_size(model))
-    chosen = spread_views(cameras, getattr(model, "max_views", None))
-    return model.densify(
-        gaussians, images[chosen], cameras[chosen], select=mask, budget=budget,
-        progress=_scaled(progress, 0.35, 1.0), cancel=cancel,
-    )  # fmt: skip
-
-
-def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[Any, Any]:
-    """The object's gd_level / gd_parent after a densify.
-
-    The engine returns, per output Gaussian, its input index (`res_parent`) and level
-    (0: copied unchanged, 1..L: fine). Copied Gaussians keep their level and parent; a fine
-    one gets its input's level plus its own, and its gd_parent stays the index of the coarse
-    Gaussian of the original reconstruction it descends from.
-    """
-    import torch
-
-    source = torch.as_tensor(res_parent, dtype=torch.int64)
-    level = torch.as_tensor(level, dtype=torch.int64)
-    parent = torch.as_tensor(parent, dtype=torch.int64)
-    return level[source] + torch.as_tensor(res_level, dtype=torch.int64), parent[source]
 
 
 # ---------------------------------------------------------------------------- reconstruct object
