@@ -35,12 +35,15 @@ VENDOR_DIR = ADDON_DIR / "_vendor"
 # Modules the engine needs that Blender's Python lacks: (import name, pip name, required).
 # numba is optional: the engine falls back to its PyTorch rasteriser (slower on the CPU).
 # zstandard is optional: only SPZ version 4 (the default .spz export) needs it.
+# opencv-python-headless is optional: only photos without alpha or mask files need it.
 MODULES: tuple[tuple[str, str, bool], ...] = (
     ("torch", "torch", True),
     ("PIL", "pillow", True),
     ("safetensors", "safetensors", True),
     ("numba", "numba", False),
     ("zstandard", "zstandard", False),
+    # optional: masks estimated for photos without alpha (GrabCut); <4.12 keeps numpy 1.x
+    ("cv2", "opencv-python-headless>=4.8,<4.12", False),
 )
 
 TORCH_VERSION = "2.13.0"

@@ -551,14 +551,28 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         self._images: list[Any] = []  # photo image datablocks to remember on the object
         self._paths: list[Path] = []
         self._tmp: Path | None = None
+        mode = settings(context).photo_masks if self._photos else "RENDER"
+        used: list[bool] = []
         if self._photos:
-            from .photos import photo_view
+            from .photos import apply_mask_files, photo_view
 
             for camera in cameras:
                 pixels, record, image = photo_view(camera)
+                pixels, from_file = apply_mask_files(pixels, camera, mode)
+                used.append(from_file)
                 self._views.append(pixels)
                 self._records.append(record)
                 self._images.append(image)
+            if any(used) and not all(used):
+                missing = cameras[used.index(False)].name
+                raise UserError(
+                    f"Mask files were found for some photos but not for camera '{missing}'; "
+                    "give every photo a mask, or set Masks to Auto without mask files"
+                )
+        from_files = bool(used) and all(used)
+        from .photos import MaskRequest
+
+        self._masks = MaskRequest(mode, from_files, [c.name for c in cameras])
         self.add_model_stage(context)
         # Selected non-camera objects (the prop) bound the reconstruction.
         props = [
@@ -582,17 +596,25 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
                 self.add_step(f"rendering {camera.name}", step)
 
     def job(self) -> jobs.Work:
+        from .photos import masked_work
         from .refine_job import reconstruct_work
 
-        return functools.partial(
-            reconstruct_work, self._model, list(self._views), list(self._records), self._bbox,
+        # Views are cut out (photos) or checked not to be empty (renders) in the worker first.
+        work = functools.partial(
+            _with_views, reconstruct_work, self._model, list(self._records), self._bbox,
             self._refine,
         )  # fmt: skip
+        return functools.partial(
+            masked_work, work, list(self._views), list(self._records), self._masks
+        )
 
     def finish(self, context: bpy.types.Context, rec: Any) -> None:
         source = "photos" if self._photos else "cameras"
         _, note = land_reconstruction(context, rec, self._name, self._paths, self._images,
                                       self._records, source)  # fmt: skip
+        masks = getattr(rec, "masks", None)
+        if masks is not None:
+            note = f"{note} {masks.summary().capitalize()}".strip()
         self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
 
     def cleanup(self, context: bpy.types.Context) -> None:
@@ -600,6 +622,14 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         self._model = None
+
+
+def _with_views(
+    work: Callable[..., Any], model: Any, records: list[dict[str, Any]], bbox: Any,
+    refine: Any, views: list[Any], progress: jobs.Progress, cancel: threading.Event,
+) -> Any:  # fmt: skip
+    """`reconstruct_work` with the (cut-out) views given last, as `photos.masked_work` calls."""
+    return work(model, views, records, bbox, refine, progress, cancel)
 
 
 def _render_hiding(
@@ -1046,8 +1076,11 @@ class GD_OT_import_photos(bpy.types.Operator, ImportHelper):
     filter_glob: StringProperty(default="*.json;*.bin;*.txt", options={"HIDDEN"})  # type: ignore[valid-type]
     set_resolution: BoolProperty(  # type: ignore[valid-type]
         name="Set Render Resolution",
-        description="Set the scene's resolution to the photos' so camera frames match them",
-        default=True,
+        description=(
+            "Also set the scene's render resolution to the photos' size, so camera frames "
+            "match the photos (changes the scene; off by default)"
+        ),
+        default=False,
     )
 
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -1057,6 +1090,8 @@ class GD_OT_import_photos(bpy.types.Operator, ImportHelper):
         from . import photos
 
         path = Path(bpy.path.abspath(self.filepath))
+        render = context.scene.render
+        before = (render.resolution_x, render.resolution_y, render.resolution_percentage)
         try:
             if path.suffix.lower() == ".json":
                 cameras = photos.import_nerf(context, path, self.set_resolution)
@@ -1072,7 +1107,35 @@ class GD_OT_import_photos(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, f"Cannot import photos: {err}")
             return {"CANCELLED"}
         settings(context).source = "PHOTOS"
-        self.report({"INFO"}, f"Imported {len(cameras)} cameras with photos")
+        note = photos.resolution_note(context, cameras, before)
+        self.report({"INFO"}, f"Imported {len(cameras)} cameras with photos; {note}")
+        return {"FINISHED"}
+
+
+class GD_OT_preview_masks(bpy.types.Operator):
+    """Cut the selected cameras' photos out with the panel's Masks setting and show the
+    result as the image "GD Mask Preview" (photos above, what the model will read below)"""
+
+    bl_idname = "gd.preview_masks"
+    bl_label = "Preview Masks"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return dependencies.torch_available() and bool(selected_cameras(context))
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        from . import photos
+
+        try:
+            image, masks = photos.preview_masks(
+                selected_cameras(context), settings(context).photo_masks
+            )
+        except (ValueError, OSError) as err:
+            self.report({"ERROR"}, f"Cannot cut out the photos: {err}")
+            return {"CANCELLED"}
+        summary = masks.summary() if masks is not None else "masks: none (photos as they are)"
+        self.report({"INFO"}, f"{summary}; see the image '{image.name}' in an Image Editor")
         return {"FINISHED"}
 
 
@@ -1236,6 +1299,7 @@ classes = (
     GD_OT_export_splats,
     GD_OT_import_splats,
     GD_OT_import_photos,
+    GD_OT_preview_masks,
     GD_OT_install_dependencies,
     GD_OT_download_weights,
     GD_OT_cancel_job,

@@ -83,6 +83,9 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
         col.row().prop(opts, "source", expand=True)
         if opts.source == "PHOTOS":
             col.operator("gd.import_photos", icon="IMAGE_BACKGROUND")
+            row = col.row(align=True)
+            row.prop(opts, "photo_masks", text="Masks")
+            row.operator("gd.preview_masks", text="", icon="HIDE_OFF")
         cameras = operators.selected_cameras(context)
         col.label(text=f"{len(cameras)} camera(s) selected", icon="CAMERA_DATA")
 

@@ -53,6 +53,20 @@ class GD_SceneSettings(bpy.types.PropertyGroup):
         ),
         default="CAMERAS",
     )
+    photo_masks: EnumProperty(  # type: ignore[valid-type]
+        name="Masks",
+        description="Which pixels of each photo are the prop (the rest becomes white)",
+        items=(
+            ("AUTO", "Auto", "The photos' alpha if they have it, else mask files, else "
+             "estimated from the photos (where the cameras look, cut out by colour and "
+             "checked across views)"),
+            ("ALPHA", "Alpha", "The photos' own alpha channel"),
+            ("FILES", "Mask Files", "A mask per photo: mask_path in transforms.json, or a "
+             "masks/ folder beside the photos with files of the photos' names"),
+            ("NONE", "None", "Use the photos as they are (only for photos on white)"),
+        ),
+        default="AUTO",
+    )  # fmt: skip
     resolution: IntProperty(  # type: ignore[valid-type]
         name="Resolution",
         description=(
