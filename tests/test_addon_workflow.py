@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from . import test_addon_operators as _ops
-from ._splat_helpers import point_count, set_selection
+from ._splat_helpers import REPRESENTATIONS, point_count, set_selection, use_representation
 
 # The operator tests' fixtures (enabled add-on, tiny model spy, the cube-and-cameras scene).
 addon, tiny, spy, scene = _ops.addon, _ops.tiny, _ops.spy, _ops.scene
@@ -272,9 +272,12 @@ def _reconstructed(scene: Any) -> Any:
 
 
 @pytest.mark.slow
-def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy):
+@REPRESENTATIONS
+def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy, monkeypatch,
+                                                                      as_mesh):  # fmt: skip
     import bpy
 
+    use_representation(monkeypatch, as_mesh)
     obj = _reconstructed(scene)
     name, n = obj.name, point_count(obj)
     mask = np.zeros(n, bool)
