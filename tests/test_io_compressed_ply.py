@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.gaussians import SH_C0, Gaussians
@@ -18,7 +17,8 @@ from engine.io import CompressedPlyFormatError, load, read_compressed_ply, save
 from engine.io.compressed_ply import CHUNK_SIZE, morton_order, write_compressed_ply
 from engine.rotations import quaternion_to_matrix
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .conftest import FUZZ, read_fuzzed, written_bytes
+from .conftest import random_gaussians as shared_random_gaussians
 
 # Tolerances from the bit depths (the writer rounds to nearest, bounds contain the chunk):
 #   an 11- (10-) bit unorm within a chunk's [min, max] has step range / 2047 (1023), so
@@ -41,13 +41,8 @@ def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     k = (sh_degree + 1) ** 2
     sh = torch.rand(n, k, 3, generator=gen) * 7.8 - 3.9
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen) * 5,
-        log_scales=torch.rand(n, 3, generator=gen) * 15 - 12,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=sh,
-    )
+    return shared_random_gaussians(n, gen=gen, sh=sh, means_std=5.0,
+                                   log_scale_range=(-12.0, 3.0), opacity_std=3.0)  # fmt: skip
 
 
 def chunk_range(x: np.ndarray) -> np.ndarray:
@@ -158,10 +153,7 @@ def test_empty(tmp_path: Path) -> None:
 
 
 def _valid_bytes(n: int) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "v.compressed.ply"
-        write_compressed_ply(p, random_gaussians(n, 1))
-        return p.read_bytes()
+    return written_bytes(write_compressed_ply, "v.compressed.ply", random_gaussians(n, 1))
 
 
 VALID = _valid_bytes(300)
@@ -197,14 +189,8 @@ def test_hostile_files(tmp_path: Path, content: bytes, match: str) -> None:
 
 
 def _read_bytes(content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "f.compressed.ply"
-        path.write_bytes(content)
-        try:
-            g = read_compressed_ply(path)
-        except CompressedPlyFormatError:
-            return
-        g.validate()
+    read_fuzzed(content, read_compressed_ply, CompressedPlyFormatError, "f.compressed.ply",
+                names_the_file=False)  # fmt: skip
 
 
 @FUZZ

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pygltflib
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.gaussians import SH_C0, Gaussians
@@ -23,7 +22,8 @@ from engine.io.gltf import EXTENSION, srgb_to_linear
 from engine.render.sh import sh_basis
 from engine.rotations import quaternion_to_matrix
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .conftest import FUZZ, read_fuzzed, written_bytes
+from .conftest import random_gaussians as shared_random_gaussians
 
 # Tolerances: every attribute is float32, so the only loss is float32 rounding of values
 # computed in float64 (relative 2^-24 ≈ 6e-8), the sigmoid/logit and exp/log round trips
@@ -33,14 +33,8 @@ TOL = 1e-5
 
 
 def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen) * 5,
-        log_scales=torch.rand(n, 3, generator=gen) * 8 - 6,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen),
-    )
+    return shared_random_gaussians(n, sh_degree, seed, means_std=5.0,
+                                   log_scale_range=(-6.0, 2.0), opacity_std=3.0)  # fmt: skip
 
 
 def covariance(g: Gaussians) -> torch.Tensor:
@@ -181,10 +175,8 @@ def test_empty_and_bad_values_rejected_by_writer(tmp_path: Path) -> None:
 
 
 def _valid(suffix: str, n: int = 20) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / f"v{suffix}"
-        write_gltf(p, random_gaussians(n, 1), embed=True)  # one file, for byte surgery
-        return p.read_bytes()
+    # one file, for byte surgery
+    return written_bytes(write_gltf, f"v{suffix}", random_gaussians(n, 1), embed=True)
 
 
 GLB = _valid(".glb")
@@ -247,14 +239,7 @@ def test_hostile_files(tmp_path: Path, content: bytes, match: str) -> None:
 
 
 def _read_bytes(content: bytes, suffix: str = ".glb") -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"f{suffix}"
-        path.write_bytes(content)
-        try:
-            g = read_gltf(path)
-        except GltfFormatError:
-            return
-        g.validate()
+    read_fuzzed(content, read_gltf, GltfFormatError, f"f{suffix}", names_the_file=False)
 
 
 @FUZZ

@@ -15,7 +15,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.gaussians import Gaussians
 from engine.io import (
@@ -36,6 +35,7 @@ from engine.io.limits import MAX_GAUSSIANS
 from engine.io.ply import standard_property_names
 
 from ._bomb_helpers import PEAK_LIMIT, gzip_repeated, run_measured
+from .conftest import random_gaussians
 
 SPZ_MAGIC = 0x5053474E
 TOO_MANY = MAX_GAUSSIANS + 1
@@ -55,14 +55,7 @@ def sparse_file(path: Path, head: bytes, size: int) -> Path:
 
 
 def small_gaussians(n: int, sh_degree: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(0)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen),
-        log_scales=torch.rand(n, 3, generator=gen) - 4,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen) * 0.3,
-    )
+    return random_gaussians(n, sh_degree, sh_std=0.3)
 
 
 def assert_refused_by_export(source: Path, fragment: str) -> None:

@@ -9,14 +9,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,8 +25,10 @@ from engine.io.compressed_ply import morton_order
 from engine.io.sog import SogFormatError, encode_sog, read_sog, texture_size, webp_size, write_sog
 
 from ._rotation_helpers import rotation_angle
+from .conftest import fuzz, read_fuzzed, written_bytes
+from .conftest import random_gaussians as shared_random_gaussians
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz(60)
 
 # Rotations: the three smaller components of q·sqrt(2) in 8 bits, step 2/255, so each
 # component of q is within s/2, s = sqrt(2)/255; as for SPZ's smallest three
@@ -38,15 +39,8 @@ EPS = 1e-5  # float32 decode
 
 
 def random_gaussians(n: int, degree: int = 3, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    k = (degree + 1) ** 2
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen) * 3,
-        log_scales=torch.rand(n, 3, generator=gen) * 6 - 7,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=torch.randn(n, k, 3, generator=gen) * 0.4,
-    )
+    return shared_random_gaussians(n, degree, seed, means_std=3.0, log_scale_range=(-7.0, -1.0),
+                                   opacity_std=3.0, sh_std=0.4)  # fmt: skip
 
 
 def nearest_entry_error(values: torch.Tensor, book: list[float]) -> torch.Tensor:
@@ -327,22 +321,12 @@ _SAMPLE: bytes | None = None
 def _sample() -> bytes:
     global _SAMPLE
     if _SAMPLE is None:
-        with tempfile.TemporaryDirectory() as d:
-            write_sog(Path(d) / "a.sog", random_gaussians(9, 1))
-            _SAMPLE = (Path(d) / "a.sog").read_bytes()
+        _SAMPLE = written_bytes(write_sog, "a.sog", random_gaussians(9, 1))
     return _SAMPLE
 
 
 def _read_only_documented_errors(content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "f.sog"
-        path.write_bytes(content)
-        try:
-            g = read_sog(path).gaussians
-        except SogFormatError as e:
-            assert str(path) in str(e)
-        else:
-            g.validate()
+    read_fuzzed(content, lambda path: read_sog(path).gaussians, SogFormatError, "f.sog")
 
 
 @FUZZ

@@ -6,13 +6,12 @@ from __future__ import annotations
 import gzip
 import math
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.gaussians import Gaussians
@@ -21,8 +20,8 @@ from engine.io.axes import PLY_SPACE
 from engine.render.sh import eval_sh_colors
 
 from ._rotation_helpers import rotation_angle
-
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .conftest import FUZZ, read_fuzzed, written_bytes
+from .conftest import random_gaussians as shared_random_gaussians
 
 # Tolerances, each derived from the encoding's bit depth (write rounds to nearest):
 #   positions: 24-bit fixed point with f fractional bits, step 2^-f -> |err| <= 2^-(f+1).
@@ -57,13 +56,8 @@ def random_gaussians(n: int, sh_degree: int = 3, seed: int = 0) -> Gaussians:
     k = (sh_degree + 1) ** 2
     sh = torch.rand(n, k, 3, generator=gen) * 0.6 - 0.3  # band L2 <= 0.3·√7 < 0.99
     sh[:, 0] = torch.rand(n, 3, generator=gen) * 6 - 3  # DC range is ±3.33
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen) * 5,
-        log_scales=torch.rand(n, 3, generator=gen) * 15 - 9.9,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=sh,
-    )
+    return shared_random_gaussians(n, gen=gen, sh=sh, means_std=5.0,
+                                   log_scale_range=(-9.9, 5.1), opacity_std=3.0)  # fmt: skip
 
 
 def check_close(g: Gaussians, h: Gaussians, version: int, rotated: bool) -> None:
@@ -319,22 +313,13 @@ _SAMPLES: dict[int, bytes] = {}
 
 def _sample(version: int = 3) -> bytes:
     if version not in _SAMPLES:
-        with tempfile.TemporaryDirectory() as d:
-            write_spz(Path(d) / "a.spz", random_gaussians(8, sh_degree=1), version=version)
-            _SAMPLES[version] = (Path(d) / "a.spz").read_bytes()
+        g = random_gaussians(8, sh_degree=1)
+        _SAMPLES[version] = written_bytes(write_spz, "a.spz", g, version=version)
     return _SAMPLES[version]
 
 
 def _read_only_documented_errors(content: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "f.spz"
-        path.write_bytes(content)
-        try:
-            g = read_spz(path).gaussians
-        except SpzFormatError as e:
-            assert str(path) in str(e)
-        else:
-            g.validate()
+    read_fuzzed(content, lambda path: read_spz(path).gaussians, SpzFormatError, "f.spz")
 
 
 @FUZZ

@@ -25,6 +25,8 @@ from engine.io.axes import PLY_SPACE
 from engine.rotations import quaternion_to_matrix
 from engine.transforms import rotate_sh
 
+from .conftest import random_gaussians as shared_random_gaussians
+
 ROOT = Path(__file__).resolve().parents[1]
 READER = ROOT / "tools" / "spz-loader" / "read_spz.mjs"
 PACKAGE = ROOT / "tools" / "spz-loader" / "node_modules" / "@adobe" / "spz"
@@ -53,13 +55,8 @@ def random_gaussians(n: int = 300, seed: int = 0) -> Gaussians:
     # |coefficient| <= 0.35 keeps every rotated band (norm <= 0.35·sqrt(7) < 0.99) inside
     # SPZ's byte range, so clamping does not mask the comparison.
     sh = (torch.rand(n, 16, 3, generator=gen) * 2 - 1) * 0.35
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen),
-        log_scales=torch.rand(n, 3, generator=gen) * 6 - 7,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 2,
-        sh=sh,
-    )
+    return shared_random_gaussians(n, gen=gen, sh=sh, log_scale_range=(-7.0, -1.0),
+                                   opacity_std=2.0)  # fmt: skip
 
 
 def decode(path: Path) -> dict:

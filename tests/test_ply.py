@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import engine.io
@@ -23,12 +23,11 @@ from engine.io import PlyFormatError, load, read_ply, save, write_ply
 from engine.io import ply as ply_module
 from engine.io.ply import standard_property_names
 
+from .conftest import fuzz
+from .conftest import random_gaussians as shared_random_gaussians
+
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
-FUZZ = settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(100, HealthCheck.data_too_large)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -36,16 +35,10 @@ FUZZ = settings(
 
 def random_gaussians(n: int, sh_degree: int = 0, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
-    k = (sh_degree + 1) ** 2
     quats = torch.randn(n, 4, generator=gen)
     quats[:, 0] += 3.0  # keep every quaternion clearly non-zero
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen),
-        log_scales=torch.randn(n, 3, generator=gen) - 4.0,
-        quats=quats,
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, k, 3, generator=gen),
-    )
+    return shared_random_gaussians(n, sh_degree, gen=gen, quats=quats,
+                                   log_scale_normal=(-4.0, 1.0))  # fmt: skip
 
 
 def assert_same(a: Gaussians, b: Gaussians) -> None:

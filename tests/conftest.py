@@ -1,0 +1,99 @@
+"""Shared test helpers: seeded random Gaussians and the harness of the file readers' fuzz
+tests. Import them (`from .conftest import random_gaussians`); pytest loads this file
+first, and tests/ is a package, so the relative import finds it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from hypothesis import HealthCheck, settings
+
+from engine.gaussians import Gaussians
+
+
+def random_gaussians(
+    n: int,
+    sh_degree: int = 0,
+    seed: int = 0,
+    *,
+    gen: torch.Generator | None = None,
+    means_std: float = 1.0,
+    log_scale_range: tuple[float, float] | None = (-4.0, -3.0),
+    log_scale_normal: tuple[float, float] | None = None,
+    opacity_std: float = 1.0,
+    sh_std: float = 1.0,
+    quats: torch.Tensor | None = None,
+    sh: torch.Tensor | None = None,
+) -> Gaussians:
+    """n random Gaussians (float32, CPU), drawn in the order means, log-scales, quaternions,
+    opacity logits, SH from `gen` (default: a generator seeded with `seed`).
+
+    Each file format's tests pick ranges its encoding holds without clamping:
+    means ~ N(0, means_std²); log-scales uniform in `log_scale_range`, or
+    N(mean, std²) with `log_scale_normal=(mean, std)`; quaternions ~ N(0, 1) (not
+    normalised); opacity logits ~ N(0, opacity_std²); SH ~ N(0, sh_std²) with
+    (sh_degree + 1)² coefficients. `quats` or `sh` given are used as they are and not
+    drawn (a test that draws them first, from the same `gen`, keeps its values).
+    """
+    if gen is None:
+        gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=gen) * means_std
+    if log_scale_normal is not None:
+        mean, std = log_scale_normal
+        log_scales = torch.randn(n, 3, generator=gen) * std + mean
+    else:
+        lo, hi = log_scale_range
+        log_scales = torch.rand(n, 3, generator=gen) * (hi - lo) + lo
+    if quats is None:
+        quats = torch.randn(n, 4, generator=gen)
+    opacity_logits = torch.randn(n, generator=gen) * opacity_std
+    if sh is None:
+        sh = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen) * sh_std
+    return Gaussians(means=means, log_scales=log_scales, quats=quats,
+                     opacity_logits=opacity_logits, sh=sh)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- fuzzing
+def fuzz(max_examples: int = 100, *checks: HealthCheck) -> settings:
+    """hypothesis settings of the readers' fuzz tests: no deadline (a busy CI machine),
+    too_slow (and `checks`) suppressed."""
+    return settings(max_examples=max_examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, *checks])  # fmt: skip
+
+
+FUZZ = fuzz()
+
+
+def read_fuzzed(
+    content: bytes,
+    read: Callable[[Path], Gaussians],
+    error: type[Exception],
+    name: str,
+    *,
+    names_the_file: bool = True,
+) -> Gaussians | None:
+    """`content` written to a temporary file `name` and read with `read`: either valid
+    Gaussians (returned) or `error` (None; its message names the file when
+    `names_the_file`). Any other exception fails the test."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(content)
+        try:
+            g = read(path)
+        except error as e:
+            if names_the_file:
+                assert str(path) in str(e)
+            return None
+        g.validate()
+        return g
+
+
+def written_bytes(write: Callable[..., object], name: str, *args, **kwargs) -> bytes:
+    """The bytes `write(path, *args, **kwargs)` puts in a temporary file `name`."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        write(path, *args, **kwargs)
+        return path.read_bytes()
