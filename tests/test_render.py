@@ -126,7 +126,8 @@ def test_gradcheck_full_render(backend):
         )
 
     params = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
-    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-5, rtol=1e-4,
+                                    fast_mode=backend == "torch")  # fmt: skip
 
 
 @pytest.mark.parametrize("rasterize", [rasterize_numba, rasterize_torch])
