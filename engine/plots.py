@@ -142,8 +142,9 @@ def plot_training_curves(
     figure = _figure(pw * cols, ph * rows)
     axes = figure.subplots(rows, cols, squeeze=False).ravel()
     for ax, key in zip(axes, keys, strict=False):
-        ylim = _robust_range(np.array(
-            [float(r[key]) for r in records if _is_number(r.get(key))], dtype=np.float64))
+        ylim = _robust_range(
+            np.array([float(r[key]) for r in records if _is_number(r.get(key))], dtype=np.float64)
+        )
         for split in splits:
             mine = [r for r in records if str(r.get("split", "train")) == split]
             pts = sorted((float(r["step"]), float(r[key])) for r in mine if _is_number(r.get(key)))

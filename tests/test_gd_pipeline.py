@@ -60,8 +60,9 @@ def test_explicit_selection_keeps_the_rest_bit_identical_and_handles_backbone_fe
     select[10:20] = True
     model = DensifyPipeline(CFG, backbone_dim=4).eval()
     with torch.no_grad():
-        result = model(coarse, images, cams, select=select, backbone_feats=torch.randn(50, 4),
-                       backend="auto")
+        result = model(
+            coarse, images, cams, select=select, backbone_feats=torch.randn(50, 4), backend="auto"
+        )
     untouched = result.merged.level == 0
     assert torch.equal(result.merged.parent[untouched], (~select).nonzero().flatten())
     for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
@@ -74,8 +75,9 @@ def test_empty_selection_returns_the_coarse_set() -> None:
     coarse, images, cams = _setup(n=20, seed=2)
     model = DensifyPipeline(CFG.with_(grid_size=None)).eval()
     with torch.no_grad():
-        result = model(coarse, images, cams, select=torch.zeros(20, dtype=torch.bool),
-                       backend="auto")
+        result = model(
+            coarse, images, cams, select=torch.zeros(20, dtype=torch.bool), backend="auto"
+        )
     assert len(result.fine.gaussians) == 0
     assert torch.equal(result.merged.gaussians.means, coarse.means)
 

@@ -333,7 +333,6 @@ def test_weights_round_trip_and_errors(tiny, tmp_path, views):
         load_model("object-huge", device="cpu", pretrained=False)
 
 
-
 def test_weights_saved_before_the_densifier_rename_still_load(tiny, tmp_path):
     """`Densifier.densifier` became `DensifyPipeline.generative`: old `densifier.densifier.*`
     keys (the shipped object-small has them) load into `densifier.generative.*`."""
@@ -357,6 +356,7 @@ def test_weights_saved_before_the_densifier_rename_still_load(tiny, tmp_path):
         for key in old_keys:
             new = key.replace("densifier.densifier.", "densifier.generative.", 1)
             assert torch.equal(state[key], loaded[new]), key
+
 
 def test_config_json_round_trip():
     for cfg in (OBJECT_SMALL,):

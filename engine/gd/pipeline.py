@@ -173,4 +173,4 @@ def _rename_old_keys(module: nn.Module, state: dict, prefix: str, *args) -> None
     """load_state_dict pre-hook: `<prefix>densifier.*` -> `<prefix>generative.*`, in place."""
     old = prefix + OLD_GENERATIVE_PREFIX
     for key in [k for k in state if k.startswith(old)]:
-        state[prefix + "generative." + key[len(old):]] = state.pop(key)
+        state[prefix + "generative." + key[len(old) :]] = state.pop(key)
