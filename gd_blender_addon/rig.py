@@ -150,13 +150,21 @@ def rig_camera(scene: bpy.types.Scene, pose: Any, fov_deg: float) -> Iterator[bp
         bpy.data.cameras.remove(data)
 
 
+def _may_render(obj: bpy.types.Object) -> bool:
+    """Whether `obj` can put pixels in a render: geometry, or an empty that instances a
+    collection (lights only light; cameras, plain empties and the like show nothing)."""
+    if obj.type == "EMPTY":
+        return obj.instance_type == "COLLECTION" and obj.instance_collection is not None
+    return obj.type not in _LEAVE_VISIBLE
+
+
 @contextlib.contextmanager
 def isolated(scene: bpy.types.Scene, keep: Sequence[bpy.types.Object]) -> Iterator[None]:
     """Hide every object that could appear in a render from it, except `keep` (and lights,
     which light the prop); restore each one's `hide_render` on the way out."""
     kept = {obj.name for obj in keep}
     saved = [(obj, obj.hide_render) for obj in scene.objects
-             if obj.name not in kept and obj.type not in _LEAVE_VISIBLE]  # fmt: skip
+             if obj.name not in kept and _may_render(obj)]  # fmt: skip
     try:
         for obj, _ in saved:
             obj.hide_render = True

@@ -102,6 +102,34 @@ def test_rig_frames_the_bounds_from_the_upper_hemisphere(addon):
         rig.plan_rig(lo, hi, 3)
 
 
+def test_rig_captures_only_the_selection_and_restores_the_scene(prop_only, tmp_path):
+    """A floor under the prop and a collection instance of it stay out of the rig's renders
+    (hidden only while each view renders); the engine is Cycles only meanwhile."""
+    import bpy
+
+    from gd_blender_addon import rig
+
+    scene = prop_only
+    prop = scene.objects["Prop"]
+    lo, hi = rig.world_bounds([prop])
+    plan = rig.plan_rig(lo, hi, 4)
+    alone, _ = rig.capture_view(scene, plan, 0, 32, tmp_path / "alone.png", [prop])
+    bpy.ops.mesh.primitive_plane_add(size=20.0, location=(0.0, 0.0, -0.01))
+    floor = bpy.context.active_object
+    group = bpy.data.collections.new("Floors")
+    group.objects.link(floor)
+    instance = bpy.data.objects.new("Floor instance", None)
+    instance.instance_type, instance.instance_collection = "COLLECTION", group
+    scene.collection.objects.link(instance)
+    bpy.context.view_layer.update()
+    before = full_snapshot(scene)
+    pixels, record = rig.capture_view(scene, plan, 0, 32, tmp_path / "floor.png", [prop])
+    assert full_snapshot(scene) == before
+    assert np.array_equal(pixels[..., 3] > 0.5, alone[..., 3] > 0.5)
+    assert (pixels[..., 3] > 0.5).mean() < 0.9  # the floor would fill the frame
+    assert np.allclose(np.array(record["matrix_world"]), np.array(plan.poses[0]), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- reconstruct object
 @pytest.mark.slow
 def test_reconstruct_object_renders_a_rig_reconstructs_refines_and_leaves_no_trace(
