@@ -47,7 +47,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import SH_C0, Gaussians, GaussiansError
-from .limits import check_gaussian_count, read_regular_file
+from .limits import check_gaussian_count, gaussian_arrays, read_regular_file
 
 __all__ = ["EXTENSION", "GltfFormatError", "read_gltf", "write_gltf", "srgb_to_linear"]
 
@@ -415,13 +415,7 @@ def _decode(doc: dict, glb_bin, path: Path, device) -> Gaussians:
     _check_totals(doc, plans)
     n = sum(p["POSITION"].count for p in plans)
     k = len(plans[0]) - 4  # SH coefficients: the attributes after the first four
-    out = {
-        "means": np.empty((n, 3), np.float32),
-        "log_scales": np.empty((n, 3), np.float32),
-        "quats": np.empty((n, 4), np.float32),
-        "opacity_logits": np.empty(n, np.float32),
-        "sh": np.empty((n, k, 3), np.float32),
-    }
+    out = gaussian_arrays(n, k)
     cache: dict[int, memoryview] = {}
     lo = 0
     for layouts in plans:  # one primitive's float64 temporaries at a time

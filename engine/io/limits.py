@@ -18,7 +18,9 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["MAX_GAUSSIANS", "check_gaussian_count", "read_regular_file"]
+import numpy as np
+
+__all__ = ["MAX_GAUSSIANS", "check_gaussian_count", "gaussian_arrays", "read_regular_file"]
 
 MAX_GAUSSIANS = 50_000_000
 
@@ -30,6 +32,19 @@ def check_gaussian_count(count: int, error: Callable[[str], Exception]) -> None:
             f"the file declares {count:,} Gaussians, above the {MAX_GAUSSIANS:,} this reader "
             "accepts (engine.io.limits.MAX_GAUSSIANS)"
         )
+
+
+def gaussian_arrays(n: int, sh_coeffs: int) -> dict[str, np.ndarray]:
+    """Empty float32 arrays a reader decodes n Gaussians into (after `check_gaussian_count`),
+    named as `Gaussians`' fields: means (n, 3), log_scales (n, 3), quats (n, 4),
+    opacity_logits (n,), sh (n, sh_coeffs, 3)."""
+    return {
+        "means": np.empty((n, 3), np.float32),
+        "log_scales": np.empty((n, 3), np.float32),
+        "quats": np.empty((n, 4), np.float32),
+        "opacity_logits": np.empty(n, np.float32),
+        "sh": np.empty((n, sh_coeffs, 3), np.float32),
+    }
 
 
 def read_regular_file(path: Path, length: int, folder: Path) -> bytes:

@@ -62,7 +62,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..gaussians import MAX_SH_DEGREE, Gaussians, GaussiansError
-from .limits import check_gaussian_count
+from .limits import check_gaussian_count, gaussian_arrays
 
 __all__ = ["SpzData", "SpzFormatError", "read_spz", "write_spz", "DEFAULT_VERSION"]
 
@@ -449,13 +449,7 @@ def _unpack(fields: tuple[int, ...], payload: bytearray, device) -> SpzData:
     pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = np.split(buf, np.cumsum(sizes)[:-1])
     pos_b, color_b, scale_b = pos_b.reshape(n, 9), color_b.reshape(n, 3), scale_b.reshape(n, 3)
     rot_b, sh_b = rot_b.reshape(n, rot), sh_b.reshape(n, k - 1, 3)
-    out = {
-        "means": np.empty((n, 3), np.float32),
-        "log_scales": np.empty((n, 3), np.float32),
-        "quats": np.empty((n, 4), np.float32),
-        "opacity_logits": np.empty(n, np.float32),
-        "sh": np.empty((n, k, 3), np.float32),
-    }
+    out = gaussian_arrays(n, k)
     for lo in range(0, n, _DECODE_SLICE):
         s = slice(lo, min(n, lo + _DECODE_SLICE))
         c = s.stop - s.start
