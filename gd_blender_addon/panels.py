@@ -96,7 +96,6 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
         if isinstance(prefs, bpy.types.AddonPreferences):
             col.prop(prefs, "device")
         col.prop(opts, "budget")
-
         col.prop(opts, "refine_seconds")
 
         _button(layout, "gd.reconstruct", operators.reconstruct_blocker(context), "MOD_PARTICLES")
