@@ -67,6 +67,11 @@ class MaskConfig:
     """Largest fraction of the frame's border pixels an estimated mask may cover."""
     min_consistency: float = 0.5
     """Smallest IoU between a view's mask and the re-projected hull of all the masks."""
+    colour_space: str = "lab"
+    """What GrabCut's colour models see: "lab" (CIELAB) or "rgb"."""
+    luma_weight: float = 1.0
+    """Weight of lightness against chroma (CIELAB) in the colour models: below 1, a
+    shadow on the ground (darker, same hue) looks more like the ground around it."""
 
 
 @dataclass
@@ -244,6 +249,15 @@ def reproject(
 
 
 # ------------------------------------------------------------------------ segmentation
+def _features(rgb: np.ndarray, luma_weight: float) -> np.ndarray:
+    """(H, W, 3) uint8 image GrabCut models: CIELAB with lightness scaled by
+    `luma_weight` about mid-grey (1: plain Lab)."""
+    cv2 = _cv2()
+    lab = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[..., 0] = 128.0 + (lab[..., 0] - 128.0) * luma_weight
+    return np.ascontiguousarray(lab.clip(0, 255).astype(np.uint8))
+
+
 def _grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
     """(H, W) bool foreground of GrabCut seeded with OpenCV labels (GC_BGD, GC_PR_FGD, ...)."""
     cv2 = _cv2()
@@ -306,7 +320,10 @@ def estimate_masks(
         image = (images[k].clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         if (sw, sh) != (w, h):
             image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-        rgb8.append(np.ascontiguousarray(image[..., ::-1]))  # OpenCV wants BGR
+        if cfg.colour_space == "rgb":
+            rgb8.append(np.ascontiguousarray(image[..., ::-1]))  # OpenCV's BGR
+        else:
+            rgb8.append(_features(image, cfg.luma_weight))
     center, radius = subject_sphere(cams)
     disks = _sphere_disks(cams, center, radius)
     # Round 1: outside the subject's sphere is background; inside, probably prop.

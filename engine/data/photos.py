@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--ground-lights-prop", action="store_true",
+                   help="the ground also bounces light onto and shadows the prop (default: it "
+                        "only shows, with the prop's shadow on it, so the prop is lit as in "
+                        "the alpha renders)")  # fmt: skip
     args = p.parse_args(argv)
 
     from engine.camera_formats import read_nerf_transforms, write_nerf_transforms
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera -> Blender/OpenGL camera
         c2w = cams.camera_to_world.numpy() @ flip
         paths = render_photos(
-            scene, prop["spec"], c2w, prop["views"]["fov_deg"], folder / PHOTOS_DIR, index
+            scene, prop["spec"], c2w, prop["views"]["fov_deg"], folder / PHOTOS_DIR, index,
+            args.ground_lights_prop,
         )
         write_nerf_transforms(photos_transforms(folder), frames.cameras, paths)
         print(f"{index}: {len(paths)} photos in {time.perf_counter() - start:.1f} s",

@@ -42,8 +42,17 @@ def ground_spec(rng: np.random.Generator) -> dict[str, Any]:
     }
 
 
-def add_ground(built: BuiltProp, rng: np.random.Generator, size: float = 20.0) -> bpy.types.Object:
-    """A square textured plane of side `size` under the prop, touching its lowest point."""
+def add_ground(
+    built: BuiltProp, rng: np.random.Generator, size: float = 20.0, lights_prop: bool = False
+) -> bpy.types.Object:
+    """A square textured plane of side `size` under the prop, touching its lowest point.
+
+    The prop casts its shadow on the ground either way. Unless `lights_prop`, the ground is
+    invisible to the prop's own light paths (Cycles ray visibility: no bounce light, no
+    shadow on the prop, the HDRI's lower half still lights it), so the prop's pixels are lit
+    as in the dataset's alpha renders and the photos differ from them by the background
+    (what masks must remove), not by relighting that no mask can undo.
+    """
     old = bpy.data.objects.get(GROUND_NAME)
     if old is not None:
         bpy.data.objects.remove(old)
@@ -55,6 +64,9 @@ def add_ground(built: BuiltProp, rng: np.random.Generator, size: float = 20.0) -
     mesh.materials.append(build_material(ground_spec(rng), "gd_ground_mat"))
     obj = bpy.data.objects.new(GROUND_NAME, mesh)
     bpy.context.scene.collection.objects.link(obj)
+    if not lights_prop:
+        obj.visible_diffuse = obj.visible_glossy = obj.visible_transmission = False
+        obj.visible_shadow = False
     matrix = np.eye(4)
     matrix[2, 3] = float(built.bbox_min[2])
     _set_matrix(obj, matrix)
@@ -75,6 +87,7 @@ def render_photos(
     fov_deg: float,
     out_dir: Path,
     seed: int,
+    ground_lights_prop: bool = False,
 ) -> list[Path]:
     """Build the prop of `spec` on a ground plane and render one JPEG a camera.
 
@@ -82,11 +95,13 @@ def render_photos(
         camera_to_world: (V, 4, 4) Blender/OpenGL camera-to-world matrices.
         fov_deg: horizontal field of view shared by the views.
         seed: picks the ground texture.
+        ground_lights_prop: let the ground bounce light onto and shadow the prop (see
+            `add_ground`).
     Returns:
         The V paths `out_dir/000.jpg`, ...
     """
     built = build_prop(scene, spec)
-    add_ground(built, np.random.default_rng([seed, 11]))
+    add_ground(built, np.random.default_rng([seed, 11]), lights_prop=ground_lights_prop)
     configure_photo(scene)
     paths = []
     for k, c2w in enumerate(camera_to_world):
