@@ -117,6 +117,21 @@ def test_beam_matrix_maps_unit_z_segment_onto_endpoints():
     assert np.allclose(ends, [start, end])
 
 
+def test_hemisphere_rig_spreads_inputs_over_the_upper_hemisphere_and_keeps_targets():
+    ring = sample_view_plan(np.random.default_rng(5), 16, 8)
+    hemi = sample_view_plan(np.random.default_rng(5), 16, 8, input_rig="hemisphere")
+    # The same random draws: field of view, framing and targets do not depend on the rig.
+    assert (hemi.fov_deg, hemi.fill) == (ring.fov_deg, ring.fill)
+    assert np.array_equal(hemi.target_azimuths_deg, ring.target_azimuths_deg)
+    el = hemi.input_elevations_deg
+    assert (el > 0).all() and (el < 80).all() and np.ptp(el) > 50
+    # Even by area: equal steps of sin(elevation); azimuths all different.
+    assert np.allclose(np.diff(np.sin(np.radians(el))), np.diff(np.sin(np.radians(el)))[0])
+    assert len(np.unique(np.round(hemi.input_azimuths_deg, 3))) == 16
+    with pytest.raises(ValueError, match="input_rig"):
+        sample_view_plan(np.random.default_rng(5), 4, 8, input_rig="dome")
+
+
 def test_view_plan_ring_fill_and_framing():
     rng = np.random.default_rng(0)
     plan = sample_view_plan(rng, 4, 8)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cli_args import int_range, name_list, nonnegative_int, positive_int
 from .layout import SPLITS
+from .views import INPUT_RIGS
 
 # Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
 # one object's views alone take gigabytes.
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="Blender processes (0: one a core)")  # fmt: skip
     make.add_argument("--views-in", type=positive_int, default=4, help="input views on the ring")
     make.add_argument("--views-target", type=positive_int, default=8, help="random target views")
+    make.add_argument("--rig", choices=INPUT_RIGS, default="ring",
+                      help="input cameras: a ring at 20 degrees (the model's training views) "
+                           "or spread over the upper hemisphere")  # fmt: skip
     make.add_argument("--samples", type=positive_int, default=4, help="Cycles samples a pixel")
     make.add_argument("--no-denoise", action="store_true", help="skip OpenImageDenoise")
     make.add_argument("--splits", type=name_list(SPLITS), default=None,
@@ -57,7 +61,7 @@ def _make(args: argparse.Namespace) -> int:
         out=args.out, objects=args.objects, resolution=args.res, seed=args.seed,
         workers=args.workers, views_in=args.views_in, views_target=args.views_target,
         samples=args.samples, denoise=not args.no_denoise, progress=not args.quiet,
-        splits=args.splits,
+        splits=args.splits, input_rig=args.rig,
     )  # fmt: skip
     report = make_dataset(cfg)
     print(

@@ -46,11 +46,13 @@ class Generator:
         samples: int = 4,
         denoise: bool = True,
         threads: int = 1,
+        input_rig: str = "ring",
     ) -> None:
         from .procedural import scene as blender_scene  # imports bpy
 
         self.root, self.seed = Path(root), int(seed)
         self.n_input, self.n_target = int(n_input), int(n_target)
+        self.input_rig = input_rig  # engine.data.views.INPUT_RIGS
         self._scene_mod = blender_scene
         self.settings = blender_scene.RenderSettings(resolution, samples, denoise, threads)
         self.scene = blender_scene.configure(self.settings)
@@ -69,7 +71,8 @@ class Generator:
         bs = self._scene_mod
         spec = sample_prop(self.seed, index)
         plan = sample_view_plan(
-            np.random.default_rng([self.seed, index, _VIEW_STREAM]), self.n_input, self.n_target
+            np.random.default_rng([self.seed, index, _VIEW_STREAM]), self.n_input, self.n_target,
+            input_rig=self.input_rig,
         )
         built = bs.build_prop(self.scene, spec)
         poses = plan_poses(plan, built.radius)

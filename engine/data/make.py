@@ -31,6 +31,7 @@ from .layout import (
     split_of,
     write_json_atomic,
 )
+from .views import INPUT_RIGS
 from .worker import DONE, FAIL
 
 # Manifest keys that must match when resuming into an existing folder.
@@ -48,6 +49,8 @@ class MakeConfig:
     workers: int = 0  # 0: one per CPU core
     views_in: int = 4
     views_target: int = 8
+    # Input cameras: "ring" or "hemisphere" (engine.data.views.INPUT_RIGS).
+    input_rig: str = "ring"
     samples: int = 4
     denoise: bool = True
     progress: bool = True
@@ -83,7 +86,9 @@ def _manifest(cfg: MakeConfig, finished: list[int], created: str | None) -> dict
         "objects": cfg.objects,
         "finished": len(finished),
         "resolution": cfg.resolution,
-        "views": {"input": cfg.views_in, "target": cfg.views_target},
+        # The rig is recorded only when it is not the ring, so existing ring datasets resume.
+        "views": {"input": cfg.views_in, "target": cfg.views_target,
+                  **({} if cfg.input_rig == "ring" else {"input_rig": cfg.input_rig})},
         "render": {"engine": "CYCLES", "samples": cfg.samples, "denoise": cfg.denoise},
         "split_fractions": DEFAULT_SPLIT_FRACTIONS,
         "splits": splits,
@@ -128,7 +133,7 @@ class _Worker:
             sys.executable, "-m", "engine.data.worker", str(cfg.out),
             "--seed", str(cfg.seed), "--res", str(cfg.resolution),
             "--views-in", str(cfg.views_in), "--views-target", str(cfg.views_target),
-            "--samples", str(cfg.samples), "--threads", str(threads),
+            "--samples", str(cfg.samples), "--threads", str(threads), "--rig", cfg.input_rig,
         ]  # fmt: skip
         if not cfg.denoise:
             cmd.append("--no-denoise")
@@ -171,6 +176,8 @@ def _check_config(cfg: MakeConfig) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if cfg.input_rig not in INPUT_RIGS:
+        raise ValueError(f"input_rig must be one of {INPUT_RIGS}, got {cfg.input_rig!r}")
     if cfg.splits is not None:
         unknown = set(cfg.splits) - set(SPLITS)
         if unknown or not cfg.splits:

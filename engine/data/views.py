@@ -19,6 +19,11 @@ DEFAULT_INPUT_ELEVATION_DEG = 20.0
 TARGET_ELEVATION_RANGE_DEG = (-20.0, 70.0)
 FOV_RANGE_DEG = (30.0, 50.0)
 FILL_RANGE = (0.5, 0.9)
+# Input rigs: "ring" (the model's training views, one elevation) or "hemisphere" (views
+# spread evenly by area over the upper hemisphere, as a refinement rig would be).
+INPUT_RIGS = ("ring", "hemisphere")
+HEMISPHERE_ELEVATION_RANGE_DEG = (5.0, 75.0)
+_GOLDEN_ANGLE_DEG = 180.0 * (3.0 - math.sqrt(5.0))
 
 
 @dataclass(frozen=True)
@@ -47,15 +52,27 @@ def sample_view_plan(
     input_elevation_deg: float = DEFAULT_INPUT_ELEVATION_DEG,
     fov_range_deg: tuple[float, float] = FOV_RANGE_DEG,
     fill_range: tuple[float, float] = FILL_RANGE,
+    input_rig: str = "ring",
 ) -> ViewPlan:
-    """Draw field of view, framing, a ring offset and the target directions."""
+    """Draw field of view, framing, a ring offset and the target directions.
+
+    input_rig: "ring" (every input at `input_elevation_deg`) or "hemisphere" (a golden-angle
+    spiral, even by area, over elevations HEMISPHERE_ELEVATION_RANGE_DEG). Both draw the same
+    random numbers, so targets, field of view and framing do not depend on the rig.
+    """
     if n_input < 1 or n_target < 0:
         raise ValueError(f"need n_input >= 1 and n_target >= 0, got {n_input}, {n_target}")
+    if input_rig not in INPUT_RIGS:
+        raise ValueError(f"input_rig must be one of {INPUT_RIGS}, got {input_rig!r}")
     fov = float(rng.uniform(*fov_range_deg))
     fill = float(rng.uniform(*fill_range))
     offset = float(rng.uniform(0.0, 360.0))
     in_az = (offset + 360.0 * np.arange(n_input) / n_input) % 360.0
     in_el = np.full(n_input, float(input_elevation_deg))
+    if input_rig == "hemisphere":
+        lo_h, hi_h = (math.sin(math.radians(e)) for e in HEMISPHERE_ELEVATION_RANGE_DEG)
+        in_el = np.degrees(np.arcsin(lo_h + (hi_h - lo_h) * (np.arange(n_input) + 0.5) / n_input))
+        in_az = (offset + _GOLDEN_ANGLE_DEG * np.arange(n_input)) % 360.0
     lo, hi = (math.sin(math.radians(e)) for e in TARGET_ELEVATION_RANGE_DEG)
     tgt_az = rng.uniform(0.0, 360.0, n_target)
     tgt_el = np.degrees(np.arcsin(rng.uniform(lo, hi, n_target)))

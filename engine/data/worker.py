@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rig", default="ring")
     return p.parse_args(argv)
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = Generator(
         args.out, args.seed, args.res, args.views_in, args.views_target,
-        args.samples, not args.no_denoise, args.threads,
+        args.samples, not args.no_denoise, args.threads, input_rig=args.rig,
     )  # fmt: skip
     for line in sys.stdin:
         line = line.strip()
