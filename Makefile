@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)" "numpy<2"
 	$(PY) -m pip install -e ".[test,blender,data]" "numpy<2"
+	# Compile the numba render kernels into their cache now, not in the first render.
+	$(PY) -m engine.cli warmup
 	touch $(STAMP)
 
 venv: $(STAMP)

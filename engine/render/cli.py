@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sh-degree", type=int_range(0, MAX_SH_DEGREE), default=None,
                    help=f"evaluate SH up to this degree (0..{MAX_SH_DEGREE})")  # fmt: skip
     p.set_defaults(func=run)
+    register_warmup(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,4 +88,29 @@ def run(args: argparse.Namespace) -> int:
             save_png(out.colors[0], args.out / f"{names[i]}.png")
     print(f"wrote {len(cameras)} images ({cameras.width}x{cameras.height}) of "
           f"{len(gaussians)} Gaussians to {args.out}")  # fmt: skip
+    return 0
+
+
+def register_warmup(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "warmup",
+        help="compile the CPU render kernels into the numba cache (make venv runs it)",
+        description="Compile (or load) every numba kernel once, so the first render or "
+        "reconstruction of a new install does not wait for the compiler. Prints where the "
+        "cache lives (NUMBA_CACHE_DIR overrides it; see engine/render/numba_cache.py).",
+    )
+    p.set_defaults(func=run_warmup)
+
+
+def run_warmup(args: argparse.Namespace) -> int:
+    from . import numba_available
+
+    if not numba_available():
+        print("numba is not installed: renders use the portable torch backend, nothing to do")
+        return 0
+    from .numba_cache import warmup
+
+    status, seconds = warmup()
+    where = status.directory if status.enabled else "no cache"
+    print(f"numba kernels ready in {seconds:.1f} s; cache: {where} ({status.reason})")
     return 0

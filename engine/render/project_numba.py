@@ -24,15 +24,19 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
+from .numba_cache import configure
 from .projection import ALPHA_THRESHOLD, Projection
 from .sh import C0, C1, C2, C3
+
+# Compiled code is cached where numba_cache chooses (off where nothing is writable).
+CACHE = configure().enabled
 
 _C2_0, _C2_1, _C2_2, _C2_3, _C2_4 = C2
 _C3_0, _C3_1, _C3_2, _C3_3, _C3_4, _C3_5, _C3_6 = C3
 _LOG_ALPHA_THRESHOLD = math.log(ALPHA_THRESHOLD)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _basis(x, y, z, degree, out):  # pragma: no cover
     """out[:(degree + 1)²] = the SH basis at the unit direction (x, y, z) (sh.sh_basis)."""
     out[0] = C0
@@ -57,7 +61,7 @@ def _basis(x, y, z, degree, out):  # pragma: no cover
             out[15] = _C3_6 * x * (xx - 3.0 * yy)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _basis_grad(x, y, z, degree, g, out):  # pragma: no cover
     """out = Σ_k g[k] · ∂basis_k/∂(x, y, z), for the first (degree + 1)² terms."""
     gx = gy = gz = 0.0
@@ -108,7 +112,7 @@ def _basis_grad(x, y, z, degree, g, out):  # pragma: no cover
     out[0], out[1], out[2] = gx, gy, gz
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _rotation(quats, i, rot):  # pragma: no cover
     """rot = R(q_i / max(|q_i|, 1e-12)) (rotations.quaternion_to_matrix); returns |q_i|."""
     qn = math.sqrt(quats[i, 0] ** 2 + quats[i, 1] ** 2 + quats[i, 2] ** 2 + quats[i, 3] ** 2)
@@ -126,7 +130,7 @@ def _rotation(quats, i, rot):  # pragma: no cover
     return qn
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def _project_forward(
     means, log_scales, quats, opacity_logits, sh, viewmats, intr, centers, width, height,
     near, far, eps2d, degree,
@@ -199,7 +203,7 @@ def _project_forward(
                 out_colors[cam, i, ch] = max(s, 0.0)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def _project_backward(
     means, log_scales, quats, opacity_logits, sh, viewmats, intr, centers, width, height,
     near, far, eps2d, degree,

@@ -44,12 +44,16 @@ from torch import Tensor
 # Shared with the portable torch rasteriser, which must import without numba; numba
 # freezes these module globals into the kernels as constants.
 from .constants import ALPHA_MAX, ALPHA_MIN, BOX_MARGIN, T_MIN
+from .numba_cache import configure
+
+# Compiled code is cached where numba_cache chooses (off where nothing is writable).
+CACHE = configure().enabled
 
 # Relative widening of a row's exact ellipse span (float rounding of the root).
 SPAN_MARGIN = 1e-5
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _bin_tiles(means2d, extents, order, tile, tiles_x, tiles_y, width, height):  # pragma: no cover
     """Tile lists in depth order: returns (offsets (T+1,), ids (P,)) for T tiles, P pairs."""
     n_tiles = tiles_x * tiles_y
@@ -87,13 +91,13 @@ def _bin_tiles(means2d, extents, order, tile, tiles_x, tiles_y, width, height): 
     return offsets, ids
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _mahalanobis_half(conics, g, dx, dy):  # pragma: no cover
     """sigma = ½ dᵀ Σ⁻¹ d for offset d = (dx, dy) from Gaussian g's centre."""
     return 0.5 * (conics[g, 0] * dx * dx + conics[g, 2] * dy * dy) + conics[g, 1] * dx * dy
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _pixel_span(centre, extent, lo, hi):  # pragma: no cover
     """Pixels in [lo, hi] whose centres lie within `extent` (+ margin) of `centre`:
     the same rule as `_bin_tiles`, so a tile's pairs cover exactly its box pixels."""
@@ -101,7 +105,7 @@ def _pixel_span(centre, extent, lo, hi):  # pragma: no cover
     return max(lo, int(math.ceil(centre - e - 0.5))), min(hi, int(math.floor(centre + e - 0.5)))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True, inline="always")
 def _row_span(mx, my, a, b, c, tau, py, lo, hi):  # pragma: no cover
     """Pixels of row `py` in [lo, hi] where sigma <= tau, i.e. alpha = o·exp(-sigma) can
     reach 1/255 (tau = log(255·o)), widened by a margin so float rounding never drops a
@@ -119,7 +123,7 @@ def _row_span(mx, my, a, b, c, tau, py, lo, hi):  # pragma: no cover
             min(hi, int(math.floor(mx - dx_lo - 0.5 + m))))  # fmt: skip
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def _forward_kernel(
     means2d,
     conics,
@@ -226,7 +230,7 @@ def _forward_kernel(
         overflow[part] = n_rec
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def _backward_kernel(
     means2d,
     conics,
@@ -337,7 +341,7 @@ def _backward_kernel(
                 gc2 += 0.5 * g_sigma * dy * dy
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def _reduce_pairs(ids, pair_values, out):  # pragma: no cover
     """out[ids[k]] += pair_values[k] for every pair k (rows of width out.shape[1])."""
     for k in range(ids.size):
