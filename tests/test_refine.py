@@ -125,6 +125,24 @@ def test_time_budget_is_respected(scene, start):
     assert res.seconds <= elapsed
 
 
+def test_snapshots_are_the_states_shorter_runs_end_with(scene, start):
+    """The schedule depends on steps, not on the budget: a snapshot after k steps of a
+    long run is bit for bit what a k-step run returns, densification included."""
+    images, cams = scene
+    cfg = RefineConfig(densify_every=4, grad_threshold=1e-9, lr_decay_steps=20)
+    long = refine(start, images, cams, steps=12, holdout=0, config=cfg, snapshots=(5, 9))
+    assert [(b, s) for b, s, _ in long.snapshots] == [(5.0, 5), (9.0, 9)]
+    for budget, _, snap in long.snapshots:
+        short = refine(start, images, cams, steps=int(budget), holdout=0, config=cfg)
+        assert same(snap, short.gaussians)
+    assert len(long.snapshots[1][2]) > len(start)  # densification happened before step 9
+    # Time budgets: one snapshot per budget, the last one the final state.
+    timed = refine(start, images, cams, seconds=1.5, holdout=0, snapshots=(0.5, 1.5))
+    assert [b for b, _, _ in timed.snapshots] == [0.5, 1.5]
+    assert timed.snapshots[0][1] <= timed.snapshots[1][1] == timed.steps
+    assert same(timed.snapshots[1][2], timed.gaussians)
+
+
 def test_split_clone_keeps_the_cap_and_prunes_transparent(scene, start):
     images, cams = scene
     g = start.clone()

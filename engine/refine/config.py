@@ -17,17 +17,23 @@ class RefineConfig:
     """Settings of one refinement run (the defaults suit 4–64 views of one prop)."""
 
     # ---------------------------------------------------------------- optimisation
-    batch_views: int = 4
+    batch_views: int = 2
     """Training views rendered per step (sampled without replacement, cycling through all
-    of them so that every view is seen equally often)."""
+    of them so that every view is seen equally often). Two beat four per second of budget
+    (twice the steps; bench/refine.py, 2 hemisphere props, 20 s)."""
     max_side: int = 512
     """Views whose longer side exceeds this are resampled down to it before refinement
     (0: keep their size). Step time grows with the pixel count."""
     means_lr: float = 1.6e-4
     """Adam rate of the means, times the scene extent (gsplat: 1.6e-4 · scene_scale)."""
     means_lr_final: float = 0.01
-    """The means' rate decays exponentially to this fraction of itself at the end of the
-    budget (3DGS's schedule, stretched over steps or seconds)."""
+    """The means' rate decays exponentially to this fraction of itself (3DGS's schedule)
+    over `lr_decay_steps` steps, or over the whole budget when that is None."""
+    lr_decay_steps: int | None = 3000
+    """Steps over which the means' rate decays (then it stays at the final rate). A step
+    count, not a fraction of the budget, so that a run's state after t seconds does not
+    depend on how long the run was going to be: "30 more seconds" continues a refinement,
+    and a 60-s run passes through what a 10-s run returns."""
     scales_lr: float = 5e-3
     """Adam rate of the log-scales."""
     quats_lr: float = 1e-3
@@ -38,8 +44,11 @@ class RefineConfig:
     """Adam rate of the DC SH coefficient (the base colour)."""
     shN_lr: float = 2.5e-3 / 20
     """Adam rate of the higher SH coefficients (gsplat: 1/20 of the DC rate)."""
-    ssim_weight: float = 0.2
-    """Loss = L1 + ssim_weight · (1 − SSIM) (engine.metrics.ssim)."""
+    ssim_weight: float = 0.0
+    """Loss = L1 + ssim_weight · (1 − SSIM) (`loss.fast_ssim`; 3DGS uses 0.2). Off by
+    default: the SSIM term costs ~15 % of a step on the CPU and, at these budgets, the
+    steps it costs were worth more held-out PSNR than the term (2 props, 20 s: +0.4 to
+    +0.9 dB without it, together with batch_views 2)."""
     scene_scale: float | None = None
     """Scene extent for the means' rate and the size thresholds; None: 1.1 × the largest
     distance of a camera centre from their mean (gsplat), at least 1e-3."""
@@ -50,11 +59,14 @@ class RefineConfig:
     densifier: str = "classic"
     """"classic": 3DGS clone/split (gsplat's DefaultStrategy); "learned": the GD module of
     the model passed as `refine(..., densifier=model)` (set automatically then)."""
-    densify_every: int = 50
-    """Steps between densifications (the first after this many steps)."""
-    densify_until: float = 0.7
-    """No densification after this fraction of the budget: the last part of the run only
-    optimises, so new Gaussians settle before the result is taken."""
+    densify_every: int = 25
+    """Steps between densifications (the first after this many steps). A 60-s CPU budget
+    buys a few hundred steps, so growth has to start early."""
+    densify_until: float = 1.0
+    """No densification after this fraction of the budget (1: no limit by fraction)."""
+    densify_until_step: int | None = 2000
+    """No densification after this step (None: no limit by step); budget-independent like
+    `lr_decay_steps`."""
     grad_threshold: float = 0.0002
     """Candidates need a mean view-space positional gradient above this, in gsplat's
     normalised units (pixel gradient × image half-size × views in the batch). With the
@@ -96,6 +108,10 @@ class RefineConfig:
     def __post_init__(self) -> None:
         positive = ("batch_views", "densify_every", "eval_every", "holdout_every",
                     "max_gaussians", "learned_budget", "holdout_min_views")  # fmt: skip
+        for name in ("lr_decay_steps", "densify_until_step"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"RefineConfig.{name} must be >= 1 or None, got {value}")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RefineConfig.{name} must be >= 1, got {getattr(self, name)}")
