@@ -224,6 +224,25 @@ def test_absgrad_is_the_sum_of_per_pixel_absolute_gradients():
     assert torch.all(out.means2d.absgrad >= out.means2d.grad.abs() - 1e-12)
 
 
+@pytest.mark.parametrize("backend", PORTABLE)
+def test_depth_false_changes_nothing_but_the_depths(backend):
+    g = random_gaussians(60, 12, dtype=torch.float64)
+    cams = ring_cameras(2, 20, 16, dtype=torch.float64)
+    w = torch.randn(2, 16, 20, 3, generator=torch.Generator().manual_seed(5), dtype=g.dtype)
+    outs, grads = [], []
+    for depth in (True, False):
+        gg = Gaussians(*(p.detach().clone().requires_grad_() for p in g.parameters()))
+        out = render(gg, cams, backend=backend, depth=depth)
+        ((out.colors * w).sum() + out.alphas.sum()).backward()
+        outs.append(out)
+        grads.append([p.grad for p in gg.parameters()])
+    assert torch.equal(outs[1].depths, torch.zeros_like(outs[1].depths))
+    assert outs[0].depths.abs().sum() > 0
+    assert torch.allclose(outs[0].colors, outs[1].colors, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_expected_depth_of_a_single_opaque_gaussian():
     cams = ring_cameras(1, 32, 32)
     center = cams.centers[0]

@@ -244,7 +244,8 @@ def refine(
         t_eval = time.perf_counter()
         with torch.no_grad():
             g = params.gaussians()
-            scores = [psnr(render(g, cameras[[int(i)]], background=bg, backend=backend).colors,
+            scores = [psnr(render(g, cameras[[int(i)]], background=bg, backend=backend,
+                                  depth=False).colors,
                            images[[int(i)]]) for i in held]  # fmt: skip
         eval_seconds[0] = time.perf_counter() - t_eval
         return float(torch.cat(scores).mean())
@@ -309,7 +310,7 @@ def refine(
         decay = min(1.0, step / cfg.lr_decay_steps) if cfg.lr_decay_steps else fraction()
         params.set_lr("means", lrs["means"] * cfg.means_lr_final**decay)
         out = render(params.gaussians(), cameras[batch], background=bg, backend=backend,
-                     absgrad=absgrad)  # fmt: skip
+                     absgrad=absgrad, depth=False)  # fmt: skip
         loss = refine_loss(out.colors, images[batch], cfg.ssim_weight)
         loss.backward()
         grad = getattr(out.means2d, "absgrad", None) if absgrad else None

@@ -102,8 +102,11 @@ def _background_tensor(background: Tensor | Sequence[float] | float | None, like
     return bg
 
 
-def _rasterize(proj: Projection, width: int, height: int, backend: str, tile_size: int):
-    features = torch.cat([proj.colors, proj.depths[..., None]], dim=-1)  # depth as a channel
+def _rasterize(proj: Projection, width: int, height: int, backend: str, tile_size: int,
+               with_depth: bool = True):  # fmt: skip
+    features = proj.colors
+    if with_depth:
+        features = torch.cat([proj.colors, proj.depths[..., None]], dim=-1)  # depth as a channel
     args = (proj.means2d, proj.conics, features, proj.opacities, proj.extents, proj.depths)
     if backend == "numba":
         from .rasterize_numba import rasterize_numba
@@ -125,6 +128,7 @@ def render(
     eps2d: float = EPS_2D,
     tile_size: int = 16,
     absgrad: bool = False,
+    depth: bool = True,
 ) -> RenderOutput:
     """Render Gaussians into every camera, differentiably.
 
@@ -138,6 +142,8 @@ def render(
         eps2d: screen-space low-pass added to each 2D covariance (3DGS uses 0.3).
         tile_size: tile edge in pixels for the portable backends.
         absgrad: also accumulate the AbsGS absolute 2D-mean gradient (numba, gsplat).
+        depth: composite the expected depth (False: `depths` is all zeros, and the CPU
+            backends composite 3 channels instead of 4, ~15 % less work; refinement does).
     """
     if len(cameras) == 0:
         raise RenderError("render needs at least one camera")
@@ -174,10 +180,13 @@ def render(
         else:
             means2d = means2d.detach().requires_grad_(True)
         proj.means2d = means2d
-    acc, alphas = _rasterize(proj, cameras.width, cameras.height, chosen, tile_size)
+    acc, alphas = _rasterize(proj, cameras.width, cameras.height, chosen, tile_size, depth)
     colors = acc[..., :3] + (1.0 - alphas)[..., None] * bg
     safe = alphas > 1e-6
-    depths = torch.where(safe, acc[..., 3] / alphas.clamp_min(1e-6), torch.zeros_like(alphas))
+    if depth:
+        depths = torch.where(safe, acc[..., 3] / alphas.clamp_min(1e-6), torch.zeros_like(alphas))
+    else:
+        depths = torch.zeros_like(alphas)
     return RenderOutput(colors, alphas, depths, proj.radii, means2d, chosen)
 
 
