@@ -67,6 +67,14 @@ class MaskConfig:
     """Largest fraction of the frame's border pixels an estimated mask may cover."""
     min_consistency: float = 0.5
     """Smallest IoU between a view's mask and the re-projected hull of all the masks."""
+    rounds: int = 3
+    """GrabCut rounds: the first seeded by the subject's sphere, the others by the hull
+    the other views' masks carve."""
+    reseed_background: bool = True
+    """Before the second GrabCut, seed the prop-labelled pixels whose colour the
+    surroundings explain better as background (holes through the prop)."""
+    background_margin: float = 0.0
+    """Log-likelihood margin for that test."""
     colour_space: str = "lab"
     """What GrabCut's colour models see: "lab" (CIELAB) or "rgb"."""
     luma_weight: float = 1.0
@@ -258,6 +266,54 @@ def _features(rgb: np.ndarray, luma_weight: float) -> np.ndarray:
     return np.ascontiguousarray(lab.clip(0, 255).astype(np.uint8))
 
 
+def _gmm(samples: np.ndarray, components: int, rng: np.random.Generator):
+    """An OpenCV EM Gaussian mixture fitted to (N, 3) samples (at most 4000 of them)."""
+    cv2 = _cv2()
+    if len(samples) > 4000:
+        samples = samples[rng.choice(len(samples), 4000, replace=False)]
+    em = cv2.ml.EM_create()
+    em.setClustersNumber(components)
+    em.setCovarianceMatrixType(cv2.ml.EM_COV_MAT_DIAGONAL)
+    em.setTermCriteria((cv2.TERM_CRITERIA_COUNT + cv2.TERM_CRITERIA_EPS, 50, 1e-3))
+    em.trainEM(samples.astype(np.float32))
+    return em
+
+
+def _background_like(
+    image: np.ndarray, inside: np.ndarray, outside: np.ndarray, margin: float
+) -> np.ndarray:
+    """(H, W) bool: pixels of `inside` whose colour the background (`outside`) explains
+    better, by `margin` in log-likelihood, than `inside` itself does (5-component GMMs)."""
+    if inside.sum() < 50 or outside.sum() < 50:
+        return np.zeros(inside.shape, bool)
+    rng = np.random.default_rng(0)
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    fg = _gmm(pixels[inside.ravel()], 5, rng)
+    bg = _gmm(pixels[outside.ravel()], 5, rng)
+    query = pixels[inside.ravel()]
+    log_fg = _log_likelihood(fg, query)
+    log_bg = _log_likelihood(bg, query)
+    out = np.zeros(inside.size, bool)
+    out[np.flatnonzero(inside.ravel())] = log_bg > log_fg + margin
+    return out.reshape(inside.shape)
+
+
+def _log_likelihood(em, samples: np.ndarray) -> np.ndarray:
+    """(N,) log-likelihood of samples under an OpenCV EM model (vectorised from its
+    means, diagonal covariances and weights)."""
+    means = em.getMeans()  # (K, 3)
+    covs = np.stack([np.diag(c) for c in em.getCovs()])  # (K, 3)
+    weights = em.getWeights().ravel()  # (K,)
+    covs = np.maximum(covs, 1e-3)
+    diff = samples[:, None, :].astype(np.float64) - means[None]
+    log_n = -0.5 * ((diff**2) / covs[None]).sum(-1) - 0.5 * np.log(
+        (2 * np.pi) ** 3 * covs.prod(-1)
+    )[None]  # fmt: skip
+    log_w = np.log(np.maximum(weights, 1e-12))[None]
+    top = (log_n + log_w).max(-1, keepdims=True)
+    return (top + np.log(np.exp(log_n + log_w - top).sum(-1, keepdims=True)))[:, 0]
+
+
 def _grabcut(rgb: np.ndarray, labels: np.ndarray, iterations: int) -> np.ndarray:
     """(H, W) bool foreground of GrabCut seeded with OpenCV labels (GC_BGD, GC_PR_FGD, ...)."""
     cv2 = _cv2()
@@ -333,24 +389,33 @@ def estimate_masks(
         first.append(_clean(_grabcut(rgb8[k], labels, cfg.iterations)))
     first_masks = np.stack(first)
     voxel = 2.0 * radius / cfg.grid
-    # Round 2: each view re-seeded by the hull the *other* views carve: outside it
-    # (dilated, for the coarse grid) is background, inside it the first mask is probably
-    # prop and the rest probably background.
+    # Later rounds: each view re-seeded by the hull the *other* views carve: outside it
+    # (dilated, for the coarse grid) is background, inside it the previous mask is probably
+    # prop and the rest probably background. A hole one view finds (background between a
+    # stool's legs) carves the hull the others are seeded with in the next round.
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    final = []
-    for k in range(v_count):
-        others = [j for j in range(v_count) if j != k]
-        pts, kept = carve(
-            np.stack([cv2.dilate(first_masks[j].astype(np.uint8), kernel) > 0 for j in others]),
-            cams[others], center, radius, cfg.grid,
-        )  # fmt: skip
-        hull = reproject(pts, kept, cams, voxel, only=k)[0]
-        hull = cv2.dilate(hull.astype(np.uint8), kernel) > 0
-        labels = np.full((sh, sw), cv2.GC_BGD, np.uint8)
-        labels[hull] = cv2.GC_PR_BGD
-        labels[hull & first_masks[k]] = cv2.GC_PR_FGD
-        final.append(_clean(_grabcut(rgb8[k], labels, cfg.iterations) & hull))
-    masks = np.stack(final)
+    previous = first_masks
+    for _ in range(max(1, cfg.rounds - 1)):
+        final = []
+        for k in range(v_count):
+            others = [j for j in range(v_count) if j != k]
+            dilated = [cv2.dilate(previous[j].astype(np.uint8), kernel) > 0 for j in others]
+            pts, kept = carve(np.stack(dilated), cams[others], center, radius, cfg.grid)
+            hull = reproject(pts, kept, cams, voxel, only=k)[0]
+            hull = cv2.dilate(hull.astype(np.uint8), kernel) > 0
+            labels = np.full((sh, sw), cv2.GC_BGD, np.uint8)
+            labels[hull] = cv2.GC_PR_BGD
+            labels[hull & previous[k]] = cv2.GC_PR_FGD
+            if cfg.reseed_background:
+                # Background seen through holes sits inside every view's hull and, labelled
+                # prop, teaches GrabCut's prop model its colours; seed the pixels that the
+                # surroundings explain better as background instead.
+                labels[(labels == cv2.GC_PR_FGD) & _background_like(
+                    rgb8[k], previous[k], ~hull, cfg.background_margin
+                )] = cv2.GC_PR_BGD  # fmt: skip
+            final.append(_clean(_grabcut(rgb8[k], labels, cfg.iterations) & hull))
+        previous = np.stack(final)
+    masks = previous
     check_masks(masks, "estimated", cfg, border=True)
     consistency = consistency_iou(masks, cams, center, radius, cfg.grid)
     check_consistency(consistency, cfg)
