@@ -176,3 +176,28 @@ def test_whole_frame_mask_files_are_refused(tmp_path: Path):
     transforms = _write_views(tmp_path / "v", rgba, cameras, torch.ones_like(truth))
     with pytest.raises(MaskError, match="view 0: its mask file covers 100% of the frame"):
         load_nerf_scene(transforms, masks="files")
+
+
+def test_colmap_masks_folder_is_honoured(tmp_path: Path):
+    from engine.camera_formats import write_colmap
+    from engine.data.datasets import load_colmap_scene
+
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "masks").mkdir()
+    names = []
+    for k, view in enumerate(rgba):
+        name = f"{k:03d}.jpg"
+        Image.fromarray((view[..., :3].numpy() * 255 + 0.5).astype(np.uint8)).save(images / name)
+        # COLMAP's own convention: the image's full name with .png appended.
+        Image.fromarray(truth[k].numpy().astype(np.uint8) * 255).save(
+            tmp_path / "masks" / f"{name}.png"
+        )
+        names.append(name)
+    write_colmap(tmp_path / "sparse" / "0", cameras, names, binary=True)
+    views = load_colmap_scene(tmp_path)
+    assert views.masks.source == "files"
+    assert torch.equal(views.alphas > 0.5, truth)
+    assert load_colmap_scene(tmp_path, masks="none").masks is None
