@@ -12,8 +12,10 @@ of a view are the prop:
   point that every view holds in frame bounds it. That sphere, projected into each view,
   seeds a GrabCut colour segmentation (OpenCV, no download, wheels for every platform):
   outside it is background, inside probably prop. Each view's mask is then refined by the
-  others: a pixel stays prop only if its ray meets the visual hull carved from the *other*
-  views' masks (a coarse voxel grid), and GrabCut runs again seeded by that hull.
+  others, twice (`MaskConfig.rounds`): a pixel stays prop only if its ray meets the visual
+  hull carved from the *other* views' masks (a coarse voxel grid), and GrabCut runs again
+  seeded by that hull, with the pixels the surroundings' colours explain better seeded as
+  background (what is seen through holes in the prop).
 - ``none``: use the images as they are.
 
 Implausible masks stop the run with `MaskError` instead of reconstructing fog: an empty
@@ -71,7 +73,7 @@ class MaskConfig:
     """GrabCut rounds: the first seeded by the subject's sphere, the others by the hull
     the other views' masks carve."""
     reseed_background: bool = True
-    """Before the second GrabCut, seed the prop-labelled pixels whose colour the
+    """Before each later round, seed the prop-labelled pixels whose colour the
     surroundings explain better as background (holes through the prop)."""
     background_margin: float = 0.0
     """Log-likelihood margin for that test."""
