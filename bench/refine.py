@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> None:
             load_before = os.getloadavg()
             full0, obj0 = score(start, targets.images, targets.cameras, mask)
             _peak_mib(reset=True)
-            res = refine(start, inputs.images, inputs.cameras, seconds=args.seconds,
+            budget = {"steps": args.steps} if args.steps else {"seconds": args.seconds}
+            res = refine(start, inputs.images, inputs.cameras, **budget,
                          snapshots=args.snapshots, holdout=0, seed=0, config=cfg,
                          densifier=model if args.densifier == "learned" else None)  # fmt: skip
             peak = _peak_mib()
@@ -152,6 +153,11 @@ def run(args: argparse.Namespace) -> None:
                 "start_seconds": model_s if name != "hull" else hull_s,
                 "load_before": load_before, "load_after": os.getloadavg(),
                 "densifier": args.densifier, "config": overrides,
+                "unit": "steps" if args.steps else "s",
+                "densify_seconds": res.densify_seconds,
+                "budget_arg": (f"steps={args.steps}" if args.steps
+                               else f"seconds={args.seconds:g}"),
+                "snapshot_args": args.snapshots,
                 "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }  # fmt: skip
             with open(args.rows, "a") as fh:
@@ -174,6 +180,7 @@ def report(args: argparse.Namespace, command: str) -> str:
     props = sorted({r["prop"] for r in rows})
     starts = [s for s in STARTS if any(r["start"] == s for r in rows)]
     budgets = sorted({b["budget"] for r in rows for b in r["budgets"]})
+    unit = rows[0].get("unit", "s")
     loads = [r["load_before"][0] for r in rows] + [r["load_after"][0] for r in rows]
     first = min(rows, key=lambda r: r["time"])
     last = max(rows, key=lambda r: r["time"])
@@ -191,16 +198,17 @@ def report(args: argparse.Namespace, command: str) -> str:
         "`nice`), so every budget bought fewer steps than it would on an idle machine.",
         f"- data: {len(props)} held-out props of the test split of `{args.data.name}` "
         "(seed 1), 16 input views over the upper hemisphere, 8 random target views, 256².",
-        "- setup: `refine(start, 16 views, seconds=60, snapshots=(10, 30, 60), holdout=0)`; "
+        f"- setup: `refine(start, 16 views, {rows[0].get('budget_arg', 'seconds=60')}, "
+        f"snapshots={tuple(rows[0].get('snapshot_args', (10, 30, 60)))}, holdout=0)`; "
         f"densifier: {rows[0]['densifier']}; config overrides: "
         f"{rows[0]['config'] or 'none (RefineConfig defaults)'}. One run per (prop, start), "
-        "the 10- and 30-s rows are snapshots of it (the schedule does not depend on the "
+        "the shorter budgets are snapshots of it (the schedule does not depend on the "
         "budget, see the module docstring). Budget 0: the start itself, unrefined (the fine "
         "row is the model's own fine render; the hull row the non-learned baseline).",
         "",
         "## Mean over props",
         "",
-        "| start | budget (s) | PSNR full (dB) | PSNR object (dB) | Gaussians | steps |",
+        f"| start | budget ({unit}) | PSNR full (dB) | PSNR object (dB) | Gaussians | steps |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     means: dict[tuple[str, float], float] = {}
@@ -217,6 +225,10 @@ def report(args: argparse.Namespace, command: str) -> str:
                          f"{sum(x['count'] for x in sel) / k:,.0f} | "
                          f"{sum(x['step'] for x in sel) / k:.0f} |")  # fmt: skip
     peak = max(r["peak_rss_mib"] for r in rows)
+    dens = [r.get("densify_seconds") for r in rows if r.get("densify_seconds") is not None]
+    if dens:
+        lines += ["", f"Time in densification (prune + grow) per run: mean "
+                  f"{sum(dens) / len(dens):.2f} s, max {max(dens):.2f} s."]  # fmt: skip
     lines += ["", f"Peak resident memory of the process during a refinement: {peak:,.0f} MiB "
               "(max over runs; includes the model and Python/torch).", ""]  # fmt: skip
     checks = []
@@ -229,7 +241,7 @@ def report(args: argparse.Namespace, command: str) -> str:
             d = means[("fine", b)] - means[("hull", b)]
             checks.append(f"fine − hull at {b:g} s: {d:+.2f} dB")
     lines += ["Targets: " + "; ".join(checks) + ".", "", "## Per prop", "",
-              "| prop | start | " + " | ".join(f"{b:g} s" for b in budgets)
+              "| prop | start | " + " | ".join(f"{b:g} {unit}" for b in budgets)
               + " | Gaussians (end) | steps | peak RSS (MiB) |",
               "|---|---|" + "---:|" * (len(budgets) + 3)]  # fmt: skip
     for r in sorted(rows, key=lambda r: (r["prop"], STARTS.index(r["start"]))):
@@ -247,6 +259,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--props", type=int, default=16, help="first N test props")
     p.add_argument("--seconds", type=float, default=60.0, help="budget of each run")
+    p.add_argument("--steps", type=int, default=0,
+                   help="a step budget instead (snapshots then count steps): compares "
+                        "settings independently of the machine's load")  # fmt: skip
     p.add_argument("--snapshots", type=float, nargs="+", default=[10.0, 30.0, 60.0])
     p.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS)
     p.add_argument("--densifier", choices=("classic", "learned"), default="classic")
@@ -254,6 +269,7 @@ def main() -> None:
     p.add_argument("--rows", type=Path, default=ROWS, help="JSON-lines rows (resumable)")
     p.add_argument("--report", action="store_true", help="only write the report from rows")
     p.add_argument("--no-write", action="store_true", help="print the report only")
+    p.add_argument("--results", type=Path, default=RESULTS, help="markdown written")
     args = p.parse_args()
     command = "nice " + shlex.join(["python", "bench/refine.py", *sys.argv[1:]])
     if not args.report:
@@ -261,7 +277,7 @@ def main() -> None:
     text = report(args, command)
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        args.results.write_text(text)
 
 
 if __name__ == "__main__":

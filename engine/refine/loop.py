@@ -56,6 +56,7 @@ class RefineResult:
             "learned_added" Gaussian counts.
         loss_history: training loss of every step.
         psnr_history: (step, held-out PSNR) at each evaluation.
+        densify_seconds: wall time spent pruning and growing (included in `seconds`).
         snapshots: (seconds, step, Gaussians) for each of `refine(snapshots=...)`: the state
             a run with that budget would have ended with (the schedule does not depend on
             the budget), taken when the next step would cross it.
@@ -73,6 +74,7 @@ class RefineResult:
     loss_history: list[float] = field(default_factory=list)
     psnr_history: list[tuple[int, float]] = field(default_factory=list)
     snapshots: list[tuple[float, int, Gaussians]] = field(default_factory=list)
+    densify_seconds: float = 0.0
 
 
 def _check_args(
@@ -260,6 +262,7 @@ def refine(
     step = 0
     cancelled = False
     step_times: list[float] = []
+    densify_seconds = 0.0
     loop_start = time.perf_counter()
     pending = sorted(float(b) for b in snapshots)
     taken: list[tuple[float, int, Gaussians]] = []
@@ -359,6 +362,7 @@ def refine(
                     counts.split += s
             stats = GradientStats(len(params), device)
             step_times[-1] += time.perf_counter() - t_d
+            densify_seconds += time.perf_counter() - t_d
 
         if held.numel() and (step % cfg.eval_every == 0):
             latest_psnr = evaluate()
@@ -385,4 +389,5 @@ def refine(
         holdout_psnr=result_psnr, holdout_psnr_start=start_psnr,
         counts={"start": len(gaussians), "final": len(result_g), **counts.__dict__},
         loss_history=losses, psnr_history=psnr_history, snapshots=taken,
+        densify_seconds=densify_seconds,
     )  # fmt: skip
