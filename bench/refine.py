@@ -240,7 +240,9 @@ def report(args: argparse.Namespace, command: str) -> str:
         if b > 0 and ("fine", b) in means and ("hull", b) in means:
             d = means[("fine", b)] - means[("hull", b)]
             checks.append(f"fine − hull at {b:g} s: {d:+.2f} dB")
-    lines += ["Targets: " + "; ".join(checks) + ".", "", "## Per prop", "",
+    if checks:
+        lines += ["Targets: " + "; ".join(checks) + ".", ""]
+    lines += ["## Per prop", "",
               "| prop | start | " + " | ".join(f"{b:g} {unit}" for b in budgets)
               + " | Gaussians (end) | steps | peak RSS (MiB) |",
               "|---|---|" + "---:|" * (len(budgets) + 3)]  # fmt: skip
@@ -271,7 +273,9 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print the report only")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown written")
     args = p.parse_args()
-    command = "nice " + shlex.join(["python", "bench/refine.py", *sys.argv[1:]])
+    # The command that made the rows (a --report rerun only rewrites the file from them).
+    argv = [a for a in sys.argv[1:] if a != "--report"]
+    command = "nice " + shlex.join(["python", "bench/refine.py", *argv])
     if not args.report:
         run(args)
     text = report(args, command)
