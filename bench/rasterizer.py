@@ -9,8 +9,8 @@
                 built as a torch extension outside this repository, driven as OpenSplat's
                 model.cpp drives it: its projection and SH in torch ops (autograd), its C++
                 rasteriser forward/backward. Its kernels use one thread whatever is asked.
-2. One refinement step (4 views at 256², forward, L1 + 0.2·(1 − SSIM) loss, backward,
-   Adam: the body of engine.refine's loop) at 10k / 30k / 100k Gaussians, two threads.
+2. One refinement step (4 views at 256², forward, the default loss (L1), backward, Adam:
+   the body of engine.refine's loop) at 10k / 30k / 100k Gaussians, two threads.
 3. The numba cache: the first render (forward + backward) of a fresh process with an empty
    cache folder, then of a second fresh process with the folder the first one filled.
 
@@ -130,6 +130,8 @@ def opensplat_render(ext, g, cam):
 def load_opensplat(path: str | None):
     if not path:
         return None
+    import torch  # noqa: F401  (the extension links against torch's libraries)
+
     sys.path.insert(0, path)
     try:
         import opensplat_cpu
@@ -192,9 +194,12 @@ def child_step(n: int, threads: int) -> dict:
                             torch.ones(n, dtype=torch.bool))  # fmt: skip
     bg = torch.ones(3)
 
-    def step():
-        out = render(params.gaussians(), cams, background=bg, backend="numba", absgrad=True)
-        refine_loss(out.colors, target, 0.2).backward()
+    cfg = RefineConfig()
+
+    def step():  # what engine.refine's loop does per step, with its default loss
+        out = render(params.gaussians(), cams, background=bg, backend="numba", absgrad=True,
+                     depth=False)  # fmt: skip
+        refine_loss(out.colors, target, cfg.ssim_weight).backward()
         params.step()
 
     return {"step": timed(step, 5)}
@@ -317,7 +322,7 @@ def main() -> None:
         lines.append(f"| {n:,} | {t} | {fmt(r.get('ours_fwd'))} | {fmt(r.get('ours_full'))} | "
                      f"{fmt(r.get('os_fwd')) if built else 'not built'} | "
                      f"{fmt(r.get('os_full')) if built else 'not built'} |")  # fmt: skip
-    lines += ["", "## One refinement step (4 views at 256², forward, loss, backward, Adam), "
+    lines += ["", "## One refinement step (4 views at 256², forward, L1 loss, backward, Adam), "
               "numba on two threads, PyTorch on one (as `refine` runs)", "",
               "| Gaussians | step s: wall (CPU) |", "|---:|---:|"]  # fmt: skip
     for n, r in steps.items():
