@@ -632,6 +632,14 @@ def _with_views(
     return work(model, views, records, bbox, refine, progress, cancel)
 
 
+def _densify_with_views(
+    model: Any, gaussians: Any, records: list[dict[str, Any]], mask: Any, budget: int,
+    views: list[Any], progress: jobs.Progress, cancel: threading.Event,
+) -> Any:  # fmt: skip
+    """`densify_work` with the (checked) views given last, as `photos.masked_work` calls."""
+    return densify_work(model, gaussians, views, records, mask, budget, progress, cancel)
+
+
 def _render_hiding(
     scene: bpy.types.Scene,
     camera: bpy.types.Object,
@@ -756,7 +764,9 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
             mask = torch.ones(len(self._gaussians.means), dtype=torch.bool)
         self._mask = mask
         self._budget = int(opts.budget)
-        if cameras and not self._views:
+        self._rendered = bool(cameras) and not self._views
+        self._camera_names = [camera.name for camera in cameras]
+        if self._rendered:
             self._tmp = Path(tempfile.mkdtemp(prefix="gd_views_"))
             hidden = _splat_objects(context)
             scene = context.scene
@@ -772,10 +782,24 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
                 self.add_step(f"rendering {camera.name}", step)
 
     def job(self) -> jobs.Work:
-        return functools.partial(
-            densify_work, self._model, self._gaussians, list(self._views),
-            list(self._records), self._mask, self._budget,
+        if not self._rendered:
+            return functools.partial(
+                densify_work, self._model, self._gaussians, list(self._views),
+                list(self._records), self._mask, self._budget,
+            )  # fmt: skip
+        from .photos import MaskRequest, masked_work
+
+        # Captures of the selected cameras are checked not to be empty first (a prop hidden
+        # from render or clipped), as Reconstruct's are: densifying against blank views
+        # would erase the selection.
+        work = functools.partial(
+            _densify_with_views, self._model, self._gaussians, list(self._records),
+            self._mask, self._budget,
         )  # fmt: skip
+        request = MaskRequest("RENDER", False, list(self._camera_names))
+        return functools.partial(
+            masked_work, work, list(self._views), list(self._records), request
+        )
 
     def finish(self, context: bpy.types.Context, res: Any) -> None:
         from .pointcloud import replace_gaussians

@@ -169,6 +169,27 @@ def test_empty_captures_are_refused_and_nothing_is_created(scene, spy, how):
     assert snapshot(scene) == before and spy.calls == []
 
 
+@pytest.mark.slow
+def test_densify_against_empty_captures_is_refused_and_nothing_changes(scene, spy):
+    """Densify rendering the selected cameras checks the captures as Reconstruct does: a
+    prop hidden from render gives blank views, and densifying against them would erase
+    the selection."""
+    import bpy
+
+    obj = reconstruct(scene, spy)
+    obj.gd_splat.views.clear()  # no stored views: Densify renders the selected cameras
+    for cam in (o for o in scene.objects if o.type == "CAMERA"):
+        cam.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    scene.objects["Prop"].hide_render = True
+    before, state, calls = _ops.attributes(obj), snapshot(scene), len(spy.calls)
+    with pytest.raises(RuntimeError, match=r"camera 'Cam0' shows no prop: its render is empty"):
+        bpy.ops.gd.densify_selected(whole_object=True)
+    assert snapshot(scene) == state and len(spy.calls) == calls
+    after = _ops.attributes(obj)
+    assert all(np.array_equal(after[key], values) for key, values in before.items())
+
+
 def test_transforms_mask_path_is_remembered(scene, addon, tmp_path):
     transforms, _ = _write_photos(tmp_path / "photos", scene, masks=True)
     data = json.loads(transforms.read_text())
