@@ -319,7 +319,9 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
     out = Path(cfg.out)
     model_cfg = model_cfg or get_model_config(cfg.model)
     torch.manual_seed(cfg.seed + ddp.rank)
-    model = GDObjectModel(model_cfg).to(device)
+    # A "dino" backbone trained from scratch starts from the hub's DINO weights (the one
+    # place they are asked for); with --init they come from that file instead.
+    model = GDObjectModel(model_cfg, pretrained_encoder=not cfg.init).to(device)
     if cfg.init:
         state, _ = load_weights(cfg.init)
         if cfg.init_densifier:

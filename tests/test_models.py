@@ -374,6 +374,9 @@ _FAKE_DINO = (
     "        t = self.patch(x).flatten(2).transpose(1, 2)\n"
     "        return {'x_norm_patchtokens': t}\n"
     "def dinov2_vits14(pretrained=True):\n"
+    "    # The real hubconf downloads its weights when pretrained is True: log each call.\n"
+    "    with open(__file__ + '.calls', 'a') as log:\n"
+    "        log.write(f'{pretrained}\\n')\n"
     "    return ViT()\n"
 )
 
@@ -409,6 +412,10 @@ def test_dino_encoder_option_loads_a_local_hub_checkout(tmp_path):
         load_model(path, device="cpu", dino_repo=tmp_path)
     again = load_model(path, device="cpu", dino_repo=hub)
     assert again.cfg == model.cfg
+    # Neither building the model nor loading its weights asked the hub code for weights.
+    assert (hub / "hubconf.py.calls").read_text().split() == ["False", "False"]
+    GDObjectModel(_dino_tiny(str(hub)), pretrained_encoder=True)  # what gd train asks for
+    assert (hub / "hubconf.py.calls").read_text().split()[-1] == "True"
     with pytest.raises(ValueError, match="dino_repo given"):
         load_model("object-tiny", device="cpu", pretrained=False, dino_repo=hub)
 

@@ -83,12 +83,16 @@ def _check(cancel: threading.Event | None) -> None:
 
 
 class GDObjectModel(nn.Module):
-    """LaRa-style backbone + generative densification for objects."""
+    """LaRa-style backbone + generative densification for objects.
 
-    def __init__(self, cfg: ObjectModelConfig) -> None:
+    `pretrained_encoder`: a "dino" backbone's ViT starts from the hub's own pretrained
+    weights (which its hub code may download); off unless training asks for it.
+    """
+
+    def __init__(self, cfg: ObjectModelConfig, pretrained_encoder: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ObjectBackbone(cfg.backbone)
+        self.backbone = ObjectBackbone(cfg.backbone, pretrained_encoder)
         self.densifier = DensifyPipeline(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
         self.weights_path = None
         self.weights_sha256: str | None = None

@@ -107,12 +107,21 @@ class CNNEncoder(nn.Module):
 
 
 class DinoEncoder(nn.Module):
-    """A DINO ViT from a local torch hub checkout + weights (never downloaded here);
-    Plücker rays are added to its patch tokens by a learned projection, as in LaRa."""
+    """A DINO ViT from a local torch hub checkout; Plücker rays are added to its patch
+    tokens by a learned projection, as in LaRa.
 
-    def __init__(self, channels: int, repo_dir: str, model: str = "dinov2_vits14") -> None:
+    `pretrained=False` (the default, and what loading our weights uses: they hold the
+    ViT's parameters) builds the architecture only, so the hub code fetches nothing.
+    `pretrained=True` asks the hub entry point for its own pretrained weights, which
+    DINOv2's hubconf downloads when they are not in torch.hub's cache: only `gd train`
+    starting a "dino" model without `--init` asks for that.
+    """
+
+    def __init__(
+        self, channels: int, repo_dir: str, model: str = "dinov2_vits14", pretrained: bool = False
+    ) -> None:
         super().__init__()
-        self.vit = torch.hub.load(repo_dir, model, source="local", pretrained=True)
+        self.vit = torch.hub.load(repo_dir, model, source="local", pretrained=pretrained)
         self.stride = self.vit.patch_size
         self.proj = nn.Conv2d(self.vit.embed_dim, channels, 1)
         self.ray_proj = nn.Conv2d(6, channels, 1)
@@ -138,7 +147,9 @@ def fourier(x: Tensor, frequencies: int) -> Tensor:
 class ObjectBackbone(nn.Module):
     """Posed views -> coarse model-space Gaussians and per-Gaussian features."""
 
-    def __init__(self, cfg: BackboneConfig) -> None:
+    def __init__(self, cfg: BackboneConfig, pretrained_encoder: bool = False) -> None:
+        """`pretrained_encoder`: a "dino" encoder starts from the hub's pretrained weights
+        (see `DinoEncoder`); ignored by "cnn"."""
         super().__init__()
         self.cfg = cfg
         c, d = cfg.image_channels, cfg.volume_channels
@@ -147,7 +158,7 @@ class ObjectBackbone(nn.Module):
         elif cfg.encoder == "dino":
             if not cfg.dino_repo:
                 raise ValueError("encoder 'dino' needs dino_repo: a local torch hub checkout")
-            self.encoder = DinoEncoder(c, cfg.dino_repo, cfg.dino_model)
+            self.encoder = DinoEncoder(c, cfg.dino_repo, cfg.dino_model, pretrained_encoder)
         else:
             raise ValueError(f"unknown encoder {cfg.encoder!r}; expected 'cnn' or 'dino'")
         # Per-view token: encoder feature, raw RGB at the voxel's projection, depth of the
