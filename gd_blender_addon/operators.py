@@ -467,6 +467,17 @@ class _JobOperator:
         return status
 
 
+class _RefineSteps:
+    """Mixin: the hidden step count that scripts and tests give instead of the panel's
+    Refine Seconds (Blender collects the annotation from the mixin, as from ExportHelper)."""
+
+    refine_steps: IntProperty(  # type: ignore[valid-type]
+        name="Refine Steps",
+        description="Scripts and tests: refine this many steps instead of the panel's seconds",
+        default=0, min=0, options={"SKIP_SAVE"},
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------- reconstruct
 class _SceneJobOperator(_JobOperator):
     """A job on the scene with the preferences' model: one engine job at a time; the
@@ -476,6 +487,20 @@ class _SceneJobOperator(_JobOperator):
     blocker = None
     _model: Any = None
     _size = 0
+
+    def cleanup(self, context: bpy.types.Context) -> None:
+        """Remove the captures' temporary folder (`_tmp`), put the splat object (`_obj`)
+        back in the mode it was in (`_mode`), and let the model go."""
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
+        try:
+            if obj is not None and mode != "OBJECT" and obj.mode != mode:
+                bpy.ops.object.mode_set(mode=mode)
+        except ReferenceError:  # the object was deleted while the job ran
+            pass
+        self._obj = self._model = None
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -506,7 +531,7 @@ class _SceneJobOperator(_JobOperator):
         )
 
 
-class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
+class GD_OT_reconstruct(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
     """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
 
     bl_idname = "gd.reconstruct"
@@ -523,11 +548,6 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         ),
         default="SCENE",
     )
-    refine_steps: IntProperty(  # type: ignore[valid-type]
-        name="Refine Steps",
-        description="Scripts and tests: refine this many steps instead of the panel's seconds",
-        default=0, min=0, options={"SKIP_SAVE"},
-    )  # fmt: skip
 
     blocker = staticmethod(reconstruct_blocker)
 
@@ -616,12 +636,6 @@ class GD_OT_reconstruct(_SceneJobOperator, bpy.types.Operator):
         if masks is not None:
             note = f"{note} {masks.summary().capitalize()}".strip()
         self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
-
-    def cleanup(self, context: bpy.types.Context) -> None:
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self._model = None
 
 
 def _with_views(
@@ -819,18 +833,9 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
             f"{before} -> {len(res.gaussians.means)} ({added:+d})",
         )
 
-    def cleanup(self, context: bpy.types.Context) -> None:
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
-        if obj is not None and mode != "OBJECT" and obj.mode != mode:
-            bpy.ops.object.mode_set(mode=mode)
-        self._model = None
-
 
 # ---------------------------------------------------------------------------- reconstruct object
-class GD_OT_reconstruct_object(_SceneJobOperator, bpy.types.Operator):
+class GD_OT_reconstruct_object(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
     """Reconstruct the selected meshes as splats: render them with Cycles from a temporary
     camera rig, reconstruct, then refine for Refine Seconds"""
 
@@ -839,11 +844,6 @@ class GD_OT_reconstruct_object(_SceneJobOperator, bpy.types.Operator):
     bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Reconstruct Object"
 
-    refine_steps: IntProperty(  # type: ignore[valid-type]
-        name="Refine Steps",
-        description="Scripts and tests: refine this many steps instead of the panel's seconds",
-        default=0, min=0, options={"SKIP_SAVE"},
-    )  # fmt: skip
 
     blocker = staticmethod(reconstruct_object_blocker)
 
@@ -881,15 +881,9 @@ class GD_OT_reconstruct_object(_SceneJobOperator, bpy.types.Operator):
         _, note = land_reconstruction(context, rec, self._name, c.paths, [], c.records, "rig")
         self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
 
-    def cleanup(self, context: bpy.types.Context) -> None:
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self._model = None
-
 
 # ---------------------------------------------------------------------------- refine
-class GD_OT_refine(_SceneJobOperator, bpy.types.Operator):
+class GD_OT_refine(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
     """Refine the active splat object against its stored views for Refine Seconds; with an
     Edit Mode selection or a Region only those Gaussians change"""
 
@@ -898,11 +892,6 @@ class GD_OT_refine(_SceneJobOperator, bpy.types.Operator):
     bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Refine"
 
-    refine_steps: IntProperty(  # type: ignore[valid-type]
-        name="Refine Steps",
-        description="Scripts and tests: refine this many steps instead of the panel's seconds",
-        default=0, min=0, options={"SKIP_SAVE"},
-    )  # fmt: skip
 
     blocker = staticmethod(refine_blocker)
 
@@ -949,15 +938,6 @@ class GD_OT_refine(_SceneJobOperator, bpy.types.Operator):
         replace_gaussians(self._obj, res.gaussians, res.level, res.parent)
         kept = f"; {res.frozen:,} unselected Gaussians kept exactly" if res.frozen else ""
         self.report({"INFO"}, f"'{self._obj.name}': {refine_report(res.result)}{kept}")
-
-    def cleanup(self, context: bpy.types.Context) -> None:
-        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
-        try:
-            if obj is not None and mode != "OBJECT" and obj.mode != mode:
-                bpy.ops.object.mode_set(mode=mode)
-        except ReferenceError:
-            pass
-        self._obj = None
 
 
 def refine_selection(obj: bpy.types.Object, region: bpy.types.Object | None) -> Any:
