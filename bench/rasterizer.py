@@ -52,23 +52,10 @@ RES = 256
 
 
 def make_scene(n: int, cams: int):
-    import torch
+    """bench/render.py's seeded random scene (the issue's: scales 0.005-0.06) at RES²."""
+    from bench.render import make_scene as render_scene
 
-    from engine.cameras import Cameras
-    from engine.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(0)
-    g = Gaussians(
-        means=torch.rand(n, 3, generator=gen) - 0.5,
-        log_scales=torch.log(torch.rand(n, 3, generator=gen) * 0.055 + 0.005),
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, 16, 3, generator=gen) * 0.2,
-    )
-    angles = torch.arange(cams, dtype=torch.float64) * (2 * math.pi / cams)
-    eyes = torch.stack([2.5 * torch.cos(angles), 2.5 * torch.sin(angles), 0.3 + 0 * angles], -1)
-    cameras = Cameras.look_at(eyes, torch.zeros_like(eyes), fov_x_deg=39.6, width=RES, height=RES)
-    return g, cameras.to(dtype=torch.float32)
+    return render_scene(n, RES, cams, "cpu")
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
