@@ -100,6 +100,20 @@ def name_list(choices: Iterable[str]) -> Callable[[str], tuple[str, ...]]:
     return check
 
 
+def count_range(text: str) -> tuple[int, int]:
+    """argparse type: "LOW-HIGH" or "N" (= N-N) -> (low, high), 1 <= low <= high."""
+    parts = text.split("-")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (0, -1)
+    except ValueError:
+        low, high = 0, -1
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(
+            f"expected a count or a range LOW-HIGH with 1 <= LOW <= HIGH, got {text!r}"
+        )
+    return low, high
+
+
 # ---------------------------------------------------------------------------- config fields
 def option(default: Any, help: str, parse: Callable[[str], Any] | None = None,
            flag: bool | None = None) -> Any:  # fmt: skip

@@ -58,6 +58,7 @@ from .gaussians import Gaussians
 from .hashing import sha256_file
 from .images import resize_views
 from .metrics import lpips_or_none, psnr, ssim
+from .models.silhouette import views_with_alpha
 from .plots import histogram_stats, image_strip, plot_histograms
 from .render import render
 
@@ -361,7 +362,10 @@ def evaluate_object(
             their native size, normalised as the model normalises them: from the cameras).
     """
     size = int(getattr(model, "view_size", model.image_size))
-    images, cameras = resize_views(item["input_images"].float(), item["input_cameras"], size)
+    # RGBA, as the add-on's captures are: a model that reads silhouettes gets them, the
+    # others composite on white and see the same pixels as before.
+    rgba = views_with_alpha(item["input_images"].float(), item["input_alphas"].float())
+    images, cameras = resize_views(rgba, item["input_cameras"], size)
     _sync(device)
     t0 = time.perf_counter()
     rec = model.reconstruct(images.to(device), cameras.to(device=device))

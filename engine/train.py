@@ -75,6 +75,14 @@ def model_space(
     return sample["input_images"].to(device), inputs, sample["target_images"].to(device), targets
 
 
+def loss_alphas(sample: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(V, S, S) input and (T, S, S) target alphas of one object (ones when unknown)."""
+    inp, tgt = sample["input_images"], sample["target_images"]
+    a_in = sample.get("input_alphas", torch.ones_like(inp[..., 0]))
+    a_tgt = sample.get("target_alphas", torch.ones_like(tgt[..., 0]))
+    return a_in.to(device), a_tgt.to(device)
+
+
 def compute_loss(
     model: nn.Module,
     samples: list[dict[str, Any]],
@@ -90,30 +98,42 @@ def compute_loss(
     core: GDObjectModel = model.module if hasattr(model, "module") else model
     device = next(core.parameters()).device
     prepared = [model_space(s, device) for s in samples]
+    alphas = [loss_alphas(s, device) for s in samples]
     images = torch.stack([p[0] for p in prepared])
     outs = model(images, [p[1] for p in prepared], densify=densify,
-                 drop_backbone_features=drop_features)  # fmt: skip
+                 drop_backbone_features=drop_features,
+                 alphas=torch.stack([a for a, _ in alphas]))  # fmt: skip
     total = images.new_zeros(())
     stats = {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
              "coarse_count": 0, "fine_count": 0}  # fmt: skip
     bg = torch.tensor(WHITE, device=device)
-    for (inp, in_cams, tgt, tgt_cams), out in zip(prepared, outs, strict=True):
+    for (inp, in_cams, tgt, tgt_cams), (a_in, a_tgt), out in zip(
+        prepared, alphas, outs, strict=True
+    ):
         gt, cams = torch.cat([inp, tgt]), Cameras.cat([in_cams, tgt_cams])
+        gt = torch.cat([gt, torch.cat([a_in, a_tgt])[..., None]], -1)
         if cfg.render_size > 0:
             gt, cams = resize_views(gt, cams, cfg.render_size)
+        gt, gt_alpha = gt[..., :3], gt[..., 3]
         stats["coarse_count"] += len(out.coarse)
         # A frozen backbone's render has no gradient to give: skip it (validation still
         # scores the coarse set).
         if out.coarse.means.requires_grad:
-            coarse = render(out.coarse, cams, background=bg).colors
+            drawn = render(out.coarse, cams, background=bg)
+            coarse = drawn.colors
             lc = image_loss(coarse, gt, cfg.ms_ssim_weight)
+            if cfg.alpha_weight:
+                lc = lc + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
             total = total + lc
             stats["coarse"] += float(lc.detach())
             stats["psnr_coarse"] += float(psnr(coarse.detach(), gt).mean())
         if out.densified is not None:
             merged: Gaussians = out.densified.merged.gaussians
-            fine = render(merged, cams, background=bg).colors
+            drawn = render(merged, cams, background=bg)
+            fine = drawn.colors
             lf = image_loss(fine, gt, cfg.ms_ssim_weight)
+            if cfg.alpha_weight:
+                lf = lf + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
             total = total + lf
             stats["fine"] += float(lf.detach())
             stats["psnr_fine"] += float(psnr(fine.detach(), gt).mean())
@@ -275,6 +295,35 @@ def select_targets(sample: dict[str, Any], k: int, rng: random.Random) -> dict[s
     return out
 
 
+def random_rig(sample: dict[str, Any], n: int, targets: int, rng: random.Random) -> dict[str, Any]:
+    """A random camera rig: `n` input views drawn from all of the object's views (its ring
+    and its targets; at most all but one), and up to `targets` of the rest as targets, so
+    the model learns any number of views from any direction."""
+    images = torch.cat([sample["input_images"], sample["target_images"]])
+    alphas = torch.cat([sample["input_alphas"], sample["target_alphas"]])
+    cams = Cameras.cat([sample["input_cameras"], sample["target_cameras"]])
+    total = len(cams)
+    n = min(n, total - 1)
+    order = rng.sample(range(total), total)
+    ins, rest = sorted(order[:n]), sorted(order[n : n + targets])
+    out = dict(sample)
+    for prefix, idx in (("input", ins), ("target", rest)):
+        out[f"{prefix}_images"], out[f"{prefix}_alphas"] = images[idx], alphas[idx]
+        out[f"{prefix}_cameras"] = cams[idx]
+    return out
+
+
+def training_views(
+    samples: list[dict[str, Any]], cfg: TrainConfig, rng: random.Random
+) -> list[dict[str, Any]]:
+    """The input and loss views of one training step's objects (`rig_views`,
+    `target_views`); with random rigs every object of the step reads as many views."""
+    if cfg.rig_views[0] > 0:
+        n = rng.randint(*cfg.rig_views)
+        return [random_rig(s, n, cfg.target_views, rng) for s in samples]
+    return [select_targets(s, cfg.target_views, rng) for s in samples]
+
+
 @dataclass
 class Run:
     """Everything a training loop needs, made by `setup_run`.
@@ -318,6 +367,11 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
         device = torch.device("cuda", ddp.local_rank)  # one GPU per process
     out = Path(cfg.out)
     model_cfg = model_cfg or get_model_config(cfg.model)
+    if cfg.rig_views[1] > model_cfg.max_views:
+        raise ValueError(
+            f"rig_views {cfg.rig_views}: {model_cfg.name} reads at most {model_cfg.max_views} "
+            "views"
+        )
     torch.manual_seed(cfg.seed + ddp.rank)
     # A "dino" backbone trained from scratch starts from the hub's DINO weights (the one
     # place they are asked for); with --init they come from that file instead.
@@ -383,8 +437,7 @@ def train_step(run: Run, cfg: TrainConfig, autocast: Any) -> StepResult:
     lr = learning_rate(run.step, cfg)
     for group in run.opt.param_groups:
         group["lr"] = lr
-    samples = [select_targets(run.train_set[i], cfg.target_views, run.rng)
-               for i in next(run.batches)]  # fmt: skip
+    samples = training_views([run.train_set[i] for i in next(run.batches)], cfg, run.rng)
     densify = cfg.densify and run.step >= cfg.densify_from
     drop = densify and run.rng.random() < cfg.feature_dropout
     with autocast if autocast is not None else contextlib.nullcontext():
@@ -495,7 +548,9 @@ def compute_terms_eval(
     densification)."""
     device = next(model.parameters()).device
     inp, in_cams, tgt, tgt_cams = model_space(sample, device)
-    out = model(inp[None], [in_cams], densify=densify, budget=model.cfg.candidates)[0]
+    a_in, _ = loss_alphas(sample, device)
+    out = model(inp[None], [in_cams], densify=densify, budget=model.cfg.candidates,
+                alphas=a_in[None])[0]  # fmt: skip
     bg = torch.tensor(WHITE, device=device)
     coarse = render(out.coarse.detach(), tgt_cams, background=bg).colors
     psnr_coarse = float(psnr(coarse, tgt).mean())

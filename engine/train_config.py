@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .cli_args import float_range, nonnegative_int, option, positive_float, positive_int
+from .cli_args import (
+    count_range,
+    float_range,
+    nonnegative_int,
+    option,
+    positive_float,
+    positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,16 @@ class TrainConfig:
     batch_size: int = option(1, "objects per step and process", positive_int)
     target_views: int = option(4, "random target views rendered per object per step",
                                positive_int)  # fmt: skip
+    rig_views: tuple[int, int] = option(
+        (0, 0),
+        "random camera rigs: each step reads between the two counts of input views drawn "
+        "from ALL of an object's views (ring and targets), the loss the rest; (0, 0): the "
+        "dataset's input ring, as rendered. Teaches the model 1 to max_views views from "
+        "any rig (--rig-views 2-8)",
+        count_range,
+    )
+    alpha_weight: float = option(0.0, "weight of the silhouette loss: MSE between the "
+                                      "rendered and the true alpha of the loss views")  # fmt: skip
     lr: float = option(1e-3, "AdamW peak learning rate", positive_float)
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas")
     weight_decay: float = option(0.05, "AdamW weight decay")
@@ -75,6 +92,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
+        for key in ("betas", "rig_views"):
+            if key in data:
+                data[key] = tuple(data[key])
         return TrainConfig(**data)

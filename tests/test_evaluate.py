@@ -180,8 +180,9 @@ def test_evaluate_object_scores_coarse_and_fine_separately(tiny_props):
     model = FakeModel()
     item = dataset[0]
     result = evaluate_object(model, item, torch.device("cpu"), keep_renders=True)
-    # The model was given views at its own size, cameras scaled with them.
-    assert model.calls == [((4, 32, 32, 3), 32, 32)]
+    # The model was given views at its own size, cameras scaled with them, as straight
+    # RGBA (the add-on's captures are): composited on white they are the dataset's views.
+    assert model.calls == [((4, 32, 32, 4), 32, 32)]
     rec = model.recs[0]
     cams = item["target_cameras"]
     with torch.no_grad():

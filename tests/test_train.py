@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,9 @@ from engine.train import (
     load_init_state,
     load_optimizer_tensors,
     optimizer_tensors,
+    random_rig,
     train,
+    training_views,
     wrap_ddp,
 )
 
@@ -137,6 +141,69 @@ def test_render_size_above_the_input_size_trains_on_finer_targets(
     assert all(r["loss"] > 0 for r in log if r["split"] == "train")
 
 
+def test_random_rig_draws_inputs_from_every_view_and_scores_the_rest(one_object: Path):
+    import random
+
+    sample = CachedProps(build_cache(one_object, "all", 32, progress=False))[0]
+    total = len(sample["input_cameras"]) + len(sample["target_cameras"])
+    everything = torch.cat([sample["input_images"], sample["target_images"]])
+    rng = random.Random(0)
+    seen_counts = set()
+    assert total == 8  # 4 ring + 4 targets
+    for _ in range(20):
+        rig = random_rig(sample, rng.randint(2, 5), 3, rng)
+        n = len(rig["input_cameras"])
+        seen_counts.add(n)
+        assert rig["input_images"].shape[0] == rig["input_alphas"].shape[0] == n
+        assert len(rig["target_cameras"]) == rig["target_images"].shape[0] == 3
+        # Inputs and targets are distinct views of the object, images with their cameras.
+        picked = torch.cat([rig["input_images"], rig["target_images"]])
+        rows = [int((everything - im).abs().flatten(1).sum(1).argmin()) for im in picked]
+        assert len(set(rows)) == n + 3 and max(rows) < total
+        w2c = torch.cat([sample["input_cameras"].world_to_camera,
+                         sample["target_cameras"].world_to_camera])  # fmt: skip
+        got = torch.cat([rig["input_cameras"].world_to_camera,
+                         rig["target_cameras"].world_to_camera])  # fmt: skip
+        torch.testing.assert_close(got, w2c[rows])
+    assert seen_counts == {2, 3, 4, 5}
+    # All but one view at most: something is always left to score.
+    assert len(random_rig(sample, 99, 4, rng)["target_cameras"]) == 1
+    # Every object of a step reads as many views (they are stacked into one batch).
+    cfg = TrainConfig(rig_views=(2, 8), target_views=2)
+    batch = training_views([sample, sample, sample], cfg, rng)
+    assert len({len(s["input_cameras"]) for s in batch}) == 1
+
+
+def test_silhouette_model_trains_with_random_rigs_and_the_alpha_loss(
+    one_object: Path, tmp_path: Path
+):
+    """A `silhouette` model reads the input alphas; random rigs and the alpha loss run
+    end to end and the loss falls (coarse and fine)."""
+    cfg_model = get_model_config("object-tiny")
+    cfg_model = cfg_model.with_(backbone=replace(cfg_model.backbone, silhouette=True))
+    cfg = tiny_cfg(one_object, tmp_path / "run", steps=30, densify_from=15,
+                   rig_views=(2, 6), alpha_weight=1.0)  # fmt: skip
+    run = train(cfg, cfg_model)
+    log = [r for r in read_log(run) if r["split"] == "train"]
+    coarse = [r["loss_coarse"] for r in log]
+    assert sum(coarse[-5:]) / 5 < sum(coarse[:5]) / 5
+    assert all(math.isfinite(r["loss_fine"]) and r["loss_fine"] > 0 for r in log[15:])
+    with pytest.raises(ValueError, match="at most"):
+        train(tiny_cfg(one_object, tmp_path / "bad", rig_views=(2, 9)))
+
+
+def test_alpha_loss_adds_the_silhouette_error(one_object: Path):
+    samples = _samples(one_object)
+    model = _model()
+    plain = compute_loss(model, samples, TrainConfig(render_size=32), densify=False)
+    torch.manual_seed(0)
+    model = _model()
+    with_alpha = compute_loss(
+        model, samples, TrainConfig(render_size=32, alpha_weight=2.0), densify=False
+    )
+    assert with_alpha.coarse > plain.coarse
+
+
 def test_optimizer_state_survives_safetensors():
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -178,6 +245,7 @@ def _samples(data: Path) -> list[dict]:
         s = {
             **s,
             "target_images": s["target_images"][:2],
+            "target_alphas": s["target_alphas"][:2],
             "target_cameras": s["target_cameras"][:2],
         }
         out.append(s)

@@ -55,6 +55,12 @@ class BackboneConfig:
         scale_prior: initial scale, in voxels.
         opacity_bias: initial opacity logit.
         prune_opacity: inference drops coarse Gaussians at or below this opacity.
+        silhouette: read the input alphas (`silhouette.py`): the alpha under each voxel
+            in each view joins its view token, the soft visual hull joins the volume,
+            and decoded opacities are gated by the hull (nothing renders where an input
+            view shows background). Views without alpha make it a no-op.
+        gate_dilation: pixels (at `image_size`) the silhouettes are dilated by for the
+            opacity gate, so soft or slightly wrong mask edges do not cut the prop.
     """
 
     encoder: str = "cnn"
@@ -77,6 +83,8 @@ class BackboneConfig:
     scale_prior: float = 0.5
     opacity_bias: float = -4.0
     prune_opacity: float = 0.005
+    silhouette: bool = False
+    gate_dilation: int = 2
 
     def __post_init__(self) -> None:
         if self.sh_degree < 1:

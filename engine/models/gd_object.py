@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,7 @@ from .normalization import (
     normalization_from_bbox,
 )
 from .object_backbone import ObjectBackbone
+from .silhouette import alphas_from_views, dilate_alphas, gate_opacities, silhouette_gate
 
 Progress = Callable[[float, str], None]
 
@@ -137,6 +138,7 @@ class GDObjectModel(nn.Module):
         densify: bool = True,
         budget: int | None = None,
         drop_backbone_features: bool = False,
+        alphas: Tensor | None = None,
     ) -> list[ObjectOutput]:
         """Model-space forward for training.
 
@@ -148,12 +150,17 @@ class GDObjectModel(nn.Module):
             budget: candidates per element (default: `cfg.train_candidates`).
             drop_backbone_features: give the densifier zeros instead of backbone
                 features, so it also learns to densify splats that have none.
+            alphas: (B, V, S, S) input coverage (None: unknown); a `silhouette` model
+                reads them (`silhouette.py`).
         """
+        if alphas is None:
+            alphas = images.new_ones(images.shape[:4])
         sized = [
-            resize_views(im, cams, self.image_size)
-            for im, cams in zip(images, cameras, strict=True)
+            resize_views(torch.cat([im, a[..., None]], -1), cams, self.image_size)
+            for im, a, cams in zip(images, alphas, cameras, strict=True)
         ]
-        out = self.backbone(torch.stack([im for im, _ in sized]), [cams for _, cams in sized])
+        small = torch.stack([im for im, _ in sized])
+        out = self.backbone(small[..., :3], [cams for _, cams in sized], alphas=small[..., 3])
         results = []
         for bi, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
             # Below 1/255 opacity a Gaussian never passes the rasteriser's alpha cut, so it
@@ -164,20 +171,55 @@ class GDObjectModel(nn.Module):
             if densify:
                 if drop_backbone_features:
                     feats = torch.zeros_like(feats)
-                views, cams = resize_views(images[bi], cameras[bi], self.detail_size)
-                dens = self.densifier(
-                    coarse, views, cams, budget=budget or self.cfg.train_candidates,
-                    backbone_feats=feats, background=WHITE, variant=self.cfg.gradient_variant,
+                views, cams = resize_views(
+                    torch.cat([images[bi], alphas[bi][..., None]], -1), cameras[bi],
+                    self.detail_size,
                 )  # fmt: skip
+                dens = self.densifier(
+                    coarse, views[..., :3], cams, budget=budget or self.cfg.train_candidates,
+                    backbone_feats=feats, background=WHITE, variant=self.cfg.gradient_variant,
+                    merge=not self.cfg.backbone.silhouette,
+                )  # fmt: skip
+                if self.cfg.backbone.silhouette:
+                    dens = self._gate_and_merge(coarse, dens, views[..., 3], cams)
             results.append(ObjectOutput(coarse, dens))
         return results
+
+    def _gate_fine(self, fine: Gaussians, alphas: Tensor, cams: Cameras) -> Gaussians:
+        """Fine Gaussians with opacities gated by the input silhouettes (a `silhouette`
+        model; others unchanged). alphas: (V, S, S) at the size of `cams`."""
+        if not self.cfg.backbone.silhouette:
+            return fine
+        # The gate's dilation is in backbone pixels; scale it to these views.
+        radius = round(self.cfg.backbone.gate_dilation * cams.width / self.image_size)
+        masks = dilate_alphas(alphas, radius)
+        return gate_opacities(fine, silhouette_gate(fine.means, masks, cams))
+
+    def _gate_and_merge(
+        self, coarse: Gaussians, dens: DensifyPipelineResult, alphas: Tensor, cams: Cameras
+    ) -> DensifyPipelineResult:
+        """Gate the fine set by the silhouettes, then merge it into `coarse` (training)."""
+        fine = dens.fine
+        gated = self._gate_fine(fine.gaussians, alphas, cams)
+        merged = merge(coarse, dens.selection.selected, gated, fine.level, fine.parent)
+        fine = replace(fine, gaussians=gated)
+        return replace(dens, merged=merged, fine=fine)
 
     # ------------------------------------------------------------------ inference
     def prepare_views(self, images: Tensor, cameras: Cameras) -> tuple[Tensor, Cameras]:
         """Validate views and bring them to the model: (V, H, W, 3|4) -> (V, S, S, 3).
 
-        RGBA is composited on white. Views must be square; larger than `view_size` they
-        are resampled (area filter) down to it and the cameras scaled with them.
+        RGBA is composited on white (`prepare_views_rgba` keeps the alpha).
+        """
+        rgba, cameras = self.prepare_views_rgba(images, cameras)
+        return rgba[..., :3].contiguous(), cameras
+
+    def prepare_views_rgba(self, images: Tensor, cameras: Cameras) -> tuple[Tensor, Cameras]:
+        """Validate views and bring them to the model: (V, H, W, 3|4) -> (V, S, S, 4).
+
+        RGB composited on white, then alpha (all ones for RGB views: no silhouette is
+        known). Views must be square; larger than `view_size` they are resampled (area
+        filter) down to it and the cameras scaled with them.
 
         Raises:
             ValueError: wrong view count, image shape or size, non-finite pixels, views
@@ -232,10 +274,8 @@ class GDObjectModel(nn.Module):
         if not bool(torch.isfinite(images).all()):
             bad = int(torch.nonzero(~torch.isfinite(images).flatten(1).all(1))[0])
             raise ValueError(f"image {bad} has NaN or infinite pixels")
-        images = images.clamp(0.0, 1.0)
-        if images.shape[-1] == 4:
-            alpha = images[..., 3:]
-            images = images[..., :3] * alpha + (1 - alpha)
+        rgb, alpha = alphas_from_views(images.clamp(0.0, 1.0))
+        images = torch.cat([rgb, alpha[..., None]], -1)
         if cameras.width != cameras.height:
             size = f"{cameras.width}x{cameras.height}"
             raise ValueError(f"{self.name} takes square views; got {size}")
@@ -246,9 +286,10 @@ class GDObjectModel(nn.Module):
     def _model_views(
         self, images: Tensor, cameras: Cameras, bbox: Tensor | None
     ) -> tuple[Tensor, Cameras, Normalization]:
-        """Checked views on the model's device: images (V, S, S, 3) (S <= `view_size`),
-        model-space cameras and the world <-> model normalisation."""
-        images, cameras = self.prepare_views(images, cameras)
+        """Checked views on the model's device: images (V, S, S, 4) (RGB on white and
+        alpha, S <= `view_size`), model-space cameras and the world <-> model
+        normalisation."""
+        images, cameras = self.prepare_views_rgba(images, cameras)
         norm = self.normalization(cameras, bbox)
         cams = norm.cameras_to_model(cameras).to(device=self.device, dtype=torch.float32)
         return images.to(self.device), cams, norm
@@ -297,7 +338,7 @@ class GDObjectModel(nn.Module):
         t0 = time.perf_counter()
         self.eval()
         small, small_cams = resize_views(images, cams, self.image_size)
-        out = self.backbone(small[None], [small_cams])
+        out = self.backbone(small[None, ..., :3], [small_cams], alphas=small[None, ..., 3])
         coarse, feats = out.gaussians[0], out.features[0]
         decoded = len(coarse)
         keep = coarse.opacities > self.cfg.backbone.prune_opacity
@@ -339,13 +380,15 @@ class GDObjectModel(nn.Module):
         self,
         coarse: Gaussians,
         feats: Tensor | None,
-        images: Tensor,
+        views: Tensor,
         cams: Cameras,
         k: int,
         select: Tensor | None,
     ) -> tuple[DensifyPipelineResult, float]:
         """Candidate selection (top-k, optionally within `select`) and the densifier, without
-        the merge (the caller merges in world space)."""
+        the merge (the caller merges in world space). views: (V, S, S, 4) RGB and alpha;
+        a `silhouette` model gates the fine Gaussians by the alphas."""
+        images, alphas = views[..., :3].contiguous(), views[..., 3]
         t0 = time.perf_counter()
         selection = gradient_mask(
             coarse, images, cams, k=k, variant="abs", background=WHITE,
@@ -360,6 +403,14 @@ class GDObjectModel(nn.Module):
             coarse, images, cams, select=selection.selected, backbone_feats=feats,
             background=WHITE, coarse_render=selection.scores, merge=False,
         )  # fmt: skip
+        if self.cfg.backbone.silhouette:
+            fine = result.fine
+            gated = self._gate_fine(fine.gaussians, alphas, cams)
+            # Children the silhouettes shut off would only weigh down the file.
+            keep = gated.opacities > self.cfg.backbone.prune_opacity
+            fine = replace(fine, gaussians=gated[keep], level=fine.level[keep],
+                           parent=fine.parent[keep], batch=fine.batch[keep])  # fmt: skip
+            result = replace(result, fine=fine)
         return result, sel_time
 
     @torch.no_grad()

@@ -27,6 +27,13 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .config import BackboneConfig
+from .silhouette import (
+    dilate_alphas,
+    gate_opacities,
+    hull_occupancy,
+    sample_alphas,
+    silhouette_gate,
+)
 
 
 @dataclass
@@ -164,6 +171,14 @@ class ObjectBackbone(nn.Module):
         # Per-view token: encoder feature, raw RGB at the voxel's projection, depth of the
         # voxel in that view (relative), and the viewing direction.
         self.view_token = nn.Sequential(nn.Linear(c + 3 + 1 + 3, d), nn.GELU(), nn.Linear(d, d))
+        if cfg.silhouette:
+            # The silhouette prior enters as additions that start at zero, so a model
+            # trained without it starts from exactly its old output (`--init`).
+            self.alpha_token = nn.Linear(1, d)
+            self.hull_in = nn.Linear(2, d)
+            for layer in (self.alpha_token, self.hull_in):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.query = nn.Linear(3 * 2 * cfg.pos_frequencies, d)
         self.unseen = nn.Parameter(torch.zeros(1, 1, 2 * d))
         self.kv = nn.Linear(d, 2 * d)
@@ -205,9 +220,15 @@ class ObjectBackbone(nn.Module):
         z, y, x = torch.meshgrid(t, t, t, indexing="ij")
         return torch.stack([x, y, z], -1).reshape(-1, 3)
 
-    def forward(self, images: Tensor, cameras: list[Cameras]) -> BackboneOutput:
-        """images: (B, V, H, W, 3) in [0, 1]; cameras: B model-space Cameras of V views."""
+    def forward(
+        self, images: Tensor, cameras: list[Cameras], alphas: Tensor | None = None
+    ) -> BackboneOutput:
+        """images: (B, V, H, W, 3) in [0, 1] on white; cameras: B model-space Cameras of V
+        views; alphas: (B, V, H, W) coverage (None: unknown, i.e. all ones), read only by a
+        `silhouette` backbone."""
         b, v, h, w, _ = images.shape
+        if alphas is None:
+            alphas = images.new_ones(b, v, h, w)
         cfg = self.cfg
         device = images.device
         flat = images.reshape(b * v, h, w, 3).permute(0, 3, 1, 2)
@@ -238,14 +259,33 @@ class ObjectBackbone(nn.Module):
             valid.append(inside.T)  # (G, V)
         tok = self.view_token(torch.stack(tokens).to(feats.dtype))  # (B, G, V, D)
         ok = torch.stack(valid)  # (B, G, V)
+        hull = None
+        if cfg.silhouette:
+            sampled, hull = [], []
+            for bi, cams in enumerate(cameras):
+                cams = cams.to(device=device)
+                a, framed = sample_alphas(centres, alphas[bi], cams)
+                a = torch.where(framed, a, torch.zeros_like(a))  # unframed: nothing seen
+                sampled.append(a.T[..., None])  # (G, V, 1)
+                hull.append(hull_occupancy(centres, alphas[bi], cams))  # (G, 2)
+            tok = tok + self.alpha_token(torch.stack(sampled).to(tok.dtype))
         volume = self._aggregate(tok, ok, centres)  # (B, G, D)
+        if hull is not None:
+            volume = volume + self.hull_in(torch.stack(hull).to(volume.dtype))
         d = volume.shape[-1]
         x = volume.transpose(1, 2).reshape(b, d, r, r, r)
         x = x + self.up(self.mid(self.down(x)))
         x = self.refine(x)
         x = self.gaussian_refine(self.to_gaussian_volume(x))
         out = self.decoder(x)  # (B, k·(P+F), R', R', R')
-        return self._decode(out)
+        decoded = self._decode(out)
+        if cfg.silhouette:
+            gated = []
+            for bi, (g, cams) in enumerate(zip(decoded.gaussians, cameras, strict=True)):
+                masks = dilate_alphas(alphas[bi], cfg.gate_dilation)
+                gated.append(gate_opacities(g, silhouette_gate(g.means, masks, cams.to(device))))
+            decoded = BackboneOutput(gated, decoded.features)
+        return decoded
 
     def _aggregate(self, tok: Tensor, ok: Tensor, centres: Tensor) -> Tensor:
         """Voxel tokens cross-attend to their V view tokens; mean/variance appended.
