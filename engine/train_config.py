@@ -44,7 +44,8 @@ class TrainConfig:
         count_range,
     )
     alpha_weight: float = option(0.0, "weight of the silhouette loss: MSE between the "
-                                      "rendered and the true alpha of the loss views")  # fmt: skip
+                                      "rendered and the true alpha of the loss views",
+                                 float_range(0.0, 100.0))  # fmt: skip
     lr: float = option(1e-3, "AdamW peak learning rate", positive_float)
     betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas")
     weight_decay: float = option(0.05, "AdamW weight decay")

@@ -187,7 +187,9 @@ def _refuse_code(backbone: Any) -> None:
 
 # The densifier of the object model: children re-sample the input views where they are
 # (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
-_SMALL_BACKBONE = BackboneConfig()
+# v2 (issue 16) reads the input silhouettes; trained from v1's weights (`--init`), whose
+# backbone lacks only the zero-initialised silhouette layers.
+_SMALL_BACKBONE = BackboneConfig(silhouette=True)
 # Residual heads start every child as a smaller copy of its parent, so the fine render
 # begins close to the coarse one and training only has to learn the improvement.
 _SMALL_DENSIFY = SMALL.with_(
