@@ -67,8 +67,8 @@ def _load(weights: str, threads: int):
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from engine.data.datasets import load_nerf_scene
     from engine.models import load_model
+    from engine.views import load_nerf_scene
 
     model = load_model(weights, device="cpu")
     props = sorted(p for p in SAMPLES.iterdir() if (p / "transforms_input.json").is_file())

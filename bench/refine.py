@@ -47,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import cpu_and_memory  # noqa: E402
-from engine.data.datasets import load_nerf_scene  # noqa: E402
 from engine.data.layout import read_manifest  # noqa: E402
 from engine.evaluate import object_mask  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 from engine.refine import RefineConfig, farthest_point_views, refine  # noqa: E402
 from engine.render import render  # noqa: E402
+from engine.views import load_nerf_scene  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "refine.md"
 DATA = ROOT / "datasets" / "hemi16_s1"

@@ -101,10 +101,10 @@ def run_demo(model: Any, sample: Path = SAMPLE) -> DemoResult:
         sample: a props-layout object folder with transforms_input.json and
             transforms_target.json.
     """
-    from .data.datasets import load_nerf_scene
     from .evaluate import object_mask
     from .metrics import psnr
     from .render import render
+    from .views import load_nerf_scene
 
     inputs = load_nerf_scene(sample / "transforms_input.json")
     targets = load_nerf_scene(sample / "transforms_target.json")

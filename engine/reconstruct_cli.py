@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,69 +110,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-@dataclass
-class Views:
-    """Input views read from a transforms.json.
-
-    Attributes:
-        images: (V, H, W, 3) float RGB in [0, 1] composited on the background.
-        cameras: V world-space cameras (`engine.cameras.Cameras`).
-        source: the transforms file they came from.
-        masks: `engine.data.masks.Masks` the views were cut out with (None: as they are).
-    """
-
-    images: Tensor
-    cameras: Any
-    source: Path
-    masks: Any = None
-
-
-def _transforms_file(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "transforms.json" if path.is_dir() else path
-
-
-def check_views(path: str | Path) -> None:
-    """Check a transforms.json, its cameras and its images' headers (existence, size,
-    `engine.data.images.MAX_IMAGE_PIXELS`) without decoding any pixels, so that bad input
-    fails in a moment, before the model loads.
-
-    Raises:
-        FileNotFoundError: the file or one of its images is missing.
-        ValueError: malformed JSON, cameras or images (CameraError is a ValueError).
-    """
-    from .camera_formats import read_nerf_transforms
-    from .data.images import check_views as check_images
-
-    path = _transforms_file(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: transforms file not found")
-    frames = read_nerf_transforms(path)
-    check_images(frames.image_paths, frames.cameras)
-
-
-def read_views(
-    path: str | Path,
-    background: Sequence[float] = WHITE,
-    max_side: int | None = None,
-    masks: str = "auto",
-) -> Views:
-    """Views of a transforms.json (or of a folder's transforms.json).
-
-    max_side: decode larger views reduced to this longer side (the model's `view_size`:
-        it resamples them to that anyway), cameras scaled to match.
-    masks: "auto", "alpha", "files" or "none" (`engine.data.masks`).
-    Raises:
-        FileNotFoundError: the file or one of its images is missing.
-        ValueError: malformed JSON, cameras or images (CameraError is a ValueError).
-    """
-    from .data.datasets import load_nerf_scene
-
-    path = _transforms_file(path)
-    views = load_nerf_scene(path, background=background, max_side=max_side, masks=masks)
-    return Views(views.images, views.cameras, path, views.masks)
-
-
 def load_object_model(name: str, device: torch.device, random_init: bool = False) -> Any:
     """The object model for `--model`: a preset name (shipped weights) or a weights file.
 
@@ -251,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.transforms.exists():
         raise FileNotFoundError(f"{args.transforms}: transforms file not found")
 
+    from .views import check_nerf_views, load_nerf_scene
+
     t0 = time.perf_counter()
-    check_views(args.transforms)  # headers only: bad views fail before the model loads
+    source = check_nerf_views(args.transforms).source  # headers only: before the model loads
     read_s = time.perf_counter() - t0
     device = resolve_device(args.device)
     t0 = time.perf_counter()
@@ -267,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
         max_side = max(max_side, RefineConfig().max_side)
     t0 = time.perf_counter()
-    views = read_views(args.transforms, args.background, max_side, args.masks)
+    views = load_nerf_scene(source, args.background, max_side=max_side, masks=args.masks)
     read_s += time.perf_counter() - t0
     if args.background != WHITE:
         print(f"note: {model.name} was trained on white backgrounds; inputs on "
@@ -319,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
     v, cams = len(views.cameras), views.cameras
     weights = getattr(model, "weights_path", None)
-    print(f"read {v} views ({cams.width}x{cams.height}) from {views.source} in {read_s:.2f} s")
+    print(f"read {v} views ({cams.width}x{cams.height}) from {source} in {read_s:.2f} s")
     print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
     if views.masks is not None:
         print(views.masks.summary())

@@ -31,7 +31,6 @@ from mathutils import Matrix
 
 from .camera_capture import CaptureError, camera_record, read_image_pixels
 
-COLMAP_IMAGE_DIRS = ("images", "input", ".")
 # The panel's Masks option -> engine.data.masks mode.
 MASK_MODES = {"AUTO": "auto", "ALPHA": "alpha", "FILES": "files", "NONE": "none"}
 # Custom property on a camera's data: its photo's mask file, recorded by Import Photos.
@@ -104,12 +103,12 @@ def import_nerf(
 ) -> list[bpy.types.Object]:
     """Cameras (selected) for the frames of a NeRF `transforms.json` (a frame's `mask_path`
     is remembered on its camera for the Mask Files option)."""
-    from engine.camera_formats import read_nerf_transforms
+    from engine.views import nerf_files
 
-    frames = read_nerf_transforms(path)
-    name = Path(path).parent.name or "photos"
+    files = nerf_files(path)
+    name = files.source.parent.name or "photos"
     return _import(
-        context, frames.cameras, frames.image_paths, name, set_resolution, frames.mask_paths
+        context, files.cameras, files.image_paths, name, set_resolution, files.mask_paths
     )
 
 
@@ -118,25 +117,14 @@ def import_colmap(
 ) -> list[bpy.types.Object]:
     """Cameras (selected) for the images of a COLMAP model (binary or text) in `folder`,
     `folder/sparse/0` or `folder/sparse`; photos from `folder/images`, `folder/input` or
-    `folder` itself."""
-    from engine.camera_formats import colmap_to_cameras, read_colmap
+    `folder` itself (`engine.views.colmap_files`)."""
+    from engine.views import colmap_files
 
-    folder = Path(folder)
-    cameras, names = colmap_to_cameras(read_colmap(folder))
-    for sub in COLMAP_IMAGE_DIRS:
-        photos = [folder / sub / n for n in names]
-        if all(p.is_file() for p in photos):
-            break
-    else:
-        raise FileNotFoundError(
-            f"{folder}: the photos of the COLMAP model (e.g. {names[0]}) are not in "
-            f"{', '.join(str(folder / d) for d in COLMAP_IMAGE_DIRS)}"
-        )
-    from engine.data.masks import find_mask_file
-
-    masks = [find_mask_file(p, p.parent.parent / "masks" if sub != "." else folder / "masks")
-             for p in photos]  # fmt: skip
-    return _import(context, cameras, photos, folder.name or "colmap", set_resolution, masks)
+    files = colmap_files(folder)
+    name = files.source.name or "colmap"
+    return _import(
+        context, files.cameras, files.image_paths, name, set_resolution, files.mask_paths
+    )
 
 
 def background_image(camera: bpy.types.Object) -> bpy.types.Image | None:

@@ -14,7 +14,8 @@ from PIL import Image
 
 from engine.cli import main
 from engine.io import load
-from engine.reconstruct_cli import parse_bbox, read_views
+from engine.reconstruct_cli import parse_bbox
+from engine.views import load_nerf_scene
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_props" / "objects" / "000000"
 SIZE = 64
@@ -105,7 +106,7 @@ def test_budget_bbox_and_folder_input(views, tmp_path, capsys):
 
 def test_file_paths_without_extension_find_webp_images(tmp_path, capsys):
     views = make_views(tmp_path, ext=".webp", with_ext_in_json=False, frames=[0, 1])
-    loaded = read_views(views)
+    loaded = load_nerf_scene(views)
     assert loaded.images.shape == (2, SIZE, SIZE, 3)
     out = tmp_path / "prop.ply"
     assert main(["reconstruct", str(views), "-o", str(out), "--no-densify", *TINY]) == 0
@@ -120,8 +121,8 @@ def test_one_view_is_enough(tmp_path):
 
 
 def test_rgba_is_composited_on_the_background(views):
-    white = read_views(views).images
-    black = read_views(views, background=(0.0, 0.0, 0.0)).images
+    white = load_nerf_scene(views).images
+    black = load_nerf_scene(views, background=(0.0, 0.0, 0.0)).images
     corner = (slice(None), 0, 0)  # the sample's corners are transparent
     assert torch.allclose(white[corner], torch.ones(4, 3))
     assert torch.allclose(black[corner], torch.zeros(4, 3))
@@ -161,16 +162,16 @@ def test_bad_views_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch):
            "unsupported splat file suffix")  # fmt: skip
 
     # NaN pixels cannot come from a PNG; they can from a loader (EXR, a custom source).
-    import engine.data.datasets as datasets
+    import engine.views
 
-    real = datasets.load_nerf_scene
+    real = engine.views.load_nerf_scene
 
     def with_nan(*args, **kwargs):
         views = real(*args, **kwargs)
         views.images[2, 5, 5, 1] = math.nan
         return views
 
-    monkeypatch.setattr(datasets, "load_nerf_scene", with_nan)
+    monkeypatch.setattr(engine.views, "load_nerf_scene", with_nan)
     good = make_views(tmp_path / "good")
     _fails(["reconstruct", str(good), *base], capsys, "image 2", "NaN")
     monkeypatch.undo()

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from engine.cli import main
-from engine.data.datasets import load_nerf_scene
 from engine.demo import SAMPLE
 from engine.io import load
 from engine.metrics import psnr
 from engine.render import render
+from engine.views import load_nerf_scene
 
 TINY = ["--model", "object-tiny", "--random-init", "--device", "cpu"]
 

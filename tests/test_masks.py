@@ -19,8 +19,8 @@ from PIL import Image
 from engine.camera_formats import write_nerf_transforms
 from engine.cameras import Cameras
 from engine.cli import main
-from engine.data.datasets import load_nerf_scene
 from engine.data.masks import MaskError, estimate_masks, find_mask_file, resolve_masks
+from engine.views import load_nerf_scene
 
 from .test_visual_hull import pixel_rays, raycast_box
 
@@ -180,7 +180,7 @@ def test_whole_frame_mask_files_are_refused(tmp_path: Path):
 
 def test_colmap_masks_folder_is_honoured(tmp_path: Path):
     from engine.camera_formats import write_colmap
-    from engine.data.datasets import load_colmap_scene
+    from engine.views import load_colmap_scene
 
     cameras = ring()
     rgba, truth = photos(cameras)

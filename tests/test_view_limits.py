@@ -24,11 +24,11 @@ from engine.data.images import (
     ImageTooLargeError,
     composite,
     image_size,
-    load_views,
     read_rgba,
 )
 from engine.data.lara import read_gso_scene
 from engine.data.layout import read_json
+from engine.views import load_views
 
 from ._bomb_helpers import PEAK_LIMIT, png_uniform, run_measured
 
@@ -88,8 +88,8 @@ def test_a_legal_8000_square_view_is_decoded_reduced(tmp_path: Path) -> None:
     (tmp_path / "big.png").write_bytes(png_uniform(8000, 8000, rgba=True))
     views = transforms(tmp_path, "big.png", 8000)
     code = (
-        "from engine.reconstruct_cli import read_views\n"
-        f"v = read_views({str(views)!r}, max_side=256)\n"
+        "from engine.views import load_nerf_scene\n"
+        f"v = load_nerf_scene({str(views)!r}, max_side=256)\n"
         "print(tuple(v.images.shape), v.cameras.width, round(float(v.cameras.fx[0]), 3),"
         " round(float(v.images[0, 5, 5, 0]), 4))\n"
     )

@@ -1,12 +1,12 @@
-"""PyTorch datasets and scene loaders for posed views.
+"""PyTorch datasets of posed views.
 
 - `PropsDataset`: the generated props layout (see `layout.py`), one item per object.
-- `load_nerf_scene`: a NeRF-synthetic / instant-ngp `transforms.json` scene.
-- `load_colmap_scene`: a COLMAP sparse model plus its images folder.
 - LaRa's Gobjaverse and GSO layouts live in `lara.py`.
+- Single scenes (a NeRF `transforms.json`, a COLMAP model) are read by `engine.views`
+  (`load_nerf_scene`, `load_colmap_scene`), which also reads the views of every dataset.
 
-All return images (V, H, W, 3) composited on a background colour (white by default for
-objects, DESIGN §4), alphas (V, H, W) and `engine.cameras.Cameras`.
+Items hold images (V, H, W, 3) composited on a background colour (white by default for
+objects, DESIGN §4), alphas (V, H, W) and `engine.cameras.Cameras` (`training_sample`).
 """
 
 from __future__ import annotations
@@ -19,63 +19,32 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from engine.camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
+from engine.camera_formats import read_nerf_transforms
+from engine.views import ViewSet, load_nerf_scene, load_views
 
-from .images import WHITE, ViewSet, load_views, training_sample
+from .images import WHITE
 from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path
 
+# Re-exported for tests/test_models.py and tests/test_silhouette.py (not ours to change);
+# new code imports it from engine.views.
+__all__ = ["PropsDataset", "collate_views", "load_nerf_scene", "training_sample"]
 
-def load_nerf_scene(
-    path: str | os.PathLike,
-    background: Sequence[float] = WHITE,
-    resize: bool = False,
-    max_side: int | None = None,
-    masks: str = "auto",
-) -> ViewSet:
-    """Views of a `transforms.json` (or a folder holding `transforms.json`).
 
-    max_side: decode views whose longer side exceeds it reduced to it, cameras scaled to
-        match (`load_views`); e.g. a model's input size.
-    masks: "auto" (default: the images' alpha when every view has a usable one, else the
-        frames' `mask_path` files, else masks estimated from the views), "alpha", "files"
-        or "none" (`engine.data.masks`); views are composited on `background` through them.
-        Implausible masks raise `engine.data.masks.MaskError` (a ValueError).
-    Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images,
-    images above `images.MAX_IMAGE_PIXELS` and images whose size differs from the cameras'.
+def training_sample(inputs: ViewSet, targets: ViewSet, **identity: Any) -> dict[str, Any]:
+    """The dict every object dataset yields: input and target views plus identifying keys.
+
+    Keys: `input_images` (V, H, W, 3), `input_alphas` (V, H, W), `input_cameras`, and the same
+    for `target_*`, after the `identity` keys (e.g. name or index).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transforms.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: transforms file not found")
-    frames = read_nerf_transforms(path)
-    return load_views(
-        frames.image_paths, frames.cameras, background, resize, max_side, masks, frames.mask_paths
-    )
-
-
-def load_colmap_scene(
-    folder: str | os.PathLike,
-    images: str | os.PathLike = "images",
-    background: Sequence[float] = WHITE,
-    masks: str = "auto",
-) -> ViewSet:
-    """Views of a COLMAP reconstruction: the model in `folder` (or folder/sparse/0) and
-    images under `folder / images` (relative) or `images` (absolute), sorted by name.
-
-    masks: as `load_nerf_scene`; mask files are looked up in a `masks/` folder beside the
-        images folder (`masks/<name>`, `masks/<name>.png` as COLMAP writes them, or the
-        image's stem with an image suffix)."""
-    from .masks import find_mask_file
-
-    folder = Path(folder)
-    model = read_colmap(folder)
-    cameras, names = colmap_to_cameras(model)
-    image_dir = Path(images) if Path(images).is_absolute() else folder / images
-    paths = [image_dir / name for name in names]
-    mask_dir = image_dir.parent / "masks"
-    mask_paths = [find_mask_file(p, mask_dir) for p in paths]
-    return load_views(paths, cameras, background, masks=masks, mask_paths=mask_paths)
+    return {
+        **identity,
+        "input_images": inputs.images,
+        "input_alphas": inputs.alphas,
+        "input_cameras": inputs.cameras,
+        "target_images": targets.images,
+        "target_alphas": targets.alphas,
+        "target_cameras": targets.cameras,
+    }
 
 
 class PropsDataset(Dataset):

@@ -1,6 +1,7 @@
-"""Reading view images for the loaders: RGBA to float, compositing, clear errors.
+"""Decoding view images: RGBA to float, the pixel limit, compositing, clear errors.
 
-Every error names the file it is about, since datasets hold thousands of images.
+Every error names the file it is about, since datasets hold thousands of images. Posed
+views (images with their cameras) are read with these in `engine.views`.
 """
 
 from __future__ import annotations
@@ -10,55 +11,12 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
-
-from engine.cameras import Cameras
 
 WHITE = (1.0, 1.0, 1.0)
-
-
-@dataclass
-class ViewSet:
-    """Posed views of one object or scene.
-
-    Attributes:
-        images: (V, H, W, 3) float RGB in [0, 1], composited on the background.
-        alphas: (V, H, W) float coverage in [0, 1] (all ones for images without alpha).
-        cameras: V cameras of W x H pixels.
-        paths: the V image files.
-        masks: where the alphas came from when a mask mode chose them
-            (`engine.data.masks.Masks`: source, coverage, cross-view consistency), else None.
-    """
-
-    images: Tensor
-    alphas: Tensor
-    cameras: Cameras
-    paths: list[Path]
-    masks: Any = None
-
-
-def training_sample(inputs: ViewSet, targets: ViewSet, **identity: Any) -> dict[str, Any]:
-    """The dict every object dataset yields: input and target views plus identifying keys.
-
-    Keys: `input_images` (V, H, W, 3), `input_alphas` (V, H, W), `input_cameras`, and the same
-    for `target_*`, after the `identity` keys (e.g. name or index).
-    """
-    return {
-        **identity,
-        "input_images": inputs.images,
-        "input_alphas": inputs.alphas,
-        "input_cameras": inputs.cameras,
-        "target_images": targets.images,
-        "target_alphas": targets.alphas,
-        "target_cameras": targets.cameras,
-    }
 
 
 # The most pixels a view image may have: 8192² (67,108,864), e.g. 8000 x 8000 or a 48 MP
@@ -164,88 +122,3 @@ def composite(rgba: np.ndarray, background: Sequence[float] = WHITE) -> np.ndarr
     """(..., 3) straight-alpha RGBA composited over a constant background colour."""
     alpha = rgba[..., 3:4]
     return rgba[..., :3] * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
-
-
-def check_views(
-    paths: Sequence[str | os.PathLike], cameras: Cameras, resize: bool = False
-) -> list[Path]:
-    """Check view images from their headers alone (cheap: no pixels are decoded).
-
-    Each must exist, be a readable image within `MAX_IMAGE_PIXELS` and, unless `resize`,
-    be exactly the cameras' size. Returns the paths as `Path`s.
-
-    Raises:
-        FileNotFoundError: an image is missing (naming it).
-        ImageTooLargeError: an image has too many pixels (naming it).
-        ValueError: unreadable, or its size differs from the cameras' (naming it and both).
-    """
-    paths = [Path(p) for p in paths]
-    if len(paths) != len(cameras):
-        raise ValueError(f"{len(paths)} images for {len(cameras)} cameras")
-    expected = (cameras.width, cameras.height)
-    for path in paths:
-        found = image_size(path)
-        if not resize and found != expected:
-            raise ValueError(
-                f"{path}: image is {found[0]}x{found[1]} pixels but its camera expects "
-                f"{expected[0]}x{expected[1]} (mismatched image sizes)"
-            )
-    return paths
-
-
-def reduced_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """(width, height) scaled down so the longer side is `max_side` (unchanged if smaller)."""
-    if max_side is None or max(width, height) <= max_side:
-        return width, height
-    scale = max_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def load_views(
-    paths: Sequence[str | os.PathLike],
-    cameras: Cameras,
-    background: Sequence[float] = WHITE,
-    resize: bool = False,
-    max_side: int | None = None,
-    masks: str = "none",
-    mask_paths: Sequence[str | os.PathLike | None] | None = None,
-) -> ViewSet:
-    """Images for `cameras`, checked against the cameras' size.
-
-    Args:
-        resize: resample images of another size to the cameras' size instead of failing
-            (for datasets whose cameras are given at another resolution).
-        max_side: decode views larger than this (longer side) reduced to it, and return
-            the cameras scaled to match (`Cameras.scaled`): what a model that resamples its
-            inputs to `max_side` needs, without decoding the full images.
-        masks: which pixels are the prop (`engine.data.masks.resolve_masks`): "none" (the
-            images' alpha as it is, if any), "alpha" (a usable alpha channel required),
-            "files" (`mask_paths`), or "auto" (alpha if usable, else files, else estimated
-            from the views); the views are composited on `background` through them.
-        mask_paths: V mask files (None where a view has none), for "files" and "auto".
-    Returns:
-        A `ViewSet` of images (V, H, W, 3), alphas (V, H, W) and cameras of W x H, where
-        W x H is the cameras' size, reduced to `max_side`.
-    Raises:
-        FileNotFoundError: an image is missing (naming it).
-        ImageTooLargeError: an image has more than `MAX_IMAGE_PIXELS` pixels.
-        ValueError: an image's size differs from the cameras' (naming it and both sizes),
-            or it cannot be decoded.
-        engine.data.masks.MaskError: (a ValueError) the masks are missing or implausible.
-    """
-    paths = check_views(paths, cameras, resize)
-    target = reduced_size(cameras.width, cameras.height, max_side)
-    if target != (cameras.width, cameras.height):
-        cameras = cameras.scaled(*target)
-    # Images already at `target` decode as they are; others are decoded reduced to it.
-    frames = [read_rgba(path, target) for path in paths]
-    rgba = np.stack(frames)
-    if masks != "none":
-        from .masks import composite_masked, resolve_masks
-
-        tensor = torch.from_numpy(rgba)
-        found = resolve_masks(tensor, cameras, masks, mask_paths)
-        images = composite_masked(tensor, found, background)
-        return ViewSet(images, found.alphas.contiguous(), cameras, paths, found)
-    images = torch.from_numpy(composite(rgba, background))
-    return ViewSet(images, torch.from_numpy(np.ascontiguousarray(rgba[..., 3])), cameras, paths)

@@ -32,8 +32,10 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.cameras import Cameras
+from engine.views import ViewSet, load_views
 
-from .images import WHITE, ViewSet, composite, image_size, load_views, training_sample
+from .datasets import training_sample
+from .images import WHITE, composite, image_size
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
