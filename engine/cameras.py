@@ -90,11 +90,6 @@ def rigid_inverse(matrices: Tensor) -> Tensor:
     return out
 
 
-# The names these checks had while private; camera_formats/nerf.py still imports them (it is
-# being changed elsewhere): remove once it uses the public names.
-_check_rigid, _rigid_inverse = check_rigid, rigid_inverse
-
-
 # ---------------------------------------------------------------------------- Cameras
 @dataclass(eq=False)
 class Cameras:

@@ -7,6 +7,7 @@ status 2. Pure standard library, so building the parser stays cheap.
     p.add_argument("--objects", type=positive_int)
     p.add_argument("--res", type=int_range(8, 8192))
     p.add_argument("--feature-dropout", type=float_range(0.0, 1.0, high_open=True))
+    p.add_argument("--background", type=parse_background)
 """
 
 from __future__ import annotations
@@ -156,3 +157,21 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
             parser.add_argument(f"--{dashed}", dest=f.name, type=f.metadata["parse"],
                                 default=None, help=help + shown)  # fmt: skip
     return names
+
+
+NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
+
+
+def parse_background(text: str) -> tuple[float, float, float]:
+    """'white', 'black' or 'r,g,b' with components in [0, 1]."""
+    if text in NAMED_BACKGROUNDS:
+        return NAMED_BACKGROUNDS[text]
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"background must be 'white', 'black' or 'r,g,b' in [0, 1], got {text!r}"
+        )
+    return values  # type: ignore[return-value]

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cli_args import positive_float, positive_int
+from .cli_args import parse_background, positive_float, positive_int
 from .devices import DEVICE_CHOICES, resolve_device
-from .render.cli import parse_background
 
 WHITE = (1.0, 1.0, 1.0)
 
@@ -177,10 +176,10 @@ def _progress_bar(label: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .io import _format_for, save
+    from .io import format_for, save
 
     # Cheap checks first, so a typo fails before the model is loaded.
-    _format_for(args.output)
+    format_for(args.output)
     if args.output.exists() and not args.output.is_file():
         raise ValueError(f"{args.output}: exists and is not a file")
     if not args.transforms.exists():

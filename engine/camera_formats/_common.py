@@ -15,12 +15,13 @@ from ..cameras import CameraError
 _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)
 
 
-def _flip_yz(dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+def flip_yz(dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+    """(4, 4) diag(1, -1, -1, 1): turns OpenCV camera axes into OpenGL ones and back."""
     return torch.diag(torch.tensor(_FLIP_YZ, dtype=dtype, device=device))
 
 
 @contextmanager
-def _in_file(path: Path) -> Iterator[None]:
+def in_file(path: Path) -> Iterator[None]:
     """Prefix CameraErrors raised while parsing with the file they came from."""
     try:
         yield

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..cameras import CameraError, Cameras, as_float64, as_size, check_rigid, rigid_inverse
-from ._common import _flip_yz
+from ._common import flip_yz
 
 __all__ = ["from_blender", "to_blender"]
 
@@ -97,7 +97,7 @@ def from_blender(
         raise CameraError("matrix_world has a zero scale axis")
     world[:, :3, :3] /= scale
     check_rigid(world, "matrix_world (after removing scale) of camera")
-    w2c = _flip_yz() @ rigid_inverse(world)
+    w2c = flip_yz() @ rigid_inverse(world)
 
     count = world.shape[0]
     full = lambda x: torch.full((count,), x, dtype=torch.float64)  # noqa: E731
@@ -114,7 +114,7 @@ def to_blender(cameras: Cameras, sensor_width: float = 36.0) -> list[dict[str, A
     cameras.validate()
     sensor_width = _positive(sensor_width, "sensor_width")
     cams = cameras.to(device="cpu", dtype=torch.float64)
-    worlds = cams.camera_to_world @ _flip_yz()
+    worlds = cams.camera_to_world @ flip_yz()
     width, height = cams.width, cams.height
     out = []
     for i in range(len(cams)):

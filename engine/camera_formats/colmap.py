@@ -19,7 +19,7 @@ import torch
 from ..atomic import write_atomic
 from ..cameras import CameraError, Cameras, as_size
 from ..rotations import matrix_to_quaternion, quaternion_to_matrix
-from ._common import _in_file
+from ._common import in_file
 
 __all__ = ["ColmapModel", "colmap_to_cameras", "read_colmap", "write_colmap"]
 
@@ -274,12 +274,12 @@ def read_colmap(folder: str | os.PathLike) -> ColmapModel:
     model_dir, ext = _find_colmap_model(Path(folder))
     cameras_path, images_path = model_dir / f"cameras{ext}", model_dir / f"images{ext}"
     binary = ext == ".bin"
-    with _in_file(cameras_path):
+    with in_file(cameras_path):
         data = _read_bytes(cameras_path)
         cameras = _read_cameras_bin(data) if binary else _read_cameras_txt(_decode(data))
         for camera_id, camera in cameras.items():
             _pinhole_params(camera_id, camera)
-    with _in_file(images_path):
+    with in_file(images_path):
         data = _read_bytes(images_path)
         images = _read_images_bin(data) if binary else _read_images_txt(_decode(data))
         for image_id, image in images.items():
@@ -422,7 +422,7 @@ def write_colmap(
     a model in the other format, since readers would pick the stale binary one.
     """
     folder = Path(folder)
-    with _in_file(folder):
+    with in_file(folder):
         if not isinstance(cameras, Cameras):
             raise CameraError(f"expected Cameras, got {type(cameras).__name__}")
         cameras.validate()

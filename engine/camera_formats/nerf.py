@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from ..atomic import write_atomic
-from ..cameras import CameraError, Cameras, _check_rigid, _rigid_inverse
+from ..cameras import CameraError, Cameras, check_rigid, rigid_inverse
 from ..data.images import ImageTooLargeError, image_size
-from ._common import _flip_yz, _in_file
+from ._common import flip_yz, in_file
 
 __all__ = ["NerfFrames", "read_nerf_transforms", "write_nerf_transforms"]
 
@@ -175,7 +175,7 @@ def read_nerf_transforms(
     `w`/`h` must be given wherever an image to take the size from is missing.
     """
     path = Path(path)
-    with _in_file(path):
+    with in_file(path):
         data = _load_json(path)
         if not isinstance(data, dict):
             raise CameraError("top level must be a JSON object")
@@ -233,8 +233,8 @@ def read_nerf_transforms(
                 raise CameraError(f"{what}: focal lengths must be positive")
             intrinsics.append((fx, fy, cx, cy))
         c2w_gl = torch.tensor(matrices, dtype=torch.float64)
-        _check_rigid(c2w_gl, "transform_matrix of frame")
-        w2c = _rigid_inverse(c2w_gl @ _flip_yz())
+        check_rigid(c2w_gl, "transform_matrix of frame")
+        w2c = rigid_inverse(c2w_gl @ flip_yz())
         k = torch.tensor(intrinsics, dtype=torch.float64)
         cameras = Cameras(w2c, k[:, 0], k[:, 1], k[:, 2], k[:, 3], *sizes[0]).to(dtype=dtype)
         # Finite float64 values beyond float32's range (cy = -1e308) become inf when cast.
@@ -264,7 +264,7 @@ def write_nerf_transforms(
     camera keys. Everything is checked before anything is written.
     """
     path = Path(path)
-    with _in_file(path):
+    with in_file(path):
         if not isinstance(cameras, Cameras):
             raise CameraError(f"expected Cameras, got {type(cameras).__name__}")
         cameras.validate()
@@ -279,7 +279,7 @@ def write_nerf_transforms(
             raise CameraError(f"extra keys clash with camera keys: {clash}")
         cams = cameras.to(device="cpu", dtype=torch.float64)
         width, height = cams.width, cams.height
-        c2w_gl = cams.camera_to_world @ _flip_yz()
+        c2w_gl = cams.camera_to_world @ flip_yz()
         per_camera = [
             {"fl_x": float(fx), "fl_y": float(fy), "cx": float(cx), "cy": float(cy)}
             for fx, fy, cx, cy in zip(cams.fx, cams.fy, cams.cx, cams.cy, strict=True)

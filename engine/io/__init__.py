@@ -34,6 +34,7 @@ __all__ = [
     "SplatFormatError",
     "SpzData",
     "SpzFormatError",
+    "format_for",
     "load",
     "read_compressed_ply",
     "read_gltf",
@@ -97,7 +98,9 @@ def supported_suffixes() -> list[str]:
     return sorted(_FORMATS)
 
 
-def _format_for(path: Path) -> tuple[Callable[..., None], Callable[..., Gaussians]]:
+def format_for(path: Path) -> tuple[Callable[..., None], Callable[..., Gaussians]]:
+    """(writer, reader) of the format `path`'s suffix names; the CLIs call it to refuse an
+    unknown suffix before any work. Raises ValueError naming the supported suffixes."""
     suffix = suffix_of(path)
     if suffix not in _FORMATS:
         raise ValueError(
@@ -134,7 +137,7 @@ def save(
     Every writer checks everything first and writes atomically.
     """
     path = Path(path)
-    writer, _ = _format_for(path)
+    writer, _ = format_for(path)
     writer(world_to_file(gaussians, suffix_of(path), axes), path, **options)
 
 
@@ -150,5 +153,5 @@ def load(
     """
     path = Path(path)
     check_axes(axes)
-    _, reader = _format_for(path)
+    _, reader = format_for(path)
     return file_to_world(reader(path, device), suffix_of(path), axes)

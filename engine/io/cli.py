@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..gaussians import MAX_SH_DEGREE
-from . import _format_for, load, save, supported_suffixes
+from . import format_for, load, save, supported_suffixes
 from .axes import AXES, file_frame, suffix_of
 from .cleanup import cap_sh_degree, crop_to_box, drop_transparent
 
@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     sh_degree = _parse_sh_degree(args.sh_degree)
     min_opacity = _parse_min_opacity(args.min_opacity)
     crop = _parse_crop(args.crop)
-    _format_for(args.input)
-    _format_for(args.output)
+    format_for(args.input)
+    format_for(args.output)
     suffix = suffix_of(args.output)
     in_axes = args.in_axes or args.axes
     options = {}

@@ -21,29 +21,12 @@ import torch
 from tqdm import tqdm
 
 from ..camera_formats import read_nerf_transforms
-from ..cli_args import int_range
+from ..cli_args import int_range, parse_background
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..gaussians import MAX_SH_DEGREE
 from ..images import save_png
 from ..io import AXES, load
 from . import BACKENDS, render
-
-NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-
-
-def parse_background(text: str) -> tuple[float, float, float]:
-    """'white', 'black' or 'r,g,b' with components in [0, 1]."""
-    if text in NAMED_BACKGROUNDS:
-        return NAMED_BACKGROUNDS[text]
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(
-            f"background must be 'white', 'black' or 'r,g,b' in [0, 1], got {text!r}"
-        )
-    return values  # type: ignore[return-value]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .assets import PHOTOS
 from .materials import build_material
-from .scene import BuiltProp, _set_matrix, build_prop, render_to, set_camera
+from .scene import BuiltProp, build_prop, render_to, set_camera, set_matrix
 
 GROUND_NAME = "gd_ground"
 # Ground textures: photos of surfaces a prop could stand on (scikit-image's bundled data).
@@ -69,7 +69,7 @@ def add_ground(
         obj.visible_shadow = False
     matrix = np.eye(4)
     matrix[2, 3] = float(built.bbox_min[2])
-    _set_matrix(obj, matrix)
+    set_matrix(obj, matrix)
     return obj
 
 

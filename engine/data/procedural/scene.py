@@ -129,7 +129,7 @@ def build_prop(scene: bpy.types.Scene, spec: dict[str, Any]) -> BuiltProp:
     for i, part in enumerate(spec["parts"]):
         obj = build_part(part, f"part{i:02d}", collection)
         obj.data.materials.append(materials[part["material"]])
-        _set_matrix(obj, pose)
+        set_matrix(obj, pose)
         objects.append(obj)
     depsgraph = bpy.context.evaluated_depsgraph_get()
     verts = np.concatenate([evaluated_vertices(o, depsgraph) for o in objects])
@@ -138,14 +138,15 @@ def build_prop(scene: bpy.types.Scene, spec: dict[str, Any]) -> BuiltProp:
     norm = np.diag([scale, scale, scale, 1.0])
     norm[:3, 3] = -scale * 0.5 * (lo + hi)
     for obj in objects:
-        _set_matrix(obj, norm @ pose)
+        set_matrix(obj, norm @ pose)
     verts = verts * scale + norm[:3, 3]
     return BuiltProp(
         objects, verts, verts.min(0), verts.max(0), float(np.linalg.norm(verts, axis=1).max()), norm
     )
 
 
-def _set_matrix(obj: bpy.types.Object, matrix: np.ndarray) -> None:
+def set_matrix(obj: bpy.types.Object, matrix: np.ndarray) -> None:
+    """Set an object's `matrix_world` from a (4, 4) numpy matrix."""
     from mathutils import Matrix
 
     obj.matrix_world = Matrix(np.asarray(matrix).tolist())
@@ -157,7 +158,7 @@ def set_camera(scene: bpy.types.Scene, c2w: np.ndarray, fov_deg: float) -> bpy.t
     camera = scene.camera
     camera.data.lens_unit = "FOV"
     camera.data.angle = np.radians(fov_deg)
-    _set_matrix(camera, c2w)
+    set_matrix(camera, c2w)
     return camera
 
 
