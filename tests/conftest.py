@@ -1,6 +1,7 @@
-"""Shared test helpers: seeded random Gaussians and the harness of the file readers' fuzz
-tests. Import them (`from .conftest import random_gaussians`); pytest loads this file
-first, and tests/ is a package, so the relative import finds it."""
+"""Shared test helpers: seeded random Gaussians, the harness of the file readers' fuzz
+tests, and the `bpy` fixture of the add-on tests. Import the helpers (`from .conftest
+import random_gaussians`); pytest loads this file first, and tests/ is a package, so the
+relative import finds it. Fixtures need no import."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -23,6 +25,7 @@ def random_gaussians(
     means_std: float = 1.0,
     log_scale_range: tuple[float, float] | None = (-4.0, -3.0),
     log_scale_normal: tuple[float, float] | None = None,
+    quats_std: float = 1.0,
     opacity_std: float = 1.0,
     sh_std: float = 1.0,
     quats: torch.Tensor | None = None,
@@ -33,7 +36,7 @@ def random_gaussians(
 
     Each file format's tests pick ranges its encoding holds without clamping:
     means ~ N(0, means_std²); log-scales uniform in `log_scale_range`, or
-    N(mean, std²) with `log_scale_normal=(mean, std)`; quaternions ~ N(0, 1) (not
+    N(mean, std²) with `log_scale_normal=(mean, std)`; quaternions ~ N(0, quats_std²) (not
     normalised); opacity logits ~ N(0, opacity_std²); SH ~ N(0, sh_std²) with
     (sh_degree + 1)² coefficients. `quats` or `sh` given are used as they are and not
     drawn (a test that draws them first, from the same `gen`, keeps its values).
@@ -48,12 +51,22 @@ def random_gaussians(
         lo, hi = log_scale_range
         log_scales = torch.rand(n, 3, generator=gen) * (hi - lo) + lo
     if quats is None:
-        quats = torch.randn(n, 4, generator=gen)
+        quats = torch.randn(n, 4, generator=gen) * quats_std
     opacity_logits = torch.randn(n, generator=gen) * opacity_std
     if sh is None:
         sh = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen) * sh_std
     return Gaussians(means=means, log_scales=log_scales, quats=quats,
                      opacity_logits=opacity_logits, sh=sh)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- Blender
+@pytest.fixture
+def bpy():
+    """The `bpy` module after Blender's factory settings with an empty scene (the add-on
+    tests'); skips the test where the bpy wheel is not installed."""
+    bpy = pytest.importorskip("bpy")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    return bpy
 
 
 # ---------------------------------------------------------------------------- fuzzing

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ._splat_helpers import REPRESENTATIONS, use_representation
+from .conftest import random_gaussians
 
 pytestmark = [
     pytest.mark.blender,
@@ -20,23 +21,9 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def bpy():
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    return bpy
-
-
 def _gaussians(n: int, seed: int = 0):
-    from engine.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        torch.randn(n, 3, generator=gen), torch.randn(n, 3, generator=gen) - 3,
-        torch.randn(n, 4, generator=gen) * 3, torch.randn(n, generator=gen),
-        torch.randn(n, 4, 3, generator=gen),
-    )  # fmt: skip
+    """SH degree 1; log-scales ~ N(-3, 1), quaternions ~ N(0, 9)."""
+    return random_gaussians(n, 1, seed, log_scale_normal=(-3.0, 1.0), quats_std=3.0)
 
 
 class _Evaluated:

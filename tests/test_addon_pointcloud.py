@@ -18,6 +18,7 @@ from ._splat_helpers import (
     splat_type,
     use_representation,
 )
+from .conftest import random_gaussians as shared_random_gaussians
 
 pytestmark = [
     pytest.mark.blender,
@@ -27,26 +28,11 @@ pytestmark = [
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
 
 
-@pytest.fixture
-def bpy():
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    return bpy
-
-
 def random_gaussians(n: int, degree: int = 0, seed: int = 0):
-    from engine.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(seed)
-    k = (degree + 1) ** 2
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen),
-        log_scales=torch.randn(n, 3, generator=gen) - 3,
-        quats=torch.randn(n, 4, generator=gen) * 2.5,  # deliberately not unit length
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=torch.randn(n, k, 3, generator=gen),
-    )
+    """Log-scales ~ N(-3, 1), quaternions ~ N(0, 2.5²) (deliberately not unit length),
+    opacity logits ~ N(0, 9)."""
+    return shared_random_gaussians(n, degree, seed, log_scale_normal=(-3.0, 1.0),
+                                   quats_std=2.5, opacity_std=3.0)  # fmt: skip
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

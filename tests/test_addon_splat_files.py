@@ -21,14 +21,6 @@ pytestmark = [
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
 
 
-@pytest.fixture
-def bpy():
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    return bpy
-
-
 def _gaussians(n: int, degree: int, seed: int = 0):
     """Well-behaved Gaussians (the lossy formats quantise; keep values in their ranges)."""
     from engine.gaussians import Gaussians

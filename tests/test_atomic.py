@@ -18,6 +18,8 @@ from engine import atomic
 from engine.atomic import atomic_open, atomic_path, sweep_stale, temp_name, write_atomic
 from engine.gaussians import Gaussians
 
+from .conftest import random_gaussians
+
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
 
@@ -35,15 +37,11 @@ def _mode(path: Path) -> int:
 
 
 def _gaussians(n: int = 4) -> Gaussians:
+    """Unit quaternions (drawn first), log-scales ~ N(-3, 1), SH degree 0."""
     gen = torch.Generator().manual_seed(0)
     quats = torch.randn(n, 4, generator=gen)
-    return Gaussians(
-        torch.randn(n, 3, generator=gen),
-        torch.randn(n, 3, generator=gen) - 3,
-        quats / quats.norm(dim=-1, keepdim=True),
-        torch.randn(n, generator=gen),
-        torch.randn(n, 1, 3, generator=gen),
-    )
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    return random_gaussians(n, gen=gen, quats=quats, log_scale_normal=(-3.0, 1.0))
 
 
 def _write_ply(path: Path) -> None:
