@@ -39,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 from engine.data.layout import object_dir, split_of, transforms_path  # noqa: E402
 from engine.data.masks import MaskError  # noqa: E402
 from engine.data.photos import photos_transforms  # noqa: E402
-from engine.evaluate import object_mask, resolve_model  # noqa: E402
+from engine.evaluate import object_mask  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 from engine.render import render  # noqa: E402
+from engine.resolve import resolve_model  # noqa: E402
 from engine.views import load_nerf_scene  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "photos.md"

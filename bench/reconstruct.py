@@ -67,10 +67,10 @@ def _load(weights: str, threads: int):
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from engine.models import load_model
+    from engine.resolve import resolve_model
     from engine.views import load_nerf_scene
 
-    model = load_model(weights, device="cpu")
+    model = resolve_model(weights, device="cpu")
     props = sorted(p for p in SAMPLES.iterdir() if (p / "transforms_input.json").is_file())
     views = [load_nerf_scene(p / "transforms_input.json") for p in props]
     return model, [(p.name, v.images, v.cameras) for p, v in zip(props, views, strict=True)]

@@ -107,11 +107,11 @@ def held_out_props(root: Path, count: int) -> list[Path]:
 
 def run(args: argparse.Namespace) -> None:
     from engine.baselines.visual_hull import visual_hull_gaussians
-    from engine.models import load_model
+    from engine.resolve import resolve_model
 
     overrides = _parse_set(args.set)
     cfg = RefineConfig(**overrides)
-    model = load_model("object-small", device="cpu")
+    model = resolve_model("object-small", device="cpu")
     done = {(r["prop"], r["start"]) for r in _read_rows(args.rows)}
     for prop in held_out_props(args.data, args.props):
         if all((prop.name, s) in done for s in args.starts):

@@ -64,27 +64,6 @@ class DemoResult:
     render_seconds: float
 
 
-def load_demo_model(name: str, device: torch.device, random_init: bool = False) -> Any:
-    """The demo's model; missing shipped weights are an error that says what to do.
-
-    Raises:
-        WeightsNotFoundError (a FileNotFoundError): no weights where expected.
-    """
-    from .evaluate import resolve_model
-    from .weights import WeightsNotFoundError, shipped_weights
-
-    try:
-        return resolve_model(name, device, pretrained=not random_init)
-    except WeightsNotFoundError:
-        where = _shown(shipped_weights(name))
-        raise WeightsNotFoundError(
-            f"the demo needs the shipped {name} weights: {where} and "
-            f"{where.with_suffix('.json').name} beside it are missing. They ship with the "
-            "repository (update your checkout), or train your own with `gd train` and run "
-            "`gd demo --model runs/NAME/checkpoint/model.safetensors`"
-        ) from None
-
-
 def _shown(path: Path) -> Path:
     """`path` relative to the repository when inside it (shorter messages)."""
     try:
@@ -152,9 +131,12 @@ def run(args: argparse.Namespace) -> int:
     from .atomic import atomic_open
     from .io import save
     from .reconstruct_cli import format_stats
+    from .resolve import resolve_model
 
     device = resolve_device(args.device)
-    model = load_demo_model(args.model, device, args.random_init)
+    model = resolve_model(args.model, device, pretrained=not args.random_init, hint=(
+        "they ship with the repository (update your checkout), or train your own with "
+        "`gd train` and run `gd demo --model runs/NAME/checkpoint/model.safetensors`"))  # fmt: skip
     result = run_demo(model)
 
     args.out.mkdir(parents=True, exist_ok=True)

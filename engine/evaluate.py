@@ -749,32 +749,6 @@ def weights_in_folder(folder: Path) -> Path:
     return found[0]
 
 
-def resolve_model(
-    model: str | os.PathLike,
-    device: torch.device,
-    weights: str | os.PathLike | None = None,
-    pretrained: bool = True,
-) -> Any:
-    """Load the model named by a preset name, a weights file or a folder holding them
-    (`weights_in_folder`: a training run folder works), through `engine.models.load_model`.
-
-    Raises:
-        FileNotFoundError: a path that does not exist. ValueError: unknown name, a folder
-        without one clear weights file, weights that do not fit (from load_model).
-    """
-    from .models import load_model
-
-    path = Path(model)
-    looks_like_path = path.suffix == ".safetensors" or os.sep in str(model) or path.exists()
-    if looks_like_path:
-        if path.is_dir():
-            path = weights_in_folder(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: model weights not found")
-        return load_model(path, device=device)
-    return load_model(str(model), device=device, weights=weights, pretrained=pretrained)
-
-
 def evaluate(
     model: Any,
     dataset: PropsDataset,

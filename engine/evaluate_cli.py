@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, open_dataset, resolve_model
+    from .evaluate import evaluate, open_dataset
+    from .resolve import resolve_model
 
     # Every check (data, split, model) happens before the output folder is created.
     dataset = open_dataset(args.data, args.split)

@@ -109,27 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_object_model(name: str, device: torch.device, random_init: bool = False) -> Any:
-    """The object model for `--model`: a preset name (shipped weights) or a weights file.
-
-    Raises:
-        FileNotFoundError: the weights file (or the shipped weights) is missing; the
-            message says what to do.
-        ValueError: unknown preset, unreadable or mismatched weights.
-    """
-    from .evaluate import resolve_model
-    from .weights import WeightsNotFoundError, shipped_weights
-
-    try:
-        return resolve_model(name, device, pretrained=not random_init)
-    except WeightsNotFoundError:
-        # load_model's message speaks Python (weights=PATH); say it in flags here.
-        raise WeightsNotFoundError(
-            f"no shipped weights for {name!r} (expected {shipped_weights(name)} and its "
-            ".json); train them with `gd train`, or pass --model PATH.safetensors"
-        ) from None
-
-
 def format_stats(stats: dict[str, Any]) -> list[str]:
     """Human-readable lines of a reconstruction's `stats` (counts and per-stage seconds)."""
     counts = stats.get("counts", {})
@@ -185,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.transforms.exists():
         raise FileNotFoundError(f"{args.transforms}: transforms file not found")
 
+    from .resolve import resolve_model
     from .views import check_nerf_views, load_nerf_scene
 
     t0 = time.perf_counter()
@@ -192,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     read_s = time.perf_counter() - t0
     device = resolve_device(args.device)
     t0 = time.perf_counter()
-    model = load_object_model(args.model, device, args.random_init)
+    hint = "train them with `gd train`, or pass --model PATH.safetensors"
+    model = resolve_model(args.model, device, pretrained=not args.random_init, hint=hint)
     load_s = time.perf_counter() - t0
     refining = args.refine is not None or args.refine_steps is not None
     # Decoded reduced to the size the model resamples its views to (refinement: to the size

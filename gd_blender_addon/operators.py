@@ -69,8 +69,8 @@ def model_request(context: bpy.types.Context) -> ModelRequest:
 
 
 def load_engine_model(name: str, device: str, weights: str | None) -> Any:
-    """`engine.load_model`, cached per (name, device, weights). Worker thread: no bpy here
-    (`model_request` resolved the paths). Tests replace this."""
+    """`engine.resolve.resolve_model`, cached per (name, device, weights). Worker thread: no
+    bpy here (`model_request` resolved the paths). Tests replace this."""
     key = (name, device, weights)
     model = _models.get(key)
     if model is None:
@@ -78,10 +78,10 @@ def load_engine_model(name: str, device: str, weights: str | None) -> Any:
             dependencies.check_engine_origin()
         except ImportError as err:
             raise UserError(str(err)) from None
-        from engine.models import load_model
+        from engine.resolve import resolve_model
 
         _models.clear()  # one model in memory at a time
-        model = load_model(name, device=device, weights=weights, pretrained=True)
+        model = resolve_model(name, device, weights=weights, hint=None)  # load_model_work hints
         _models[key] = model
     return model
 

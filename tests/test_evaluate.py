@@ -271,7 +271,7 @@ def test_evaluate_limit(tiny_props, tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 def test_cli_runs_with_a_model(tiny_props, tmp_path, monkeypatch, capsys):
-    import engine.evaluate as ev
+    import engine.resolve
 
     seen = {}
 
@@ -279,7 +279,7 @@ def test_cli_runs_with_a_model(tiny_props, tmp_path, monkeypatch, capsys):
         seen.update(model=model, pretrained=pretrained)
         return FakeModel()
 
-    monkeypatch.setattr(ev, "resolve_model", fake_resolve)
+    monkeypatch.setattr(engine.resolve, "resolve_model", fake_resolve)
     out = tmp_path / "cli"
     args = ["--limit", "1", "--device", "cpu", "--random-init", "--images", "1",
             "--image-views", "1"]  # fmt: skip
@@ -509,9 +509,9 @@ def test_evaluate_without_the_visual_hull(tiny_props, tmp_path):
 )
 def test_cli_views_errors_exit_2_and_write_nothing(tiny_props, tmp_path, monkeypatch, capsys,
                                                    args, message):  # fmt: skip
-    import engine.evaluate as ev
+    import engine.resolve
 
-    monkeypatch.setattr(ev, "resolve_model", lambda *a, **k: FakeModel())
+    monkeypatch.setattr(engine.resolve, "resolve_model", lambda *a, **k: FakeModel())
     out = tmp_path / "out"
     argv = ["evaluate", "object-tiny", str(tiny_props), "--out", str(out), *args]
     if args[1] == "0":  # refused while the command line is parsed
