@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from engine.cameras import CameraError, Cameras
-from engine.data.datasets import load_nerf_scene
 from engine.gaussians import Gaussians
 from engine.models import Cancelled, UnsafeConfigError, WeightsNotFoundError, load_model
 from engine.models.config import OBJECT_SMALL, OBJECT_TINY, ObjectModelConfig
@@ -21,6 +20,7 @@ from engine.models.normalization import (
     look_at_point,
     normalization_from_bbox,
 )
+from engine.views import load_nerf_scene
 from engine.weights import save_weights
 
 SAMPLE = "examples/sample_props/objects/000000/transforms_input.json"

@@ -71,9 +71,9 @@ def test_a_silhouette_model_renders_nothing_where_an_input_view_shows_background
     no-op."""
     from dataclasses import replace
 
-    from engine.data.datasets import load_nerf_scene
     from engine.images import resize_views
     from engine.models import load_model
+    from engine.views import load_nerf_scene
 
     torch.manual_seed(0)
     model = load_model("object-tiny", device="cpu", pretrained=False)

@@ -20,14 +20,12 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.camera_formats import read_nerf_transforms
-from engine.views import ViewSet, load_nerf_scene, load_views
+from engine.views import ViewSet, load_views
 
 from .images import WHITE
 from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path
 
-# Re-exported for tests/test_models.py and tests/test_silhouette.py (not ours to change);
-# new code imports it from engine.views.
-__all__ = ["PropsDataset", "collate_views", "load_nerf_scene", "training_sample"]
+__all__ = ["PropsDataset", "collate_views", "training_sample"]
 
 
 def training_sample(inputs: ViewSet, targets: ViewSet, **identity: Any) -> dict[str, Any]:
