@@ -1,19 +1,9 @@
 """Operators: Reconstruct, Reconstruct Object, Densify Selected, Refine, import/export,
-install PyTorch, download weights. They gather settings and queue stages; the work lives in
-small modules: rig.py (the camera rig), refine_job.py / densify_job.py (worker jobs),
-results.py (landing a result), render_setup.py (Cycles settings for splats).
-
-Every long operator follows one pattern (`_JobOperator`):
-    prepare()  main thread: validate, read the scene, queue the stages below. Changes
-               nothing, so a bad input leaves the scene exactly as it was.
-    stages     the model loads in a worker thread (reading and hashing weights takes
-               seconds); then one render per stage on the main thread (the UI redraws and
-               Esc is seen between).
-    job()      worker thread: the engine, with plain data in and out (no bpy, no operator).
-    finish()   main thread: the result lands in the scene (one new object, or in place).
-In the UI `execute` (a button, F3, a script) drives this from a modal timer (status bar
-text, progress indicator, Esc cancels) and returns at once; with no event loop
-(`bpy.app.background`, where timers never fire) it runs the same stages and blocks.
+install PyTorch, download weights. Each one polls, gathers its settings and queues stages;
+the rest lives in small modules: modal.py (the job operators' machinery: modal timer or
+blocking loop, progress, Esc, the model stage), jobs.py (the worker thread), rig.py (the
+camera rig), refine_job.py / densify_job.py (worker jobs), results.py (landing a result),
+render_setup.py (Cycles settings for splats).
 
 Reconstruct and Densify are UNDO but not REGISTER: Adjust Last Operation (the redo panel,
 F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would re-run a whole
@@ -23,14 +13,12 @@ job synchronously. UNDO still has Blender push one undo step when the result has
 from __future__ import annotations
 
 import functools
-import shutil
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
@@ -40,66 +28,10 @@ from . import dependencies, jobs
 from .camera_capture import CaptureError, camera_record, check_camera, render_view, to_local
 from .densify_job import densify_work, lineage
 from .errors import UserError
-from .preferences import MISSING_TORCH, get_prefs, weights_for
+from .modal import JobOperator, SceneJobOperator, blocked_by_job, clear_models
+from .preferences import MISSING_TORCH, get_prefs
 from .refine_job import RefineSettings, reconstruct_report
-from .refine_job import view_size as _view_size
 from .results import land_reconstruction, stored_views
-
-# ---------------------------------------------------------------------------- the model
-_models: dict[tuple[str, str, str | None], Any] = {}
-
-
-class ModelRequest(NamedTuple):
-    """Which model to load, as plain strings: resolved on the main thread (preferences and
-    the add-on's user folder are bpy), loaded in the worker."""
-
-    name: str
-    device: str
-    weights: str | None
-
-
-def model_request(context: bpy.types.Context) -> ModelRequest:
-    """The model the preferences name (main thread). The add-on's folders go on sys.path
-    here too: finding them calls `bpy.utils.extension_path_user`, which is bpy."""
-    if not dependencies.torch_available():
-        raise UserError(MISSING_TORCH)
-    dependencies.setup_paths()
-    prefs = get_prefs(context)
-    return ModelRequest(prefs.model, prefs.device.lower(), weights_for(prefs))
-
-
-def load_engine_model(name: str, device: str, weights: str | None) -> Any:
-    """`engine.resolve.resolve_model`, cached per (name, device, weights). Worker thread: no
-    bpy here (`model_request` resolved the paths). Tests replace this."""
-    key = (name, device, weights)
-    model = _models.get(key)
-    if model is None:
-        try:
-            dependencies.check_engine_origin()
-        except ImportError as err:
-            raise UserError(str(err)) from None
-        from engine.resolve import resolve_model
-
-        _models.clear()  # one model in memory at a time
-        model = resolve_model(name, device, weights=weights, hint=None)  # load_model_work hints
-        _models[key] = model
-    return model
-
-
-def load_model_work(request: ModelRequest, progress: jobs.Progress, cancel: threading.Event) -> Any:
-    """Worker: the requested model, with a clear error for missing weights."""
-    progress(0.0, f"loading {request.name}")
-    try:
-        return load_engine_model(*request)
-    except FileNotFoundError as err:
-        raise UserError(
-            f"Model weights missing: {err}. Download them in the add-on's preferences "
-            "(Download Weights) or choose a weights file there"
-        ) from None
-
-
-def clear_models() -> None:
-    _models.clear()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -121,16 +53,11 @@ def is_splat(obj: bpy.types.Object | None) -> bool:
     return bool(is_gaussian_object(obj))
 
 
-def _blocked_by_job() -> str | None:
-    job = jobs.active_job()
-    return f"Busy: {job.name} is running (Esc or Cancel stops it)" if job else None
-
-
 def reconstruct_blocker(context: bpy.types.Context) -> str | None:
     """Why Reconstruct cannot run now, or None (cheap: no model loading, no pixels)."""
     if not dependencies.torch_available():
         return MISSING_TORCH
-    busy = _blocked_by_job()
+    busy = blocked_by_job()
     if busy:
         return busy
     cameras = selected_cameras(context)
@@ -153,7 +80,7 @@ def reconstruct_blocker(context: bpy.types.Context) -> str | None:
 def densify_blocker(context: bpy.types.Context) -> str | None:
     if not dependencies.torch_available():
         return MISSING_TORCH
-    busy = _blocked_by_job()
+    busy = blocked_by_job()
     if busy:
         return busy
     if not is_splat(context.active_object):
@@ -177,7 +104,7 @@ def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
     """Why Reconstruct Object cannot run now, or None."""
     if not dependencies.torch_available():
         return MISSING_TORCH
-    busy = _blocked_by_job()
+    busy = blocked_by_job()
     if busy:
         return busy
     from .rig import check_selection
@@ -199,7 +126,7 @@ def refine_blocker(context: bpy.types.Context) -> str | None:
     """Why Refine cannot run now, or None."""
     if not dependencies.torch_available():
         return MISSING_TORCH
-    busy = _blocked_by_job()
+    busy = blocked_by_job()
     if busy:
         return busy
     obj = context.active_object
@@ -250,223 +177,6 @@ def _splat_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
     return [o for o in context.scene.objects if is_gaussian_object(o)]
 
 
-# ---------------------------------------------------------------------------- base class
-def is_interactive(context: bpy.types.Context) -> bool:
-    """Whether an event loop will drive a modal operator: not `bpy.app.background` (timers
-    never fire there, DESIGN.md §5) and a window to put the timer on."""
-    return not bpy.app.background and getattr(context, "window", None) is not None
-
-
-class _Stage(NamedTuple):
-    """One piece of a job operator. Main-thread stage: `run()` does it (`then` is None).
-    Worker stage: `run()` (main thread) returns the worker's function, built from plain data;
-    `then(result)` takes its result on the main thread."""
-
-    message: str
-    run: Callable[[], Any]
-    then: Callable[[Any], None] | None
-
-
-class _JobOperator:
-    """Shared modal/synchronous driver; subclasses define prepare/job/finish.
-
-    `prepare` queues stages (`add_step`, `add_work`); the base runs them in order, then the
-    job itself (`job()`, in the worker) and lands its result (`finish`). In the UI one stage
-    advances per timer tick of a modal handler; without an event loop the same stages run
-    in a loop (`_advance` serves both).
-    """
-
-    _job: jobs.Job | None = None
-    _timer: Any = None
-
-    # -- subclass API
-    def prepare(self, context: bpy.types.Context) -> None:
-        raise NotImplementedError
-
-    def job(self) -> jobs.Work:
-        """The job's worker function, made on the main thread once every queued stage ran.
-
-        Build it with `functools.partial` of a module-level function over plain data: the
-        worker must hold neither the operator nor `context` nor any bpy data (Blender frees
-        the operator when it ends; the job may outlive it). The default hands over the bound
-        `work` method, which keeps the operator: Download Weights still does that.
-        """
-        return self.work
-
-    def work(self, progress: jobs.Progress, cancel: threading.Event) -> Any:
-        raise NotImplementedError
-
-    def finish(self, context: bpy.types.Context, result: Any) -> None:
-        raise NotImplementedError
-
-    def cleanup(self, context: bpy.types.Context) -> None:
-        """Always called at the end (temporary files...)."""
-
-    job_name = "job"
-
-    def add_step(self, message: str, step: Callable[[], None]) -> None:
-        """Queue main-thread work (one render): each step gets its own timer tick."""
-        self._stages.append(_Stage(message, step, None))
-
-    def add_work(
-        self, message: str, make: Callable[[], jobs.Work], then: Callable[[Any], None]
-    ) -> None:
-        """Queue worker-thread work: `make()` returns the worker's function (see `job`),
-        `then(result)` takes the result on the main thread."""
-        self._stages.append(_Stage(message, make, then))
-
-    # -- driver
-    def _setup(self, context: bpy.types.Context) -> None:
-        self._cancel = threading.Event()
-        self._stages: list[_Stage] = []
-        self._started = time.monotonic()
-        self._job = None
-        self._then: Callable[[Any], None] | None = None
-        self._result: Any = None
-        self._progress_on = False
-
-    def _begin(self, context: bpy.types.Context) -> None:
-        """Validate and queue everything (main thread); raises on bad input."""
-        if jobs.active_job() is not None:
-            raise UserError(_blocked_by_job())
-        self.prepare(context)
-        self.add_work("starting", self.job, self._keep_result)
-        self._stage_count = len(self._stages)
-
-    def _keep_result(self, result: Any) -> None:
-        self._result = result
-
-    def _advance(self, context: bpy.types.Context, wait: float) -> bool:
-        """Move the operation on by one piece (main thread): run the next stage, start its
-        worker, or poll the running worker for up to `wait` seconds. True once the job's
-        result is in `_result`. Raises JobCancelled or the worker's error."""
-        if self._job is not None:
-            if not self._job.poll(timeout=wait):
-                self._progress(context, self._job.fraction, self._job.message)
-                return False
-            job, self._job = self._job, None
-            self._then(job.outcome())
-        elif self._stages:
-            if self._cancel.is_set():
-                raise jobs.JobCancelled()
-            done = self._stage_count - len(self._stages)
-            stage = self._stages.pop(0)
-            # Renders and the model share the first 30%; the job reports 30-100% itself.
-            self._main_progress(context, 0.3 * done / max(1, self._stage_count - 1), stage.message)
-            if self._cancel.is_set():
-                raise jobs.JobCancelled()
-            if stage.then is None:
-                stage.run()
-            else:
-                self._then = stage.then
-                self._job = jobs.Job(self.job_name, stage.run(), self._cancel).start()
-        return self._job is None and not self._stages
-
-    def _progress(self, context: bpy.types.Context, fraction: float, message: str) -> None:
-        wm = context.window_manager
-        if not self._progress_on:
-            wm.progress_begin(0, 1000)
-            self._progress_on = True
-        wm.progress_update(int(1000 * max(0.0, min(1.0, fraction))))
-        text = f"{self.job_name}: {message} ({100 * fraction:.0f}%) - Esc to cancel"
-        workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background:
-            workspace.status_text_set(text)
-
-    def _main_progress(self, context: bpy.types.Context, fraction: float, message: str) -> None:
-        self._progress(context, fraction, message)
-        jobs.notify(fraction, message, self._cancel)
-
-    def _end(self, context: bpy.types.Context) -> None:
-        if self._job is not None:  # an error on the main thread: stop the worker too
-            self._job.cancel()
-            self._job = None
-        self._stages, self._then, self._result = [], None, None
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        if self._progress_on:
-            context.window_manager.progress_end()
-            self._progress_on = False
-        workspace = getattr(context, "workspace", None)
-        if workspace is not None and not bpy.app.background:
-            workspace.status_text_set(None)
-        try:
-            self.cleanup(context)
-        except Exception:
-            traceback.print_exc()
-
-    def _fail(self, err: BaseException) -> set[str]:
-        if isinstance(err, jobs.JobCancelled):
-            self.report({"WARNING"}, f"{self.job_name} cancelled; nothing was changed")
-            return {"CANCELLED"}
-        if isinstance(err, (UserError, ValueError, FileNotFoundError)):
-            message = str(err)
-        elif isinstance(err, OSError):
-            message = f"File error: {err}"
-        else:
-            traceback.print_exception(err)
-            message = f"Unexpected error ({type(err).__name__}: {err}); see the console"
-        self.report({"ERROR"}, message)
-        return {"CANCELLED"}
-
-    def _finish(self, context: bpy.types.Context, result: Any) -> set[str]:
-        self.finish(context, result)
-        return {"FINISHED"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        """In the UI: start the modal job and return at once, so nothing that calls
-        `execute` (a button, F3, a script) freezes Blender. Without an event loop: run it
-        all here and return when the result has landed."""
-        if is_interactive(context):
-            return self.start_modal(context)
-        return self.run_blocking(context)
-
-    def run_blocking(self, context: bpy.types.Context) -> set[str]:
-        """The synchronous path: the stages in a loop; the worker still does the job."""
-        self._setup(context)
-        try:
-            self._begin(context)
-            while not self._advance(context, wait=0.05):
-                pass
-            return self._finish(context, self._result)
-        except BaseException as err:
-            return self._fail(err)
-        finally:
-            self._end(context)
-
-    def start_modal(self, context: bpy.types.Context) -> set[str]:
-        """The UI path: validate and queue now, then a modal timer advances the stages."""
-        self._setup(context)
-        try:
-            self._begin(context)
-        except BaseException as err:
-            self._end(context)
-            return self._fail(err)
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(0.1, window=context.window)
-        wm.modal_handler_add(self)
-        self._progress(context, 0.0, "starting")
-        return {"RUNNING_MODAL"}
-
-    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
-        if event.type == "ESC" and event.value == "PRESS":
-            self._cancel.set()
-            self._progress(context, self._job.fraction if self._job else 0.0, "cancelling")
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        try:
-            if not self._advance(context, wait=0.0):
-                return {"RUNNING_MODAL"}
-            status = self._finish(context, self._result)
-        except BaseException as err:
-            self._end(context)
-            return self._fail(err)
-        self._end(context)
-        return status
-
-
 class _RefineSteps:
     """Mixin: the hidden step count that scripts and tests give instead of the panel's
     Refine Seconds (Blender collects the annotation from the mixin, as from ExportHelper)."""
@@ -479,59 +189,7 @@ class _RefineSteps:
 
 
 # ---------------------------------------------------------------------------- reconstruct
-class _SceneJobOperator(_JobOperator):
-    """A job on the scene with the preferences' model: one engine job at a time; the
-    tooltip says why it is disabled."""
-
-    # staticmethod(context) -> why the operator cannot run, or a falsy value.
-    blocker = None
-    _model: Any = None
-    _size = 0
-
-    def cleanup(self, context: bpy.types.Context) -> None:
-        """Remove the captures' temporary folder (`_tmp`), put the splat object (`_obj`)
-        back in the mode it was in (`_mode`), and let the model go."""
-        tmp = getattr(self, "_tmp", None)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        obj, mode = getattr(self, "_obj", None), getattr(self, "_mode", "OBJECT")
-        try:
-            if obj is not None and mode != "OBJECT" and obj.mode != mode:
-                bpy.ops.object.mode_set(mode=mode)
-        except ReferenceError:  # the object was deleted while the job ran
-            pass
-        self._obj = self._model = None
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        if jobs.active_job() is not None:
-            cls.poll_message_set(_blocked_by_job())
-            return False
-        return context.scene is not None
-
-    @classmethod
-    def description(cls, context: bpy.types.Context, properties: Any) -> str:
-        reason = cls.blocker(context)
-        return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
-
-    def add_model_stage(self, context: bpy.types.Context) -> None:
-        """Queue loading the preferences' model in the worker. Once it is there (main
-        thread) pick the render size, `_size`, which the render steps queued after this read
-        when they run. Any number of views: the model reads at most its `max_views` of
-        them, spread around the prop (`refine_job.spread_views`); refinement uses all."""
-        request = model_request(context)
-        resolution = int(settings(context).resolution)
-
-        def loaded(model: Any) -> None:
-            self._model = model
-            self._size = resolution or _view_size(model)
-
-        self.add_work(
-            "loading the model", lambda: functools.partial(load_model_work, request), loaded
-        )
-
-
-class GD_OT_reconstruct(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
+class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
 
     bl_idname = "gd.reconstruct"
@@ -681,7 +339,7 @@ NOTHING_SELECTED = (
 )
 
 
-class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
+class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
     """Add detail to the selected Gaussians (Edit Mode selection or the Region object);
     every other Gaussian keeps its exact values"""
 
@@ -811,9 +469,7 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
             self._mask, self._budget,
         )  # fmt: skip
         request = MaskRequest("RENDER", False, list(self._camera_names))
-        return functools.partial(
-            masked_work, work, list(self._views), list(self._records), request
-        )
+        return functools.partial(masked_work, work, list(self._views), list(self._records), request)
 
     def finish(self, context: bpy.types.Context, res: Any) -> None:
         from .pointcloud import replace_gaussians
@@ -835,7 +491,7 @@ class GD_OT_densify(_SceneJobOperator, bpy.types.Operator):
 
 
 # ---------------------------------------------------------------------------- reconstruct object
-class GD_OT_reconstruct_object(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
+class GD_OT_reconstruct_object(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     """Reconstruct the selected meshes as splats: render them with Cycles from a temporary
     camera rig, reconstruct, then refine for Refine Seconds"""
 
@@ -843,7 +499,6 @@ class GD_OT_reconstruct_object(_RefineSteps, _SceneJobOperator, bpy.types.Operat
     bl_label = "Reconstruct Object"
     bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Reconstruct Object"
-
 
     blocker = staticmethod(reconstruct_object_blocker)
 
@@ -883,7 +538,7 @@ class GD_OT_reconstruct_object(_RefineSteps, _SceneJobOperator, bpy.types.Operat
 
 
 # ---------------------------------------------------------------------------- refine
-class GD_OT_refine(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
+class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     """Refine the active splat object against its stored views for Refine Seconds; with an
     Edit Mode selection or a Region only those Gaussians change"""
 
@@ -891,7 +546,6 @@ class GD_OT_refine(_RefineSteps, _SceneJobOperator, bpy.types.Operator):
     bl_label = "Refine"
     bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Refine"
-
 
     blocker = staticmethod(refine_blocker)
 
@@ -1156,7 +810,7 @@ def _offline_error() -> str:
     )
 
 
-class GD_OT_install_dependencies(_JobOperator, bpy.types.Operator):
+class GD_OT_install_dependencies(JobOperator, bpy.types.Operator):
     """Install PyTorch and the engine's other dependencies into this add-on's user folder
     (needs online access)"""
 
@@ -1198,7 +852,7 @@ def install_work(
         raise UserError(f"Installing PyTorch failed: {err}") from None
 
 
-class GD_OT_download_weights(_JobOperator, bpy.types.Operator):
+class GD_OT_download_weights(JobOperator, bpy.types.Operator):
     """Download the model's weights and their config from the URL in the preferences, verify
     both SHA-256s and save them in the add-on's user folder (needs online access)"""
 

@@ -88,10 +88,10 @@ def tiny():
 
 @pytest.fixture
 def spy(addon, tiny, monkeypatch):
-    from gd_blender_addon import operators
+    from gd_blender_addon import modal
 
     spy = Spy(tiny)
-    monkeypatch.setattr(operators, "load_engine_model", lambda *a, **k: spy)
+    monkeypatch.setattr(modal, "load_engine_model", lambda *a, **k: spy)
     return spy
 
 
@@ -1041,9 +1041,9 @@ def _fake_work(release: threading.Event, progress, cancel):
 
 
 def _fake_operator(release: threading.Event):
-    from gd_blender_addon.operators import _JobOperator
+    from gd_blender_addon.modal import JobOperator
 
-    class FakeOp(_JobOperator):
+    class FakeOp(JobOperator):
         job_name = "Fake"
 
         def __init__(self) -> None:
@@ -1113,17 +1113,17 @@ def test_modal_path_renders_one_view_per_tick_then_runs_the_worker(addon):
 def test_execute_in_the_ui_starts_the_modal_job(addon, monkeypatch):
     """In the UI, whatever calls `execute` (a button, F3, a script) gets the modal job and
     returns at once; only without an event loop does `execute` block until the end."""
-    from gd_blender_addon import operators
+    from gd_blender_addon import modal
 
     release = threading.Event()  # not set: a blocking execute would never return
     op, context = _fake_operator(release), _fake_context()
-    monkeypatch.setattr(operators, "is_interactive", lambda context: True)
+    monkeypatch.setattr(modal, "is_interactive", lambda context: True)
     assert op.execute(context) == {"RUNNING_MODAL"}
     assert context.window_manager.calls[:2] == ["timer_add", "modal_handler_add"]
     assert op.rendered == []  # the renders wait for the timer
     assert _drive(op, context, [_Event("ESC", "PRESS")]) == {"CANCELLED"}
 
-    monkeypatch.setattr(operators, "is_interactive", lambda context: False)
+    monkeypatch.setattr(modal, "is_interactive", lambda context: False)
     release.set()
     op, context = _fake_operator(release), _fake_context()
     assert op.execute(context) == {"FINISHED"}

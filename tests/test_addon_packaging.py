@@ -49,7 +49,7 @@ def test_package_layout(package):
     names = zipfile.ZipFile(package).namelist()
     required = ["blender_manifest.toml", "_vendor/engine/__init__.py",
                 "_vendor/engine/models/__init__.py", "_vendor/engine/download.py"]  # fmt: skip
-    required += [f"{m}.py" for m in ("__init__", "operators", "panels", "preferences",
+    required += [f"{m}.py" for m in ("__init__", "operators", "modal", "panels", "preferences",
                                      "properties", "dependencies", "jobs", "camera_capture",
                                      "photos", "pointcloud", "display", "splat_files")]  # fmt: skip
     for name in required:

@@ -460,11 +460,11 @@ def test_splats_render_in_cycles_as_the_addon_leaves_the_scene(addon):
 def _modal_operator(cls: Any, **props: Any) -> Any:
     """The real operator's methods on a plain class (a bpy Operator cannot be made from
     Python), driven by the fake window manager of the operator tests."""
-    from gd_blender_addon.operators import _SceneJobOperator
+    from gd_blender_addon.modal import SceneJobOperator
 
     methods = {k: v for k, v in vars(cls).items() if callable(v) and not k.startswith("__")}
     methods.update(job_name=cls.job_name, reports=None, **props)
-    op = type("Modal" + cls.__name__, (_SceneJobOperator,), methods)()
+    op = type("Modal" + cls.__name__, (SceneJobOperator,), methods)()
     op.reports = []
     op.report = lambda kind, message: op.reports.append((kind, message))
     return op
