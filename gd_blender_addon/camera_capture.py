@@ -202,6 +202,26 @@ def render_view(
     return read_png(path)
 
 
+def render_view_hiding(
+    scene: bpy.types.Scene,
+    camera: bpy.types.Object,
+    size: int,
+    path: Path,
+    hidden: list[bpy.types.Object],
+) -> np.ndarray:
+    """`render_view` with the `hidden` objects (earlier splat objects) hidden from the render
+    and restored after: the engine must see the prop, not earlier reconstructions of it."""
+    saved = [(obj, obj.hide_render) for obj in hidden]
+    try:
+        for obj, _ in saved:
+            obj.hide_render = True
+        return render_view(scene, camera, size, path)
+    finally:
+        for obj, value in saved:
+            if obj.hide_render != value:
+                obj.hide_render = value
+
+
 def to_local(records: Sequence[dict[str, Any]], matrix_world: Any) -> list[dict[str, Any]]:
     """Camera records re-expressed in an object's local frame (for views stored on it).
 

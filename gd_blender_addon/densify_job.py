@@ -34,6 +34,14 @@ def densify_work(
     )  # fmt: skip
 
 
+def densify_with_views(
+    model: Any, gaussians: Any, records: list[dict[str, Any]], mask: Any, budget: int,
+    views: list[Any], progress: jobs.Progress, cancel: threading.Event,
+) -> Any:  # fmt: skip
+    """`densify_work` with the (checked) views given last, as `photos.masked_work` calls."""
+    return densify_work(model, gaussians, views, records, mask, budget, progress, cancel)
+
+
 def lineage(level: Any, parent: Any, res_level: Any, res_parent: Any) -> tuple[Any, Any]:
     """The object's gd_level / gd_parent after a densify.
 

@@ -16,7 +16,6 @@ import functools
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import dependencies, jobs
-from .camera_capture import CaptureError, camera_record, check_camera, render_view, to_local
-from .densify_job import densify_work, lineage
+from .camera_capture import CaptureError, camera_record, check_camera, render_view_hiding, to_local
+from .densify_job import densify_with_views, densify_work, lineage
 from .errors import UserError
 from .modal import JobOperator, SceneJobOperator, blocked_by_job, clear_models
 from .preferences import MISSING_TORCH, get_prefs
@@ -267,7 +266,7 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
                 path = self._tmp / f"view_{i:03d}.png"
 
                 def step(camera: bpy.types.Object = camera, path: Path = path) -> None:
-                    self._views.append(_render_hiding(scene, camera, self._size, path, hidden))
+                    self._views.append(render_view_hiding(scene, camera, self._size, path, hidden))
                     self._records.append(camera_record(camera, self._size, self._size))
                     self._paths.append(path)
 
@@ -275,13 +274,12 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
 
     def job(self) -> jobs.Work:
         from .photos import masked_work
-        from .refine_job import reconstruct_work
+        from .refine_job import reconstruct_with_views
 
         # Views are cut out (photos) or checked not to be empty (renders) in the worker first.
         work = functools.partial(
-            _with_views, reconstruct_work, self._model, list(self._records), self._bbox,
-            self._refine,
-        )  # fmt: skip
+            reconstruct_with_views, self._model, list(self._records), self._bbox, self._refine
+        )
         return functools.partial(
             masked_work, work, list(self._views), list(self._records), self._masks
         )
@@ -294,42 +292,6 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
         if masks is not None:
             note = f"{note} {masks.summary().capitalize()}".strip()
         self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
-
-
-def _with_views(
-    work: Callable[..., Any], model: Any, records: list[dict[str, Any]], bbox: Any,
-    refine: Any, views: list[Any], progress: jobs.Progress, cancel: threading.Event,
-) -> Any:  # fmt: skip
-    """`reconstruct_work` with the (cut-out) views given last, as `photos.masked_work` calls."""
-    return work(model, views, records, bbox, refine, progress, cancel)
-
-
-def _densify_with_views(
-    model: Any, gaussians: Any, records: list[dict[str, Any]], mask: Any, budget: int,
-    views: list[Any], progress: jobs.Progress, cancel: threading.Event,
-) -> Any:  # fmt: skip
-    """`densify_work` with the (checked) views given last, as `photos.masked_work` calls."""
-    return densify_work(model, gaussians, views, records, mask, budget, progress, cancel)
-
-
-def _render_hiding(
-    scene: bpy.types.Scene,
-    camera: bpy.types.Object,
-    size: int,
-    path: Path,
-    hidden: list[bpy.types.Object],
-) -> Any:
-    """Render one view with existing splat objects hidden from the render (restored after):
-    the engine must see the prop, not earlier reconstructions of it."""
-    saved = [(obj, obj.hide_render) for obj in hidden]
-    try:
-        for obj, _ in saved:
-            obj.hide_render = True
-        return render_view(scene, camera, size, path)
-    finally:
-        for obj, value in saved:
-            if obj.hide_render != value:
-                obj.hide_render = value
 
 
 # ---------------------------------------------------------------------------- densify
@@ -447,7 +409,7 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
 
                 def step(camera: bpy.types.Object = camera, path: Path = path) -> None:
                     size = self._size
-                    self._views.append(_render_hiding(scene, camera, size, path, hidden))
+                    self._views.append(render_view_hiding(scene, camera, size, path, hidden))
                     record = camera_record(camera, size, size)
                     self._records.append(to_local([record], obj.matrix_world)[0])
 
@@ -465,7 +427,7 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
         # from render or clipped), as Reconstruct's are: densifying against blank views
         # would erase the selection.
         work = functools.partial(
-            _densify_with_views, self._model, self._gaussians, list(self._records),
+            densify_with_views, self._model, self._gaussians, list(self._records),
             self._mask, self._budget,
         )  # fmt: skip
         request = MaskRequest("RENDER", False, list(self._camera_names))

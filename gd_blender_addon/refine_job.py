@@ -162,6 +162,14 @@ def reconstruct_work(
     return out
 
 
+def reconstruct_with_views(
+    model: Any, records: list[dict[str, Any]], bbox: Any, refine: RefineSettings,
+    views: list[Any], progress: Progress, cancel: threading.Event,
+) -> Reconstructed:  # fmt: skip
+    """`reconstruct_work` with the (cut-out) views given last, as `photos.masked_work` calls."""
+    return reconstruct_work(model, views, records, bbox, refine, progress, cancel)
+
+
 def refine_object_work(
     gaussians: Any,
     level: Any,
