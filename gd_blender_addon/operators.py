@@ -2,8 +2,8 @@
 install PyTorch, download weights. Each one polls, gathers its settings and queues stages;
 the rest lives in small modules: modal.py (the job operators' machinery: modal timer or
 blocking loop, progress, Esc, the model stage), jobs.py (the worker thread), rig.py (the
-camera rig), refine_job.py / densify_job.py (worker jobs), results.py (landing a result),
-render_setup.py (Cycles settings for splats).
+camera rig), refine_job.py / densify_job.py / setup_jobs.py (worker jobs), results.py
+(landing a result), render_setup.py (Cycles settings for splats).
 
 Reconstruct and Densify are UNDO but not REGISTER: Adjust Last Operation (the redo panel,
 F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would re-run a whole
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from .modal import JobOperator, SceneJobOperator, blocked_by_job, clear_models
 from .preferences import MISSING_TORCH, get_prefs
 from .refine_job import RefineSettings, reconstruct_report
 from .results import land_reconstruction, stored_views
+from .setup_jobs import fetch_weights, install_work
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -802,18 +802,6 @@ class GD_OT_install_dependencies(JobOperator, bpy.types.Operator):
         self.report({"INFO"}, f"Installed: {dependencies.torch_summary()}")
 
 
-def install_work(
-    build: str, commands: list[list[str]], progress: jobs.Progress, cancel: threading.Event
-) -> None:
-    """Worker: pip-install PyTorch and the engine's dependencies with `commands`."""
-    try:
-        dependencies.install(build, progress, cancel, commands=commands)
-    except InterruptedError:
-        raise jobs.JobCancelled() from None
-    except (RuntimeError, OSError) as err:
-        raise UserError(f"Installing PyTorch failed: {err}") from None
-
-
 class GD_OT_download_weights(JobOperator, bpy.types.Operator):
     """Download the model's weights and their config from the URL in the preferences, verify
     both SHA-256s and save them in the add-on's user folder (needs online access)"""
@@ -846,28 +834,6 @@ class GD_OT_download_weights(JobOperator, bpy.types.Operator):
     def finish(self, context: bpy.types.Context, result: Any) -> None:
         clear_models()
         self.report({"INFO"}, f"Weights saved to {result}")
-
-
-def fetch_weights(
-    url: str,
-    sha256: str,
-    config_sha256: str,
-    dest: Path,
-    progress: jobs.Progress,
-    cancel: threading.Event,
-) -> Path:
-    """Download the weights and the JSON config the engine reads beside them with
-    `engine.download.download_weights` (both SHA-256 verified and size-capped, moved into
-    place together); the add-on itself does no HTTP. Engine errors become UserErrors.
-    `prepare` put the engine on sys.path (main thread: the user folder is bpy's)."""
-    from engine.download import DownloadCancelled, DownloadError, download_weights
-
-    try:
-        return download_weights(url, dest, sha256, config_sha256, progress, cancel)
-    except DownloadCancelled:
-        raise jobs.JobCancelled() from None
-    except (DownloadError, ValueError) as err:  # ValueError: a malformed URL or SHA-256
-        raise UserError(f"Download failed: {err}") from None
 
 
 class GD_OT_cancel_job(bpy.types.Operator):

@@ -849,8 +849,9 @@ def test_install_and_download_find_the_user_folder_on_the_main_thread(
 
 def test_download_has_no_http_code_of_its_own():
     """All HTTP (timeouts, caps, cancel) lives in engine/download.py."""
-    source = (Path(__file__).parents[1] / "gd_blender_addon" / "operators.py").read_text()
-    assert "requests" not in source and "urllib" not in source
+    for name in ("operators.py", "setup_jobs.py"):  # the operator, its worker
+        source = (Path(__file__).parents[1] / "gd_blender_addon" / name).read_text()
+        assert "requests" not in source and "urllib" not in source
 
 
 def test_download_checksum_mismatch(scene, prefs, tmp_path, monkeypatch):

@@ -50,8 +50,9 @@ def test_package_layout(package):
     required = ["blender_manifest.toml", "_vendor/engine/__init__.py",
                 "_vendor/engine/models/__init__.py", "_vendor/engine/download.py"]  # fmt: skip
     required += [f"{m}.py" for m in ("__init__", "operators", "modal", "panels", "preferences",
-                                     "properties", "dependencies", "jobs", "camera_capture",
-                                     "photos", "pointcloud", "display", "splat_files")]  # fmt: skip
+                                     "properties", "dependencies", "jobs", "setup_jobs",
+                                     "camera_capture", "photos", "pointcloud", "display",
+                                     "splat_files")]  # fmt: skip
     for name in required:
         assert name in names, name
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
