@@ -183,6 +183,10 @@ def test_panel_and_preferences_draw(monkeypatch):
         from gd_blender_addon.panels import VIEW3D_PT_gd_splat
 
         prefs = bpy.context.preferences.addons["gd_blender_addon"].preferences
+        # The panel's hints follow the selection: start from none, whatever earlier tests
+        # in this Blender session left selected.
+        for obj in bpy.context.view_layer.objects:
+            obj.select_set(False)
         for torch_ok in (True, False):
             monkeypatch.setattr(dependencies, "torch_available", lambda ok=torch_ok: ok)
             log: list[str] = []
