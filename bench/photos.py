@@ -54,7 +54,7 @@ NOTES_MARKER = "<!-- notes below are hand-written and kept when the benchmark re
 def _scores(model, views, targets) -> tuple[float, float, torch.Tensor]:
     """(full-image PSNR, object PSNR, renders (T, H, W, 3)) of a reconstruction from
     `views`, on `targets`."""
-    rec = model.reconstruct(views.images, views.cameras)
+    rec = model.reconstruct(views.rgba(), views.cameras)
     white = torch.ones(3)
     with torch.no_grad():
         out = render(rec.gaussians, targets.cameras.to(dtype=torch.float32), background=white)

@@ -73,7 +73,7 @@ def _load(weights: str, threads: int):
     model = resolve_model(weights, device="cpu")
     props = sorted(p for p in SAMPLES.iterdir() if (p / "transforms_input.json").is_file())
     views = [load_nerf_scene(p / "transforms_input.json") for p in props]
-    return model, [(p.name, v.images, v.cameras) for p, v in zip(props, views, strict=True)]
+    return model, [(p.name, v.rgba(), v.cameras) for p, v in zip(props, views, strict=True)]
 
 
 def measure(weights: str, repeats: int, threads: int) -> dict:

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         mask = object_mask(targets.alphas)
         t0 = time.perf_counter()
         chosen = farthest_point_views(inputs.cameras, model.max_views)
-        rec = model.reconstruct(inputs.images[chosen], inputs.cameras[chosen])
+        rec = model.reconstruct(inputs.rgba()[chosen], inputs.cameras[chosen])
         model_s = time.perf_counter() - t0
         starts = {"fine": rec.gaussians, "coarse": rec.coarse}
         if "hull" in args.starts:

@@ -87,7 +87,7 @@ def run_demo(model: Any, sample: Path = SAMPLE) -> DemoResult:
 
     inputs = load_nerf_scene(sample / "transforms_input.json")
     targets = load_nerf_scene(sample / "transforms_target.json")
-    rec = model.reconstruct(inputs.images, inputs.cameras)
+    rec = model.reconstruct(inputs.rgba(), inputs.cameras)
 
     device = model.device
     cams = targets.cameras.to(device=device, dtype=torch.float32)

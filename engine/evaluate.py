@@ -56,9 +56,8 @@ from .data.datasets import PropsDataset
 from .data.layout import SPLITS, read_manifest, write_json_atomic
 from .gaussians import Gaussians
 from .hashing import sha256_file
-from .images import resize_views
+from .images import resize_views, straight_rgba
 from .metrics import lpips_or_none, psnr, ssim
-from .models.silhouette import views_with_alpha
 from .plots import histogram_stats, image_strip, plot_histograms
 from .render import render
 
@@ -364,7 +363,7 @@ def evaluate_object(
     size = int(getattr(model, "view_size", model.image_size))
     # RGBA, as the add-on's captures are: a model that reads silhouettes gets them, the
     # others composite on white and see the same pixels as before.
-    rgba = views_with_alpha(item["input_images"].float(), item["input_alphas"].float())
+    rgba = straight_rgba(item["input_images"].float(), item["input_alphas"].float())
     images, cameras = resize_views(rgba, item["input_cameras"], size)
     _sync(device)
     t0 = time.perf_counter()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
@@ -37,6 +38,21 @@ def resize_views(
     else:
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).contiguous(), cameras.scaled(width, height)
+
+
+def straight_rgba(
+    images: Tensor, alphas: Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+) -> Tensor:
+    """Undo compositing: views on `background` (V, H, W, 3) and their alphas (V, H, W) ->
+    straight RGBA (V, H, W, 4), so a model given it composites once, on its own background.
+    Where alpha is ~0 the colour is unknown and set to the background."""
+    a = alphas[..., None].to(images.dtype)
+    bg = images.new_tensor(background).expand_as(images)
+    # Non-finite pixels stay non-finite where the colour is unknown, so the model's input
+    # checks still see them.
+    unknown = torch.where(torch.isfinite(images), bg, images)
+    straight = torch.where(a > 1e-3, (images - bg * (1 - a)) / a.clamp_min(1e-3), unknown)
+    return torch.cat([straight.clamp(0.0, 1.0), a], -1)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 
 from .cli_args import parse_background, positive_float, positive_int
+from .data.images import WHITE
 from .devices import DEVICE_CHOICES, resolve_device
-
-WHITE = (1.0, 1.0, 1.0)
 
 HELP = """\
 Reconstruct a prop as 3D Gaussians from posed views: a NeRF-style transforms.json
@@ -197,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
         from .refine import farthest_point_views
 
         model_views = farthest_point_views(views.cameras, max_views)
+    # Straight RGBA on white: a model that reads silhouettes gets the alphas (or masks).
+    inputs = views.rgba() if views.background == WHITE else views.images
     rec = model.reconstruct(
-        views.images[model_views], views.cameras[model_views], bbox=args.bbox,
+        inputs[model_views], views.cameras[model_views], bbox=args.bbox,
         densify=args.densify, budget=args.budget,
     )  # fmt: skip
     gaussians = rec.gaussians

@@ -29,6 +29,7 @@ from torch import Tensor
 from .camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 from .cameras import Cameras
 from .data.images import WHITE, composite, image_size, read_rgba
+from .images import straight_rgba
 
 __all__ = [
     "COLMAP_IMAGE_DIRS",
@@ -60,6 +61,7 @@ class ViewSet:
         paths: the V image files.
         masks: where the alphas came from when a mask mode chose them
             (`engine.data.masks.Masks`: source, coverage, cross-view consistency), else None.
+        background: the colour `images` are composited on.
     """
 
     images: Tensor
@@ -67,6 +69,12 @@ class ViewSet:
     cameras: Cameras
     paths: list[Path]
     masks: Any = None
+    background: tuple[float, float, float] = WHITE
+
+    def rgba(self) -> Tensor:
+        """(V, H, W, 4) straight RGBA: what a model that reads silhouettes wants (the
+        object model composites it on white itself); all-opaque views stay all-opaque."""
+        return straight_rgba(self.images, self.alphas, self.background)
 
 
 @dataclass
@@ -228,6 +236,7 @@ def load_views(
         engine.data.masks.MaskError: (a ValueError) the masks are missing or implausible.
     """
     paths = check_views(paths, cameras, resize)
+    bg = tuple(float(c) for c in background)
     target = reduced_size(cameras.width, cameras.height, max_side)
     if target != (cameras.width, cameras.height):
         cameras = cameras.scaled(*target)
@@ -240,9 +249,10 @@ def load_views(
         tensor = torch.from_numpy(rgba)
         found = resolve_masks(tensor, cameras, masks, mask_paths)
         images = composite_masked(tensor, found, background)
-        return ViewSet(images, found.alphas.contiguous(), cameras, paths, found)
+        return ViewSet(images, found.alphas.contiguous(), cameras, paths, found, bg)
     images = torch.from_numpy(composite(rgba, background))
-    return ViewSet(images, torch.from_numpy(np.ascontiguousarray(rgba[..., 3])), cameras, paths)
+    alphas = torch.from_numpy(np.ascontiguousarray(rgba[..., 3]))
+    return ViewSet(images, alphas, cameras, paths, None, bg)
 
 
 def load_nerf_scene(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from engine.cameras import Cameras
+from engine.images import straight_rgba
 from engine.models.silhouette import (
     alphas_from_views,
     dilate_alphas,
     hull_occupancy,
     silhouette_gate,
-    views_with_alpha,
 )
 
 
@@ -21,15 +21,18 @@ def _camera_on_z(size: int = 16) -> Cameras:
     return Cameras(w2c[None], float(size), float(size), size / 2, size / 2, size, size)
 
 
-def test_views_with_alpha_inverts_compositing_on_white():
+def test_straight_rgba_inverts_compositing():
     gen = torch.Generator().manual_seed(0)
     straight = torch.rand(2, 8, 8, 3, generator=gen)
     alpha = torch.rand(2, 8, 8, generator=gen)
     on_white = straight * alpha[..., None] + (1 - alpha[..., None])
-    rgba = views_with_alpha(on_white, alpha)
+    rgba = straight_rgba(on_white, alpha)
     rgb, a = alphas_from_views(rgba)
     torch.testing.assert_close(rgb, on_white)
     torch.testing.assert_close(a, alpha)
+    grey = (0.2, 0.4, 0.6)
+    on_grey = straight * alpha[..., None] + torch.tensor(grey) * (1 - alpha[..., None])
+    torch.testing.assert_close(straight_rgba(on_grey, alpha, grey), rgba, atol=1e-5, rtol=0)
     # RGB views carry no silhouette: alpha one everywhere.
     rgb_only, ones = alphas_from_views(on_white)
     assert rgb_only is on_white and bool((ones == 1).all())

@@ -107,13 +107,3 @@ def alphas_from_views(images: Tensor) -> tuple[Tensor, Tensor]:
         return rgb, alpha
     return images, torch.ones_like(images[..., 0])
 
-
-def views_with_alpha(images: Tensor, alphas: Tensor) -> Tensor:
-    """Inverse of `alphas_from_views`: views on white (V, H, W, 3) and their alphas
-    (V, H, W) -> straight RGBA (V, H, W, 4), so a model given it composites on white once.
-    Where alpha is ~0 the colour is unknown and set to white."""
-    a = alphas[..., None]
-    straight = torch.where(
-        a > 1e-3, (images - (1 - a)) / a.clamp_min(1e-3), torch.ones_like(images)
-    )
-    return torch.cat([straight.clamp(0.0, 1.0), a], -1)
