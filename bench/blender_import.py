@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_and_memory  # bench/ is the script's own folder
+from machine import cpu_and_memory, peak_rss_mb  # bench/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "blender_import.md"
@@ -56,14 +56,6 @@ def make_gaussians(n: int, degree: int):
         opacity_logits=torch.randn(n, generator=gen),
         sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen) * 0.2,
     )
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(n: int, degree: int, repeats: int) -> dict:

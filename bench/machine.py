@@ -19,3 +19,17 @@ def cpu_and_memory() -> tuple[str, str]:
     except (OSError, ValueError, IndexError):
         mem = ""
     return cpu, mem
+
+
+def status_mb(field: str) -> float:
+    """A memory line of /proc/self/status ("VmRSS", "VmHWM", ...) in MiB; NaN when absent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MiB."""
+    return status_mb("VmHWM")

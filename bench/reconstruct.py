@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_and_memory  # bench/ is the script's own folder
+from machine import cpu_and_memory, status_mb  # bench/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "reconstruct.md"
@@ -48,14 +48,6 @@ NOTES_MARKER = "<!-- notes below are hand-written and kept when the benchmark re
 
 
 # ---------------------------------------------------------------------------- child side
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -80,9 +72,9 @@ def measure(weights: str, repeats: int, threads: int) -> dict:
     """Timings of coarse-only and full reconstructions of every sample prop."""
     import torch
 
-    base_rss = _status_mb("VmRSS")
+    base_rss = status_mb("VmRSS")
     model, props = _load(weights, threads)
-    loaded_rss = _status_mb("VmRSS")
+    loaded_rss = status_mb("VmRSS")
     # Warm-up (excluded): one full and one coarse-only reconstruction of the first prop.
     _, images, cameras = props[0]
     model.reconstruct(images, cameras)
@@ -113,7 +105,7 @@ def measure(weights: str, repeats: int, threads: int) -> dict:
         rows.append(row)
     return {
         "rows": rows,
-        "peak_rss_mb": _status_mb("VmHWM"),
+        "peak_rss_mb": status_mb("VmHWM"),
         "base_rss_mb": base_rss,
         "loaded_rss_mb": loaded_rss,
         "threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_and_memory  # bench/ is the script's own folder
+from machine import cpu_and_memory, peak_rss_mb  # bench/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "render.md"
@@ -46,14 +46,6 @@ def make_scene(n: int, res: int, cams: int, device: str):
     eyes = torch.stack([2.5 * torch.cos(angles), 2.5 * torch.sin(angles), 0.3 + 0 * angles], -1)
     cameras = Cameras.look_at(eyes, torch.zeros_like(eyes), fov_x_deg=39.6, width=res, height=res)
     return g, cameras.to(device=device, dtype=torch.float32)
-
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def measure(n: int, res: int, cams: int, backend: str, device: str, repeats: int) -> dict:
