@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from .atomic import write_atomic
 from .cameras import Cameras
 from .devices import resolve_device
-from .gaussians import Gaussians
 from .images import resize_views
 from .metrics import ms_ssim, psnr
 from .models.config import ObjectModelConfig, get_model_config
@@ -116,28 +115,22 @@ def compute_loss(
             gt, cams = resize_views(gt, cams, cfg.render_size)
         gt, gt_alpha = gt[..., :3], gt[..., 3]
         stats["coarse_count"] += len(out.coarse)
+        sets = []
         # A frozen backbone's render has no gradient to give: skip it (validation still
         # scores the coarse set).
         if out.coarse.means.requires_grad:
-            drawn = render(out.coarse, cams, background=bg)
-            coarse = drawn.colors
-            lc = image_loss(coarse, gt, cfg.ms_ssim_weight)
-            if cfg.alpha_weight:
-                lc = lc + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
-            total = total + lc
-            stats["coarse"] += float(lc.detach())
-            stats["psnr_coarse"] += float(psnr(coarse.detach(), gt).mean())
+            sets.append(("coarse", out.coarse))
         if out.densified is not None:
-            merged: Gaussians = out.densified.merged.gaussians
-            drawn = render(merged, cams, background=bg)
-            fine = drawn.colors
-            lf = image_loss(fine, gt, cfg.ms_ssim_weight)
+            sets.append(("fine", out.densified.merged.gaussians))
+            stats["fine_count"] += len(out.densified.merged.gaussians)
+        for name, gaussians in sets:
+            drawn = render(gaussians, cams, background=bg)
+            loss = image_loss(drawn.colors, gt, cfg.ms_ssim_weight)
             if cfg.alpha_weight:
-                lf = lf + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
-            total = total + lf
-            stats["fine"] += float(lf.detach())
-            stats["psnr_fine"] += float(psnr(fine.detach(), gt).mean())
-            stats["fine_count"] += len(merged)
+                loss = loss + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
+            total = total + loss
+            stats[name] += float(loss.detach())
+            stats[f"psnr_{name}"] += float(psnr(drawn.colors.detach(), gt).mean())
     n = len(samples)
     return LossTerms(
         total / n, stats["coarse"] / n, stats["fine"] / n,
