@@ -20,7 +20,6 @@ h5py is needed only for Gobjaverse (`pip install h5py`, in the `data` extra).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from engine.views import ViewSet, load_views
 
 from .datasets import training_sample
 from .images import WHITE, composite, image_size
+from .layout import read_json
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -140,14 +140,7 @@ def read_gso_scene(folder: str | os.PathLike) -> tuple[Cameras, list[Path]]:
     """Cameras and image paths of one GSO object folder in LaRa's layout."""
     folder = Path(folder)
     path = folder / "transforms.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: transforms file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: malformed JSON ({err})") from None
-    except RecursionError:  # the parser recurses once a nesting level
-        raise ValueError(f"{path}: malformed JSON (nested too deeply)") from None
+    data = read_json(path)
     frames = data.get("frames") if isinstance(data, dict) else None
     if not isinstance(frames, list) or not frames:
         raise ValueError(f"{path}: needs a non-empty 'frames' list")
