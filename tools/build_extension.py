@@ -15,12 +15,13 @@ runs it, no Blender binary needed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from engine.data.procedural.assets import bpy_wheel_path  # the engine is installed in the venv
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "*.egg-info")
@@ -31,14 +32,10 @@ ENGINE_EXCLUDE = ("data/procedural",)
 
 def find_blender_ext() -> Path:
     """blender_ext.py from the bpy wheel's bundled scripts."""
-    spec = importlib.util.find_spec("bpy")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("cannot find the bpy wheel; pass --blender-ext PATH/blender_ext.py")
-    base = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(base.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
-    if not found:
-        raise SystemExit(f"no blender_ext.py under {base}; pass --blender-ext")
-    return found[-1]
+    try:
+        return bpy_wheel_path("*/scripts/addons_core/bl_pkg/cli/blender_ext.py")
+    except FileNotFoundError as err:
+        raise SystemExit(f"{err}; pass --blender-ext PATH/blender_ext.py") from None
 
 
 def stage(dest: Path) -> Path:

@@ -22,17 +22,24 @@ PHOTOS: tuple[str, ...] = (
 FONTS: tuple[str, ...] = ("Inter.woff2", "DejaVuSansMono.woff2", "Noto Sans CJK Regular.woff2")
 
 
-@functools.lru_cache(maxsize=1)
-def blender_datafiles() -> Path:
-    """`.../bpy/<version>/datafiles` of the installed bpy wheel, found without importing it."""
+def bpy_wheel_path(pattern: str) -> Path:
+    """The last (newest version's) match of the glob `pattern` inside the installed bpy
+    wheel's package folder, found without importing bpy. FileNotFoundError names what is
+    missing: the wheel, or a match under it."""
     spec = importlib.util.find_spec("bpy")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the bpy wheel is not installed (pip install bpy==5.0.1)")
     root = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(root.glob("*/datafiles"))
+    found = sorted(root.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"no datafiles folder under {root}")
+        raise FileNotFoundError(f"no {pattern} under {root}")
     return found[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def blender_datafiles() -> Path:
+    """`.../bpy/<version>/datafiles` of the installed bpy wheel, found without importing it."""
+    return bpy_wheel_path("*/datafiles")
 
 
 def hdri_names() -> list[str]:
