@@ -25,7 +25,7 @@ from torch import Tensor
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .numba_cache import configure
-from .projection import ALPHA_THRESHOLD, Projection
+from .projection import ALPHA_THRESHOLD, EPS_2D, Projection
 from .sh import C0, C1, C2, C3
 
 # Compiled code is cached where numba_cache chooses (off where nothing is writable).
@@ -130,6 +130,31 @@ def _rotation(quats, i, rot):  # pragma: no cover
     return qn
 
 
+@njit(cache=CACHE, nogil=True, inline="always")
+def _view_point(w, mx, my, mz, near, far):  # pragma: no cover
+    """Camera-space (x, y, z) of a mean under world-to-camera `w`, whether z lies in
+    (near, far), the depth used for division (z, else 1.0) and its inverse; shared by the
+    forward and backward kernels (inlined, so no call in their loops)."""
+    x = w[0, 0] * mx + w[0, 1] * my + w[0, 2] * mz + w[0, 3]
+    y = w[1, 0] * mx + w[1, 1] * my + w[1, 2] * mz + w[1, 3]
+    z = w[2, 0] * mx + w[2, 1] * my + w[2, 2] * mz + w[2, 3]
+    in_depth = near < z < far
+    zs = z if in_depth else 1.0
+    return x, y, z, in_depth, zs, 1.0 / zs
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _blurred_det(a, b, c2, eps2d):  # pragma: no cover
+    """The 2D covariance [[a, b], [b, c2]] with eps2d added to its diagonal: (a, c2, its
+    determinant, whether that is positive, the determinant used for division (else 1.0));
+    shared by the forward and backward kernels (inlined)."""
+    a += eps2d
+    c2 += eps2d
+    det = a * c2 - b * b
+    ok_det = det > 0.0
+    return a, c2, det, ok_det, det if ok_det else 1.0
+
+
 @njit(cache=CACHE, parallel=True, nogil=True)
 def _project_forward(
     means, log_scales, quats, opacity_logits, sh, viewmats, intr, centers, width, height,
@@ -152,12 +177,7 @@ def _project_forward(
         for cam in range(n_cams):
             w = viewmats[cam]
             fx, fy, cx, cy = intr[cam, 0], intr[cam, 1], intr[cam, 2], intr[cam, 3]
-            x = w[0, 0] * mx + w[0, 1] * my + w[0, 2] * mz + w[0, 3]
-            y = w[1, 0] * mx + w[1, 1] * my + w[1, 2] * mz + w[1, 3]
-            z = w[2, 0] * mx + w[2, 1] * my + w[2, 2] * mz + w[2, 3]
-            in_depth = near < z < far
-            zs = z if in_depth else 1.0
-            inv_z = 1.0 / zs
+            x, y, z, in_depth, zs, inv_z = _view_point(w, mx, my, mz, near, far)
             tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
             rx = min(max(x * inv_z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
             ry = min(max(y * inv_z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
@@ -173,11 +193,7 @@ def _project_forward(
                 a += t0 * t0
                 b += t0 * t1
                 c2 += t1 * t1
-            a += eps2d
-            c2 += eps2d
-            det = a * c2 - b * b
-            ok_det = det > 0.0
-            dets = det if ok_det else 1.0
+            a, c2, det, ok_det, dets = _blurred_det(a, b, c2, eps2d)
             out_conics[cam, i, 0] = c2 / dets
             out_conics[cam, i, 1] = -b / dets
             out_conics[cam, i, 2] = a / dets
@@ -238,12 +254,7 @@ def _project_backward(
         for cam in range(n_cams):
             w = viewmats[cam]
             fx, fy, cx, cy = intr[cam, 0], intr[cam, 1], intr[cam, 2], intr[cam, 3]
-            x = w[0, 0] * mx + w[0, 1] * my + w[0, 2] * mz + w[0, 3]
-            y = w[1, 0] * mx + w[1, 1] * my + w[1, 2] * mz + w[1, 3]
-            z = w[2, 0] * mx + w[2, 1] * my + w[2, 2] * mz + w[2, 3]
-            in_depth = near < z < far
-            zs = z if in_depth else 1.0
-            inv_z = 1.0 / zs
+            x, y, z, in_depth, zs, inv_z = _view_point(w, mx, my, mz, near, far)
             tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
             lo_x, hi_x = -(cx / fx + 0.3 * tan_x), (width - cx) / fx + 0.3 * tan_x
             lo_y, hi_y = -(cy / fy + 0.3 * tan_y), (height - cy) / fy + 0.3 * tan_y
@@ -263,11 +274,7 @@ def _project_backward(
                 a += s0 * s0
                 b += s0 * s1
                 c2 += s1 * s1
-            a += eps2d
-            c2 += eps2d
-            det = a * c2 - b * b
-            ok_det = det > 0.0
-            dets = det if ok_det else 1.0
+            a, c2, det, ok_det, dets = _blurred_det(a, b, c2, eps2d)
             k2 = 2.0 * max(thresh, 0.0)
             ex, ey = math.sqrt(k2 * a), math.sqrt(k2 * c2)
             u = fx * x * inv_z + cx
@@ -445,7 +452,7 @@ def project_numba(
     sh_degree: int | None = None,
     near: float = 0.01,
     far: float = 1e10,
-    eps2d: float = 0.3,
+    eps2d: float = EPS_2D,
 ) -> Projection:
     """`projection.project` on the CPU with numba kernels (same arguments and result)."""
     dtype = gaussians.dtype
