@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,27 +71,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_sh_degree(text: str | None) -> int | None:
+def _parse_number(
+    text: str | None,
+    flag: str,
+    convert: Callable[[str], float],
+    ok: Callable[[float], bool],
+    expected: str,
+) -> Any:
+    """None for an absent flag, else `convert(text)` where that parses and passes `ok`;
+    otherwise ValueError "FLAG must be EXPECTED, got TEXT"."""
     if text is None:
         return None
     try:
-        degree = int(text)
+        value = convert(text)
     except ValueError:
-        degree = -1
-    if not 0 <= degree <= MAX_SH_DEGREE:
-        raise ValueError(f"--sh-degree must be an integer in 0..{MAX_SH_DEGREE}, got {text!r}")
-    return degree
-
-
-def _parse_min_opacity(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"--min-opacity must be a number in [0, 1), got {text!r}")
+        value = math.nan  # fails every range check
+    if not ok(value):
+        raise ValueError(f"{flag} must be {expected}, got {text!r}")
     return value
 
 
@@ -124,8 +122,11 @@ def _vec(t: torch.Tensor) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # Check every flag and both paths' suffixes before reading or writing anything.
-    sh_degree = _parse_sh_degree(args.sh_degree)
-    min_opacity = _parse_min_opacity(args.min_opacity)
+    sh_degree = _parse_number(args.sh_degree, "--sh-degree", int,
+                              lambda d: 0 <= d <= MAX_SH_DEGREE,
+                              f"an integer in 0..{MAX_SH_DEGREE}")  # fmt: skip
+    min_opacity = _parse_number(args.min_opacity, "--min-opacity", float,
+                                lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")  # fmt: skip
     crop = _parse_crop(args.crop)
     format_for(args.input)
     format_for(args.output)
