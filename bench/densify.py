@@ -267,41 +267,40 @@ def _attribution(config: str, sizes: list[int]) -> str:
             raise RuntimeError(f"attribution child failed:\n{proc.stdout}\n{proc.stderr}")
         res[n] = json.loads(line[7:])
     ta, tb = sum(res[a].values()), sum(res[b].values())
-    lines = [
-        f"| operator group | {a:,} (s) | {b:,} (s) | ratio | share at {b:,} "
-        f"| excess over linear (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    cells = []
     for name in sorted(res[b], key=lambda k: -res[b][k]):
         sa, sb = res[a][name], res[b][name]
         ratio = f"{sb / sa:.1f}" if sa > 0 else "-"
-        lines.append(f"| {name} | {sa:.3f} | {sb:.3f} | {ratio} | {100 * sb / tb:.1f}% | "
-                     f"{sb - b / a * sa:+.3f} |")
-    lines.append(f"| **total** | {ta:.3f} | {tb:.3f} | {tb / ta:.1f} | 100% | "
-                 f"{tb - b / a * ta:+.3f} |")
-    return "\n".join(lines)
+        cells.append([name, f"{sa:.3f}", f"{sb:.3f}", ratio, f"{100 * sb / tb:.1f}%",
+                      f"{sb - b / a * sa:+.3f}"])  # fmt: skip
+    cells.append(["**total**", f"{ta:.3f}", f"{tb:.3f}", f"{tb / ta:.1f}", "100%",
+                  f"{tb - b / a * ta:+.3f}"])  # fmt: skip
+    header = ["operator group", f"{a:,} (s)", f"{b:,} (s)", "ratio", f"share at {b:,}",
+              "excess over linear (s)"]  # fmt: skip
+    return _markdown(header, "lrrrrr", cells)
+
+
+def _markdown(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A Markdown table: `align` has one letter a column, l (left) or r (right)."""
+    rule = "|" + "|".join("---:" if c == "r" else "---" for c in align) + "|"
+    lines = ["| " + " | ".join(cells) + " |" for cells in [header, *rows]]
+    return "\n".join([lines[0], rule, *lines[1:]])
 
 
 def _table(rows: list[dict]) -> str:
-    lines = [
-        "| device | setting | mode | candidates | fine Gaussians | wall (s) | user CPU (s) "
-        "| system CPU (s) | peak memory (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    cells = []
     for r in rows:
         mem = "-" if r["peak_bytes"] < 0 else f"{r['peak_bytes'] / 2**20:.0f}"
-        lines.append(f"| {r['device']} | {r['variant']} | {r['mode']} | {r['n']:,} | "
-                     f"{r['fine']:,} | {r['seconds']:.3f} | {r['user_seconds']:.3f} | "
-                     f"{r['sys_seconds']:.3f} | {mem} |")
-    return "\n".join(lines)
+        cells.append([r["device"], r["variant"], r["mode"], f"{r['n']:,}", f"{r['fine']:,}",
+                      f"{r['seconds']:.3f}", f"{r['user_seconds']:.3f}",
+                      f"{r['sys_seconds']:.3f}", mem])  # fmt: skip
+    header = ["device", "setting", "mode", "candidates", "fine Gaussians", "wall (s)",
+              "user CPU (s)", "system CPU (s)", "peak memory (MiB)"]  # fmt: skip
+    return _markdown(header, "lllrrrrrr", cells)
 
 
 def _growth(rows: list[dict]) -> str:
-    lines = [
-        "| device | setting | mode | sizes | wall ratio | user-CPU ratio | memory ratio "
-        "| all within 12x |",
-        "|---|---|---|---|---:|---:|---:|---|",
-    ]
+    cells = []
     key = lambda r: (r["device"], r["variant"], r["mode"])  # noqa: E731
     for k in dict.fromkeys(key(r) for r in rows):
         rs = sorted((r for r in rows if key(r) == k), key=lambda r: r["n"])
@@ -313,9 +312,11 @@ def _growth(rows: list[dict]) -> str:
             limit = 1.2 * b["n"] / a["n"]
             ratios = [wall, user] + ([b["peak_bytes"] / a["peak_bytes"]] if ok else [])
             verdict = "yes" if max(ratios) <= limit else "no"
-            lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {a['n']:,} -> {b['n']:,} | "
-                         f"{wall:.2f} | {user:.2f} | {mem} | {verdict} |")
-    return "\n".join(lines)
+            cells.append([*k, f"{a['n']:,} -> {b['n']:,}", f"{wall:.2f}", f"{user:.2f}", mem,
+                          verdict])  # fmt: skip
+    header = ["device", "setting", "mode", "sizes", "wall ratio", "user-CPU ratio",
+              "memory ratio", "all within 12x"]  # fmt: skip
+    return _markdown(header, "llllrrrl", cells)
 
 
 def main() -> None:
