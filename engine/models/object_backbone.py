@@ -30,7 +30,7 @@ from .config import BackboneConfig
 from .silhouette import (
     dilate_alphas,
     gate_opacities,
-    hull_occupancy,
+    hull_from_samples,
     sample_alphas,
     silhouette_gate,
 )
@@ -265,9 +265,9 @@ class ObjectBackbone(nn.Module):
             for bi, cams in enumerate(cameras):
                 cams = cams.to(device=device)
                 a, framed = sample_alphas(centres, alphas[bi], cams)
+                hull.append(hull_from_samples(a, framed))  # (G, 2)
                 a = torch.where(framed, a, torch.zeros_like(a))  # unframed: nothing seen
                 sampled.append(a.T[..., None])  # (G, V, 1)
-                hull.append(hull_occupancy(centres, alphas[bi], cams))  # (G, 2)
             tok = tok + self.alpha_token(torch.stack(sampled).to(tok.dtype))
         volume = self._aggregate(tok, ok, centres)  # (B, G, D)
         if hull is not None:

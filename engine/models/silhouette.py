@@ -64,7 +64,12 @@ def hull_occupancy(points: Tensor, alphas: Tensor, cameras: Cameras) -> Tensor:
     background); the mean says how many views agree. Points no view frames get [1, 1]:
     nothing says they are empty.
     """
-    alpha, framed = sample_alphas(points, alphas, cameras)
+    return hull_from_samples(*sample_alphas(points, alphas, cameras))
+
+
+def hull_from_samples(alpha: Tensor, framed: Tensor) -> Tensor:
+    """`hull_occupancy` from `sample_alphas`' (V, N) alpha and framed -> (N, 2), for callers
+    that also use the samples themselves."""
     ones = torch.ones_like(alpha)
     low = torch.where(framed, alpha, ones).amin(0)
     count = framed.sum(0).clamp_min(1)
