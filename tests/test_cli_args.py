@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.cli_args import float_range, int_range, name_list, nonnegative_int, positive_int
+from engine.cli_args import (
+    count_range,
+    float_range,
+    int_range,
+    name_list,
+    nonnegative_int,
+    positive_int,
+)
 from engine.data.make import MakeConfig, make_dataset
 
 # (sub-command words, flag, bad value); OUT is replaced by a path that must not appear.
@@ -105,6 +112,20 @@ def test_checkers_messages() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="out of a, b"):
         name_list(["a", "b"])("a,c")
     assert float_range(0.0, 1.0)("1") == 1.0
+
+
+def test_count_range_parses_counts_and_ranges_and_refuses_the_rest(tmp_path: Path, capsys) -> None:
+    assert count_range("4") == (4, 4)
+    assert count_range("2-8") == (2, 8)
+    for bad in ("0", "8-2", "a-b", "2-", "-3", "1-2-3", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="LOW-HIGH"):
+            count_range(bad)
+    # From the command line: one usage error, exit 2, no run folder.
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(out), "--rig-views", "8-2"])
+    assert exc.value.code == 2 and "--rig-views" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
