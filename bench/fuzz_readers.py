@@ -287,63 +287,74 @@ def _ply_header_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, 
     return head + body, what
 
 
-class PlyReader(Reader):
+class SplatFormatReader(Reader):
+    """One of engine.io's splat formats, `fmt`: seeds are what `write_<fmt>` makes of each
+    of SEED_SHAPES (n Gaussians of SH degree d) under each of `seed_names`; `read_<fmt>` is
+    the call under test and `error_name` its documented error. Looked up by name in the
+    worker, the one process that imports torch."""
+
+    fmt = ""
+    error_name = ""
+    seed_names: tuple[str, ...] = ()  # default: ("s" + suffix,)
+    record = False  # read_<fmt> returns a record holding `.gaussians`
+
+    def write_seed(self, write: Callable[..., Any], path: Path, n: int, degree: int) -> None:
+        write(path, _gaussians(n, degree, n))
+
+    def make_seeds(self) -> list[bytes]:
+        import engine.io
+
+        write = getattr(engine.io, f"write_{self.fmt}")
+        return [
+            _written(self.folder, name, lambda p, n=n, d=d: self.write_seed(write, p, n, d))
+            for n, d in SEED_SHAPES
+            for name in self.seed_names or ("s" + self.suffix,)
+        ]
+
+    def read(self, path: Path) -> Any:
+        import engine.io
+
+        self.error = getattr(engine.io, self.error_name)
+        result = getattr(engine.io, f"read_{self.fmt}")(path)
+        return result.gaussians if self.record else result
+
+
+class _PlyHeaders:
+    """Mixin for the PLY-based formats: 40% of the mutations edit the header's tokens."""
+
+    seeds: list[bytes]
+
+    def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
+        if rng.random() < 0.4:
+            return _ply_header_mutation(rng, self.seeds[int(rng.integers(len(self.seeds)))])
+        return super().mutate(rng)  # type: ignore[misc]
+
+
+class PlyReader(_PlyHeaders, SplatFormatReader):
     suffix = ".ply"
+    fmt, error_name, record = "ply", "PlyFormatError", True
 
     def make_seeds(self) -> list[bytes]:
         from engine.io import write_ply
 
-        seeds = [
-            _written(self.folder, "s.ply", lambda p, n=n, d=d: write_ply(p, _gaussians(n, d, n)))
-            for n, d in SEED_SHAPES
-        ]
         extra = {"level": np.arange(7, dtype=np.int32), "flag": np.ones(7, bool)}
-        seeds.append(
-            _written(self.folder, "s.ply", lambda p: write_ply(p, _gaussians(7, 1, 1), extra))
-        )
-        return seeds
-
-    def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
-        if rng.random() < 0.4:
-            return _ply_header_mutation(rng, self.seeds[int(rng.integers(len(self.seeds)))])
-        return super().mutate(rng)
-
-    def read(self, path: Path) -> Any:
-        from engine.io import PlyFormatError, read_ply
-
-        self.error = PlyFormatError
-        return read_ply(path).gaussians
-
-
-class CompressedPlyReader(Reader):
-    suffix = ".compressed.ply"
-
-    def make_seeds(self) -> list[bytes]:
-        from engine.io import write_compressed_ply
-
         return [
-            _written(
-                self.folder,
-                "s.compressed.ply",
-                lambda p, n=n, d=d: write_compressed_ply(p, _gaussians(n, d, n), sort=n % 2 == 0),
-            )
-            for n, d in SEED_SHAPES
+            *super().make_seeds(),
+            _written(self.folder, "s.ply", lambda p: write_ply(p, _gaussians(7, 1, 1), extra)),
         ]
 
-    def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
-        if rng.random() < 0.4:
-            return _ply_header_mutation(rng, self.seeds[int(rng.integers(len(self.seeds)))])
-        return super().mutate(rng)
 
-    def read(self, path: Path) -> Any:
-        from engine.io import CompressedPlyFormatError, read_compressed_ply
+class CompressedPlyReader(_PlyHeaders, SplatFormatReader):
+    suffix = ".compressed.ply"
+    fmt, error_name = "compressed_ply", "CompressedPlyFormatError"
 
-        self.error = CompressedPlyFormatError
-        return read_compressed_ply(path)
+    def write_seed(self, write: Callable[..., Any], path: Path, n: int, degree: int) -> None:
+        write(path, _gaussians(n, degree, n), sort=n % 2 == 0)
 
 
-class SpzReader(Reader):
+class SpzReader(SplatFormatReader):
     suffix = ".spz"
+    fmt, error_name, record = "spz", "SpzFormatError", True
 
     def make_seeds(self) -> list[bytes]:
         from engine.io import write_spz
@@ -413,43 +424,20 @@ class SpzReader(Reader):
         table = b"".join(struct.pack("<QQ", len(c), u) for c, u in zip(packed, sizes, strict=True))
         return bytes(head) + table + b"".join(packed), what
 
-    def read(self, path: Path) -> Any:
-        from engine.io import SpzFormatError, read_spz
 
-        self.error = SpzFormatError
-        return read_spz(path).gaussians
-
-
-class SplatReader(Reader):
+class SplatReader(SplatFormatReader):
     suffix = ".splat"
+    fmt, error_name = "splat", "SplatFormatError"
 
-    def make_seeds(self) -> list[bytes]:
-        from engine.io import write_splat
-
-        return [
-            _written(self.folder, "s.splat", lambda p, n=n: write_splat(p, _gaussians(n, 0, n)))
-            for n, _ in SEED_SHAPES
-        ]
-
-    def read(self, path: Path) -> Any:
-        from engine.io import SplatFormatError, read_splat
-
-        self.error = SplatFormatError
-        return read_splat(path)
+    def write_seed(self, write: Callable[..., Any], path: Path, n: int, degree: int) -> None:
+        write(path, _gaussians(n, 0, n))  # .splat holds SH degree 0 only
 
 
-class SogReader(Reader):
+class SogReader(SplatFormatReader):
     """The .sog bundle: meta.json trees, images replaced or mutated, the ZIP itself."""
 
     suffix = ".sog"
-
-    def make_seeds(self) -> list[bytes]:
-        from engine.io import write_sog
-
-        return [
-            _written(self.folder, "s.sog", lambda p, n=n, d=d: write_sog(p, _gaussians(n, d, n)))
-            for n, d in SEED_SHAPES
-        ]
+    fmt, error_name, record = "sog", "SogFormatError", True
 
     def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
         import io
@@ -487,12 +475,6 @@ class SogReader(Reader):
                 z.writestr(name, data)
         return out.getvalue(), what
 
-    def read(self, path: Path) -> Any:
-        from engine.io import SogFormatError, read_sog
-
-        self.error = SogFormatError
-        return read_sog(path).gaussians
-
 
 def _glb(doc: dict, blob: bytes) -> bytes:
     return _glb_text(json.dumps(doc).encode(), blob)
@@ -507,21 +489,15 @@ def _glb_text(text: bytes, blob: bytes) -> bytes:
     return header + text + struct.pack("<II", len(blob), 0x004E4942) + blob
 
 
-class GltfReader(Reader):
+class GltfReader(SplatFormatReader):
     """Both containers: .glb (binary chunk) and .gltf (base64 data URI: one file to
     mutate, rather than the sidecar .bin the writer makes by default), picked per case."""
 
     suffix = ".glb"
+    fmt, error_name, seed_names = "gltf", "GltfFormatError", ("s.glb", "s.gltf")
 
-    def make_seeds(self) -> list[bytes]:
-        from engine.io import write_gltf
-
-        return [
-            _written(self.folder, name,
-                     lambda p, n=n, d=d: write_gltf(p, _gaussians(n, d, n), embed=True))
-            for n, d in SEED_SHAPES
-            for name in ("s.glb", "s.gltf")
-        ]  # fmt: skip
+    def write_seed(self, write: Callable[..., Any], path: Path, n: int, degree: int) -> None:
+        write(path, _gaussians(n, degree, n), embed=True)
 
     def mutate(self, rng: np.random.Generator) -> tuple[bytes, str]:
         seed = self.seeds[int(rng.integers(len(self.seeds)))]
@@ -557,12 +533,6 @@ class GltfReader(Reader):
         if len(text) > 1 << 22:  # repeated lists can grow past what is useful to test
             return text[: 1 << 22], "; ".join(what) + " (cut)"
         return (_glb(doc, blob) if binary else text), "; ".join(what)
-
-    def read(self, path: Path) -> Any:
-        from engine.io import GltfFormatError, read_gltf
-
-        self.error = GltfFormatError
-        return read_gltf(path)
 
 
 class TransformsReader(Reader):
