@@ -95,6 +95,14 @@ def blocked_by_job() -> str | None:
     return f"Busy: {job.name} is running (Esc or Cancel stops it)" if job else None
 
 
+def engine_blocker() -> str | None:
+    """Why no engine job can start now (PyTorch missing, another job running), or None:
+    what every scene job's blocker checks first."""
+    if not dependencies.torch_available():
+        return MISSING_TORCH
+    return blocked_by_job()
+
+
 # ---------------------------------------------------------------------------- the driver
 def is_interactive(context: bpy.types.Context) -> bool:
     """Whether an event loop will drive a modal operator: not `bpy.app.background` (timers
@@ -314,13 +322,27 @@ class JobOperator:
 
 # ---------------------------------------------------------------------------- scene jobs
 class SceneJobOperator(JobOperator):
-    """A job on the scene with the preferences' model: one engine job at a time; the
-    tooltip says why it is disabled."""
+    """A job on the scene with the preferences' model: one engine job at a time, PyTorch
+    needed; the tooltip says why it is disabled."""
 
+    bl_options = {"UNDO"}  # not REGISTER: see operators.py's module docstring
     # staticmethod(context) -> why the operator cannot run, or a falsy value.
     blocker = None
     _model: Any = None
     _size = 0
+
+    def _begin(self, context: bpy.types.Context) -> None:
+        reason = engine_blocker()  # again: scripts run operators without the panel's check
+        if reason:
+            raise UserError(reason)
+        super()._begin(context)
+
+    def hold_in_object_mode(self, obj: bpy.types.Object) -> None:
+        """Work on splat object `obj` in Object Mode (Edit Mode keeps its selection in edit
+        data; Object Mode writes it back); `cleanup` puts it back in the mode it was in."""
+        self._obj, self._mode = obj, obj.mode
+        if obj.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
 
     def cleanup(self, context: bpy.types.Context) -> None:
         """Remove the captures' temporary folder (`_tmp`), put the splat object (`_obj`)

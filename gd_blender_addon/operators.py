@@ -5,9 +5,9 @@ blocking loop, progress, Esc, the model stage), jobs.py (the worker thread), rig
 camera rig), refine_job.py / densify_job.py / setup_jobs.py (worker jobs), results.py
 (landing a result), render_setup.py (Cycles settings for splats).
 
-Reconstruct and Densify are UNDO but not REGISTER: Adjust Last Operation (the redo panel,
-F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would re-run a whole
-job synchronously. UNDO still has Blender push one undo step when the result has landed.
+The scene jobs (modal.SceneJobOperator) are UNDO but not REGISTER: Adjust Last Operation
+(the redo panel, F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would
+re-run a whole job synchronously. UNDO still has Blender push one undo step when the result has landed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from . import dependencies, jobs
 from .camera_capture import CaptureError, camera_record, check_camera, render_view_hiding, to_local
 from .densify_job import densify_with_views, densify_work, lineage
 from .errors import UserError
-from .modal import JobOperator, SceneJobOperator, blocked_by_job, clear_models
+from .modal import JobOperator, SceneJobOperator, clear_models, engine_blocker
 from .preferences import MISSING_TORCH, get_prefs
 from .refine_job import RefineSettings, reconstruct_report
 from .results import land_reconstruction, stored_views
@@ -54,11 +54,9 @@ def is_splat(obj: bpy.types.Object | None) -> bool:
 
 def reconstruct_blocker(context: bpy.types.Context) -> str | None:
     """Why Reconstruct cannot run now, or None (cheap: no model loading, no pixels)."""
-    if not dependencies.torch_available():
-        return MISSING_TORCH
-    busy = blocked_by_job()
-    if busy:
-        return busy
+    reason = engine_blocker()
+    if reason:
+        return reason
     cameras = selected_cameras(context)
     if not cameras:
         return "Select at least one camera: Reconstruct uses each selected camera as a view"
@@ -77,11 +75,9 @@ def reconstruct_blocker(context: bpy.types.Context) -> str | None:
 
 
 def densify_blocker(context: bpy.types.Context) -> str | None:
-    if not dependencies.torch_available():
-        return MISSING_TORCH
-    busy = blocked_by_job()
-    if busy:
-        return busy
+    reason = engine_blocker()
+    if reason:
+        return reason
     if not is_splat(context.active_object):
         return "Make a Gaussian splat object active (made by Reconstruct or imported)"
     obj = context.active_object
@@ -101,11 +97,9 @@ def densify_blocker(context: bpy.types.Context) -> str | None:
 
 def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
     """Why Reconstruct Object cannot run now, or None."""
-    if not dependencies.torch_available():
-        return MISSING_TORCH
-    busy = blocked_by_job()
-    if busy:
-        return busy
+    reason = engine_blocker()
+    if reason:
+        return reason
     from .rig import check_selection
 
     try:
@@ -123,11 +117,9 @@ REFINE_NEEDS_SECONDS = (
 
 def refine_blocker(context: bpy.types.Context) -> str | None:
     """Why Refine cannot run now, or None."""
-    if not dependencies.torch_available():
-        return MISSING_TORCH
-    busy = blocked_by_job()
-    if busy:
-        return busy
+    reason = engine_blocker()
+    if reason:
+        return reason
     obj = context.active_object
     if not is_splat(obj):
         return "Make a Gaussian splat object active (made by Reconstruct or imported)"
@@ -170,6 +162,27 @@ def any_splats(context: bpy.types.Context) -> bool:
     return dependencies.torch_available() and any(is_splat(o) for o in context.scene.objects)
 
 
+def _check_still_there(obj: bpy.types.Object, done: str) -> None:
+    """UserError when the splat object a job works on was deleted while it ran."""
+    try:
+        obj.name  # noqa: B018 (raises ReferenceError once the object is gone)
+    except ReferenceError:
+        raise UserError(f"The splat object was deleted while it was being {done}") from None
+
+
+def _region_mask(obj: bpy.types.Object, region: bpy.types.Object, part: str) -> Any:
+    """(N,) bool of the Gaussians inside `region`; UserError when there are none (`part`
+    ends the advice: "move the Region box over the part to ...")."""
+    from .pointcloud import points_in_region
+
+    mask = points_in_region(obj, region)
+    if not bool(mask.any()):
+        raise UserError(
+            f"No Gaussians inside '{region.name}': move the Region box over the part to {part}"
+        )
+    return mask
+
+
 def _splat_objects(context: bpy.types.Context) -> list[bpy.types.Object]:
     from .pointcloud import is_gaussian_object
 
@@ -193,7 +206,6 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.reconstruct"
     bl_label = "Reconstruct"
-    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Reconstruct"
 
     source: EnumProperty(  # type: ignore[valid-type]
@@ -209,8 +221,6 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     blocker = staticmethod(reconstruct_blocker)
 
     def prepare(self, context: bpy.types.Context) -> None:
-        if not dependencies.torch_available():
-            raise UserError(MISSING_TORCH)
         scene = context.scene
         source = settings(context).source if self.source == "SCENE" else self.source
         cameras = selected_cameras(context)
@@ -307,7 +317,6 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.densify_selected"
     bl_label = "Densify Selected"
-    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Densify"
 
     # Densifying everything has to be asked for: a cloud with no selection (fresh, just
@@ -325,8 +334,6 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
     blocker = staticmethod(densify_blocker)
 
     def prepare(self, context: bpy.types.Context) -> None:
-        if not dependencies.torch_available():
-            raise UserError(MISSING_TORCH)
         obj = context.active_object
         if not is_splat(obj):
             raise UserError(
@@ -335,31 +342,17 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
             )
         import torch
 
-        from .pointcloud import (
-            has_selected_points,
-            object_to_gaussians,
-            points_in_region,
-            selected_point_mask,
-        )
+        from .pointcloud import has_selected_points, object_to_gaussians, selected_point_mask
 
-        self._obj = obj
         self._tmp = None
-        self._mode = obj.mode
-        if obj.mode != "OBJECT":
-            # Edit Mode keeps its selection in edit data; Object Mode writes it back.
-            bpy.ops.object.mode_set(mode="OBJECT")
+        self.hold_in_object_mode(obj)
         opts = settings(context)
         region = opts.region
         mask = None  # whole object: every Gaussian, counted once the object is read
         if self.whole_object:
             pass
         elif region is not None:
-            mask = points_in_region(obj, region)
-            if not bool(mask.any()):
-                raise UserError(
-                    f"No Gaussians inside '{region.name}': move the Region box over the part "
-                    "to densify"
-                )
+            mask = _region_mask(obj, region, "densify")
         elif has_selected_points(obj):
             mask = selected_point_mask(obj)
         else:
@@ -436,10 +429,7 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
     def finish(self, context: bpy.types.Context, res: Any) -> None:
         from .pointcloud import replace_gaussians
 
-        try:
-            self._obj.name  # noqa: B018 (raises ReferenceError once the object is gone)
-        except ReferenceError:
-            raise UserError("The splat object was deleted while it was being densified") from None
+        _check_still_there(self._obj, "densified")
 
         level, parent = lineage(self._level, self._parent, res.level, res.parent)
         before = int(self._mask.numel())
@@ -459,7 +449,6 @@ class GD_OT_reconstruct_object(_RefineSteps, SceneJobOperator, bpy.types.Operato
 
     bl_idname = "gd.reconstruct_object"
     bl_label = "Reconstruct Object"
-    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Reconstruct Object"
 
     blocker = staticmethod(reconstruct_object_blocker)
@@ -467,8 +456,6 @@ class GD_OT_reconstruct_object(_RefineSteps, SceneJobOperator, bpy.types.Operato
     def prepare(self, context: bpy.types.Context) -> None:
         from . import rig
 
-        if not dependencies.torch_available():
-            raise UserError(MISSING_TORCH)
         meshes = rig.check_selection(list(context.selected_objects))
         lo, hi = rig.world_bounds(meshes)
         self._plan = rig.plan_rig(lo, hi, int(settings(context).rig_views))
@@ -506,7 +493,6 @@ class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.refine"
     bl_label = "Refine"
-    bl_options = {"UNDO"}  # not REGISTER: see the module docstring
     job_name = "Refine"
 
     blocker = staticmethod(refine_blocker)
@@ -514,8 +500,6 @@ class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     def prepare(self, context: bpy.types.Context) -> None:
         from .pointcloud import object_to_gaussians
 
-        if not dependencies.torch_available():
-            raise UserError(MISSING_TORCH)
         obj = context.active_object
         if not is_splat(obj):
             raise UserError("Make a Gaussian splat object active to refine it")
@@ -527,10 +511,7 @@ class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
                 f"'{obj.name}' has no stored views to refine against: only objects made by "
                 "Reconstruct or Reconstruct Object keep the views they were made from"
             )
-        self._obj, self._mode = obj, obj.mode
-        if obj.mode != "OBJECT":
-            # Edit Mode keeps its selection in edit data; Object Mode writes it back.
-            bpy.ops.object.mode_set(mode="OBJECT")
+        self.hold_in_object_mode(obj)
         self._mask = refine_selection(obj, settings(context).region)
         self._views, self._records = stored_views(obj)
         self._gaussians, self._level, self._parent = object_to_gaussians(obj)
@@ -547,10 +528,7 @@ class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
         from .pointcloud import replace_gaussians
         from .refine_job import refine_report
 
-        try:
-            self._obj.name  # noqa: B018 (raises ReferenceError once the object is gone)
-        except ReferenceError:
-            raise UserError("The splat object was deleted while it was being refined") from None
+        _check_still_there(self._obj, "refined")
         replace_gaussians(self._obj, res.gaussians, res.level, res.parent)
         kept = f"; {res.frozen:,} unselected Gaussians kept exactly" if res.frozen else ""
         self.report({"INFO"}, f"'{self._obj.name}': {refine_report(res.result)}{kept}")
@@ -560,16 +538,10 @@ def refine_selection(obj: bpy.types.Object, region: bpy.types.Object | None) -> 
     """(N,) bool of the Gaussians Refine may change: inside the Region, else the Edit Mode
     selection, else None (all of them: unlike Densify, refining everything is the plain
     case, and it does not grow the object each time)."""
-    from .pointcloud import has_selected_points, points_in_region, selected_point_mask
+    from .pointcloud import has_selected_points, selected_point_mask
 
     if region is not None:
-        mask = points_in_region(obj, region)
-        if not bool(mask.any()):
-            raise UserError(
-                f"No Gaussians inside '{region.name}': move the Region box over the part to "
-                "refine, or clear the Region to refine the whole object"
-            )
-        return mask
+        return _region_mask(obj, region, "refine, or clear the Region to refine the whole object")
     if has_selected_points(obj):
         mask = selected_point_mask(obj)
         return None if bool(mask.all()) else mask
