@@ -70,21 +70,11 @@ def make_dense_gaussians(n: int = 600, seed: int = 0):
 BOUNCES = ("matched", "defaults", "addon")
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Blender camera matrix_world at `eye` looking at `target` (camera -Z forward, Z up)."""
-    forward = target - eye
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, -forward, eye
-    return m
-
-
 def _setup_scene(bpy, samples: int, seed: int):
     """A new scene (the user's is untouched) set up to match the rasteriser."""
     import mathutils
+
+    from engine.data.views import look_at
 
     scene = bpy.data.scenes.new("GD Display Fidelity")
     scene.render.engine = "CYCLES"
@@ -121,7 +111,7 @@ def _setup_scene(bpy, samples: int, seed: int):
     cam_data = bpy.data.cameras.new("GD Fidelity Camera")
     cam_data.lens = 50.0
     cam = bpy.data.objects.new("GD Fidelity Camera", cam_data)
-    cam.matrix_world = mathutils.Matrix(_look_at(np.array([1.6, -1.9, 1.2]), np.zeros(3)).tolist())
+    cam.matrix_world = mathutils.Matrix(look_at(np.array([1.6, -1.9, 1.2]), np.zeros(3)).tolist())
     scene.collection.objects.link(cam)
     scene.camera = cam
     return scene, cam, world

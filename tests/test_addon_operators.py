@@ -95,25 +95,14 @@ def spy(addon, tiny, monkeypatch):
     return spy
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray) -> list[list[float]]:
-    """Blender camera matrix_world (camera looks down its -Z, +Y up) at `eye` facing
-    `target`."""
-    forward = target - eye
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, -forward, eye
-    return m.tolist()
-
-
 @pytest.fixture
 def scene(addon):
     """A factory-empty scene: a textured cube prop (0.6 wide, centred at (0.2, -0.1, 0.3))
     and 4 perspective cameras around it; Cycles with one sample."""
     import bpy
     from mathutils import Matrix
+
+    from engine.data.views import look_at
 
     # read_homefile keeps the enabled add-ons (read_factory_settings would unload them).
     bpy.ops.wm.read_homefile(use_empty=True)
@@ -150,7 +139,7 @@ def scene(addon):
         data = bpy.data.cameras.new(f"Cam{i}")
         data.lens = 50
         cam = bpy.data.objects.new(f"Cam{i}", data)
-        cam.matrix_world = Matrix(_look_at(eye, centre))
+        cam.matrix_world = Matrix(look_at(eye, centre).tolist())
         scene.collection.objects.link(cam)
         cameras.append(cam)
     scene.camera = cameras[0]
@@ -953,9 +942,11 @@ def test_to_local_cameras_see_local_points_like_world_cameras(addon):
     from mathutils import Euler, Matrix, Vector
 
     from engine.camera_formats import from_blender
+    from engine.data.views import look_at
     from gd_blender_addon.camera_capture import to_local
 
-    record = {"matrix_world": _look_at(np.array([3.0, -2.0, 1.5]), np.zeros(3)), "lens": 40.0,
+    record = {"matrix_world": look_at(np.array([3.0, -2.0, 1.5]), np.zeros(3)).tolist(),
+              "lens": 40.0,
               "sensor_width": 36.0, "sensor_height": 24.0, "sensor_fit": "AUTO",
               "shift_x": 0.1, "shift_y": -0.05, "resolution_x": 64, "resolution_y": 64}  # fmt: skip
     obj_matrix = Matrix.LocRotScale(Vector((0.3, 0.1, -0.2)), Euler((0.3, -0.5, 1.1)),

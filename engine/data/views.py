@@ -89,14 +89,12 @@ def distance_for_fill(radius: float, fov_deg: float, fill: float) -> float:
     return radius / math.sin(half)
 
 
-def look_at_origin(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
-    """(4, 4) OpenGL camera-to-world matrix of a camera at the given spherical position
-    (azimuth from +X towards +Y, elevation above the XY plane), looking at the origin with
-    world +Z up on screen."""
-    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
-    direction = [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)]
-    eye = distance * np.array(direction)
-    back = eye / np.linalg.norm(eye)  # camera +Z points away from what it looks at
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(4, 4) OpenGL camera-to-world matrix (a Blender camera's `matrix_world`) of a camera
+    at `eye` (3,) looking at `target` (3,) with world +Z up on screen."""
+    eye = np.asarray(eye, dtype=np.float64)
+    back = eye - np.asarray(target, dtype=np.float64)  # camera +Z points away from the target
+    back /= np.linalg.norm(back)
     right = np.cross(np.array([0.0, 0.0, 1.0]), back)
     if np.linalg.norm(right) < 1e-8:  # looking straight down/up: any right vector works
         right = np.array([1.0, 0.0, 0.0])
@@ -105,6 +103,15 @@ def look_at_origin(azimuth_deg: float, elevation_deg: float, distance: float) ->
     c2w = np.eye(4)
     c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, back, eye
     return c2w
+
+
+def look_at_origin(azimuth_deg: float, elevation_deg: float, distance: float) -> np.ndarray:
+    """(4, 4) OpenGL camera-to-world matrix of a camera at the given spherical position
+    (azimuth from +X towards +Y, elevation above the XY plane), looking at the origin with
+    world +Z up on screen."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    direction = [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)]
+    return look_at(distance * np.array(direction), np.zeros(3))
 
 
 def plan_poses(plan: ViewPlan, radius: float) -> dict[str, np.ndarray]:
