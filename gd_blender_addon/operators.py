@@ -7,7 +7,8 @@ camera rig), refine_job.py / densify_job.py / setup_jobs.py (worker jobs), resul
 
 The scene jobs (modal.SceneJobOperator) are UNDO but not REGISTER: Adjust Last Operation
 (the redo panel, F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would
-re-run a whole job synchronously. UNDO still has Blender push one undo step when the result has landed.
+re-run a whole job synchronously. UNDO still has Blender push one undo step when the result
+has landed.
 """
 
 from __future__ import annotations
