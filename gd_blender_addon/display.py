@@ -163,11 +163,16 @@ def _srgb_to_linear(b: _Builder, c: Any) -> Any:
     """Exact sRGB decoding per channel: splat colours are display (sRGB) values, Blender
     shades in linear light and the Standard view transform encodes back to sRGB."""
     low = b.vmath("DIVIDE", c, (12.92,) * 3)
-    high = b.vmath("POWER", b.vmath("DIVIDE", b.vmath("ADD", c, (0.055,) * 3), (1.055,) * 3),
-                   (2.4,) * 3)
+    high = b.vmath(
+        "POWER", b.vmath("DIVIDE", b.vmath("ADD", c, (0.055,) * 3), (1.055,) * 3), (2.4,) * 3
+    )
     # step(c - 0.04045) per channel: (sign + 1) / 2
-    step = b.vmath("MULTIPLY_ADD", b.vmath("SIGN", b.vmath("SUBTRACT", c, (0.04045,) * 3)),
-                   (0.5,) * 3, (0.5,) * 3)
+    step = b.vmath(
+        "MULTIPLY_ADD",
+        b.vmath("SIGN", b.vmath("SUBTRACT", c, (0.04045,) * 3)),
+        (0.5,) * 3,
+        (0.5,) * 3,
+    )
     mix = b.node("ShaderNodeMix", data_type="VECTOR", factor_mode="NON_UNIFORM")
     b.set(mix.inputs[1], step)  # indices: the vector-typed Factor/A/B sockets
     b.set(mix.inputs[4], low)
@@ -224,8 +229,9 @@ def _build_ellipsoid_material() -> bpy.types.Material:
     d = b.vmath("NORMALIZE", to_local.outputs[0])
     along = b.vmath("DOT_PRODUCT", p, d)
     r2 = b.math("SUBTRACT", b.vmath("DOT_PRODUCT", p, p), b.math("MULTIPLY", along, along))
-    shader = _falloff_shader(b, dc.outputs["Vector"], op.outputs["Fac"], r2,
-                             geometry.outputs["Backfacing"])
+    shader = _falloff_shader(
+        b, dc.outputs["Vector"], op.outputs["Fac"], r2, geometry.outputs["Backfacing"]
+    )
     out = b.node("ShaderNodeOutputMaterial")
     b.set(out.inputs["Surface"], shader)
     return mat
@@ -240,14 +246,18 @@ def _build_point_material() -> bpy.types.Material:
     geometry = b.node("ShaderNodeNewGeometry")
 
     def local(socket: Any, kind: str) -> Any:
-        n = b.node("ShaderNodeVectorTransform", vector_type=kind,
-                   convert_from="WORLD", convert_to="OBJECT")
+        n = b.node(
+            "ShaderNodeVectorTransform", vector_type=kind, convert_from="WORLD", convert_to="OBJECT"
+        )
         b.set(n.inputs["Vector"], socket)
         return n.outputs["Vector"]
 
     # Object space: sigma is stored in object units.
-    v = b.vmath("SUBTRACT", local(geometry.outputs["Position"], "POINT"),
-                local(info.outputs["Position"], "POINT"))
+    v = b.vmath(
+        "SUBTRACT",
+        local(geometry.outputs["Position"], "POINT"),
+        local(info.outputs["Position"], "POINT"),
+    )
     d = b.vmath("NORMALIZE", local(geometry.outputs["Incoming"], "VECTOR"))
     along = b.vmath("DOT_PRODUCT", v, d)
     dist2 = b.math("SUBTRACT", b.vmath("DOT_PRODUCT", v, v), b.math("MULTIPLY", along, along))
@@ -256,8 +266,9 @@ def _build_point_material() -> bpy.types.Material:
     fallback = b.math("DIVIDE", info.outputs["Radius"], pointcloud.SIGMA_EXTENT)
     s = b.math("ADD", stored, b.math("MULTIPLY", b.math("LESS_THAN", stored, 1e-30), fallback))
     r2 = b.math("DIVIDE", dist2, b.math("MAXIMUM", b.math("MULTIPLY", s, s), 1e-20))
-    shader = _falloff_shader(b, dc.outputs["Vector"], op.outputs["Fac"], r2,
-                             geometry.outputs["Backfacing"])
+    shader = _falloff_shader(
+        b, dc.outputs["Vector"], op.outputs["Fac"], r2, geometry.outputs["Backfacing"]
+    )
     out = b.node("ShaderNodeOutputMaterial")
     b.set(out.inputs["Surface"], shader)
     return mat
@@ -290,21 +301,43 @@ def _build_node_group(ng: Any, ellipsoid: Any, point: Any) -> None:
     ng.nodes.clear()
     ng.interface.clear()
     _socket(ng, "Geometry", "INPUT", "NodeSocketGeometry")
-    _socket(ng, "Ellipsoids", "INPUT", "NodeSocketBool", True,
-            description="Ico-sphere per Gaussian; off: the raw points (fast, for big clouds)")
-    _socket(ng, "Sigma Extent", "INPUT", "NodeSocketFloat", pointcloud.SIGMA_EXTENT,
-            min_value=0.5, max_value=6.0,
-            description="Size of each ellipsoid/point in standard deviations")
-    _socket(ng, "Subdivisions", "INPUT", "NodeSocketInt", ICO_SUBDIVISIONS,
-            min_value=1, max_value=4, description="Ico-sphere subdivisions per ellipsoid")
+    _socket(
+        ng,
+        "Ellipsoids",
+        "INPUT",
+        "NodeSocketBool",
+        True,
+        description="Ico-sphere per Gaussian; off: the raw points (fast, for big clouds)",
+    )
+    _socket(
+        ng,
+        "Sigma Extent",
+        "INPUT",
+        "NodeSocketFloat",
+        pointcloud.SIGMA_EXTENT,
+        min_value=0.5,
+        max_value=6.0,
+        description="Size of each ellipsoid/point in standard deviations",
+    )
+    _socket(
+        ng,
+        "Subdivisions",
+        "INPUT",
+        "NodeSocketInt",
+        ICO_SUBDIVISIONS,
+        min_value=1,
+        max_value=4,
+        description="Ico-sphere subdivisions per ellipsoid",
+    )
     _socket(ng, "Geometry", "OUTPUT", "NodeSocketGeometry")
 
     b = _Builder(ng)
     gi = b.node("NodeGroupInput")
     go = b.node("NodeGroupOutput")
     extent = gi.outputs["Sigma Extent"]
-    log_scale = b.node("GeometryNodeInputNamedAttribute", {"Name": "scale"},
-                       data_type="FLOAT_VECTOR").outputs["Attribute"]
+    log_scale = b.node(
+        "GeometryNodeInputNamedAttribute", {"Name": "scale"}, data_type="FLOAT_VECTOR"
+    ).outputs["Attribute"]
 
     # --- ellipsoids: ico-sphere of radius `extent` scaled by sigma, rotated by the quaternion.
     ico = b.node("GeometryNodeMeshIcoSphere", {"Radius": extent})
@@ -316,10 +349,15 @@ def _build_node_group(ng: Any, ellipsoid: Any, point: Any) -> None:
     parts = b.node("FunctionNodeRotationToQuaternion")
     b.set(parts.inputs[0], quat.outputs["Attribute"])
     comps = [parts.outputs[k] for k in ("W", "X", "Y", "Z")]
-    norm2 = b.math("ADD", b.math("ADD", b.math("MULTIPLY", comps[0], comps[0]),
-                                 b.math("MULTIPLY", comps[1], comps[1])),
-                   b.math("ADD", b.math("MULTIPLY", comps[2], comps[2]),
-                          b.math("MULTIPLY", comps[3], comps[3])))
+    norm2 = b.math(
+        "ADD",
+        b.math(
+            "ADD", b.math("MULTIPLY", comps[0], comps[0]), b.math("MULTIPLY", comps[1], comps[1])
+        ),
+        b.math(
+            "ADD", b.math("MULTIPLY", comps[2], comps[2]), b.math("MULTIPLY", comps[3], comps[3])
+        ),
+    )
     inv = b.math("DIVIDE", 1.0, b.math("MAXIMUM", b.math("SQRT", norm2), 1e-20))
     unit = b.node("FunctionNodeQuaternionToRotation")
     for socket, comp in zip(unit.inputs, comps, strict=True):
@@ -381,7 +419,7 @@ def ensure_node_group() -> bpy.types.GeometryNodeTree:
 
 
 def display_mode(obj: bpy.types.Object, mode: str = "AUTO") -> str:
-    """"ELLIPSOIDS" or "POINTS": `mode` resolved for `obj` (AUTO: points above the threshold)."""
+    """ "ELLIPSOIDS" or "POINTS": `mode` resolved for `obj` (AUTO: points above the threshold)."""
     mode = str(mode).upper()
     if mode not in MODES:
         raise ValueError(f"display mode must be one of {MODES}, got {mode!r}")

@@ -287,8 +287,9 @@ def _new_mesh_data(name: str, cols: dict[str, tuple[str, np.ndarray]]) -> bpy.ty
     return mesh
 
 
-def _new_data(context: Any, name: str, cols: dict[str, tuple[str, np.ndarray]],
-              kind: str | None = None) -> Any:
+def _new_data(
+    context: Any, name: str, cols: dict[str, tuple[str, np.ndarray]], kind: str | None = None
+) -> Any:
     """A new datablock holding `cols`: PointCloud when `kind` is "POINTCLOUD" (default:
     when this Blender supports it), else the fallback vertex-only Mesh."""
     if kind is None:
@@ -326,8 +327,13 @@ def _new_pointcloud_data(
             # `.selection` (5.3, all True). A new cloud starts with nothing selected, and
             # says so explicitly: an absent `.selection` means *all* selected to Blender
             # (drawn and acted on so), which is what Select All leaves behind.
-            for junk in (".select_vert", ".select_edge", ".select_poly", ".hide_vert",
-                         SELECTION_ATTRIBUTE):
+            for junk in (
+                ".select_vert",
+                ".select_edge",
+                ".select_poly",
+                ".hide_vert",
+                SELECTION_ATTRIBUTE,
+            ):
                 attr = data.attributes.get(junk)
                 if attr is not None:
                     data.attributes.remove(attr)
@@ -536,9 +542,9 @@ def transform_gaussians(gaussians: Gaussians, matrix: Any) -> Gaussians:
             sh=rotate_sh(g.sh, polar),
         )
     # General linear map: the square root A·R·diag(σ) of the new covariance, then its SVD.
-    root = a @ quaternion_to_matrix(g.quats.to(torch.float64)) * g.scales.to(torch.float64)[
-        :, None, :
-    ]
+    root = (
+        a @ quaternion_to_matrix(g.quats.to(torch.float64)) * g.scales.to(torch.float64)[:, None, :]
+    )
     axes, sigmas, _ = torch.linalg.svd(root)
     # Quaternions need det +1; flipping one axis leaves the covariance unchanged.
     flip = torch.linalg.det(axes) < 0

@@ -92,7 +92,8 @@ def _read(path: Path, axes: str) -> tuple[Any, Any, Any]:
             lv, pa = (np.asarray(extra[k]) for k in LEVEL_PROPERTIES)
             # Only trust well-formed bookkeeping; anything else is ignored, not fatal.
             if (
-                lv.dtype.kind in "iu" and pa.dtype.kind in "iu"
+                lv.dtype.kind in "iu"
+                and pa.dtype.kind in "iu"
                 and (n == 0 or (lv.min() >= 0 and pa.min() >= 0 and pa.max() < 2**31))
             ):
                 level = torch.from_numpy(lv.astype(np.int64))

@@ -79,9 +79,7 @@ def srgb_to_linear(c: np.ndarray) -> np.ndarray:
 # ============================================================================ writing
 
 
-def write_gltf(
-    path: str | os.PathLike[str], gaussians: Gaussians, *, embed: bool = False
-) -> None:
+def write_gltf(path: str | os.PathLike[str], gaussians: Gaussians, *, embed: bool = False) -> None:
     """Write `gaussians` (the file's values: see the module doc on axes) as `.glb`, or as
     `.gltf` JSON with its buffer in a sidecar `<name>.bin` (`embed=True`: base64 inside
     the JSON). Each file is written atomically; the .bin before the .gltf."""

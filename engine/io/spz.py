@@ -94,6 +94,7 @@ _MAX_FRACTIONAL_BITS = 23
 # Largest component index -> the other three, in increasing order (x y z w = 0 1 2 3).
 _OTHERS = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
 
+
 class SpzFormatError(ValueError):
     """A file is not an SPZ this module can read; the message names the file and the problem."""
 
