@@ -74,7 +74,7 @@ def _setup_scene(bpy, samples: int, seed: int):
     """A new scene (the user's is untouched) set up to match the rasteriser."""
     import mathutils
 
-    from engine.data.views import look_at
+    from engine.data.camera_poses import look_at
 
     scene = bpy.data.scenes.new("GD Display Fidelity")
     scene.render.engine = "CYCLES"

@@ -107,7 +107,7 @@ def novel_views(bpy, prop, splat, count: int, out_dir: Path) -> list[dict]:
     import torch
 
     from engine.camera_formats import from_blender
-    from engine.data.views import distance_for_fill, look_at_origin
+    from engine.data.camera_poses import distance_for_fill, look_at_origin
     from engine.render import render
     from gd_blender_addon.camera_capture import camera_record, render_view
     from gd_blender_addon.pointcloud import object_to_gaussians

@@ -11,7 +11,7 @@ evaluation, the demo) comes here:
 
 The file formats are parsed in `engine.camera_formats`, images are decoded (with the pixel
 limit) in `engine.data.images`, masks made in `engine.data.masks`; this module joins them.
-(`engine.data.views` is another thing: the poses the data generator renders from.)
+(`engine.data.camera_poses` is another thing: the poses the data generator renders from.)
 """
 
 from __future__ import annotations

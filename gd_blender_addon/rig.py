@@ -3,7 +3,7 @@
 N cameras look at the selection's bounding sphere from directions spread evenly (a
 Fibonacci spiral, uniform by area) over the upper hemisphere (elevations 5° to 75°), at
 the distance where that sphere spans `RIG_FILL` of the frame, with a `RIG_FOV_DEG` field of
-view (`engine.data.views` places the training cameras the same way).
+view (`engine.data.camera_poses` places the training cameras the same way).
 
 The rig is a list of poses, never a set of objects left in the scene: each view's camera
 is created right before its render and removed right after it, inside one `finally`
@@ -92,7 +92,7 @@ def rig_directions(count: int) -> np.ndarray:
 def plan_rig(lo: Sequence[float], hi: Sequence[float], count: int,
              fov_deg: float = RIG_FOV_DEG, fill: float = RIG_FILL) -> RigPlan:  # fmt: skip
     """The poses of `count` cameras framing the box [lo, hi]."""
-    from engine.data.views import distance_for_fill, look_at_origin
+    from engine.data.camera_poses import distance_for_fill, look_at_origin
 
     if not RIG_MIN_VIEWS <= count <= RIG_MAX_VIEWS:
         raise UserError(f"the rig takes {RIG_MIN_VIEWS} to {RIG_MAX_VIEWS} views, got {count}")

@@ -102,7 +102,7 @@ def scene(addon):
     import bpy
     from mathutils import Matrix
 
-    from engine.data.views import look_at
+    from engine.data.camera_poses import look_at
 
     # read_homefile keeps the enabled add-ons (read_factory_settings would unload them).
     bpy.ops.wm.read_homefile(use_empty=True)
@@ -942,7 +942,7 @@ def test_to_local_cameras_see_local_points_like_world_cameras(addon):
     from mathutils import Euler, Matrix, Vector
 
     from engine.camera_formats import from_blender
-    from engine.data.views import look_at
+    from engine.data.camera_poses import look_at
     from gd_blender_addon.camera_capture import to_local
 
     record = {"matrix_world": look_at(np.array([3.0, -2.0, 1.5]), np.zeros(3)).tolist(),

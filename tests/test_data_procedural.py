@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from engine.cameras import Cameras
+from engine.data.camera_poses import distance_for_fill, look_at_origin, plan_poses, sample_view_plan
 from engine.data.layout import split_indices, split_of
 from engine.data.procedural.geometry import beam_matrix, box, revolve, torus
 from engine.data.procedural.spec import TEMPLATES, sample_prop
-from engine.data.views import distance_for_fill, look_at_origin, plan_poses, sample_view_plan
 
 
 def test_importing_engine_data_does_not_import_bpy():

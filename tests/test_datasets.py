@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.camera_formats import write_colmap, write_nerf_transforms
 from engine.cameras import Cameras
+from engine.data.camera_poses import look_at_origin
 from engine.data.datasets import PropsDataset, collate_views
 from engine.data.layout import (
     DONE_NAME,
@@ -21,7 +22,6 @@ from engine.data.layout import (
     transforms_path,
     write_json_atomic,
 )
-from engine.data.views import look_at_origin
 from engine.views import load_colmap_scene, load_nerf_scene
 
 SIZE = 16

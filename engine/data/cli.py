@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from ..cli_args import int_range, name_list, nonnegative_int, positive_int
+from .camera_poses import INPUT_RIGS
 from .layout import SPLITS
-from .views import INPUT_RIGS
 
 # Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
 # one object's views alone take gigabytes.

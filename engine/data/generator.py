@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .camera_poses import distance_for_fill, plan_poses, sample_view_plan
 from .layout import (
     DONE_NAME,
     GENERATOR_VERSION,
@@ -25,7 +26,6 @@ from .layout import (
     write_json_atomic,
 )
 from .procedural.spec import sample_prop
-from .views import distance_for_fill, plan_poses, sample_view_plan
 
 # Surface points recorded per object (world coordinates) for checks such as re-projecting
 # them into the renders: they must land on the silhouette.
@@ -52,7 +52,7 @@ class Generator:
 
         self.root, self.seed = Path(root), int(seed)
         self.n_input, self.n_target = int(n_input), int(n_target)
-        self.input_rig = input_rig  # engine.data.views.INPUT_RIGS
+        self.input_rig = input_rig  # engine.data.camera_poses.INPUT_RIGS
         self._scene_mod = blender_scene
         self.settings = blender_scene.RenderSettings(resolution, samples, denoise, threads)
         self.scene = blender_scene.configure(self.settings)

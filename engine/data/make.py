@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .camera_poses import INPUT_RIGS
 from .layout import (
     DEFAULT_SPLIT_FRACTIONS,
     GENERATOR_VERSION,
@@ -31,7 +32,6 @@ from .layout import (
     split_of,
     write_json_atomic,
 )
-from .views import INPUT_RIGS
 from .worker import DONE, FAIL
 
 # Manifest keys that must match when resuming into an existing folder.
@@ -49,7 +49,7 @@ class MakeConfig:
     workers: int = 0  # 0: one per CPU core
     views_in: int = 4
     views_target: int = 8
-    # Input cameras: "ring" or "hemisphere" (engine.data.views.INPUT_RIGS).
+    # Input cameras: "ring" or "hemisphere" (engine.data.camera_poses.INPUT_RIGS).
     input_rig: str = "ring"
     samples: int = 4
     denoise: bool = True
