@@ -61,6 +61,12 @@ class BackboneConfig:
             view shows background). Views without alpha make it a no-op.
         gate_dilation: pixels (at `image_size`) the silhouettes are dilated by for the
             opacity gate, so soft or slightly wrong mask edges do not cut the prop.
+        photo_volume: a second, finer look at the views (`photo_volume.py`): every voxel of
+            the Gaussian volume (resolution · upsample per side, not the coarser feature
+            volume) samples the views' pixels and encoder features, and their mean and
+            variance over the views that see it inside their silhouettes (agreement means
+            surface, and the mean is its colour) enter the Gaussian volume through a
+            zero-initialised MLP, so weights trained without it start unchanged.
     """
 
     encoder: str = "cnn"
@@ -85,6 +91,7 @@ class BackboneConfig:
     prune_opacity: float = 0.005
     silhouette: bool = False
     gate_dilation: int = 2
+    photo_volume: bool = False
 
     def __post_init__(self) -> None:
         if self.sh_degree < 1:
@@ -188,8 +195,10 @@ def _refuse_code(backbone: Any) -> None:
 # The densifier of the object model: children re-sample the input views where they are
 # (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
 # v2 (issue 16) reads the input silhouettes; trained from v1's weights (`--init`), whose
-# backbone lacks only the zero-initialised silhouette layers.
-_SMALL_BACKBONE = BackboneConfig(silhouette=True)
+# backbone lacks only the zero-initialised silhouette layers. v3 (in training) adds the
+# photo-consistency volume, from v2's weights the same way. A weights file carries its own
+# config, so the shipped v2 still loads as v2 while this preset describes the next model.
+_SMALL_BACKBONE = BackboneConfig(silhouette=True, photo_volume=True)
 # Residual heads start every child as a smaller copy of its parent, so the fine render
 # begins close to the coarse one and training only has to learn the improvement.
 _SMALL_DENSIFY = SMALL.with_(

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .config import BackboneConfig
+from .photo_volume import PhotoVolume
 from .silhouette import (
     dilate_alphas,
     gate_opacities,
@@ -194,6 +195,8 @@ class ObjectBackbone(nn.Module):
         self.gaussian_refine = nn.Sequential(
             nn.GroupNorm(8, u), nn.GELU(), nn.Conv3d(u, u, 3, padding=1)
         )
+        if cfg.photo_volume:
+            self.photo = PhotoVolume(c, u)
         k = cfg.gaussians_per_voxel
         self.num_sh = (cfg.sh_degree + 1) ** 2
         self.per_gaussian = 3 + 3 + 4 + 1 + 3 * self.num_sh
@@ -276,7 +279,10 @@ class ObjectBackbone(nn.Module):
         x = volume.transpose(1, 2).reshape(b, d, r, r, r)
         x = x + self.up(self.mid(self.down(x)))
         x = self.refine(x)
-        x = self.gaussian_refine(self.to_gaussian_volume(x))
+        x = self.to_gaussian_volume(x)
+        if cfg.photo_volume:
+            x = x + self._photo_volume(flat, feats, alphas, cameras, x.shape[-1])
+        x = self.gaussian_refine(x)
         out = self.decoder(x)  # (B, k·(P+F), R', R', R')
         decoded = self._decode(out)
         if cfg.silhouette:
@@ -286,6 +292,23 @@ class ObjectBackbone(nn.Module):
                 gated.append(gate_opacities(g, silhouette_gate(g.means, masks, cams.to(device))))
             decoded = BackboneOutput(gated, decoded.features)
         return decoded
+
+    def _photo_volume(
+        self, flat: Tensor, feats: Tensor, alphas: Tensor, cameras: list[Cameras], res: int
+    ) -> Tensor:
+        """(B, U, res, res, res): `PhotoVolume` at the Gaussian volume's voxel centres.
+
+        flat: (B·V, 3, H, W) views, feats: (B·V, C, h, w) their encoder features, alphas:
+        (B, V, H, W)."""
+        v = alphas.shape[1]
+        points = self.grid(res, flat.device)
+        added = []
+        for bi, cams in enumerate(cameras):
+            views = slice(bi * v, (bi + 1) * v)
+            cams = cams.to(device=flat.device)
+            added.append(self.photo(points, flat[views], feats[views], alphas[bi], cams))
+        out = torch.stack(added)  # (B, res³, U)
+        return out.transpose(1, 2).reshape(len(cameras), -1, res, res, res)
 
     def _aggregate(self, tok: Tensor, ok: Tensor, centres: Tensor) -> Tensor:
         """Voxel tokens cross-attend to their V view tokens; mean/variance appended.
