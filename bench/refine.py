@@ -6,8 +6,9 @@ Each prop (a `gd data make ... --rig hemisphere --views-in 16 --views-target 8` 
 its 16 input views (no views held out of the optimisation) and scored on its 8 target
 views: full-image PSNR on white, and object-pixel PSNR over the ground-truth alpha > 0.5
 (dilated, as `gd evaluate` does). Starts:
-  fine    the shipped model's output (coarse + generative densification) from the 4 input
-          views spread furthest around the prop (as `gd reconstruct` picks them),
+  fine    the shipped model's output (coarse + generative densification) from its
+          `max_views` input views spread furthest around the prop (as `gd reconstruct`
+          picks them; 8 for object-small v2),
   coarse  its coarse output alone,
   hull    the visual hull of all 16 views (engine.baselines.visual_hull, non-learned).
 Budget 0 is the start itself (the fine row is the fine render's own score).
