@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import Cameras
+from .silhouette import projection_grid
 
 
 def photo_statistics(
@@ -41,12 +42,9 @@ def photo_statistics(
         weighs by the alpha under the point (zero where it does not frame it); a point no
         view sees gets zeros.
     """
-    pix, depth = cameras.project(points)  # (V, N, 2), (V, N)
     h, w = images.shape[-2:]
-    grid = torch.stack([pix[..., 0] / w * 2 - 1, pix[..., 1] / h * 2 - 1], -1)
-    grid = grid.to(images.dtype)
-    framed = (grid.abs() <= 1).all(-1) & (depth > 0)  # (V, N)
-    grid = grid[:, :, None]  # (V, N, 1, 2)
+    grid, framed = projection_grid(points, cameras, w, h)  # (V, N, 2), (V, N)
+    grid = grid.to(images.dtype)[:, :, None]  # (V, N, 1, 2)
     rgb = F.grid_sample(images, grid, align_corners=False)[..., 0]  # (V, 3, N)
     feat = F.grid_sample(feats, grid.to(feats.dtype), align_corners=False)[..., 0]
     alpha = F.grid_sample(alphas[:, None].to(images.dtype), grid, align_corners=False)[..., 0]

@@ -36,6 +36,22 @@ def dilate_alphas(alphas: Tensor, radius: int) -> Tensor:
     return F.max_pool2d(alphas[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
 
 
+def projection_grid(
+    points: Tensor, cameras: Cameras, width: int, height: int
+) -> tuple[Tensor, Tensor]:
+    """Where points land in every view, in `grid_sample`'s coordinates.
+
+    Args:
+        points: (N, 3) positions in the cameras' frame. width, height: the images' size.
+    Returns:
+        grid (V, N, 2) in [-1, 1] inside the frame (align_corners=False), and framed (V, N)
+        bool: in front of the camera and inside its image.
+    """
+    pix, depth = cameras.project(points)  # (V, N, 2), (V, N)
+    grid = torch.stack([pix[..., 0] / width * 2 - 1, pix[..., 1] / height * 2 - 1], -1)
+    return grid, (grid.abs() <= 1).all(-1) & (depth > 0)
+
+
 def sample_alphas(points: Tensor, alphas: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
     """Alpha under every point's projection in every view.
 
@@ -46,11 +62,9 @@ def sample_alphas(points: Tensor, alphas: Tensor, cameras: Cameras) -> tuple[Ten
         alpha (V, N), bilinear (differentiable in `points`), and framed (V, N) bool: the
         point is in front of the camera and projects inside its image.
     """
-    pix, depth = cameras.project(points)  # (V, N, 2), (V, N)
     h, w = alphas.shape[-2:]
-    grid = torch.stack([pix[..., 0] / w * 2 - 1, pix[..., 1] / h * 2 - 1], -1)
+    grid, framed = projection_grid(points, cameras, w, h)
     grid = grid.to(alphas.dtype)
-    framed = (grid.abs() <= 1).all(-1) & (depth > 0)
     # Outside the frame reads as background (zeros padding), but `framed` lets callers
     # ignore such views: a prop is only carved by the views that frame it.
     sampled = F.grid_sample(alphas[:, None], grid[:, :, None], align_corners=False)
@@ -111,4 +125,3 @@ def alphas_from_views(images: Tensor) -> tuple[Tensor, Tensor]:
         rgb = images[..., :3] * alpha[..., None] + (1 - alpha[..., None])
         return rgb, alpha
     return images, torch.ones_like(images[..., 0])
-
