@@ -202,6 +202,13 @@ class _RefineSteps:
 
 
 # ---------------------------------------------------------------------------- reconstruct
+RECONSTRUCT_SOURCES = (
+    ("SCENE", "Panel Setting", "Use the panel's Source"),
+    ("CAMERAS", "Cameras", "Render the selected cameras"),
+    ("PHOTOS", "Photos", "Use the selected cameras' background images"),
+)
+
+
 class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     """Reconstruct Gaussian splats of the prop seen by the selected cameras"""
 
@@ -209,15 +216,7 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     bl_label = "Reconstruct"
     job_name = "Reconstruct"
 
-    source: EnumProperty(  # type: ignore[valid-type]
-        name="Source",
-        items=(
-            ("SCENE", "Panel Setting", "Use the panel's Source"),
-            ("CAMERAS", "Cameras", "Render the selected cameras"),
-            ("PHOTOS", "Photos", "Use the selected cameras' background images"),
-        ),
-        default="SCENE",
-    )
+    source: EnumProperty(name="Source", items=RECONSTRUCT_SOURCES, default="SCENE")  # type: ignore[valid-type]
 
     blocker = staticmethod(reconstruct_blocker)
 
@@ -324,13 +323,10 @@ class GD_OT_densify(SceneJobOperator, bpy.types.Operator):
     # densified, or after Select All, which leaves none) would otherwise grow every run.
     whole_object: BoolProperty(  # type: ignore[valid-type]
         name="Whole Object",
-        description=(
-            "Densify every Gaussian of the object, whatever is selected (each run adds "
-            "detail everywhere, so the object grows every time)"
-        ),
-        default=False,
-        options={"SKIP_SAVE"},
-    )
+        description="Densify every Gaussian of the object, whatever is selected (each run "
+        "adds detail everywhere, so the object grows every time)",
+        default=False, options={"SKIP_SAVE"},
+    )  # fmt: skip
 
     blocker = staticmethod(densify_blocker)
 
@@ -587,13 +583,10 @@ class GD_OT_export_splats(bpy.types.Operator, ExportHelper):
     filename_ext = ".ply"
     filter_glob: StringProperty(default=SPLAT_GLOB, options={"HIDDEN"})  # type: ignore[valid-type]
     levels: BoolProperty(  # type: ignore[valid-type]
-        name="Keep Levels",
-        description=(
-            "Plain .ply only: also store each Gaussian's densification level and parent "
-            "(extra vertex properties other tools ignore)"
-        ),
-        default=True,
-    )
+        name="Keep Levels", default=True,
+        description="Plain .ply only: also store each Gaussian's densification level and "
+        "parent (extra vertex properties other tools ignore)",
+    )  # fmt: skip
     axes: EnumProperty(name="Axes", items=AXES_ITEMS, default="standard")  # type: ignore[valid-type]
 
     @classmethod
@@ -669,12 +662,10 @@ class GD_OT_import_photos(bpy.types.Operator, ImportHelper):
     filter_glob: StringProperty(default="*.json;*.bin;*.txt", options={"HIDDEN"})  # type: ignore[valid-type]
     set_resolution: BoolProperty(  # type: ignore[valid-type]
         name="Set Render Resolution",
-        description=(
-            "Also set the scene's render resolution to the photos' size, so camera frames "
-            "match the photos (changes the scene; off by default)"
-        ),
+        description="Also set the scene's render resolution to the photos' size, so camera "
+        "frames match the photos (changes the scene; off by default)",
         default=False,
-    )
+    )  # fmt: skip
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         if not dependencies.torch_available():

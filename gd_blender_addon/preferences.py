@@ -17,6 +17,12 @@ DEVICES = (
     ("CUDA", "CUDA", "An NVIDIA GPU (needs the CUDA build of PyTorch)"),
     ("MPS", "MPS", "Apple Silicon GPU (macOS)"),
 )
+TORCH_BUILDS = (
+    ("CPU", "CPU", "CPU-only build, about 200 MB; works on every computer"),
+    ("CUDA", "CUDA", "NVIDIA GPUs (CUDA 12.8), about 2.5 GB; needs a recent driver"),
+    ("DEFAULT", "Default (PyPI)",
+     "PyPI's build: CUDA on Linux, CPU on Windows, Apple MPS on macOS"),
+)  # fmt: skip
 DEFAULT_MODEL = "object-small"
 
 MISSING_TORCH = (
@@ -38,18 +44,14 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
     )
     weights_path: StringProperty(  # type: ignore[valid-type]
         name="Weights File",
-        description=(
-            "A .safetensors weights file to use instead of the shipped or downloaded one "
-            "(leave empty for the default)"
-        ),
-        subtype="FILE_PATH",
-        default="",
-    )
+        description="A .safetensors weights file to use instead of the shipped or downloaded "
+        "one (leave empty for the default)",
+        subtype="FILE_PATH", default="",
+    )  # fmt: skip
     weights_url: StringProperty(  # type: ignore[valid-type]
-        name="Weights URL",
-        description="Where Download Weights fetches the model's weights from",
+        name="Weights URL", description="Where Download Weights fetches the model's weights from",
         default="",
-    )
+    )  # fmt: skip
     weights_sha256: StringProperty(  # type: ignore[valid-type]
         name="SHA-256",
         description="Expected SHA-256 of the weights file; downloads that differ are discarded",
@@ -57,26 +59,14 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
     )
     weights_config_sha256: StringProperty(  # type: ignore[valid-type]
         name="Config SHA-256",
-        description=(
-            "Expected SHA-256 of the weights' JSON config (the URL with .json for its "
-            "suffix); downloads that differ are discarded"
-        ),
+        description="Expected SHA-256 of the weights' JSON config (the URL with .json for its "
+        "suffix); downloads that differ are discarded",
         default="",
-    )
+    )  # fmt: skip
     torch_build: EnumProperty(  # type: ignore[valid-type]
-        name="PyTorch Build",
-        description="Which PyTorch to install",
-        items=(
-            ("CPU", "CPU", "CPU-only build, about 200 MB; works on every computer"),
-            ("CUDA", "CUDA", "NVIDIA GPUs (CUDA 12.8), about 2.5 GB; needs a recent driver"),
-            (
-                "DEFAULT",
-                "Default (PyPI)",
-                "PyPI's build: CUDA on Linux, CPU on Windows, Apple MPS on macOS",
-            ),
-        ),
+        name="PyTorch Build", description="Which PyTorch to install", items=TORCH_BUILDS,
         default="CPU",
-    )
+    )  # fmt: skip
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
