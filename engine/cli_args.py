@@ -1,4 +1,5 @@
-"""argparse `type=` checkers shared by the `gd` sub-commands.
+"""argparse `type=` checkers shared by the `gd` sub-commands, and `add_command`, which makes
+each sub-command's parser.
 
 A bad number is refused while the command line is parsed, before anything is read or
 written: argparse prints the usage and one error line naming the flag, and exits with
@@ -113,6 +114,18 @@ def count_range(text: str) -> tuple[int, int]:
             f"expected a count or a range LOW-HIGH with 1 <= LOW <= HIGH, got {text!r}"
         )
     return low, high
+
+
+# ---------------------------------------------------------------------------- sub-commands
+def add_command(subparsers: argparse._SubParsersAction, name: str, help: str,
+                description: str | None = None, *,
+                raw: bool = False) -> argparse.ArgumentParser:  # fmt: skip
+    """The parser of the `gd` sub-command `name`: `help` is its line in `gd --help`,
+    `description` the text its own `--help` shows (`raw`: as written, line breaks kept,
+    for the modules' long HELP texts; else re-wrapped to the terminal)."""
+    formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    return subparsers.add_parser(name, help=help, description=description,
+                                 formatter_class=formatter)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- config fields

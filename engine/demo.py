@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .cli_args import add_command
 from .devices import DEVICE_CHOICES, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,10 @@ DEFAULT_MODEL = "object-small"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "demo",
-        help="reconstruct the bundled sample prop and score coarse vs fine on held-out views",
+        "reconstruct the bundled sample prop and score coarse vs fine on held-out views",
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--model", default=DEFAULT_MODEL,

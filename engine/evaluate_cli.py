@@ -8,20 +8,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_args import nonnegative_int, positive_int
+from .cli_args import add_command, nonnegative_int, positive_int
 from .devices import DEVICE_CHOICES, resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="score coarse and fine reconstructions on a dataset's target views",
-        description="Reconstruct every object of a split from its input views, render the "
+    p = add_command(
+        subparsers, "evaluate", "score coarse and fine reconstructions on a dataset's target views",
+        "Reconstruct every object of a split from its input views, render the "
         "coarse and the densified Gaussians into the target views and score each on its own "
         "(PSNR, object-pixel PSNR, SSIM, LPIPS when installed), beside a non-learned "
         "visual-hull splat of the same input views. Writes report.md, metrics.json, image "
         "strips and histograms to --out.",
-    )
+    )  # fmt: skip
     p.add_argument("model", help="model name (e.g. object-small), a .safetensors weights file "
                    "or a folder holding one")  # fmt: skip
     p.add_argument("data", type=Path, help="props dataset folder (with manifest.json)")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cli_args import parse_background, positive_float, positive_int
+from .cli_args import add_command, parse_background, positive_float, positive_int
 from .data.images import WHITE
 from .devices import DEVICE_CHOICES, resolve_device
 
@@ -70,12 +70,9 @@ def parse_bbox(text: str) -> Tensor:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "reconstruct",
-        help="reconstruct a prop as Gaussians from posed views (transforms.json)",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "reconstruct",
+                    "reconstruct a prop as Gaussians from posed views (transforms.json)", HELP,
+                    raw=True)  # fmt: skip
     p.add_argument("transforms", type=Path, metavar="TRANSFORMS",
                    help="NeRF-style transforms.json (or a folder holding one)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",

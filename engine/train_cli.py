@@ -11,12 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli_args import add_config_flags, config_flags, positive_int
+from .cli_args import add_command, add_config_flags, config_flags, positive_int
 from .train_config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train the object model (resumes from checkpoints)")
+    p = add_command(subparsers, "train", "train the object model (resumes from checkpoints)")
     p.add_argument("--config", default="object-small",
                    help="a model preset (object-tiny, object-small, object-paper) or a "
                         "train_config.json of an earlier run")  # fmt: skip

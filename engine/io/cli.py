@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..cli_args import add_command
 from ..gaussians import MAX_SH_DEGREE
 from . import format_for, load, save, supported_suffixes
 from .axes import AXES, file_frame, suffix_of
@@ -45,12 +46,8 @@ Bad input exits with status 2 and a one-line message, leaving OUT untouched.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="convert / clean up a splat file for game pipelines",
-        description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "export", "convert / clean up a splat file for game pipelines",
+                    HELP, raw=True)  # fmt: skip
     p.add_argument("input", type=Path, metavar="IN", help="splat file to read")
     p.add_argument(
         "output", type=Path, metavar="OUT", help="file to write; its suffix picks the format"

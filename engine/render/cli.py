@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..camera_formats import read_nerf_transforms
-from ..cli_args import int_range, parse_background
+from ..cli_args import add_command, int_range, parse_background
 from ..devices import DEVICE_CHOICES, resolve_device
 from ..gaussians import MAX_SH_DEGREE
 from ..images import save_png
@@ -30,12 +30,8 @@ from . import BACKENDS, render
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "render",
-        help="render a splat file from a transforms.json's cameras",
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "render", "render a splat file from a transforms.json's cameras",
+                    __doc__.split("\n\n", 1)[1], raw=True)  # fmt: skip
     p.add_argument("scene", type=Path, help="splat file (.ply, .spz, .glb, ...)")
     p.add_argument("--cameras", type=Path, required=True,
                    help="NeRF-style transforms.json (w/h suffice; images optional)")  # fmt: skip
@@ -75,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register_warmup(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "warmup",
-        help="compile the CPU render kernels into the numba cache (make venv runs it)",
-        description="Compile (or load) every numba kernel once, so the first render or "
-        "reconstruction of a new install does not wait for the compiler. Prints where the "
-        "cache lives (NUMBA_CACHE_DIR overrides it; see engine/render/numba_cache.py).",
-    )
+    p = add_command(
+        subparsers, "warmup",
+        "compile the CPU render kernels into the numba cache (make venv runs it)",
+        "Compile (or load) every numba kernel once, so the first render or reconstruction of a "
+        "new install does not wait for the compiler. Prints where the cache lives "
+        "(NUMBA_CACHE_DIR overrides it; see engine/render/numba_cache.py).",
+    )  # fmt: skip
     p.set_defaults(func=run_warmup)
 
 
