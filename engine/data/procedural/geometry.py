@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -156,3 +157,25 @@ def beam_matrix(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     m = np.eye(4)
     m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z * length, 0.5 * (start + end)
     return m
+
+
+def part_mesh_data(part: dict[str, Any]) -> MeshData | None:
+    """Numpy mesh of a part spec (`spec._part`) in its parent's frame, or None for
+    `monkey` (made by bmesh in `shapes.build_part`)."""
+    shape, args = part["shape"], part["args"]
+    if shape == "box":
+        mesh = box(tuple(args["size"]))
+    elif shape == "revolve":
+        mesh = revolve(
+            [tuple(p) for p in args["profile"]],
+            int(args.get("segments", 32)),
+            cap_bottom=bool(args.get("cap_bottom", True)),
+            cap_top=bool(args.get("cap_top", True)),
+        )
+    elif shape == "torus":
+        mesh = torus(float(args["major"]), float(args["minor"]))
+    elif shape == "monkey":
+        return None
+    else:
+        raise ValueError(f"unknown part shape {shape!r}")
+    return mesh.transformed(np.asarray(part["matrix"]))

@@ -15,31 +15,10 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .geometry import MeshData, box, revolve, torus
+from .geometry import MeshData, part_mesh_data
 
 # Edges sharper than this stay hard under smooth shading (cylinder rims, box edges).
 SHARP_ANGLE_DEG = 40.0
-
-
-def part_mesh_data(part: dict[str, Any]) -> MeshData | None:
-    """Numpy mesh of a part in its parent's frame, or None for `monkey` (made by bmesh)."""
-    shape, args = part["shape"], part["args"]
-    if shape == "box":
-        mesh = box(tuple(args["size"]))
-    elif shape == "revolve":
-        mesh = revolve(
-            [tuple(p) for p in args["profile"]],
-            int(args.get("segments", 32)),
-            cap_bottom=bool(args.get("cap_bottom", True)),
-            cap_top=bool(args.get("cap_top", True)),
-        )
-    elif shape == "torus":
-        mesh = torus(float(args["major"]), float(args["minor"]))
-    elif shape == "monkey":
-        return None
-    else:
-        raise ValueError(f"unknown part shape {shape!r}")
-    return mesh.transformed(np.asarray(part["matrix"]))
 
 
 def _mesh_from_data(name: str, data: MeshData) -> bpy.types.Mesh:
