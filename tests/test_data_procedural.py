@@ -181,7 +181,16 @@ def test_cli_registers_data_make_with_documented_defaults():
     cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["data", "make", "OUT", "--objects", "5", "--seed", "9"])
     assert (args.objects, args.seed, args.res, args.workers) == (5, 9, 256, 0)
-    assert (args.views_in, args.views_target, args.samples) == (4, 8, 4)
+    assert (args.views_in, args.views_target, args.samples, args.kind) == (None, None, 4, "props")
     assert callable(args.func)
+    # Views default per kind: 4 input + 8 target for props, 2 context + 6 target for scenes.
+    from engine.data.make import MakeConfig
+
+    assert (
+        MakeConfig(out="OUT", objects=1).views_in,
+        MakeConfig(out="OUT", objects=1).views_target,
+    ) == (4, 8)
+    scenes = MakeConfig(out="OUT", objects=1, kind="scenes")
+    assert (scenes.views_in, scenes.views_target) == (2, 6)
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "make", "OUT"])  # --objects is required

@@ -1,4 +1,4 @@
-"""`gd data ...`: make a props dataset with Blender, draw a montage of one."""
+"""`gd data ...`: make a props or scenes dataset with Blender, draw a montage of one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cli_args import int_range, name_list, nonnegative_int, positive_int
 from .camera_poses import INPUT_RIGS
-from .layout import SPLITS
+from .layout import KINDS, SPLITS
 
 # Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
 # one object's views alone take gigabytes.
@@ -21,19 +21,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     make = sub.add_parser(
         "make",
-        help="render procedural props with Cycles (resumable)",
-        description="Render N procedural props into OUT (RGBA PNGs + NeRF transforms). "
-        "Re-running the same command resumes: finished objects are skipped.",
+        help="render procedural props or interior scenes with Cycles (resumable)",
+        description="Render N procedural props (RGBA PNGs + NeRF transforms) or, with "
+        "--kind scenes, N interiors (RGB + 16-bit depth PNGs, a context pair and targets "
+        "on an RE10K-like camera clip) into OUT. Re-running the same command resumes: "
+        "finished items are skipped.",
     )
     make.add_argument("out", type=Path, help="dataset folder (created if missing)")
-    make.add_argument("--objects", type=positive_int, required=True, help="number of objects")
+    make.add_argument("--kind", choices=KINDS, default="props",
+                      help="props (transparent film) or scenes (rooms with depth)")  # fmt: skip
+    make.add_argument("--objects", type=positive_int, required=True,
+                      help="number of objects (or scenes)")  # fmt: skip
     make.add_argument("--res", type=RESOLUTIONS, default=256, help="image side in pixels (8..8192)")
     make.add_argument("--seed", type=nonnegative_int, default=0,
                       help="object i depends on (seed, i)")  # fmt: skip
     make.add_argument("--workers", type=nonnegative_int, default=0,
                       help="Blender processes (0: one a core)")  # fmt: skip
-    make.add_argument("--views-in", type=positive_int, default=4, help="input views on the ring")
-    make.add_argument("--views-target", type=positive_int, default=8, help="random target views")
+    make.add_argument("--views-in", type=positive_int, default=None,
+                      help="input views on the ring (props, default 4); scenes have 2 context "
+                           "views")  # fmt: skip
+    make.add_argument("--views-target", type=positive_int, default=None,
+                      help="target views (props: random poses, default 8; scenes: on the "
+                           "clip between and beyond the context pair, default 6)")  # fmt: skip
     make.add_argument("--rig", choices=INPUT_RIGS, default="ring",
                       help="input cameras: a ring at 20 degrees (the model's training views) "
                            "or spread over the upper hemisphere")  # fmt: skip
@@ -61,7 +70,7 @@ def _make(args: argparse.Namespace) -> int:
         out=args.out, objects=args.objects, resolution=args.res, seed=args.seed,
         workers=args.workers, views_in=args.views_in, views_target=args.views_target,
         samples=args.samples, denoise=not args.no_denoise, progress=not args.quiet,
-        splits=args.splits, input_rig=args.rig,
+        splits=args.splits, input_rig=args.rig, kind=args.kind,
     )  # fmt: skip
     report = make_dataset(cfg)
     print(

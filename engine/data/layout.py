@@ -33,9 +33,23 @@ from ..atomic import atomic_open
 # Bump when the content of objects changes for the same (seed, index): a resumed run
 # refuses to mix objects made by different generator versions.
 GENERATOR_VERSION = "1"
+# The same for scenes (`gd data make --kind scenes`).
+SCENE_GENERATOR_VERSION = "1"
 
 MANIFEST_NAME = "manifest.json"
 OBJECTS_DIR = "objects"
+# Dataset kinds: what `gd data make --kind` renders, the manifest `format` recording it and
+# the folder holding one sub-folder per item. A props manifest predates the "kind" key;
+# its format says the kind.
+KINDS = ("props", "scenes")
+KIND_FORMATS = {"props": "gd-props", "scenes": "gd-scenes"}
+ITEM_DIRS = {"props": OBJECTS_DIR, "scenes": "scenes"}
+# Scenes: two context views and targets on an RE10K-like clip, RGB and 16-bit depth PNGs.
+SCENE_VIEW_SPLITS = ("context", "target")
+ROOM_NAME = "room.json"
+# Depth PNGs hold round(depth / DEPTH_SCALE) as uint16 (metres = value * DEPTH_SCALE, up to
+# 65.5 m); 0 where no surface was hit.
+DEPTH_SCALE = 0.001
 DONE_NAME = "done.json"
 PROP_NAME = "prop.json"
 VIEW_SPLITS = ("input", "target")
@@ -52,11 +66,32 @@ def object_dir(root: str | os.PathLike, index: int) -> Path:
     return Path(root) / OBJECTS_DIR / f"{index:06d}"
 
 
+def scene_dir(root: str | os.PathLike, index: int) -> Path:
+    """Folder of scene `index` of a scenes dataset."""
+    return Path(root) / ITEM_DIRS["scenes"] / f"{index:06d}"
+
+
 def transforms_path(obj_dir: str | os.PathLike, split: str) -> Path:
-    """`transforms_<split>.json` of one object; split is "input" or "target"."""
-    if split not in VIEW_SPLITS:
-        raise ValueError(f"view split must be one of {VIEW_SPLITS}, got {split!r}")
+    """`transforms_<split>.json` of one object ("input" or "target") or scene ("context"
+    or "target")."""
+    if split not in VIEW_SPLITS + SCENE_VIEW_SPLITS:
+        raise ValueError(
+            f"view split must be one of {VIEW_SPLITS + SCENE_VIEW_SPLITS}, got {split!r}"
+        )
     return Path(obj_dir) / f"transforms_{split}.json"
+
+
+def manifest_kind(manifest: dict[str, Any]) -> str:
+    """The kind ("props" or "scenes") of a dataset manifest: its "kind" key, else its
+    format (props manifests have no "kind"); ValueError for an unknown one."""
+    kind = manifest.get("kind")
+    if kind is None:
+        kinds = {fmt: name for name, fmt in KIND_FORMATS.items()}
+        kind = kinds.get(manifest.get("format", "gd-props"))
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind (kind {manifest.get('kind')!r}, "
+                         f"format {manifest.get('format')!r})")  # fmt: skip
+    return kind
 
 
 def is_finished(obj_dir: str | os.PathLike) -> bool:

@@ -1,9 +1,10 @@
-"""Make (or resume) a props dataset with several Blender worker processes.
+"""Make (or resume) a props or scenes dataset with several Blender worker processes.
 
 bpy holds one scene per process, so parallelism is processes: each worker is
-`python -m engine.data.worker`, fed object indices on stdin one at a time (so fast and
-slow props balance across workers) and answering on stdout. Finished objects (done.json
-present) are skipped, which makes a killed run resumable with the same command.
+`python -m engine.data.worker`, fed object (or scene) indices on stdin one at a time (so
+fast and slow items balance across workers) and answering on stdout. Finished items
+(done.json present) are skipped, which makes a killed run resumable with the same command.
+The manifest records the kind; a folder of one kind is never resumed as the other.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from .camera_poses import INPUT_RIGS
 from .layout import (
     DEFAULT_SPLIT_FRACTIONS,
     GENERATOR_VERSION,
+    ITEM_DIRS,
+    KIND_FORMATS,
+    KINDS,
     MANIFEST_NAME,
-    OBJECTS_DIR,
+    SCENE_GENERATOR_VERSION,
     SPLITS,
     is_finished,
+    manifest_kind,
     read_manifest,
     split_indices,
     split_of,
@@ -38,17 +43,27 @@ from .worker import DONE, FAIL
 _FIXED_KEYS = ("seed", "resolution", "views", "generator_version", "render")
 
 
+# Views per item when MakeConfig leaves them None: props (input ring, random targets);
+# scenes (the context pair, targets on the clip).
+DEFAULT_VIEWS = {"props": (4, 8), "scenes": (2, 6)}
+
+
 @dataclass
 class MakeConfig:
-    """What to make. Object i depends only on (seed, i) and these settings."""
+    """What to make. Object (or scene) i depends only on (seed, i) and these settings.
+
+    `kind` is "props" (objects on a transparent film) or "scenes" (interiors with depth,
+    `procedural.room_spec`); `objects` counts either. `views_in` and `views_target`
+    default per kind (DEFAULT_VIEWS); scenes always have 2 context views (`views_in`).
+    """
 
     out: Path
     objects: int
     resolution: int = 256
     seed: int = 0
     workers: int = 0  # 0: one per CPU core
-    views_in: int = 4
-    views_target: int = 8
+    views_in: int | None = None  # None: DEFAULT_VIEWS[kind] (set in __post_init__)
+    views_target: int | None = None
     # Input cameras: "ring" or "hemisphere" (engine.data.camera_poses.INPUT_RIGS).
     input_rig: str = "ring"
     samples: int = 4
@@ -58,6 +73,14 @@ class MakeConfig:
     # unrendered and a later run without the filter fills them in, so the held-out split
     # can be made first and training data grown while a model trains.
     splits: tuple[str, ...] | None = None
+    kind: str = "props"
+
+    def __post_init__(self) -> None:
+        defaults = DEFAULT_VIEWS.get(self.kind, DEFAULT_VIEWS["props"])
+        if self.views_in is None:
+            self.views_in = defaults[0]
+        if self.views_target is None:
+            self.views_target = defaults[1]
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
@@ -79,16 +102,22 @@ class MakeReport:
 
 def _manifest(cfg: MakeConfig, finished: list[int], created: str | None) -> dict[str, Any]:
     splits = split_indices(cfg.seed, finished, DEFAULT_SPLIT_FRACTIONS)
+    if cfg.kind == "scenes":
+        head: dict[str, Any] = {"format": KIND_FORMATS["scenes"], "kind": "scenes",
+                                "generator_version": SCENE_GENERATOR_VERSION}  # fmt: skip
+        views: dict[str, Any] = {"context": cfg.views_in, "target": cfg.views_target}
+    else:  # the props manifest as it always was (its format says the kind)
+        head = {"format": KIND_FORMATS["props"], "generator_version": GENERATOR_VERSION}
+        # The rig is recorded only when it is not the ring, so existing ring datasets resume.
+        views = {"input": cfg.views_in, "target": cfg.views_target,
+                 **({} if cfg.input_rig == "ring" else {"input_rig": cfg.input_rig})}  # fmt: skip
     return {
-        "format": "gd-props",
-        "generator_version": GENERATOR_VERSION,
+        **head,
         "seed": cfg.seed,
         "objects": cfg.objects,
         "finished": len(finished),
         "resolution": cfg.resolution,
-        # The rig is recorded only when it is not the ring, so existing ring datasets resume.
-        "views": {"input": cfg.views_in, "target": cfg.views_target,
-                  **({} if cfg.input_rig == "ring" else {"input_rig": cfg.input_rig})},
+        "views": views,
         "render": {"engine": "CYCLES", "samples": cfg.samples, "denoise": cfg.denoise},
         "split_fractions": DEFAULT_SPLIT_FRACTIONS,
         "splits": splits,
@@ -104,6 +133,12 @@ def _check_resume(cfg: MakeConfig) -> str | None:
     if not (cfg.out / MANIFEST_NAME).is_file():
         return None
     old = read_manifest(cfg.out)
+    old_kind = manifest_kind(old)
+    if old_kind != cfg.kind:
+        raise ValueError(
+            f"{cfg.out / MANIFEST_NAME}: this folder holds a {old_kind} dataset; it cannot be "
+            f"resumed with --kind {cfg.kind} (use another folder)"
+        )
     new = _manifest(cfg, [], None)
     for key in _FIXED_KEYS:
         if old.get(key) != new[key]:
@@ -117,7 +152,7 @@ def _check_resume(cfg: MakeConfig) -> str | None:
 def _finished(cfg: MakeConfig) -> list[int]:
     """Indices of every finished object in the folder (also beyond cfg.objects, so a
     smaller --objects on resume never drops objects from the manifest)."""
-    folder = cfg.out / OBJECTS_DIR
+    folder = cfg.out / ITEM_DIRS[cfg.kind]
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and is_finished(p))
@@ -134,6 +169,7 @@ class _Worker:
             "--seed", str(cfg.seed), "--res", str(cfg.resolution),
             "--views-in", str(cfg.views_in), "--views-target", str(cfg.views_target),
             "--samples", str(cfg.samples), "--threads", str(threads), "--rig", cfg.input_rig,
+            "--kind", cfg.kind,
         ]  # fmt: skip
         if not cfg.denoise:
             cmd.append("--no-denoise")
@@ -168,6 +204,12 @@ def _check_config(cfg: MakeConfig) -> None:
     """Refuse settings that cannot make a dataset before anything is written (a manifest
     saying `"resolution": -7` must never exist). `gd data make` checks its flags the same
     way while parsing; this covers callers from Python."""
+    if cfg.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {cfg.kind!r}")
+    if cfg.kind == "scenes" and cfg.views_in != 2:
+        raise ValueError(f"scenes have exactly 2 context views (views_in), got {cfg.views_in!r}")
+    if cfg.kind == "scenes" and cfg.input_rig != "ring":
+        raise ValueError("input_rig applies to props only; scenes take their cameras from a clip")
     for name in ("objects", "resolution", "views_in", "views_target", "samples"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -185,7 +227,8 @@ def _check_config(cfg: MakeConfig) -> None:
 
 
 def make_dataset(cfg: MakeConfig) -> MakeReport:
-    """Render every unfinished object in range(cfg.objects) and (re)write the manifest."""
+    """Render every unfinished object (or scene) in range(cfg.objects) and (re)write the
+    manifest."""
     from tqdm import tqdm
 
     cfg.out = Path(cfg.out)

@@ -1,9 +1,10 @@
 """One Blender worker process: `python -m engine.data.worker OUT --seed S ...`.
 
-Reads object indices from stdin, one per line, renders each, and answers on stdout with
-one line per object: `GD-DONE <index> <seconds>` or `GD-FAIL <index> <message>`. Blender
-prints its own progress to file descriptor 1, so the protocol gets a private duplicate of
-stdout and everything else written to fd 1 goes to stderr (the parent's log file).
+Reads object (with `--kind scenes`: scene) indices from stdin, one per line, renders each,
+and answers on stdout with one line per item: `GD-DONE <index> <seconds>` or
+`GD-FAIL <index> <message>`. Blender prints its own progress to file descriptor 1, so the
+protocol gets a private duplicate of stdout and everything else written to fd 1 goes to
+stderr (the parent's log file).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 import sys
 import traceback
+from typing import Any
 
 DONE, FAIL = "GD-DONE", "GD-FAIL"
 
@@ -27,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-denoise", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rig", default="ring")
+    p.add_argument("--kind", choices=("props", "scenes"), default="props")
     return p.parse_args(argv)
 
 
@@ -35,12 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # Blender's chatter on fd 1 -> stderr
     sys.stdout = sys.stderr
-    from .generator import Generator  # imports bpy
+    if args.kind == "scenes":
+        from .scene_generator import SceneGenerator  # imports bpy
 
-    gen = Generator(
-        args.out, args.seed, args.res, args.views_in, args.views_target,
-        args.samples, not args.no_denoise, args.threads, input_rig=args.rig,
-    )  # fmt: skip
+        gen: Any = SceneGenerator(
+            args.out, args.seed, args.res, args.views_target, args.samples,
+            not args.no_denoise, args.threads,
+        )  # fmt: skip
+    else:
+        from .generator import Generator  # imports bpy
+
+        gen = Generator(
+            args.out, args.seed, args.res, args.views_in, args.views_target,
+            args.samples, not args.no_denoise, args.threads, input_rig=args.rig,
+        )  # fmt: skip
     for line in sys.stdin:
         line = line.strip()
         if not line:

@@ -1,0 +1,128 @@
+"""Render one interior scene of a scenes dataset with real Blender (Cycles on the CPU).
+
+Like `generator.Generator` for props, bpy is imported only when a `SceneGenerator` is
+created (by `engine.data.worker --kind scenes`), so `import engine.data` never loads
+Blender. Scene i depends only on (seed, i) (`procedural.room_spec.sample_room`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .layout import (
+    DEPTH_SCALE,
+    DONE_NAME,
+    ROOM_NAME,
+    SCENE_GENERATOR_VERSION,
+    SCENE_VIEW_SPLITS,
+    is_finished,
+    scene_dir,
+    transforms_path,
+    write_json_atomic,
+)
+from .procedural.room_spec import sample_room
+
+
+def write_depth_png(path: Path, depth: np.ndarray) -> None:
+    """Save (H, W) depth in metres (NaN: no surface) as a 16-bit PNG of
+    round(depth / DEPTH_SCALE), 0 where there is no surface or the depth is out of range."""
+    value = np.round(np.nan_to_num(depth, nan=0.0) / DEPTH_SCALE)
+    value[(value < 1) | (value > 65535)] = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(value.astype(np.uint16)).save(path, optimize=True)
+
+
+def read_depth_png(path: str | Path) -> np.ndarray:
+    """(H, W) float32 depth in metres from a depth PNG, NaN where it holds 0."""
+    with Image.open(path) as image:
+        value = np.asarray(image).astype(np.float32)
+    return np.where(value > 0, value * DEPTH_SCALE, np.nan).astype(np.float32)
+
+
+class SceneGenerator:
+    """Renders scenes into a dataset folder; holds the Blender scene of this process."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        seed: int,
+        resolution: int = 256,
+        n_target: int = 6,
+        samples: int = 4,
+        denoise: bool = True,
+        threads: int = 1,
+    ) -> None:
+        from .procedural import room  # imports bpy
+        from .procedural.scene import RenderSettings
+
+        self.root, self.seed, self.n_target = Path(root), int(seed), int(n_target)
+        self._room = room
+        self.rs = room.configure_rooms(RenderSettings(resolution, samples, denoise, threads))
+
+    def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
+        """Render scene `index` unless it is finished; returns its done-marker dict."""
+        from engine.camera_formats import from_blender, write_nerf_transforms
+
+        out = scene_dir(self.root, index)
+        if is_finished(out) and not overwrite:
+            return {"index": index, "skipped": True}
+        if out.exists():  # leftovers of an interrupted run: start the scene afresh
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        spec = sample_room(self.seed, index, self.n_target)
+        self._room.build_room(self.rs, spec)
+        fov = spec["clip"]["fov_deg"]
+        scene = self.rs.scene
+        render = scene.render
+        recorded: dict[str, tuple[list[Path], list[np.ndarray]]] = {}
+        valid: list[np.ndarray] = []
+        for split in SCENE_VIEW_SPLITS:
+            paths, matrices = [], []
+            for k, c2w in enumerate(spec["cameras"][split]):
+                path = out / split / f"{k:03d}.png"
+                camera, depth = self._room.render_view(self.rs, np.asarray(c2w), fov, path)
+                write_depth_png(out / f"{split}_depth" / f"{k:03d}.png", depth)
+                valid.append(depth[np.isfinite(depth)])
+                paths.append(path)
+                # Record the matrix Blender actually rendered with, not the one we asked for.
+                matrices.append(np.asarray(camera.matrix_world, dtype=np.float64))
+            recorded[split] = (paths, matrices)
+        depths = np.concatenate(valid)
+        if depths.size == 0:
+            raise RuntimeError(f"scene {index}: no view hit a surface")
+        # One near/far for the whole scene (context and targets), from the rendered depth.
+        near = round(max(0.05, 0.9 * float(depths.min())), 4)
+        far = round(1.1 * float(depths.max()), 4)
+        camera = scene.camera
+        for split, (paths, matrices) in recorded.items():
+            cameras = from_blender(
+                np.stack(matrices), camera.data.lens, camera.data.sensor_width,
+                camera.data.sensor_height, camera.data.sensor_fit, camera.data.shift_x,
+                camera.data.shift_y, render.resolution_x, render.resolution_y,
+                render.pixel_aspect_x, render.pixel_aspect_y, render.resolution_percentage,
+            )  # fmt: skip
+            extra = {
+                "near": near,
+                "far": far,
+                "depth_folder": f"{split}_depth",
+                "depth_scale": DEPTH_SCALE,
+                "depth_kind": "planar",
+            }
+            write_nerf_transforms(transforms_path(out, split), cameras, paths, extra)
+        write_json_atomic(out / ROOM_NAME, {"generator_version": SCENE_GENERATOR_VERSION,
+                                            "spec": spec, "near": near, "far": far})  # fmt: skip
+        done = {
+            "index": index,
+            "seconds": round(time.perf_counter() - start, 3),
+            "views": {"context": 2, "target": self.n_target},
+            "furniture": len(spec["furniture"]),
+        }
+        write_json_atomic(out / DONE_NAME, done)  # last: marks the scene finished
+        return done
