@@ -112,14 +112,8 @@ def test_object():
             points.append((0.17, y, z))
             colours.append((0.0, 0.0, 1.0))
     means = torch.tensor(points, dtype=torch.float32)
-    n = len(means)
-    return Gaussians(
-        means=means,
-        log_scales=torch.full((n, 3), math.log(0.045)),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(n, 1),
-        opacity_logits=torch.full((n,), 4.0),
-        sh=rgb_to_sh_dc(torch.tensor(colours))[:, None, :],
-    )
+    sh = rgb_to_sh_dc(torch.tensor(colours))[:, None, :]
+    return Gaussians.isotropic(means, math.log(0.045), 4.0, sh)
 
 
 def camera(

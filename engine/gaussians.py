@@ -116,6 +116,17 @@ class Gaussians:
         z = lambda *s: torch.zeros(*s, device=device, dtype=dtype)  # noqa: E731
         return cls(z(0, 3), z(0, 3), z(0, 4), z(0), z(0, k, 3))
 
+    @classmethod
+    def isotropic(
+        cls, means: Tensor, log_scale: float, opacity_logit: float, sh: Tensor
+    ) -> Gaussians:
+        """Round, unrotated Gaussians at `means` (N, 3), all of one size and opacity, with
+        coefficients `sh` (N, K, 3); the other tensors take the means' dtype and device."""
+        n = means.shape[0]
+        log_scales = means.new_full((n, 3), log_scale)
+        quats = means.new_tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1)
+        return cls(means, log_scales, quats, means.new_full((n,), opacity_logit), sh)
+
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise `GaussiansError` on wrong shapes/dtypes/devices, NaN/Inf or zero quaternions."""

@@ -120,14 +120,7 @@ def _standard_column(n: int = 60):
     marker_front = torch.tensor([[0.0, -1.0, 0.3]])
     means = torch.cat([means, marker_top, marker_front])
     rgb = torch.cat([rgb, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])])
-    m = len(means)
-    return Gaussians(
-        means=means,
-        log_scales=torch.full((m, 3), math.log(0.05)),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(m, 1),
-        opacity_logits=torch.full((m,), 3.0),
-        sh=rgb_to_sh_dc(rgb)[:, None, :],
-    )
+    return Gaussians.isotropic(means, math.log(0.05), 3.0, rgb_to_sh_dc(rgb)[:, None, :])
 
 
 @pytest.mark.parametrize("suffix", [".ply", ".spz"])

@@ -266,14 +266,6 @@ def visual_hull_gaussians(
     unseen = seen.sum(0) == 0
     colours = torch.where(unseen[:, None], colour_all, colour_seen).clamp(0, 1)
 
-    n = points.shape[0]
     sigma = sigma_voxels * grid.voxel_size
-    quats = torch.zeros(n, 4)
-    quats[:, 0] = 1.0
-    return Gaussians(
-        means=points,
-        log_scales=torch.full((n, 3), math.log(sigma)),
-        quats=quats,
-        opacity_logits=torch.full((n,), math.log(opacity / (1 - opacity))),
-        sh=rgb_to_sh_dc(colours)[:, None, :],
-    )
+    return Gaussians.isotropic(points, math.log(sigma), math.log(opacity / (1 - opacity)),
+                               rgb_to_sh_dc(colours)[:, None, :])  # fmt: skip

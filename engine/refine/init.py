@@ -30,10 +30,5 @@ def random_gaussians(n: int, center: Tensor | tuple[float, float, float] = (0.0,
     k = (sh_degree + 1) ** 2
     sh = torch.zeros(n, k, 3)
     sh[:, 0] = rgb_to_sh_dc(torch.rand(n, 3, generator=g))
-    return Gaussians(
-        means=means,
-        log_scales=torch.full((n, 3), float(torch.tensor(s).log())),
-        quats=torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(n, 4).clone(),
-        opacity_logits=torch.full((n,), float(torch.logit(torch.tensor(opacity)))),
-        sh=sh,
-    )
+    return Gaussians.isotropic(means, float(torch.tensor(s).log()),
+                               float(torch.logit(torch.tensor(opacity))), sh)  # fmt: skip
