@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .devices import TensorBundle
+
 __all__ = ["CameraError", "Cameras"]
 
 # Loose enough for float32 matrices that went through a few products, tight enough to catch
@@ -92,7 +94,7 @@ def rigid_inverse(matrices: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------- Cameras
 @dataclass(eq=False)
-class Cameras:
+class Cameras(TensorBundle):
     """C pinhole cameras sharing one image size.
 
     Attributes:
@@ -117,6 +119,8 @@ class Cameras:
     def __post_init__(self) -> None:
         self._coerce()
         self.validate()
+
+    _lead = "world_to_camera"  # device and dtype (TensorBundle)
 
     @classmethod
     def _unchecked(
@@ -226,14 +230,6 @@ class Cameras:
             move(self.world_to_camera), move(self.fx), move(self.fy), move(self.cx), move(self.cy),
             self.width, self.height,
         )  # fmt: skip
-
-    @property
-    def device(self) -> torch.device:
-        return self.world_to_camera.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.world_to_camera.dtype
 
     def __repr__(self) -> str:
         return (

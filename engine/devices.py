@@ -1,6 +1,9 @@
-"""Choosing a torch device from a user-facing name ("auto", "cpu", "cuda", "mps")."""
+"""Choosing a torch device from a user-facing name ("auto", "cpu", "cuda", "mps"), and
+`TensorBundle`, the `device` and `dtype` of a container of tensors."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 
@@ -26,3 +29,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but Apple MPS is not available")
     return torch.device(name)
+
+
+class TensorBundle:
+    """Mixin for a container of tensors that share one device and dtype (`Gaussians`,
+    `Cameras`): both are read off the tensor attribute named by `_lead`."""
+
+    _lead: ClassVar[str]
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self, self._lead).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self, self._lead).dtype

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from .devices import TensorBundle
 from .rotations import normalize_quaternions, quaternion_to_matrix
 
 SH_C0 = 0.28209479177387814
@@ -49,7 +50,7 @@ def sh_dc_to_rgb(dc: Tensor) -> Tensor:
 
 
 @dataclass
-class Gaussians:
+class Gaussians(TensorBundle):
     """A set of N 3D Gaussians. Construct directly or with `from_activated`.
 
     The constructor validates shapes and finiteness (see `validate`); pass
@@ -65,6 +66,8 @@ class Gaussians:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    _lead = "means"  # device and dtype (TensorBundle)
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -185,14 +188,6 @@ class Gaussians:
     @property
     def sh_degree(self) -> int:
         return sh_degree_from_coeffs(self.sh.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.means.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.means.dtype
 
     # ------------------------------------------------------------------ activations
     @property
