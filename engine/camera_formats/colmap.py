@@ -26,19 +26,11 @@ __all__ = ["ColmapModel", "colmap_to_cameras", "read_colmap", "write_colmap"]
 
 # model id -> (name, number of params), as in COLMAP's src/colmap/sensor/models.h.
 _COLMAP_MODELS: dict[int, tuple[str, int]] = {
-    0: ("SIMPLE_PINHOLE", 3),
-    1: ("PINHOLE", 4),
-    2: ("SIMPLE_RADIAL", 4),
-    3: ("RADIAL", 5),
-    4: ("OPENCV", 8),
-    5: ("OPENCV_FISHEYE", 8),
-    6: ("FULL_OPENCV", 12),
-    7: ("FOV", 5),
-    8: ("SIMPLE_RADIAL_FISHEYE", 4),
-    9: ("RADIAL_FISHEYE", 5),
-    10: ("THIN_PRISM_FISHEYE", 12),
+    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+    4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
     11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
-}
+}  # fmt: skip
 _COLMAP_NUM_PARAMS = {name: count for name, count in _COLMAP_MODELS.values()}
 _COLMAP_MODEL_IDS = {name: model_id for model_id, (name, _) in _COLMAP_MODELS.items()}
 # Pinhole models: indices of (fx, fy, cx, cy) in params, then of the distortion terms,
