@@ -103,15 +103,9 @@ class Upsample(nn.Module):
     official code's 2^k applied to world-unit offsets of the object model.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        factor: int,
-        num_frequencies: int = 15,
-        offset_scale: float = 0.5,
-        drop_path: float = 0.0,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, factor: int,
+                 num_frequencies: int = 15, offset_scale: float = 0.5,
+                 drop_path: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         self.factor, self.offset_scale = factor, offset_scale
         self.in_norm = nn.LayerNorm(in_channels)
