@@ -140,6 +140,24 @@ def test_openings_are_holes_in_the_walls(index):
         assert any(_point_in_box(np.array(solid), p) for p in spec["shell"])
 
 
+def test_bundled_sample_scene_matches_the_generator():
+    """examples/sample_scene was made by this spec (seed 2024, scene 0, 4 targets): a spec
+    change that alters scenes must regenerate it (and bump SCENE_GENERATOR_VERSION)."""
+    from pathlib import Path
+
+    from engine.data.layout import SCENE_GENERATOR_VERSION
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "sample_scene"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["kind"] == "scenes" and manifest["finished"] == 1
+    assert manifest["generator_version"] == SCENE_GENERATOR_VERSION
+    room = json.loads((root / "scenes" / "000000" / "room.json").read_text())
+    assert room["spec"] == json.loads(json.dumps(sample_room(2024, 0, 4)))
+    for split, count in (("context", 2), ("target", 4)):
+        assert len(list((root / "scenes" / "000000" / split).glob("*.png"))) == count
+        assert len(list((root / "scenes" / "000000" / f"{split}_depth").glob("*.png"))) == count
+
+
 # ---------------------------------------------------------------------------- kinds
 def test_wrong_kind_resume_is_refused(tmp_path):
     from engine.data.layout import manifest_kind
@@ -243,3 +261,16 @@ def test_resume_skips_finished_scenes_and_refuses_props(rendered):
     assert (root / "scenes" / "000000" / "done.json").read_text() == before
     with pytest.raises(ValueError, match="holds a scenes dataset"):
         make_dataset(MakeConfig(out=root, objects=1, resolution=32, seed=5, progress=False))
+
+
+def test_montage_of_a_scenes_dataset_shows_views_over_depth(tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+
+    from engine.data.montage import make_montage
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "sample_scene"
+    out = make_montage(root, tmp_path / "sheet.png", count=1, tile=32)
+    with Image.open(out) as image:
+        assert image.size == (6 * 32, 2 * 32)  # 2 context + 4 target views, depth beneath

@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(func=_make)
 
-    montage = sub.add_parser("montage", help="PNG grid of random objects of a dataset")
+    montage = sub.add_parser(
+        "montage", help="PNG grid of random objects (or scenes, with depth) of a dataset"
+    )
     montage.add_argument("root", type=Path)
     montage.add_argument("out", type=Path)
     montage.add_argument("--count", type=positive_int, default=16)

@@ -12,6 +12,10 @@ One folder per object; everything a loader needs is inside it::
         prop.json                     the sampled prop spec, normalisation, surface points
         done.json                     completion marker, written last
 
+A scenes dataset (`gd data make --kind scenes`) keeps one folder a scene under
+`OUT/scenes/` (context and target RGB views, 16-bit depth PNGs, transforms with near/far,
+room.json); engine/data/README.md describes it.
+
 An object counts as finished only when `done.json` exists, so a run killed half-way
 through an object redoes that object and nothing else. Object i's content depends only on
 (seed, i), and its split only on (seed, i) too, so growing a dataset keeps every existing

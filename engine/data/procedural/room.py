@@ -111,6 +111,9 @@ def build_room(rs: RoomScene, spec: dict[str, Any]) -> list[bpy.types.Object]:
         data.energy = light["power"]
         data.color = light["color"]
         obj = bpy.data.objects.new(f"light{k}", data)
+        # Not seen directly: a light's own surface has no depth (Cycles writes none), so
+        # its rectangle would be a hole in the depth maps. Glossy reflections keep it.
+        obj.visible_camera = False
         collection.objects.link(obj)
         matrix = np.eye(4)  # area lights emit along their -Z: down
         matrix[:3, 3] = light["position"]
