@@ -208,7 +208,13 @@ def sample_clip(
                 angle = view_angle_deg(poses[i], poses[j])
                 if CONTEXT_ANGLE_DEG[0] <= angle <= CONTEXT_ANGLE_DEG[1]:
                     pairs.append((i, j, angle))
-        order = rng.permutation(len(pairs))
+        if not pairs:
+            continue
+        # Try the pairs nearest a random angle first, so wide pairs are picked where the
+        # overlap allows them rather than the (more numerous) narrow ones.
+        wanted = rng.uniform(*CONTEXT_ANGLE_DEG)
+        noise = rng.uniform(0.0, 2.0, len(pairs))
+        order = np.argsort([abs(p[2] - wanted) + e for p, e in zip(pairs, noise, strict=True)])
         for k in order[:40]:
             i, j, angle = pairs[k]
             overlap = frustum_overlap(poses[i], poses[j], fov, room)
@@ -282,7 +288,7 @@ def _surface_material(rng: np.random.Generator, role: str, photo_ok: bool) -> di
         base["color2"] = rng.uniform(0.65, 0.9, 3).round(4).tolist()
     elif (base["kind"] == "photo" and not photo_ok) or (role == "walls" and rng.random() < 0.4):
         base["kind"] = "plain"  # photos only on unbroken surfaces; many walls plain
-    if role == "floor" and rng.random() < 0.5:
+    if role in ("floor", "accent") and rng.random() < 0.5:
         base["kind"] = "photo"
     if base["kind"] == "photo":
         photo = sample_photo_spec(rng, SURFACE_PHOTOS)
@@ -548,7 +554,8 @@ def sample_room(seed: int, index: int, n_target: int = 6) -> Spec:
     """The full spec of scene `index` of a dataset made with `seed`.
 
     Returns a JSON-serialisable dict: `room` [W, D, H] metres, `materials` (floor, walls,
-    ceiling), `openings`, `shell` (box parts of floor, walls and ceiling, material index
+    ceiling, accent wall), `openings`, `accent_wall` (an unbroken wall with the accent
+    material, or None), `shell` (box parts of floor, walls and ceiling, material index
     into `materials`), `furniture` (items with parts, materials, a (4, 4) `matrix`),
     `lights`, `world` (HDRI), and `clip` (camera path, fov, context and target path
     parameters, the context pair's angle and overlap) plus `cameras` {"context": 2,
@@ -563,9 +570,12 @@ def sample_room(seed: int, index: int, n_target: int = 6) -> Spec:
     walls_with_holes = {o["wall"] for o in openings}
     materials = [
         _surface_material(rng, "floor", True),
-        _surface_material(rng, "walls", not walls_with_holes),
+        _surface_material(rng, "walls", False),  # walls cut into pieces: no photos
         _surface_material(rng, "ceiling", False),
+        _surface_material(rng, "accent", True),  # one unbroken wall, maybe a photo
     ]
+    solid = [wall for wall in _WALLS if wall not in walls_with_holes]
+    accent = str(rng.choice(solid)) if rng.random() < 0.5 else None
     w, d, h = room
     t = WALL_THICKNESS
     shell = [
@@ -573,7 +583,7 @@ def sample_room(seed: int, index: int, n_target: int = 6) -> Spec:
         _box_part([-w / 2 - t, -d / 2 - t, h], [w / 2 + t, d / 2 + t, h + t], 2),
     ]
     for wall in _WALLS:
-        shell += _wall_parts(wall, room, openings, 1)
+        shell += _wall_parts(wall, room, openings, 3 if wall == accent else 1)
     path_points = np.array([
         path_pose(clip["path"], float(s))[:3, 3][:2]
         for s in np.linspace(min(clip["target_t"] + clip["context_t"]),
@@ -590,6 +600,7 @@ def sample_room(seed: int, index: int, n_target: int = 6) -> Spec:
         "room": list(room),
         "materials": materials,
         "openings": openings,
+        "accent_wall": accent,
         "shell": shell,
         "furniture": furniture,
         "lights": sample_lights(rng, room),
