@@ -189,6 +189,11 @@ class Gaussians(TensorBundle):
     def sh_degree(self) -> int:
         return sh_degree_from_coeffs(self.sh.shape[1])
 
+    def degree_for(self, sh_degree: int | None) -> int:
+        """The SH degree a render evaluates: `sh_degree` capped at the Gaussians' own (their
+        own when None)."""
+        return self.sh_degree if sh_degree is None else min(sh_degree, self.sh_degree)
+
     # ------------------------------------------------------------------ activations
     @property
     def scales(self) -> Tensor:

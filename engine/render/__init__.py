@@ -150,7 +150,7 @@ def render(
     device = gaussians.device
     chosen = resolve_backend(backend, device)
     bg = _background_tensor(background, gaussians.means)
-    degree = gaussians.sh_degree if sh_degree is None else min(sh_degree, gaussians.sh_degree)
+    degree = gaussians.degree_for(sh_degree)
     if absgrad and chosen == "torch":
         raise RenderError("absgrad=True needs the 'numba' (CPU) or 'gsplat' (CUDA) backend")
 

@@ -457,7 +457,7 @@ def project_numba(
     """`projection.project` on the CPU with numba kernels (same arguments and result)."""
     dtype = gaussians.dtype
     cams = cameras.to(device=gaussians.device, dtype=dtype)
-    degree = gaussians.sh_degree if sh_degree is None else min(sh_degree, gaussians.sh_degree)
+    degree = gaussians.degree_for(sh_degree)
     viewmats = cams.world_to_camera.contiguous()
     intr = torch.stack([cams.fx, cams.fy, cams.cx, cams.cy], dim=-1)
     means2d, conics, colors, opac, depths, extents = _NumbaProject.apply(

@@ -71,7 +71,7 @@ def project(
     """
     dtype, device = gaussians.dtype, gaussians.device
     cams = cameras.to(device=device, dtype=dtype)
-    degree = gaussians.sh_degree if sh_degree is None else min(sh_degree, gaussians.sh_degree)
+    degree = gaussians.degree_for(sh_degree)
     rot = cams.world_to_camera[:, :3, :3]  # (C, 3, 3)
     trans = cams.world_to_camera[:, :3, 3]  # (C, 3)
     p_cam = torch.einsum("cij,nj->cni", rot, gaussians.means) + trans[:, None, :]  # (C, N, 3)

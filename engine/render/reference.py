@@ -56,7 +56,7 @@ def render_reference(
         if background is None
         else (torch.as_tensor(background, dtype=torch.float64, device=g.device))
     )
-    degree = g.sh_degree if sh_degree is None else min(sh_degree, g.sh_degree)
+    degree = g.degree_for(sh_degree)
     w, h = cams.width, cams.height
     rot = _rotation_from_quaternion(g.quats)
     scale2 = torch.exp(2 * g.log_scales)
