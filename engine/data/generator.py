@@ -59,7 +59,7 @@ class Generator:
 
     def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
         """Render object `index` unless it is finished; returns its done-marker dict."""
-        from engine.camera_formats import from_blender, write_nerf_transforms
+        from engine.camera_formats import write_nerf_transforms
 
         out = object_dir(self.root, index)
         if is_finished(out) and not overwrite:
@@ -77,7 +77,6 @@ class Generator:
         built = bs.build_prop(self.scene, spec)
         poses = plan_poses(plan, built.radius)
         camera = self.scene.camera
-        render = self.scene.render
         for split in VIEW_SPLITS:
             paths, matrices = [], []
             for k, c2w in enumerate(poses[split]):
@@ -89,20 +88,7 @@ class Generator:
                 matrices.append(np.asarray(camera.matrix_world, dtype=np.float64))
             if not paths:
                 continue
-            cameras = from_blender(
-                np.stack(matrices),
-                camera.data.lens,
-                camera.data.sensor_width,
-                camera.data.sensor_height,
-                camera.data.sensor_fit,
-                camera.data.shift_x,
-                camera.data.shift_y,
-                render.resolution_x,
-                render.resolution_y,
-                render.pixel_aspect_x,
-                render.pixel_aspect_y,
-                render.resolution_percentage,
-            )
+            cameras = bs.rendered_cameras(self.scene, matrices)
             write_nerf_transforms(transforms_path(out, split), cameras, paths)
         point_rng = np.random.default_rng([self.seed, index, _POINT_STREAM])
         points = bs.surface_points(built, point_rng, SURFACE_POINTS)

@@ -67,7 +67,9 @@ class SceneGenerator:
 
     def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
         """Render scene `index` unless it is finished; returns its done-marker dict."""
-        from engine.camera_formats import from_blender, write_nerf_transforms
+        from engine.camera_formats import write_nerf_transforms
+
+        from .procedural.scene import rendered_cameras
 
         out = scene_dir(self.root, index)
         if is_finished(out) and not overwrite:
@@ -80,7 +82,6 @@ class SceneGenerator:
         self._room.build_room(self.rs, spec)
         fov = spec["clip"]["fov_deg"]
         scene = self.rs.scene
-        render = scene.render
         recorded: dict[str, tuple[list[Path], list[np.ndarray]]] = {}
         valid: list[np.ndarray] = []
         for split in SCENE_VIEW_SPLITS:
@@ -100,14 +101,8 @@ class SceneGenerator:
         # One near/far for the whole scene (context and targets), from the rendered depth.
         near = round(max(0.05, 0.9 * float(depths.min())), 4)
         far = round(1.1 * float(depths.max()), 4)
-        camera = scene.camera
         for split, (paths, matrices) in recorded.items():
-            cameras = from_blender(
-                np.stack(matrices), camera.data.lens, camera.data.sensor_width,
-                camera.data.sensor_height, camera.data.sensor_fit, camera.data.shift_x,
-                camera.data.shift_y, render.resolution_x, render.resolution_y,
-                render.pixel_aspect_x, render.pixel_aspect_y, render.resolution_percentage,
-            )  # fmt: skip
+            cameras = rendered_cameras(scene, matrices)
             extra = {
                 "near": near,
                 "far": far,

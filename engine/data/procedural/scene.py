@@ -162,6 +162,20 @@ def set_camera(scene: bpy.types.Scene, c2w: np.ndarray, fov_deg: float) -> bpy.t
     return camera
 
 
+def rendered_cameras(scene: bpy.types.Scene, matrices: list[np.ndarray]) -> Any:
+    """`engine.cameras.Cameras` of views rendered by the scene camera's current lens and
+    the render settings, from the (4, 4) `matrix_world`s Blender rendered them with."""
+    from engine.camera_formats import from_blender
+
+    data, render = scene.camera.data, scene.render
+    return from_blender(
+        np.stack(matrices), data.lens, data.sensor_width, data.sensor_height,
+        data.sensor_fit, data.shift_x, data.shift_y, render.resolution_x,
+        render.resolution_y, render.pixel_aspect_x, render.pixel_aspect_y,
+        render.resolution_percentage,
+    )  # fmt: skip
+
+
 def render_to(scene: bpy.types.Scene, path: Path) -> None:
     """Render the scene camera's view to an RGBA PNG at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
