@@ -135,18 +135,12 @@ def _engine_render(gaussians, scene, cam) -> np.ndarray:
 
 
 def _cycles_render(bpy, scene, tmp: Path) -> np.ndarray:
+    from gd_blender_addon.camera_capture import read_png
+
     path = tmp / "cycles.png"
     scene.render.filepath = str(path)
     bpy.ops.render.render(write_still=True, scene=scene.name)
-    image = bpy.data.images.load(str(path))
-    try:
-        w, h = image.size
-        pixels = np.empty(w * h * image.channels, dtype=np.float32)
-        image.pixels.foreach_get(pixels)
-    finally:
-        bpy.data.images.remove(image)
-    # Blender images are stored bottom row first.
-    return pixels.reshape(h, w, -1)[::-1, :, :3].copy()
+    return read_png(path)[..., :3].copy()  # (H, W, 3), top row first
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
