@@ -11,6 +11,8 @@ float EXR that is read back and deleted.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,7 @@ def configure_rooms(settings: RenderSettings) -> RoomScene:
     node.format.color_mode = "BW"
     node.format.exr_codec = "ZIP"
     depth_dir = Path(tempfile.mkdtemp(prefix="gd_depth_"))
+    atexit.register(shutil.rmtree, depth_dir, True)  # the worker's folder goes with it
     node.directory = str(depth_dir) + "/"
     node.file_name = "view_"
     tree.links.new(layers.outputs["Depth"], node.inputs[DEPTH_ITEM])
