@@ -213,8 +213,13 @@ def load_init_state(model: nn.Module, state: dict[str, Tensor], source: str) -> 
 
     Parameters the state lacks keep their fresh initialisation when they belong to a
     module that the state's model did not have (e.g. the colour gates of a densifier
-    trained without them); anything else that does not fit is an error.
+    trained without them); a model with `adapt_init_state` first converts what it knows
+    how to (a different Gaussian-volume up-sampling); anything else that does not fit is
+    an error.
     """
+    adapt = getattr(model, "adapt_init_state", None)
+    if adapt is not None:
+        state = adapt(state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"{source}: weights do not fit this model (unexpected {unexpected[:3]})")

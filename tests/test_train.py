@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.cli import main as gd_main
 from engine.data.cache import CachedProps, build_cache
+from engine.images import resize_views
 from engine.models.config import get_model_config
 from engine.models.gd_object import GDObjectModel
 from engine.train import (
@@ -32,6 +33,7 @@ from engine.train import (
     training_views,
     wrap_ddp,
 )
+from engine.views import load_nerf_scene
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_props"
 
@@ -316,3 +318,29 @@ def test_init_from_weights_without_the_colour_gates_keeps_their_initialisation()
     broken.pop(next(k for k in broken if k.endswith("head.net.0.bias")))
     with pytest.raises(ValueError, match="do not fit"):
         load_init_state(model, broken, "broken.safetensors")
+
+
+def test_init_across_gaussian_volume_upsampling_resamples_the_upsampling_kernel():
+    """--init from a model with a coarser Gaussian volume (object-small v3: 32³ -> v4: 48³):
+    the up-sampling kernel is resampled (outer sub-voxels copy the old outer ones, the
+    middle one is their mean), every other tensor loads unchanged, and the model runs."""
+    cfg = get_model_config("object-tiny")
+    old = GDObjectModel(cfg.with_(backbone=replace(cfg.backbone, upsample=2)))
+    model = GDObjectModel(cfg.with_(backbone=replace(cfg.backbone, upsample=3)))
+    load_init_state(model, old.state_dict(), "old.safetensors")
+    key = "backbone.to_gaussian_volume.weight"
+    w_old, w_new = old.state_dict()[key], model.state_dict()[key]
+    assert w_new.shape == w_old.shape[:2] + (3, 3, 3)
+    torch.testing.assert_close(w_new[..., 0, 0, 0], w_old[..., 0, 0, 0])
+    torch.testing.assert_close(w_new[..., 2, 2, 2], w_old[..., 1, 1, 1])
+    middle = 0.5 * (w_old[..., 0, 0, 1] + w_old[..., 1, 0, 1])
+    torch.testing.assert_close(w_new[..., 1, 0, 2], middle)
+    for name, value in old.state_dict().items():
+        if name != key:
+            assert torch.equal(model.state_dict()[name], value), name
+    vs = load_nerf_scene("examples/sample_props/objects/000000/transforms_input.json")
+    images, cams = resize_views(vs.rgba(), vs.cameras, 64)
+    out = model.eval().reconstruct(images, cams, densify=False)
+    assert len(out.coarse) > 0 and torch.isfinite(out.coarse.means).all()
+    # Same factor: nothing to resample, the state is handed back as is.
+    assert model.adapt_init_state(model.state_dict()).keys() == model.state_dict().keys()

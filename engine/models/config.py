@@ -197,8 +197,13 @@ def _refuse_code(backbone: Any) -> None:
 # v2 (issue 16) reads the input silhouettes; trained from v1's weights (`--init`), whose
 # backbone lacks only the zero-initialised silhouette layers. v3 (in training) adds the
 # photo-consistency volume, from v2's weights the same way. A weights file carries its own
-# config, so the shipped v2 still loads as v2 while this preset describes the next model.
-_SMALL_BACKBONE = BackboneConfig(silhouette=True, photo_volume=True)
+# config, so a shipped model still loads as itself while this preset describes the next.
+# v4 (in training) decodes a 48³ Gaussian volume instead of 32³ (`upsample` 3): v3 keeps
+# about 2-3k Gaussians a prop, each some 8 pixels wide at 256², and its photo-consistency
+# volume samples the views that coarsely; v3 scores the same on training and held-out props
+# (underfitting, not overfitting), so the representation grows. It starts from v3's weights
+# (`ObjectBackbone.adapt_init_state` resamples the up-sampling kernel).
+_SMALL_BACKBONE = BackboneConfig(silhouette=True, photo_volume=True, upsample=3)
 # Residual heads start every child as a smaller copy of its parent, so the fine render
 # begins close to the coarse one and training only has to learn the improvement.
 _SMALL_DENSIFY = SMALL.with_(
@@ -207,7 +212,8 @@ _SMALL_DENSIFY = SMALL.with_(
     sh_degree=1,
     child_samples=CHILD_SAMPLES,
     color_gate=True,
-    grid_size=0.5 * 2 * _SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * 2),
+    # Half a Gaussian-volume voxel (its side is 2 · extent / (resolution · upsample)).
+    grid_size=_SMALL_BACKBONE.extent / (_SMALL_BACKBONE.resolution * _SMALL_BACKBONE.upsample),
     offset_scale=1.0,
     # Candidates are scored on a 64² render: the gradient-mask render and backward were
     # most of the densification time on the CPU.

@@ -99,6 +99,11 @@ class GDObjectModel(nn.Module):
         self.weights_sha256: str | None = None
 
     # ------------------------------------------------------------------ properties
+    def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state` of a related model made loadable here (`ObjectBackbone.adapt_init_state`:
+        a different Gaussian-volume up-sampling); used by training's `--init`."""
+        return self.backbone.adapt_init_state(state, prefix="backbone.")
+
     @property
     def name(self) -> str:
         return self.cfg.name

@@ -209,6 +209,39 @@ class ObjectBackbone(nn.Module):
         nn.init.normal_(self.decoder.weight, std=1e-3)
         nn.init.zeros_(self.decoder.bias)
 
+    def adapt_init_state(self, state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+        """`state` (another backbone's weights, keys under `prefix`) made loadable here
+        when the two differ only in the Gaussian volume's up-sampling factor.
+
+        The up-sampling transposed convolution's kernel is resampled from the old factor's
+        sub-voxel positions to the new ones (linear interpolation along each axis), so
+        every new Gaussian-volume voxel starts with the features of the old one it lies
+        in; every later layer works per voxel or with 3³ kernels and carries over as is.
+        Decoded offsets and scales are in voxels, so Gaussians start at the new, smaller
+        voxel's size. Returns a new dict; other keys are untouched.
+        """
+        key = prefix + "to_gaussian_volume.weight"
+        old = state.get(key)
+        new = self.cfg.upsample
+        if old is None or old.shape[-1] == new:
+            return state
+        f = old.shape[-1]
+        # Sub-voxel centres at (i + 0.5) / n of the coarse voxel, for the old and new n.
+        pos = (torch.arange(new, dtype=torch.float32) + 0.5) / new * f - 0.5
+        lo = pos.floor().clamp(0, f - 1).long()
+        hi = (lo + 1).clamp(max=f - 1)
+        t = (pos - lo.to(pos.dtype)).clamp(0, 1)
+        w = old.float()
+        for axis in (2, 3, 4):
+            shape = [1] * 5
+            shape[axis] = new
+            a = w.index_select(axis, lo)
+            b = w.index_select(axis, hi)
+            w = a + (b - a) * t.view(shape)
+        out = dict(state)
+        out[key] = w.to(old.dtype)
+        return out
+
     @property
     def voxel_size(self) -> float:
         """Side of a Gaussian-volume voxel in model units."""
