@@ -7,7 +7,6 @@ Blender. Scene i depends only on (seed, i) (`procedural.room_spec.sample_room`).
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from .layout import (
     ROOM_NAME,
     SCENE_GENERATOR_VERSION,
     SCENE_VIEW_SPLITS,
-    is_finished,
     scene_dir,
+    start_item,
     transforms_path,
     write_json_atomic,
 )
@@ -38,11 +37,12 @@ def write_depth_png(path: Path, depth: np.ndarray) -> None:
     Image.fromarray(value.astype(np.uint16)).save(path, optimize=True)
 
 
-def read_depth_png(path: str | Path) -> np.ndarray:
-    """(H, W) float32 depth in metres from a depth PNG, NaN where it holds 0."""
+def read_depth_png(path: str | Path, scale: float = DEPTH_SCALE) -> np.ndarray:
+    """(H, W) float32 depth in metres from a depth PNG (metres = value · `scale`, the
+    transforms' `depth_scale`), NaN where it holds 0."""
     with Image.open(path) as image:
         value = np.asarray(image).astype(np.float32)
-    return np.where(value > 0, value * DEPTH_SCALE, np.nan).astype(np.float32)
+    return np.where(value > 0, value * scale, np.nan).astype(np.float32)
 
 
 class SceneGenerator:
@@ -72,11 +72,8 @@ class SceneGenerator:
         from .procedural.scene import rendered_cameras
 
         out = scene_dir(self.root, index)
-        if is_finished(out) and not overwrite:
+        if not start_item(out, overwrite):
             return {"index": index, "skipped": True}
-        if out.exists():  # leftovers of an interrupted run: start the scene afresh
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
         start = time.perf_counter()
         spec = sample_room(self.seed, index, self.n_target)
         self._room.build_room(self.rs, spec)
