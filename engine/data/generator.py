@@ -7,7 +7,6 @@ created, so `import engine.data` never loads Blender. One process holds one Blen
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from .layout import (
     GENERATOR_VERSION,
     PROP_NAME,
     VIEW_SPLITS,
-    is_finished,
     object_dir,
+    start_item,
     transforms_path,
     write_json_atomic,
 )
@@ -62,16 +61,15 @@ class Generator:
         from engine.camera_formats import write_nerf_transforms
 
         out = object_dir(self.root, index)
-        if is_finished(out) and not overwrite:
+        if not start_item(out, overwrite):
             return {"index": index, "skipped": True}
-        if out.exists():  # leftovers of an interrupted run: start the object afresh
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
         start = time.perf_counter()
         bs = self._scene_mod
         spec = sample_prop(self.seed, index)
         plan = sample_view_plan(
-            np.random.default_rng([self.seed, index, _VIEW_STREAM]), self.n_input, self.n_target,
+            np.random.default_rng([self.seed, index, _VIEW_STREAM]),
+            self.n_input,
+            self.n_target,
             input_rig=self.input_rig,
         )
         built = bs.build_prop(self.scene, spec)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,22 @@ def manifest_kind(manifest: dict[str, Any]) -> str:
 def is_finished(obj_dir: str | os.PathLike) -> bool:
     """True when the object's completion marker exists (it is written last)."""
     return (Path(obj_dir) / DONE_NAME).is_file()
+
+
+def start_item(item_dir: str | os.PathLike, overwrite: bool = False) -> bool:
+    """Make an empty folder for one object or scene about to be rendered.
+
+    False (and nothing touched) when it is finished and `overwrite` is off, so a resumed
+    run skips it; otherwise the leftovers of an interrupted run are removed first, so an
+    item is always rendered from scratch into a fresh folder.
+    """
+    item = Path(item_dir)
+    if is_finished(item) and not overwrite:
+        return False
+    if item.exists():
+        shutil.rmtree(item)
+    item.mkdir(parents=True)
+    return True
 
 
 def split_of(seed: int, index: int, fractions: dict[str, float] | None = None) -> str:
