@@ -66,6 +66,20 @@ def test_collate_and_n_target():
     assert len(batch["context_cameras"]) == 2 and len(batch["target_cameras"][0]) == 2
 
 
+def test_max_side_reduces_views_cameras_and_depth():
+    full = load_scene(SAMPLE / "scenes" / "000000", n_target=1)
+    small = load_scene(SAMPLE / "scenes" / "000000", n_target=1, max_side=64)
+    assert small["context_images"].shape == (2, 64, 64, 3)
+    assert small["context_depths"].shape == (2, 64, 64)
+    assert small["target_depths"].shape == (1, 64, 64)
+    cams = small["context_cameras"]
+    assert (cams.width, cams.height) == (64, 64)
+    assert torch.allclose(cams.fx * 4, full["context_cameras"].fx)
+    # Nearest sampling: every reduced depth is one of the full map's values (no blends
+    # across edges), taken near the centre of its 4 x 4 block.
+    assert torch.equal(small["context_depths"], full["context_depths"][:, 2::4, 2::4])
+
+
 def test_errors_name_the_problem(tmp_path):
     root = tmp_path / "scenes"
     shutil.copytree(SAMPLE, root)

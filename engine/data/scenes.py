@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -109,12 +110,17 @@ def read_scene_depths(frames: NerfFrames, path: Path) -> Tensor:
     return torch.from_numpy(np.stack(depths))
 
 
-def load_scene(folder: str | os.PathLike, n_target: int | None = None) -> dict[str, Any]:
+def load_scene(
+    folder: str | os.PathLike, n_target: int | None = None, max_side: int | None = None
+) -> dict[str, Any]:
     """One scene folder of a scenes dataset (`OUT/scenes/000017`).
 
     Args:
         folder: the scene's folder (with transforms_context.json, transforms_target.json).
         n_target: keep only the first n target views (None: all).
+        max_side: views larger than this (longer side) come reduced to it, cameras scaled
+            to match (`engine.views.load_views`); depth maps are reduced by nearest
+            sampling, never averaged, so an edge pixel keeps one surface's depth.
     Returns:
         A dict: context_images (V, H, W, 3) in [0, 1], context_depths (V, H, W) in metres
         (0: no surface), context_cameras (V `Cameras`), target_images (T, H, W, 3),
@@ -134,7 +140,11 @@ def load_scene(folder: str | os.PathLike, n_target: int | None = None) -> dict[s
         paths, cameras = frames.image_paths, frames.cameras
         if split == "target" and n_target is not None:
             paths, cameras, depths = paths[:n_target], cameras[:n_target], depths[:n_target]
-        views = load_views(paths, cameras, _BLACK)
+        views = load_views(paths, cameras, _BLACK, max_side=max_side)
+        size = (views.cameras.height, views.cameras.width)
+        if tuple(depths.shape[-2:]) != size:
+            # "nearest-exact" picks the pixel nearest each new pixel's centre.
+            depths = F.interpolate(depths[:, None], size=size, mode="nearest-exact")[:, 0]
         out[f"{split}_images"] = views.images
         out[f"{split}_depths"] = depths
         out[f"{split}_cameras"] = views.cameras
@@ -160,12 +170,17 @@ class ScenesDataset(Dataset):
         root: dataset folder (with manifest.json of kind "scenes").
         split: "train", "val", "test" or "all".
         n_target: keep only the first n target views (None: all).
+        max_side: reduce larger views (and their depth) to this longer side (`load_scene`).
     Raises:
         ValueError: not a scenes dataset, or an unknown split.
     """
 
     def __init__(
-        self, root: str | os.PathLike, split: str = "train", n_target: int | None = None
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        n_target: int | None = None,
+        max_side: int | None = None,
     ) -> None:
         self.root = Path(root)
         manifest = read_manifest(self.root)
@@ -182,6 +197,7 @@ class ScenesDataset(Dataset):
         # on disk say what is finished.
         self.indices = [i for i in ids if is_finished(scene_dir(self.root, i))]
         self.n_target = n_target
+        self.max_side = max_side
         self.manifest = manifest
 
     def __len__(self) -> int:
@@ -189,4 +205,7 @@ class ScenesDataset(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         index = self.indices[position]
-        return {"index": index, **load_scene(scene_dir(self.root, index), self.n_target)}
+        return {
+            "index": index,
+            **load_scene(scene_dir(self.root, index), self.n_target, self.max_side),
+        }
