@@ -19,6 +19,7 @@ from engine.models.scene_backbone import (
     plane_sweep_cost,
     unproject_depths,
 )
+from engine.rotations import quaternion_to_matrix
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample_scene"
 
@@ -166,6 +167,14 @@ def test_backbone_gaussians_sit_on_their_pixels_at_their_depth():
         pixels, z = cameras[0][k].project(means[k].reshape(-1, 3))
         assert torch.allclose(pixels[0].reshape(32, 32, 2), torch.stack([u, v], -1), atol=1e-3)
         assert torch.allclose(z[0].reshape(32, 32), out.depths[0, k].detach(), rtol=1e-4)
+    # Rotations are predicted in each camera's frame: the identity there is the camera's
+    # own orientation in the world.
+    with torch.no_grad():
+        model.heads["rotation"].weight.zero_()
+    quats = model(images, cameras, near, far).gaussians[0].quats.detach().reshape(3, -1, 4)
+    for k in range(3):
+        rot = quaternion_to_matrix(quats[k])
+        assert torch.allclose(rot, cameras[0].camera_to_world[k, :3, :3].expand_as(rot), atol=1e-5)
 
 
 def test_bad_input_gives_clear_errors():

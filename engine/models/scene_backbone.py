@@ -474,7 +474,9 @@ class ViewTransformer(nn.Module):
 
     Odd blocks shift the windows by half a window (a cyclic roll, as Swin does, but
     without masking the wrapped border windows: cheap, and geometry comes from the cost
-    volume, not from attention).
+    volume, not from attention). No absolute position encoding is added: the CNN features
+    carry the local layout, and one added to the features the plane sweep correlates
+    would favour the candidate that maps each cell onto the same cell of the other view.
     """
 
     def __init__(self, dim: int, heads: int, blocks: int, window: int, mlp_ratio: int) -> None:
