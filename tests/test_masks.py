@@ -19,7 +19,16 @@ from PIL import Image
 from engine.camera_formats import write_nerf_transforms
 from engine.cameras import Cameras
 from engine.cli import main
-from engine.data.masks import MaskError, estimate_masks, find_mask_file, resolve_masks
+from engine.data.masks import (
+    MaskConfig,
+    MaskError,
+    estimate_masks,
+    find_ground,
+    find_mask_file,
+    ground_errors,
+    resolve_masks,
+    subject_sphere,
+)
 from engine.views import load_nerf_scene
 
 from .test_visual_hull import pixel_rays, raycast_box
@@ -201,3 +210,61 @@ def test_colmap_masks_folder_is_honoured(tmp_path: Path):
     assert views.masks.source == "files"
     assert torch.equal(views.alphas > 0.5, truth)
     assert load_colmap_scene(tmp_path, masks="none").masks is None
+
+
+GROUND_Z = CENTER[2] - HALF[2]
+
+
+def photos_with_shadow(cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`photos` with the box's shadow on the ground: ground points whose ray towards a low
+    light meets the box are darkened to a dark blue (close to the box's blue face).
+
+    Returns:
+        (V, H, W, 4) RGBA, (V, H, W) true silhouettes, (V, H, W) shadowed ground pixels.
+    """
+    rgba, truth = photos(cameras)
+    o, d = pixel_rays(cameras)
+    t = (GROUND_Z - o[..., 2]) / torch.where(d[..., 2].abs() < 1e-9, -1e-9, d[..., 2])
+    p = o + t[..., None] * d
+    light = torch.tensor([-0.5, -0.9, 0.7], dtype=torch.float64)
+    light = light / light.norm()
+    c = torch.tensor(CENTER, dtype=torch.float64)
+    h = torch.tensor(HALF, dtype=torch.float64)
+    t0, t1 = (c - h - p) / light, (c + h - p) / light
+    t_near, t_far = torch.minimum(t0, t1).amax(-1), torch.maximum(t0, t1).amin(-1)
+    shadow = (t > 0) & (t_far > t_near) & (t_far > 0) & ~truth
+    tint = torch.tensor([0.3, 0.35, 1.6], dtype=torch.float32)
+    rgb = torch.where(shadow[..., None], (rgba[..., :3] * tint).clamp(0, 1), rgba[..., :3])
+    return torch.cat([rgb, rgba[..., 3:]], -1), truth, shadow
+
+
+def test_the_ground_plane_under_the_prop_is_found_and_its_shadow_left_out():
+    cameras = ring()
+    rgba, truth, shadow = photos_with_shadow(cameras)
+    assert all(int(s.sum()) > 300 for s in shadow)  # a shadow in every view
+    center, radius = subject_sphere(cameras)
+    images = rgba[..., :3].numpy()
+    cfg = MaskConfig()
+    found = find_ground(images, cameras, center, radius, cfg)
+    assert found is not None and abs(found[0] - GROUND_Z) < 0.05 * radius, found
+    # Where the plane lands in the other views, the shadowed ground looks the same (it is
+    # on the plane); the box does not.
+    errors, below = ground_errors(images, cameras, GROUND_Z)
+    assert below[shadow].all()
+    assert float(np.median(errors[shadow.numpy()])) < 0.05
+    assert float(np.median(errors[truth.numpy()])) > 0.15
+    masks = estimate_masks(rgba[..., :3], cameras)
+    assert masks.ground_height is not None
+    est = masks.alphas > 0.5
+    for k in range(len(cameras)):
+        assert iou(est[k], truth[k]) >= 0.9, k
+        assert float((est[k] & shadow[k]).sum()) <= 0.02 * float(shadow[k].sum()), k
+
+
+def test_no_ground_plane_is_found_behind_a_backdrop():
+    # A different random backdrop in every view: no height makes the views agree.
+    cameras = ring()
+    rgba, _ = photos(cameras)
+    noise = torch.rand(rgba.shape[:3] + (3,), generator=torch.Generator().manual_seed(1))
+    center, radius = subject_sphere(cameras)
+    assert find_ground(noise.numpy(), cameras, center, radius, MaskConfig()) is None

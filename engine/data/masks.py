@@ -15,7 +15,11 @@ of a view are the prop:
   others, twice (`MaskConfig.rounds`): a pixel stays prop only if its ray meets the visual
   hull carved from the *other* views' masks (a coarse voxel grid), and GrabCut runs again
   seeded by that hull, with the pixels the surroundings' colours explain better seeded as
-  background (what is seen through holes in the prop).
+  background (what is seen through holes in the prop). Props stand on the ground: when a
+  horizontal plane under the subject makes the views repeat each other's background
+  (`find_ground`: ground and the prop's shadow look the same from every view), the hulls
+  are carved down to it only and the pixels that repeat it start those rounds as probable
+  background, so a dark shadow under the prop that the hull cannot carve away is not kept.
 - ``none``: use the images as they are.
 
 Implausible masks stop the run with `MaskError` instead of reconstructing fog: an empty
@@ -84,6 +88,28 @@ class MaskConfig:
     luma_weight: float = 1.0
     """Weight of lightness against chroma (CIELAB) in the colour models: below 1, a
     shadow on the ground (darker, same hue) looks more like the ground around it."""
+    ground_plane: bool = True
+    """Look for a horizontal ground plane (world Z up) under the subject (`find_ground`)
+    and use it: nothing of the prop is below it, so the sphere that seeds the first round
+    and the hulls that seed the later ones are cut (a ray that meets the ground before
+    them sees ground or shadow), and in the later rounds the pixels the other views repeat
+    where that plane lands in them (`ground_errors`: the ground, and the prop's shadow on
+    it, look the same from every view) start as probable background. On the photo bench's
+    prop 162 (a box over its own dark shadow) view 0's mask IoU goes 0.78 -> 0.98."""
+    ground_steps: int = 33
+    """Heights tried, from the subject sphere's bottom to its centre, for the plane."""
+    ground_side: int = 96
+    """Longer side of the views the plane is searched at."""
+    ground_gain: float = 0.75
+    """The plane is used only when its best height's median error on the background is
+    below this fraction of the median over all the heights tried (a plane explains the
+    background better than any other height; no plane, no gain)."""
+    ground_threshold: float = 1.0
+    """A pixel repeats the ground when its `ground_errors` is below this multiple of the
+    background's median error at the plane's height."""
+    ground_tolerance: float = 0.05
+    """How far below the plane found (a fraction of the subject's radius) the carving
+    stops: the search's step is 1/32 of the radius."""
 
 
 @dataclass
@@ -96,12 +122,15 @@ class Masks:
         fractions: per view, the fraction of the frame that is prop.
         consistency: per view, IoU of its mask with the re-projected hull carved from all
             the masks (empty when not computed).
+        ground_height: world z of the ground plane the estimate found under the prop
+            (`find_ground`), or None.
     """
 
     alphas: Tensor
     source: str
     fractions: list[float] = field(default_factory=list)
     consistency: list[float] = field(default_factory=list)
+    ground_height: float | None = None
 
     def summary(self) -> str:
         """One line for logs and reports."""
@@ -110,6 +139,8 @@ class Masks:
             text += ", prop covers " + "/".join(f"{f:.0%}" for f in self.fractions)
         if self.consistency:
             text += f", cross-view IoU >= {min(self.consistency):.2f}"
+        if self.ground_height is not None:
+            text += f", ground plane at z = {self.ground_height:.3f}"
         return text
 
 
@@ -260,6 +291,106 @@ def reproject(
     return np.stack(out)
 
 
+def pixel_rays(cameras: Cameras) -> tuple[np.ndarray, np.ndarray]:
+    """World ray origins and unit directions (V, H, W, 3) float64 through pixel centres."""
+    cams = cameras.to(dtype=torch.float64)
+    h, w = cams.height, cams.width
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64) + 0.5,
+        torch.arange(w, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
+    x = (u[None] - cams.cx[:, None, None]) / cams.fx[:, None, None]
+    y = (v[None] - cams.cy[:, None, None]) / cams.fy[:, None, None]
+    c2w = cams.camera_to_world
+    d = torch.stack([x, y, torch.ones_like(x)], -1) @ c2w[:, None, :3, :3].transpose(-1, -2)
+    d = d / d.norm(dim=-1, keepdim=True)
+    o = c2w[:, None, None, :3, 3].expand_as(d)
+    return o.numpy(), d.numpy()
+
+
+def ground_errors(
+    images: np.ndarray,
+    cameras: Cameras,
+    height: float,
+    rays: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How well the other views repeat each pixel if it shows the plane z = `height`.
+
+    A pixel's ray meets the horizontal plane (or, above the horizon, the environment at
+    infinity); that point is looked up in every other view that frames it (bilinear), and
+    the colours compared (mean absolute difference over RGB, averaged over 3 x 3 pixels).
+    Ground and the shadows cast on it look the same from every view; a prop above the
+    plane hides a different point of it in each.
+
+    Args:
+        images: (V, H, W, 3) float32 RGB in [0, 1] (lightly blurred by the caller).
+        cameras: V cameras of W x H.
+        rays: `pixel_rays(cameras)` when already computed.
+    Returns:
+        errors (V, H, W) float32: the smallest difference over the other views (inf where
+        no other view frames the point), and below (V, H, W) bool: rays that meet the plane.
+    """
+    cv2 = _cv2()
+    v_count, h, w = images.shape[:3]
+    o, d = rays if rays is not None else pixel_rays(cameras)
+    dz = np.where(d[..., 2] < -1e-6, d[..., 2], -1e-6)
+    t = (height - o[..., 2]) / dz
+    below = (d[..., 2] < -1e-6) & (t > 0)
+    points = np.where(below[..., None], o + t[..., None] * d, o + 1e4 * d)
+    cams = cameras.to(dtype=torch.float64)
+    errors = np.full((v_count, h, w), np.inf, np.float32)
+    for k in range(v_count):
+        pix, depth = cams.project(torch.from_numpy(points[k].reshape(-1, 3)))
+        for j in range(v_count):
+            if j == k:
+                continue
+            mu = pix[j, :, 0].reshape(h, w).numpy().astype(np.float32) - 0.5
+            mv = pix[j, :, 1].reshape(h, w).numpy().astype(np.float32) - 0.5
+            framed = (depth[j].reshape(h, w).numpy() > 0) & (mu >= 0) & (mu <= w - 1)
+            framed &= (mv >= 0) & (mv <= h - 1)
+            seen = cv2.remap(images[j], mu, mv, cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+            diff = cv2.blur(np.abs(seen - images[k]).mean(-1), (3, 3))
+            errors[k] = np.where(framed, np.minimum(errors[k], diff), errors[k])
+    return errors, below
+
+
+def find_ground(
+    images: np.ndarray, cameras: Cameras, center: Tensor, radius: float, cfg: MaskConfig
+) -> tuple[float, float] | None:
+    """The height of a horizontal ground plane under the subject, or None.
+
+    Heights from the subject sphere's bottom to its centre are tried on views reduced to
+    `cfg.ground_side`; each is scored by the median `ground_errors` of the rays that meet
+    it outside every subject disk (background). Returns (height, that median) when the
+    best height explains the background clearly better than the heights around it do
+    (`cfg.ground_gain`), else None (no ground plane: a backdrop, a turntable, the sky).
+    """
+    cv2 = _cv2()
+    h, w = images.shape[1:3]
+    scale = min(1.0, cfg.ground_side / max(h, w))
+    sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
+    cams = cameras.scaled(sw, sh) if (sw, sh) != (w, h) else cameras
+    small = np.stack([cv2.resize(x, (sw, sh), interpolation=cv2.INTER_AREA) for x in images])
+    disks = _sphere_disks(cams, center, radius)
+    rays = pixel_rays(cams)
+    c = float(center[2])
+    scores = []
+    for z in np.linspace(c - radius, c, cfg.ground_steps):
+        errors, below = ground_errors(small, cams, float(z), rays)
+        sel = below & ~disks & np.isfinite(errors)
+        scores.append(float(np.median(errors[sel])) if sel.sum() > 50 else np.inf)
+    scores_a = np.asarray(scores)
+    if not np.isfinite(scores_a).any():
+        return None
+    best = int(np.argmin(scores_a))
+    typical = float(np.median(scores_a[np.isfinite(scores_a)]))
+    if not scores_a[best] < cfg.ground_gain * typical:
+        return None
+    return float(np.linspace(c - radius, c, cfg.ground_steps)[best]), float(scores_a[best])
+
+
 # ------------------------------------------------------------------------ segmentation
 def _features(rgb: np.ndarray, luma_weight: float) -> np.ndarray:
     """(H, W, 3) uint8 image GrabCut models: CIELAB with lightness scaled by
@@ -375,17 +506,38 @@ def estimate_masks(
     scale = min(1.0, cfg.work_side / max(h, w))
     sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
     cams = cameras.scaled(sw, sh) if (sw, sh) != (w, h) else cameras
-    rgb8 = []
+    rgb8, small = [], []
     for k in range(v_count):
         image = (images[k].clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
         if (sw, sh) != (w, h):
             image = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        small.append(image)
         if cfg.colour_space == "rgb":
             rgb8.append(np.ascontiguousarray(image[..., ::-1]))  # OpenCV's BGR
         else:
             rgb8.append(_features(image, cfg.luma_weight))
     center, radius = subject_sphere(cams)
     disks = _sphere_disks(cams, center, radius)
+    floor, ground_height = None, None
+    ground = np.zeros((v_count, sh, sw), bool)
+    if cfg.ground_plane:
+        work = np.stack([cv2.GaussianBlur(x.astype(np.float32) / 255.0, (0, 0), 1.0)
+                         for x in small])  # fmt: skip
+        plane = find_ground(work, cams, center, radius, cfg)
+        if plane is not None:
+            ground_height = plane[0]
+            floor = ground_height - cfg.ground_tolerance * radius
+            # Round 1 too: a ray that meets the ground before the subject sphere's part
+            # above it sees background.
+            pts, kept = carve(np.ones((v_count, sh, sw), bool), cams, center, radius, cfg.grid)
+            disks &= reproject(pts, kept & (pts[:, 2] > floor), cams, 2.0 * radius / cfg.grid)
+            # Specks that happen to repeat (a texture that repeats, the part of the prop
+            # that touches the plane) are opened away: ground and shadows come in areas.
+            errors, _ = ground_errors(work, cams, ground_height)
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+            ground = np.stack([cv2.morphologyEx(
+                (e < cfg.ground_threshold * plane[1]).astype(np.uint8), cv2.MORPH_OPEN, kernel
+            ) > 0 for e in errors])  # fmt: skip
     # Round 1: outside the subject's sphere is background; inside, probably prop.
     first = []
     for k in range(v_count):
@@ -405,11 +557,16 @@ def estimate_masks(
             others = [j for j in range(v_count) if j != k]
             dilated = [cv2.dilate(previous[j].astype(np.uint8), kernel) > 0 for j in others]
             pts, kept = carve(np.stack(dilated), cams[others], center, radius, cfg.grid)
+            if floor is not None:
+                kept &= pts[:, 2] > floor  # nothing of the prop is below the ground
             hull = reproject(pts, kept, cams, voxel, only=k)[0]
             hull = cv2.dilate(hull.astype(np.uint8), kernel) > 0
             labels = np.full((sh, sw), cv2.GC_BGD, np.uint8)
             labels[hull] = cv2.GC_PR_BGD
             labels[hull & previous[k]] = cv2.GC_PR_FGD
+            # Probable, not sure, background: a flat part of the prop lying on the plane
+            # repeats too, and sure labels would teach the background model its colours.
+            labels[ground[k] & (labels == cv2.GC_PR_FGD)] = cv2.GC_PR_BGD
             if cfg.reseed_background:
                 # Background seen through holes sits inside every view's hull and, labelled
                 # prop, teaches GrabCut's prop model its colours; seed the pixels that the
@@ -432,7 +589,7 @@ def estimate_masks(
         alphas.append(cv2.GaussianBlur(m, (3, 3), 0.7))
     fractions = [float(m.mean()) for m in masks]
     alpha = torch.from_numpy(np.stack(alphas)).clamp(0, 1)
-    return Masks(alpha, "estimated", fractions, consistency)
+    return Masks(alpha, "estimated", fractions, consistency, ground_height)
 
 
 def consistency_iou(
