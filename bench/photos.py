@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=ROOT / "datasets" / "photos_test")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--props", type=int, nargs="+", default=None,
+                   help="only these object indices (iterating; write only full runs)")  # fmt: skip
     p.add_argument("--model", default="object-small")
     p.add_argument("--strip-props", type=int, default=4, help="props shown in the strip")
     p.add_argument("--no-write", action="store_true")
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [int(f.name) for f in folders if f.name.isdigit()
            and split_of(seed, int(f.name)) == args.split
            and photos_transforms(f).is_file()]  # fmt: skip
+    ids = [i for i in ids if i in args.props] if args.props else ids
     ids = ids[: args.limit] if args.limit else ids
     if not ids:
         print(f"no objects with photos in {args.data} (split {args.split})", file=sys.stderr)
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         union = (est | true).flatten(1).sum(1).float().clamp_min(1)
         row["iou"] = (inter / union).tolist()
         row["consistency"] = photos.masks.consistency
+        ground = photos.masks.ground_height
+        row["ground"] = float("nan") if ground is None else ground
         row["alpha_psnr"], row["alpha_obj"], from_alpha = _scores(model, alpha, targets)
         row["photo_psnr"], row["photo_obj"], pred = _scores(model, photos, targets)
         row["gap"] = row["alpha_psnr"] - row["photo_psnr"]
@@ -200,18 +205,19 @@ def _write_report(args, rows, s, argv) -> None:
         "",
         f"**{'Met' if passed else 'Not met'}.**",
         "",
-        "| prop | IoU (4 views) | cross-view IoU (min) | alpha PSNR | photo PSNR | gap | "
-        "gap (object) | masks s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| prop | IoU (4 views) | cross-view IoU (min) | ground z | alpha PSNR | photo PSNR | "
+        "gap | gap (object) | masks s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | "
+            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | "
                          f"{r['mask_s']:.1f} |")  # fmt: skip
             continue
         lines.append(
             f"| {r['index']} | {' '.join(f'{i:.2f}' for i in r['iou'])} | "
-            f"{min(r['consistency']):.2f} | {r['alpha_psnr']:.2f} | {r['photo_psnr']:.2f} | "
+            f"{min(r['consistency']):.2f} | {_f(r['ground'])} | "
+            f"{r['alpha_psnr']:.2f} | {r['photo_psnr']:.2f} | "
             f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {r['mask_s']:.1f} |"
         )
     lines += [
