@@ -23,7 +23,7 @@ from engine.camera_formats import read_nerf_transforms
 from engine.views import ViewSet, load_views
 
 from .images import WHITE
-from .layout import SPLITS, is_finished, object_dir, read_manifest, transforms_path
+from .layout import finished_in_split, object_dir, read_manifest, transforms_path
 
 __all__ = ["PropsDataset", "collate_views", "training_sample"]
 
@@ -69,14 +69,7 @@ class PropsDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         manifest = read_manifest(self.root)
-        if split == "all":
-            ids = sorted(i for name in SPLITS for i in manifest["splits"].get(name, []))
-        elif split in SPLITS:
-            ids = list(manifest["splits"].get(split, []))
-        else:
-            raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
-        # The manifest is rewritten at the end of a run; trust the markers on disk.
-        self.indices = [i for i in ids if is_finished(object_dir(self.root, i))]
+        self.indices = finished_in_split(manifest, split, lambda i: object_dir(self.root, i))
         self.background = tuple(float(c) for c in background)
         self.n_target = n_target
         self.manifest = manifest

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,24 @@ def split_indices(
     for index in sorted(indices):
         out[split_of(seed, index, fractions)].append(index)
     return out
+
+
+def finished_in_split(
+    manifest: dict[str, Any], split: str, item_dir: Callable[[int], Path]
+) -> list[int]:
+    """Indices of the finished objects (or scenes) of `split` ("train", "val", "test" or
+    "all") listed in a dataset's manifest; `item_dir(i)` is item i's folder.
+
+    The manifest is rewritten only at the end of a run, so the completion markers on disk,
+    not its counts, say what is finished.
+    """
+    if split == "all":
+        ids = sorted(i for name in SPLITS for i in manifest["splits"].get(name, []))
+    elif split in SPLITS:
+        ids = list(manifest["splits"].get(split, []))
+    else:
+        raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+    return [i for i in ids if is_finished(item_dir(i))]
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

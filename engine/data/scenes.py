@@ -32,8 +32,7 @@ from engine.views import load_views
 from .layout import (
     DEPTH_SCALE,
     SCENE_VIEW_SPLITS,
-    SPLITS,
-    is_finished,
+    finished_in_split,
     manifest_kind,
     read_manifest,
     scene_dir,
@@ -187,15 +186,7 @@ class ScenesDataset(Dataset):
         kind = manifest_kind(manifest)
         if kind != "scenes":
             raise ValueError(f"{self.root}: a {kind} dataset, not a scenes dataset")
-        if split == "all":
-            ids = sorted(i for name in SPLITS for i in manifest["splits"].get(name, []))
-        elif split in SPLITS:
-            ids = list(manifest["splits"].get(split, []))
-        else:
-            raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
-        # As PropsDataset: the manifest is rewritten at the end of a run, the markers
-        # on disk say what is finished.
-        self.indices = [i for i in ids if is_finished(scene_dir(self.root, i))]
+        self.indices = finished_in_split(manifest, split, lambda i: scene_dir(self.root, i))
         self.n_target = n_target
         self.max_side = max_side
         self.manifest = manifest
