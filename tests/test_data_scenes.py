@@ -210,7 +210,8 @@ def test_tiny_render_files_cameras_and_depth(rendered):
     from PIL import Image
 
     from engine.camera_formats import read_nerf_transforms
-    from engine.data.scene_generator import read_depth_png
+    from engine.data.images import read_depth_png
+    from engine.data.layout import DEPTH_SCALE
 
     root, _ = rendered
     manifest = json.loads((root / "manifest.json").read_text())
@@ -234,7 +235,7 @@ def test_tiny_render_files_cameras_and_depth(rendered):
             with Image.open(folder / split / f"{k:03d}.png") as image:
                 assert image.mode == "RGB" and image.size == (32, 32)
                 assert np.asarray(image).std() > 3  # a lit room, not a flat fill
-            depth = read_depth_png(folder / f"{split}_depth" / f"{k:03d}.png")
+            depth = read_depth_png(folder / f"{split}_depth" / f"{k:03d}.png", DEPTH_SCALE)
             assert depth.shape == (32, 32)
             origin, rays = pixel_rays(np.asarray(spec["cameras"][split][k]), fov, 32)
             box = ray_box_exit(origin, rays, lo, hi).reshape(32, 32)

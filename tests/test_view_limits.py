@@ -24,6 +24,7 @@ from engine.data.images import (
     ImageTooLargeError,
     composite,
     image_size,
+    read_depth_png,
     read_rgba,
 )
 from engine.data.lara import read_gso_scene
@@ -80,6 +81,19 @@ def test_image_size_from_the_header_is_checked_against_the_limit(tmp_path: Path)
     views.write_text(json.dumps(data))
     with pytest.raises(CameraError, match="over.png: image is too large"):
         read_nerf_transforms(views)
+
+
+def test_a_depth_png_is_decoded_under_the_same_limit(tmp_path: Path) -> None:
+    """Scene depth maps go through the view images' header check, not a bare Image.open."""
+    (tmp_path / "over.png").write_bytes(png_uniform(8193, 8192))
+    with pytest.raises(ImageTooLargeError, match="over.png: image is too large"):
+        read_depth_png(tmp_path / "over.png", 0.001)
+    depth = np.array([[0, 1500], [65535, 7]], np.uint16)
+    Image.fromarray(depth).save(tmp_path / "depth.png")
+    got = read_depth_png(tmp_path / "depth.png", 0.001)
+    assert np.isnan(got[0, 0])
+    np.testing.assert_allclose(got[0, 1:].tolist() + got[1].tolist(), [1.5, 65.535, 0.007],
+                               rtol=1e-6)  # fmt: skip
 
 
 def test_a_legal_8000_square_view_is_decoded_reduced(tmp_path: Path) -> None:

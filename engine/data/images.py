@@ -122,3 +122,16 @@ def composite(rgba: np.ndarray, background: Sequence[float] = WHITE) -> np.ndarr
     """(..., 3) straight-alpha RGBA composited over a constant background colour."""
     alpha = rgba[..., 3:4]
     return rgba[..., :3] * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
+
+
+def read_depth_png(path: str | os.PathLike, scale: float) -> np.ndarray:
+    """(H, W) float32 planar depth in metres from a scenes dataset's 16-bit depth PNG
+    (metres = value · `scale`, the transforms' `depth_scale`), NaN where it holds 0.
+
+    Decoded under the same pixel limit as view images.
+
+    Raises FileNotFoundError, ImageTooLargeError or ValueError as `read_rgba`.
+    """
+    with _open_image(Path(path)) as image:
+        value = np.asarray(image).astype(np.float32)
+    return np.where(value > 0, value * scale, np.nan).astype(np.float32)

@@ -34,7 +34,8 @@ def scene_sheet(folder: str | os.PathLike, tile: int = 128) -> Image.Image:
     """Two rows for one scene folder: its views in path order (targets before, between
     and after the context pair; context views framed in orange), and each view's depth
     beneath (near light, far dark, black: no surface)."""
-    from .scene_generator import read_depth_png
+    from .images import read_depth_png
+    from .layout import DEPTH_SCALE
 
     folder = Path(folder)
     room = read_json(folder / "room.json")
@@ -49,7 +50,7 @@ def scene_sheet(folder: str | os.PathLike, tile: int = 128) -> Image.Image:
         if split == "context":
             orange = np.array([255, 140, 0], dtype=np.uint8)
             rgb[:3], rgb[-3:], rgb[:, :3], rgb[:, -3:] = orange, orange, orange, orange
-        depth = read_depth_png(folder / f"{split}_depth" / f"{k:03d}.png")
+        depth = read_depth_png(folder / f"{split}_depth" / f"{k:03d}.png", DEPTH_SCALE)
         depth_image = Image.fromarray(_depth_colours(depth, float(room["far"])))
         sheet.paste(Image.fromarray(rgb), (column * tile, 0))
         sheet.paste(depth_image.resize((tile, tile), Image.NEAREST), (column * tile, tile))

@@ -37,14 +37,6 @@ def write_depth_png(path: Path, depth: np.ndarray) -> None:
     Image.fromarray(value.astype(np.uint16)).save(path, optimize=True)
 
 
-def read_depth_png(path: str | Path, scale: float = DEPTH_SCALE) -> np.ndarray:
-    """(H, W) float32 depth in metres from a depth PNG (metres = value · `scale`, the
-    transforms' `depth_scale`), NaN where it holds 0."""
-    with Image.open(path) as image:
-        value = np.asarray(image).astype(np.float32)
-    return np.where(value > 0, value * scale, np.nan).astype(np.float32)
-
-
 class SceneGenerator:
     """Renders scenes into a dataset folder; holds the Blender scene of this process."""
 

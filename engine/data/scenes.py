@@ -7,7 +7,7 @@ One item is one scene (README.md in this folder has the layout):
     near, far      ()            the scene's depth range (one pair for all its views)
 
 Cameras are read by `engine.camera_formats.read_nerf_transforms`, pixels by
-`engine.views.load_views`, depth PNGs by `scene_generator.read_depth_png`; this module
+`engine.views.load_views`, depth PNGs by `images.read_depth_png`; this module
 only joins them. Depth is planar (along the camera's viewing axis, not along the ray), in
 metres, 0 where no surface was hit (the sky through an opening).
 """
@@ -82,7 +82,7 @@ def read_scene_depths(frames: NerfFrames, path: Path) -> Tensor:
         ValueError: no or a malformed depth description, a depth kind other than
             "planar", or a depth PNG whose size differs from its camera's.
     """
-    from .scene_generator import read_depth_png
+    from .images import read_depth_png
 
     extra = frames.extra
     if "depth_folder" not in extra:
