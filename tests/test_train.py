@@ -273,6 +273,9 @@ def _ddp_worker(rank: int, world: int, store: str, data: str, out: str) -> None:
         if rank == 0:
             grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
             save_file(grads, out)
+        # Neither rank may tear gloo down while its peer still has the last all-reduce
+        # in flight: that aborted rank 1 ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
