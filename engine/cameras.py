@@ -395,3 +395,72 @@ class Cameras(TensorBundle):
         half_w = torch.full_like(fx, width / 2)
         half_h = torch.full_like(fx, height / 2)
         return cls(w2c, fx, fx.clone(), half_w, half_h, width, height)
+
+
+def check_baseline(cameras: Cameras) -> None:
+    """Refuse views without a baseline between them: depth comes from the parallax between
+    cameras, and copies of one pose (a transforms.json with a frame duplicated) give none,
+    so a model would turn a guess into Gaussians.
+
+    Lengths are compared with the cameras' distance from the world origin: positions
+    within 1e-5 of it (float32 noise is ~1e-7) count as one, so copies are refused and any
+    real baseline, even 0.1% of the distance, passes.
+
+    Raises:
+        ValueError: all cameras at one position, or two with the same pose.
+    """
+    v = len(cameras)
+    centres = cameras.centers.to(torch.float64)
+    rotations = cameras.world_to_camera[:, :3, :3].to(torch.float64)
+    scale = float(centres.norm(dim=1).max())
+    spread = float((centres - centres.mean(dim=0)).norm(dim=1).max())
+    if spread <= 1e-5 * scale:
+        raise ValueError(
+            f"all {v} cameras are at the same position: the views have no baseline "
+            "to reconstruct depth from (copies of one camera pose?)"
+        )
+    apart = torch.cdist(centres, centres) > 1e-5 * scale
+    turned = (rotations[:, None] - rotations[None]).abs().flatten(2).amax(dim=2) > 1e-4
+    same = ~(apart | turned) & ~torch.eye(v, dtype=torch.bool, device=centres.device)
+    if bool(same.any()):
+        i, j = (int(k) for k in torch.nonzero(same)[0])
+        raise ValueError(
+            f"views {i} and {j} have the same camera pose (no baseline between them; "
+            "a duplicated frame?)"
+        )
+
+
+def view_overlap(
+    cameras: Cameras, near: float, far: float, grid: int = 16, depths: int = 8
+) -> Tensor:
+    """How much of each view another view also sees, between `near` and `far`.
+
+    A grid x grid lattice of pixel centres of view i is lifted to `depths` planar depths
+    spaced uniformly in inverse depth from near to far; entry (i, j) is the largest fraction,
+    over those depths, of the lifted points that land in front of camera j and inside its
+    image. The diagonal is 1.
+
+    Returns:
+        (V, V) float64 fractions in [0, 1].
+    """
+    v = len(cameras)
+    cams = cameras.to(dtype=torch.float64)
+    steps = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    u = steps[None, :] * cams.width
+    w = steps[:, None] * cams.height
+    t = torch.linspace(0.0, 1.0, depths, dtype=torch.float64)
+    planes = 1.0 / ((1 - t) / near + t / far)  # (D,)
+    c2w = cams.camera_to_world
+    out = torch.eye(v, dtype=torch.float64)
+    for i in range(v):
+        x = ((u - cams.cx[i]) / cams.fx[i]).expand(grid, grid)
+        y = ((w - cams.cy[i]) / cams.fy[i]).expand(grid, grid)
+        rays = torch.stack([x, y, torch.ones_like(x)], -1).reshape(-1, 3)  # (G², 3)
+        local = planes[:, None, None] * rays[None]  # (D, G², 3)
+        world = local @ c2w[i, :3, :3].T + c2w[i, :3, 3]
+        pix, z = cams.project(world.reshape(-1, 3))  # (V, D·G², 2), (V, D·G²)
+        inside = (z > 0) & (pix[..., 0] >= 0) & (pix[..., 0] <= cams.width)
+        inside &= (pix[..., 1] >= 0) & (pix[..., 1] <= cams.height)
+        fraction = inside.reshape(v, depths, -1).to(torch.float64).mean(-1).amax(-1)
+        out[i] = torch.maximum(fraction, out[i])
+    return out

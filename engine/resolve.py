@@ -24,7 +24,7 @@ import torch
 from .weights import WeightsNotFoundError, shipped_weights
 
 if TYPE_CHECKING:
-    from .models import GDObjectModel
+    from .models import GDObjectModel, GDSceneModel
 
 __all__ = ["DEFAULT_HINT", "WeightsNotFoundError", "resolve_model"]
 
@@ -38,12 +38,12 @@ def resolve_model(
     weights: str | os.PathLike | None = None,
     pretrained: bool = True,
     hint: str | None = DEFAULT_HINT,
-) -> GDObjectModel:
+) -> GDObjectModel | GDSceneModel:
     """The model (eval mode, on `device`) that `model` names.
 
     Args:
-        model: a preset name ("object-small", ...), a `.safetensors` file (its `.json`
-            beside it) or a folder holding one (`engine.evaluate.weights_in_folder`: a
+        model: a preset name ("object-small", "scene-small", ...), a `.safetensors` file
+            (its `.json` beside it) or a folder holding one (`engine.evaluate.weights_in_folder`: a
             training run's folder works). Anything with a path separator, a `.safetensors`
             suffix or that exists on disk is a path.
         device: "auto", "cpu", "cuda", "mps" or a torch.device.
@@ -69,7 +69,7 @@ def resolve_model(
             raise WeightsNotFoundError(f"{path}: weights file not found")
         return models.load_model(path, device=device)
     name = str(model)
-    models.get_model_config(name)  # an unknown name says so before any file is looked for
+    models.get_any_config(name)  # an unknown name says so before any file is looked for
     if pretrained and weights is not None and not Path(weights).is_file():
         raise WeightsNotFoundError(f"{weights}: weights file not found")
     if pretrained and weights is None and not shipped_weights(name).is_file():

@@ -1,13 +1,16 @@
-"""Training the object model: losses, schedule, checkpoints, DDP.
+"""Training the object and scene models: losses, schedule, checkpoints, DDP.
 
     gd train --config object-small --data datasets/props256_s1 --out runs/small --steps 20000
+    gd train --config scene-small --data datasets/scenes256_s1 --out runs/scene-small ...
     torchrun --nproc_per_node 2 -m engine.cli train ...      # same code, DDP (gloo / nccl)
 
 Loss (DESIGN.md §2): MSE + 0.5·(1 − MS-SSIM) on the coarse and on the fine render of the
 input and target views. AdamW with linear warm-up and cosine decay, gradient clipping,
 bf16 autocast on CUDA. Checkpoints are safetensors + JSON: the model (`model.*`) and the
 optimizer state in a separate file (`optimizer.*`), written atomically every
-`checkpoint_every` steps, so a run killed at any moment resumes from the last one.
+`checkpoint_every` steps, so a run killed at any moment resumes from the last one. The
+scene model's loss and validation live in `train_scene.py`; the loop, schedule and
+checkpoints are shared.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class LossTerms:
     psnr_fine: float
     coarse_count: int = 0
     fine_count: int = 0
+    depth: float = 0.0
 
 
 def model_space(
@@ -352,6 +356,13 @@ class Run:
     ddp: Dist
 
 
+def is_scene_model(name: str) -> bool:
+    """Whether a preset name is one of the scene models (`scene_backbone.SCENE_PRESETS`)."""
+    from .models.scene_backbone import SCENE_PRESETS
+
+    return name in SCENE_PRESETS
+
+
 def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> Run:
     """Distributed setup, model (fresh, `--init` or resumed), freezing, optimizer and the
     data caches; writes `train_config.json` on the main process."""
@@ -364,16 +375,25 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)  # one GPU per process
     out = Path(cfg.out)
+    scene = is_scene_model(cfg.model if model_cfg is None else model_cfg.name)
+    if scene:
+        from .models.scene_backbone import get_scene_config
+
+        model_cfg = model_cfg or get_scene_config(cfg.model)
     model_cfg = model_cfg or get_model_config(cfg.model)
     if cfg.rig_views[1] > model_cfg.max_views:
         raise ValueError(
-            f"rig_views {cfg.rig_views}: {model_cfg.name} reads at most {model_cfg.max_views} "
-            "views"
+            f"rig_views {cfg.rig_views}: {model_cfg.name} reads at most {model_cfg.max_views} views"
         )
     torch.manual_seed(cfg.seed + ddp.rank)
     # A "dino" backbone trained from scratch starts from the hub's DINO weights (the one
     # place they are asked for); with --init they come from that file instead.
-    model = GDObjectModel(model_cfg, pretrained_encoder=not cfg.init).to(device)
+    if scene:
+        from .models.gd_scene import GDSceneModel
+
+        model = GDSceneModel(model_cfg).to(device)
+    else:
+        model = GDObjectModel(model_cfg, pretrained_encoder=not cfg.init).to(device)
     if cfg.init:
         state, _ = load_weights(cfg.init)
         if cfg.init_densifier:
@@ -395,21 +415,26 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1) + "\n")
-    # Views are decoded at the largest of the model's input size, its detail size and the
-    # render size: the model resizes them for its parts, the loss scores them at the
-    # render size and validation at full size.
-    size = max(model_cfg.image_size, model_cfg.detail_size, cfg.render_size)
-    # The main process decodes the caches; the others wait and then only read them.
-    if ddp.main:
-        build_cache(cfg.data, "train", size, progress=True)
-        with contextlib.suppress(ValueError):
-            build_cache(cfg.data, "val", size, progress=False)
-    if ddp.world > 1:
-        dist.barrier()
-    train_set = CachedProps(cache_dir(cfg.data, "train", size))
-    val_set = None
-    if (cache_dir(cfg.data, "val", size) / "index.json").is_file():
-        val_set = CachedProps(cache_dir(cfg.data, "val", size))
+    if scene:
+        train_set, val_set = _scene_sets(cfg)
+    else:
+        # Views are decoded at the largest of the model's input size, its detail size and
+        # the render size: the model resizes them for its parts, the loss scores them at
+        # the render size and validation at full size.
+        size = max(model_cfg.image_size, model_cfg.detail_size, cfg.render_size)
+        # The main process decodes the caches; the others wait and then only read them.
+        if ddp.main:
+            build_cache(cfg.data, "train", size, progress=True)
+            with contextlib.suppress(ValueError):
+                build_cache(cfg.data, "val", size, progress=False)
+        if ddp.world > 1:
+            dist.barrier()
+        train_set = CachedProps(cache_dir(cfg.data, "train", size))
+        val_set = None
+        if (cache_dir(cfg.data, "val", size) / "index.json").is_file():
+            val_set = CachedProps(cache_dir(cfg.data, "val", size))
+    if len(train_set) == 0:
+        raise ValueError(f"{cfg.data}: no finished items in the train split")
     net = wrap_ddp(model, device, cfg)
     epoch_len = max(1, len(train_set) // (cfg.batch_size * ddp.world))
     it = batches(len(train_set), cfg.batch_size, ddp.rank, ddp.world, cfg.seed, step // epoch_len)
@@ -417,6 +442,16 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
         next(it)
     rng = random.Random(cfg.seed * 1000 + ddp.rank + step)
     return Run(model, net, params, opt, step, it, rng, train_set, val_set, device, ddp)
+
+
+def _scene_sets(cfg: TrainConfig) -> tuple[Any, Any]:
+    """Train and val splits of a scenes dataset, read from disk each step (a scene's
+    PNGs decode in tens of milliseconds; no cache). val is None when empty."""
+    from .data.scenes import ScenesDataset
+
+    train_set = ScenesDataset(cfg.data, "train")
+    val_set = ScenesDataset(cfg.data, "val")
+    return train_set, (val_set if len(val_set) else None)
 
 
 @dataclass
@@ -435,11 +470,17 @@ def train_step(run: Run, cfg: TrainConfig, autocast: Any) -> StepResult:
     lr = learning_rate(run.step, cfg)
     for group in run.opt.param_groups:
         group["lr"] = lr
-    samples = training_views([run.train_set[i] for i in next(run.batches)], cfg, run.rng)
+    items = [run.train_set[i] for i in next(run.batches)]
     densify = cfg.densify and run.step >= cfg.densify_from
     drop = densify and run.rng.random() < cfg.feature_dropout
     with autocast if autocast is not None else contextlib.nullcontext():
-        terms = compute_loss(run.net, samples, cfg, densify, drop)
+        if is_scene_model(run.model.name):
+            from .train_scene import scene_loss
+
+            terms = scene_loss(run.net, items, cfg, densify, drop, run.rng)
+        else:
+            samples = training_views(items, cfg, run.rng)
+            terms = compute_loss(run.net, samples, cfg, densify, drop)
     run.opt.zero_grad(set_to_none=True)
     terms.total.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip))
@@ -459,7 +500,7 @@ def train_record(step: int, result: StepResult, seconds_per_step: float) -> dict
         "loss_coarse": terms.coarse, "loss_fine": terms.fine,
         "psnr_coarse": terms.psnr_coarse, "psnr_fine": terms.psnr_fine,
         "lr": result.lr, "grad_norm": result.grad_norm, "coarse_count": terms.coarse_count,
-        "fine_count": terms.fine_count, "densify": result.densify,
+        "fine_count": terms.fine_count, "loss_depth": terms.depth, "densify": result.densify,
         "seconds_per_step": seconds_per_step, "time": time.time(),
     }  # fmt: skip
 
@@ -529,7 +570,13 @@ def validate(
     psnr_coarse, psnr_fine, n = 0.0, 0.0, 0
     for i in range(min(cfg.val_objects, len(val_set))):
         sample = val_set[i]
-        coarse, fine = compute_terms_eval(model, sample, densify)  # the mask enables grad
+        if is_scene_model(model.name):
+            from .train_scene import scene_scores
+
+            scores = scene_scores(model, sample, densify)
+            coarse, fine = scores["psnr_coarse"], scores["psnr_fine"]
+        else:
+            coarse, fine = compute_terms_eval(model, sample, densify)  # the mask enables grad
         psnr_coarse += coarse
         psnr_fine += fine
         n += 1

@@ -62,6 +62,21 @@ class TrainConfig:
         "pixels, where densification helps most",
         nonnegative_int,
     )
+    input_size: int = option(
+        0,
+        "scene models: side the context views are read at while training (0: the "
+        "model's image size); the backbone is convolutional and its plane sweep computed, "
+        "so 128² steps teach what 256² inference uses at a quarter of the cost",
+        nonnegative_int,
+    )
+    depth_weight: float = option(0.0, "scene models: weight of the L1 inverse-depth loss on "
+                                      "the coarse Gaussians in the context views (the "
+                                      "dataset's rendered depth; 0: off)",
+                                 float_range(0.0, 100.0))  # fmt: skip
+    range_jitter: float = option(0.0, "scene models: widen the depth range at random by up "
+                                      "to this fraction (near down, far up) so the model "
+                                      "does not learn that surfaces touch near and far",
+                                 float_range(0.0, 0.9))  # fmt: skip
     densify: bool = option(True, "train the densifier and its losses (off: the backbone "
                                  "alone, coarse losses only)")  # fmt: skip
     densify_from: int = option(0, "step at which densification starts (the backbone first "

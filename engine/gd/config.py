@@ -9,7 +9,7 @@ they can be hashed, compared and written next to weights as JSON
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .serialization import ORDERS
 
@@ -216,6 +216,17 @@ SMALL = DensifyConfig(
     view=ViewFeatureConfig(dim=32, heads=4),
 )
 """CPU-sized object config: same structure (2 levels, R = [2, 4], c = 0.8), narrow and shallow."""
+
+
+def densify_config_from_dict(data: dict) -> DensifyConfig:
+    """Inverse of `dataclasses.asdict` for a `DensifyConfig` read from JSON (lists back to
+    tuples, the nested `view`). Raises TypeError / KeyError on missing or unknown keys."""
+    data = dict(data)
+    view = ViewFeatureConfig(**data.pop("view"))
+    tuples = {f.name for f in fields(DensifyConfig) if "tuple" in str(f.type)}
+    data = {k: tuple(v) if k in tuples else v for k, v in data.items()}
+    return DensifyConfig(**data, view=view)
+
 
 PRESETS: dict[str, DensifyConfig] = {"object": OBJECT, "scene": SCENE, "small": SMALL}
 

@@ -1,6 +1,8 @@
-"""Models: the LaRa-style object backbone and the full object model with densification.
+"""Models: the object model (LaRa-style backbone) and the scene model (MVSplat-style
+backbone), each with generative densification.
 
 model = load_model("object-small", device="auto")       # shipped weights, offline
+scene = load_model("scene-small")                        # a GDSceneModel
 rec = model.reconstruct(images, cameras, progress=cb, cancel=event)
 res = model.densify(gaussians, images, cameras, select=mask, budget=20_000)
 """
@@ -17,18 +19,38 @@ from ..devices import resolve_device
 from ..weights import WeightsNotFoundError, load_weights, shipped_weights
 from .config import PRESETS, ObjectModelConfig, UnsafeConfigError, get_model_config
 from .gd_object import Cancelled, GDObjectModel, Reconstruction
+from .gd_scene import GDSceneModel
+from .scene_backbone import SCENE_PRESETS, SceneModelConfig, get_scene_config
 
 __all__ = [
     "PRESETS",
     "Cancelled",
     "GDObjectModel",
+    "GDSceneModel",
     "ObjectModelConfig",
+    "SceneModelConfig",
     "Reconstruction",
     "UnsafeConfigError",
     "WeightsNotFoundError",
+    "get_any_config",
     "get_model_config",
     "load_model",
 ]
+
+
+def is_scene_config(data: dict) -> bool:
+    """Whether a weights file's config (JSON data) is a scene model's: scene presets are
+    named "scene-*" and have no object backbone's Gaussian volume."""
+    return isinstance(data, dict) and str(data.get("name", "")).startswith("scene")
+
+
+def get_any_config(name: str) -> ObjectModelConfig | SceneModelConfig:
+    """An object or scene preset by name; ValueError naming all of them otherwise."""
+    if name in SCENE_PRESETS:
+        return get_scene_config(name)
+    if name in PRESETS:
+        return get_model_config(name)
+    raise ValueError(f"unknown model {name!r}; expected one of {[*PRESETS, *SCENE_PRESETS]}")
 
 
 def load_model(
@@ -38,12 +60,13 @@ def load_model(
     pretrained: bool = True,
     *,
     dino_repo: str | os.PathLike | None = None,
-) -> GDObjectModel:
-    """An object model ready for inference (eval mode).
+) -> GDObjectModel | GDSceneModel:
+    """An object or scene model ready for inference (eval mode).
 
     Args:
-        name_or_path: a preset name ("object-small", "object-tiny", "object-paper") or
-            a `.safetensors` file whose JSON config sits beside it.
+        name_or_path: a preset name ("object-small", "object-tiny", "object-paper",
+            "scene-small", "scene-tiny") or a `.safetensors` file whose JSON config sits
+            beside it.
         device: "auto", "cpu", "cuda", "mps" or a torch.device.
         weights: explicit weights file for a preset name (default: the shipped one).
         pretrained: False gives randomly initialised weights (tests, plumbing).
@@ -62,8 +85,10 @@ def load_model(
         weights, pretrained = path, True
         cfg = None
     else:
-        cfg = get_model_config(str(name_or_path))
+        cfg = get_any_config(str(name_or_path))
     if not pretrained:
+        if isinstance(cfg, SceneModelConfig):
+            return GDSceneModel(cfg).to(dev).eval()
         model = GDObjectModel(_with_dino_repo(cfg, dino_repo, str(name_or_path)))
         return model.to(dev).eval()
     if weights is None:
@@ -77,13 +102,20 @@ def load_model(
     if "config" not in meta:
         raise ValueError(f"{weights}: metadata has no model config")
     try:
-        saved = ObjectModelConfig.from_dict(meta["config"])
+        if is_scene_config(meta["config"]):
+            saved = SceneModelConfig.from_dict(meta["config"])
+        else:
+            saved = ObjectModelConfig.from_dict(meta["config"])
     except ValueError as err:  # UnsafeConfigError included: say which file it came from
         raise type(err)(f"{weights}: {err}") from None
     if cfg is not None and saved.name != cfg.name:
         raise ValueError(f"{weights} holds {saved.name!r} weights, not {cfg.name!r}")
-    saved = _with_dino_repo(saved, dino_repo, weights)
-    model = GDObjectModel(saved)
+    if isinstance(saved, SceneModelConfig):
+        if dino_repo is not None:
+            raise ValueError(f"{weights}: dino_repo given, but this is a scene model")
+        model = GDSceneModel(saved)
+    else:
+        model = GDObjectModel(_with_dino_repo(saved, dino_repo, weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..gd.config import CHILD_SAMPLES, SMALL, DensifyConfig, ViewFeatureConfig
+from ..gd.config import (
+    CHILD_SAMPLES,
+    SMALL,
+    DensifyConfig,
+    ViewFeatureConfig,
+    densify_config_from_dict,
+)
 
 DINO_MODELS = frozenset(
     {
@@ -161,11 +167,7 @@ class ObjectModelConfig:
         data = dict(data)
         try:
             backbone = BackboneConfig(**data.pop("backbone"))
-            dens = dict(data.pop("densify"))
-            view = ViewFeatureConfig(**dens.pop("view"))
-            tuples = {f.name for f in fields(DensifyConfig) if "tuple" in str(f.type)}
-            dens = {k: tuple(v) if k in tuples else v for k, v in dens.items()}
-            densify = DensifyConfig(**dens, view=view)
+            densify = densify_config_from_dict(data.pop("densify"))
             return ObjectModelConfig(**data, backbone=backbone, densify=densify)
         except (TypeError, KeyError) as err:  # missing/extra keys, wrong JSON types
             raise ValueError(f"malformed object model config ({err})") from None

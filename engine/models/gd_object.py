@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..cameras import Cameras, check_baseline
 from ..gaussians import Gaussians
 from ..gd.gradient_mask import gradient_mask
 from ..gd.merge import MergeResult, merge
@@ -240,30 +240,7 @@ class GDObjectModel(nn.Module):
         if not 1 <= v <= self.max_views:
             raise ValueError(f"{self.name} takes 1 to {self.max_views} views, got {v}")
         if v >= 2:
-            # Views need a baseline: depth comes from the parallax between cameras, and
-            # copies of one pose (a transforms.json with a frame duplicated) give none, so
-            # the model would turn a guess into Gaussians. Lengths are compared with the
-            # cameras' distance from the world origin: positions within 1e-5 of it (float32
-            # noise is ~1e-7) count as one, so copies are refused and any real baseline,
-            # even 0.1% of the distance, passes.
-            centres = cameras.centers.to(torch.float64)
-            rotations = cameras.world_to_camera[:, :3, :3].to(torch.float64)
-            scale = float(centres.norm(dim=1).max())
-            spread = float((centres - centres.mean(dim=0)).norm(dim=1).max())
-            if spread <= 1e-5 * scale:
-                raise ValueError(
-                    f"all {v} cameras are at the same position: the views have no baseline "
-                    "to reconstruct depth from (copies of one camera pose?)"
-                )
-            apart = torch.cdist(centres, centres) > 1e-5 * scale
-            turned = (rotations[:, None] - rotations[None]).abs().flatten(2).amax(dim=2) > 1e-4
-            same = ~(apart | turned) & ~torch.eye(v, dtype=torch.bool, device=centres.device)
-            if bool(same.any()):
-                i, j = (int(k) for k in torch.nonzero(same)[0])
-                raise ValueError(
-                    f"views {i} and {j} have the same camera pose (no baseline between them; "
-                    "a duplicated frame?)"
-                )
+            check_baseline(cameras)
         if images.ndim != 4 or images.shape[-1] not in (3, 4):
             raise ValueError(
                 f"images must be (V, H, W, 3) or (V, H, W, 4), got {tuple(images.shape)}"

@@ -38,11 +38,19 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras, rigid_inverse
 from ..gaussians import MAX_SH_DEGREE, Gaussians, rgb_to_sh_dc
+from ..gd.config import (
+    CHILD_SAMPLES,
+    SMALL,
+    DensifyConfig,
+    ViewFeatureConfig,
+    densify_config_from_dict,
+)
 from ..rotations import matrix_to_quaternion, normalize_quaternions, quaternion_multiply
 
 __all__ = [
     "SCENE_PRESETS",
     "SCENE_SMALL",
+    "SCENE_SMALL_DENSIFY",
     "SCENE_TINY",
     "SceneBackbone",
     "SceneBackboneConfig",
@@ -128,19 +136,35 @@ class SceneBackboneConfig:
 
 @dataclass(frozen=True)
 class SceneModelConfig:
-    """The scene model; for now its backbone (densification comes with issue 18 part 3).
+    """The scene model: `SceneBackbone` and its generative densifier (`gd_scene.py`).
 
     Attributes:
         name: preset name.
-        image_size: square input resolution the backbone is trained at.
+        image_size: square input resolution the model reads context views at
+            (`GDSceneModel.reconstruct` resamples views to it; training may read smaller
+            ones: the backbone is convolutional and its geometry is computed).
         max_views: most context views accepted (the cost grows with V²).
         backbone: `SceneBackboneConfig`.
+        densify: the densifier (`candidates` per context view: `candidates_per_view`).
+        candidates: inference K per context view.
+        train_candidates: K per context view while training.
+        gradient_variant: "abs" (AbsGS) or "plain" candidate scores.
     """
 
     name: str = "scene-small"
     image_size: int = 256
     max_views: int = 4
     backbone: SceneBackboneConfig = field(default_factory=SceneBackboneConfig)
+    densify: DensifyConfig = field(default_factory=lambda: SCENE_SMALL_DENSIFY)
+    candidates: int = 2000
+    train_candidates: int = 1000
+    gradient_variant: str = "abs"
+
+    def __post_init__(self) -> None:
+        if not self.densify.candidates_per_view:
+            raise ValueError("the scene densifier takes candidates per view")
+        if self.candidates < 1 or self.train_candidates < 1:
+            raise ValueError("candidates and train_candidates must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data, for a weights file."""
@@ -159,12 +183,35 @@ class SceneModelConfig:
         data = dict(data)
         try:
             backbone = SceneBackboneConfig(**data.pop("backbone", {}))
-            return SceneModelConfig(**data, backbone=backbone)
-        except TypeError as err:
+            densify = densify_config_from_dict(data.pop("densify", asdict(SCENE_SMALL_DENSIFY)))
+            return SceneModelConfig(**data, backbone=backbone, densify=densify)
+        except (TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"malformed scene model config ({err})") from None
 
     def with_(self, **changes: Any) -> SceneModelConfig:
         return replace(self, **changes)
+
+
+SCENE_SMALL_DENSIFY = SMALL.with_(
+    candidates=2000,
+    candidates_per_view=True,
+    # The paper's scene densifier: three levels of R = 2, 60 % of the points continuing.
+    upsample=(2, 2, 2),
+    channels=(32, 32, 32),
+    heads=(4, 4, 4),
+    depths=(1, 1, 1),
+    continue_ratio=(0.6, 0.6),
+    # Scene units vary and a pixel's footprint grows with its depth: the grid comes from
+    # the candidates' own scales.
+    grid_size=None,
+    offset_scale=1.0,
+    residual=True,
+    sh_degree=1,
+    child_samples=CHILD_SAMPLES,
+    color_gate=True,
+    mask_size=128,
+)
+"""CPU-sized scene densifier: 4.64 fine Gaussians a candidate (3 levels, R = 2, c = 0.6)."""
 
 
 SCENE_TINY = SceneModelConfig(
@@ -174,6 +221,12 @@ SCENE_TINY = SceneModelConfig(
         channels=(8, 16, 16), heads=2, blocks=1, window=0, depths=8, refine_channels=8,
         head_channels=16, feature_dim=8,
     ),
+    densify=SCENE_SMALL_DENSIFY.with_(
+        channels=(16, 16, 16), heads=(2, 2, 2), patch_size=16, mask_size=32,
+        view=ViewFeatureConfig(dim=16, heads=2),
+    ),
+    candidates=64,
+    train_candidates=32,
 )  # fmt: skip
 """For tests and plumbing: global attention at 64² (16² tokens), D = 8."""
 

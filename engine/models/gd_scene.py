@@ -1,0 +1,292 @@
+"""The scene model: MVSplat-style backbone -> gradient mask -> view features -> densifier.
+
+    model = load_model("scene-small")
+    rec = model.reconstruct(images, cameras, near=0.5, far=8.0)   # world-space coarse and fine
+
+Two (to `max_views`) context views of a room, corner or set: one Gaussian per pixel from a
+plane-sweep cost volume (`scene_backbone.py`), then generative densification of the
+Gaussians with the largest view-space gradients in the context views (the paper's scene
+model: K candidates per view, three levels of R = 2). Unlike the object model there is no
+normalisation into a cube and no white background: the Gaussians are in the cameras' own
+world, and what the views show behind the subject stays.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..cameras import Cameras, check_baseline, view_overlap
+from ..gaussians import Gaussians
+from ..gd.gradient_mask import gradient_mask
+from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
+from ..images import resize_views
+from .gd_object import Cancelled, Progress, Reconstruction
+from .scene_backbone import SceneBackbone, SceneModelConfig
+
+BLACK = (0.0, 0.0, 0.0)
+
+MIN_OVERLAP = 0.1
+"""Least fraction of a context view that another view must also see (`view_overlap`):
+below it the plane sweep has nothing to match and depth would be a guess."""
+
+
+@dataclass
+class SceneOutput:
+    """Training-time output for one scene of a batch.
+
+    Attributes:
+        coarse: the V·H·W per-pixel Gaussians (every one gets a gradient).
+        depths: (V, H, W) their planar depths.
+        densified: the densifier's result (merged set, fine set, selection), or None.
+    """
+
+    coarse: Gaussians
+    depths: Tensor
+    densified: DensifyPipelineResult | None
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+def check_depth_range(near: float, far: float) -> tuple[float, float]:
+    """(near, far) as floats, or ValueError unless 0 < near < far, both finite."""
+    try:
+        near, far = float(near), float(far)
+    except (TypeError, ValueError):
+        raise ValueError(f"near and far must be numbers, got {near!r} and {far!r}") from None
+    if not (math.isfinite(near) and math.isfinite(far) and 0 < near < far):
+        raise ValueError(f"the depth range needs 0 < near < far, got near {near}, far {far}")
+    return near, far
+
+
+class GDSceneModel(nn.Module):
+    """MVSplat-style per-pixel Gaussians + generative densification for scenes."""
+
+    def __init__(self, cfg: SceneModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = SceneBackbone(cfg.backbone)
+        self.densifier = DensifyPipeline(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
+        self.weights_path = None
+        self.weights_sha256: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def config(self) -> SceneModelConfig:
+        return self.cfg
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def max_views(self) -> int:
+        return self.cfg.max_views
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def fine_per_candidate(self) -> float:
+        """Fine Gaussians each candidate becomes (4.64 for three levels of R = 2, c = 0.6)."""
+        from ..gd.config import fine_count
+
+        return fine_count(1000, self.cfg.densify) / 1000
+
+    # ------------------------------------------------------------------ training forward
+    def forward(
+        self,
+        images: Tensor,
+        cameras: Sequence[Cameras],
+        near: Tensor,
+        far: Tensor,
+        densify: bool = True,
+        budget: int | None = None,
+        drop_backbone_features: bool = False,
+    ) -> list[SceneOutput]:
+        """World-space forward for training.
+
+        Args:
+            images: (B, V, H, W, 3) context views in [0, 1] (H, W multiples of the
+                backbone's stride times its window).
+            cameras: B `Cameras` of V views each.
+            near, far: (B,) depth ranges.
+            densify: also run the densifier.
+            budget: candidates per context view (default `cfg.train_candidates`).
+            drop_backbone_features: give the densifier zeros instead of backbone
+                features, so it also learns to densify splats that have none.
+        """
+        out = self.backbone(images, cameras, near, far)
+        results = []
+        for b, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
+            dens = None
+            if densify:
+                if drop_backbone_features:
+                    feats = torch.zeros_like(feats)
+                k = (budget or self.cfg.train_candidates) * len(cameras[b])
+                dens = self.densifier(
+                    coarse, images[b], cameras[b], budget=k, backbone_feats=feats,
+                    background=BLACK, variant=self.cfg.gradient_variant,
+                )  # fmt: skip
+            results.append(SceneOutput(coarse, out.depths[b], dens))
+        return results
+
+    # ------------------------------------------------------------------ inference
+    def prepare_views(
+        self, images: Tensor, cameras: Cameras, near: float, far: float
+    ) -> tuple[Tensor, Cameras, float, float]:
+        """Validate context views and bring them to the model: (V, H, W, 3|4) ->
+        (V, S, S, 3) at S = `image_size` (resampled, cameras scaled to match; RGBA is
+        composited on black).
+
+        Raises:
+            ValueError: fewer than 2 or more than `max_views` views, images that do not
+                match the cameras, non-finite pixels, copies of one pose, a bad depth
+                range, or a view that no other view overlaps.
+        """
+        if not isinstance(images, Tensor):
+            images = torch.as_tensor(images)
+        if not isinstance(cameras, Cameras):
+            raise ValueError(
+                f"cameras must be engine.cameras.Cameras, got {type(cameras).__name__}"
+            )
+        v = len(cameras)
+        if not 2 <= v <= self.max_views:
+            raise ValueError(
+                f"{self.name} reconstructs a scene from 2 to {self.max_views} context views "
+                f"(two cameras that see the same part of it), got {v}"
+            )
+        if images.ndim != 4 or images.shape[-1] not in (3, 4):
+            raise ValueError(
+                f"images must be (V, H, W, 3) or (V, H, W, 4), got {tuple(images.shape)}"
+            )
+        if images.shape[0] != v:
+            raise ValueError(f"{images.shape[0]} images for {v} cameras")
+        if (images.shape[2], images.shape[1]) != (cameras.width, cameras.height):
+            raise ValueError(
+                f"images are {images.shape[2]}x{images.shape[1]} but the cameras are "
+                f"{cameras.width}x{cameras.height}"
+            )
+        images = images.to(torch.float32)
+        if not bool(torch.isfinite(images).all()):
+            bad = int(torch.nonzero(~torch.isfinite(images).flatten(1).all(1))[0])
+            raise ValueError(f"image {bad} has NaN or infinite pixels")
+        near, far = check_depth_range(near, far)
+        check_baseline(cameras)
+        overlap = view_overlap(cameras, near, far)
+        overlap.fill_diagonal_(0.0)
+        best = overlap.amax(dim=1)
+        if bool((best < MIN_OVERLAP).any()):
+            i = int(torch.argmin(best))
+            raise ValueError(
+                f"view {i} does not overlap any other view between depths {near:g} and "
+                f"{far:g} (at most {100 * float(best[i]):.0f} % of it is seen by another "
+                "camera): the scene model matches what two cameras both see; choose cameras "
+                "that look at the same part of the scene"
+            )
+        images = images.clamp(0.0, 1.0)
+        if images.shape[-1] == 4:
+            images = images[..., :3] * images[..., 3:]
+        images, cameras = resize_views(images.contiguous(), cameras, self.image_size)
+        return images, cameras, near, far
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        images: Tensor,
+        cameras: Cameras,
+        *,
+        near: float,
+        far: float,
+        densify: bool = True,
+        budget: int | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reconstruction:
+        """Per-pixel Gaussians of a scene from its context views, then densified.
+
+        Args:
+            images: (V, H, W, 3) RGB in [0, 1], or (V, H, W, 4) RGBA (on black).
+            cameras: V world-space cameras (OpenCV, pixel intrinsics) of one image size.
+            near, far: the depth range the scene lies in, in the cameras' units.
+            densify: run generative densification (False: coarse only).
+            budget: densification candidates per context view (default `cfg.candidates`).
+            progress: called with (fraction done, stage message).
+            cancel: set it to stop; `Cancelled` is raised at the next stage boundary.
+        Returns:
+            A `Reconstruction` in the cameras' world.
+        """
+        report = progress or (lambda f, m: None)
+        times: dict[str, float] = {}
+        start = t0 = time.perf_counter()
+        _check(cancel)
+        report(0.0, "preparing views")
+        images, cams, near, far = self.prepare_views(images, cameras, near, far)
+        images = images.to(self.device)
+        cams = cams.to(device=self.device, dtype=torch.float32)
+        times["prepare"] = time.perf_counter() - t0
+        _check(cancel)
+
+        report(0.1, "coarse Gaussians")
+        t0 = time.perf_counter()
+        self.eval()
+        rng = torch.tensor([near], device=self.device), torch.tensor([far], device=self.device)
+        out = self.backbone(images[None], [cams], *rng)
+        coarse, feats = out.gaussians[0], out.features[0]
+        decoded = len(coarse)
+        # Below 1/255 opacity a Gaussian never passes the rasteriser's alpha cut.
+        keep = coarse.opacities >= 1.0 / 255.0
+        coarse, feats = coarse[keep], feats[keep]
+        times["backbone"] = time.perf_counter() - t0
+        _check(cancel)
+        counts = {"decoded": decoded, "coarse": len(coarse)}
+        if not densify or len(coarse) == 0:
+            n = len(coarse)
+            coarse = coarse.to("cpu")
+            times["total"] = time.perf_counter() - start
+            report(1.0, "done")
+            return Reconstruction(
+                coarse, coarse, torch.zeros(n, dtype=torch.int64), torch.arange(n),
+                {"counts": {**counts, "final": n}, "seconds": times},
+            )  # fmt: skip
+
+        report(0.5, "densifying")
+        t0 = time.perf_counter()
+        k = min((budget or self.cfg.candidates) * len(cams), len(coarse))
+        selection = gradient_mask(
+            coarse, images, cams, k=k, variant=self.cfg.gradient_variant, background=BLACK,
+            mask_size=self.cfg.densify.mask_size,
+        )  # fmt: skip
+        times["select"] = time.perf_counter() - t0
+        _check(cancel)
+        result = self.densifier(
+            coarse, images, cams, select=selection.selected, backbone_feats=feats,
+            background=BLACK, coarse_render=selection.scores,
+        )  # fmt: skip
+        times["densify"] = time.perf_counter() - t0 - times["select"]
+        merged = result.merged
+        counts.update(
+            candidates=int(selection.selected.sum()),
+            fine=len(result.fine.gaussians),
+            final=len(merged.gaussians),
+        )
+        times["total"] = time.perf_counter() - start
+        report(1.0, "done")
+        return Reconstruction(
+            merged.gaussians.to("cpu"), coarse.to("cpu"), merged.level.cpu(),
+            merged.parent.cpu(), {"counts": counts, "seconds": times},
+        )  # fmt: skip
