@@ -1,9 +1,10 @@
 """Rendering selected cameras for the engine (main thread only).
 
 Each view is rendered with the scene's own render engine at a square resolution, on a
-transparent film, with the Standard view transform (what the model was trained on), without
-compositor, sequencer or motion blur, at a capture's own sample count (a scene set up for
-its final frames, or Cycles' default of 4096, would take minutes a view). Every setting
+transparent film (Reconstruct Scene keeps the scene's background: `transparent=False`),
+with the Standard view transform (what the model was trained on), without compositor,
+sequencer or motion blur, at a capture's own sample count (a scene set up for its final
+frames, or Cycles' default of 4096, would take minutes a view). Every setting
 touched is recorded first and restored in a `finally`, so an error, a cancel between views
 or a failed render leaves the scene as it was.
 
@@ -38,7 +39,9 @@ CAPTURE_TRANSPARENT_BOUNCES = 64
 
 # (path below the scene, attribute, value during capture). Order matters on restore too:
 # media type before file format before colour mode and depth (their enums depend on it).
-def _capture_settings(scene: bpy.types.Scene, size: int) -> list[tuple[Any, str, Any]]:
+def _capture_settings(
+    scene: bpy.types.Scene, size: int, transparent: bool = True
+) -> list[tuple[Any, str, Any]]:
     render = scene.render
     image = render.image_settings
     settings: list[tuple[Any, str, Any]] = [
@@ -47,7 +50,7 @@ def _capture_settings(scene: bpy.types.Scene, size: int) -> list[tuple[Any, str,
         (render, "resolution_percentage", 100),
         (render, "pixel_aspect_x", 1.0),
         (render, "pixel_aspect_y", 1.0),
-        (render, "film_transparent", True),
+        (render, "film_transparent", bool(transparent)),
         (render, "use_border", False),
         (render, "use_multiview", False),
         (render, "use_file_extension", True),
@@ -101,10 +104,11 @@ def _sampling_settings(scene: bpy.types.Scene) -> list[tuple[Any, str, Any]]:
 
 
 @contextlib.contextmanager
-def capture_settings(scene: bpy.types.Scene, size: int) -> Iterator[None]:
+def capture_settings(scene: bpy.types.Scene, size: int, transparent: bool = True) -> Iterator[None]:
     """Apply the capture settings; restore every one of them (and the scene camera and
-    render file path) on exit, whatever happened."""
-    settings = _capture_settings(scene, size)
+    render file path) on exit, whatever happened. `transparent`: film transparent (the
+    prop alone) or not (the scene's background renders too)."""
+    settings = _capture_settings(scene, size, transparent)
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in settings]
     saved += [(scene.render, "filepath", scene.render.filepath), (scene, "camera", scene.camera)]
     had_result = any(image.type == "RENDER_RESULT" for image in bpy.data.images)
@@ -188,12 +192,17 @@ def read_png(path: Path) -> np.ndarray:
 
 
 def render_view(
-    scene: bpy.types.Scene, camera: bpy.types.Object, size: int, path: Path
+    scene: bpy.types.Scene,
+    camera: bpy.types.Object,
+    size: int,
+    path: Path,
+    transparent: bool = True,
 ) -> np.ndarray:
-    """Render `camera` at size x size to the PNG `path`; returns its (H, W, 4) RGBA."""
+    """Render `camera` at size x size to the PNG `path`; returns its (H, W, 4) RGBA
+    (`transparent=False`: the world shows behind the scene, alpha 1)."""
     check_camera(camera)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with capture_settings(scene, size):
+    with capture_settings(scene, size, transparent):
         scene.camera = camera
         scene.render.filepath = str(path)
         result = bpy.ops.render.render(write_still=True, scene=scene.name)
@@ -208,6 +217,7 @@ def render_view_hiding(
     size: int,
     path: Path,
     hidden: list[bpy.types.Object],
+    transparent: bool = True,
 ) -> np.ndarray:
     """`render_view` with the `hidden` objects (earlier splat objects) hidden from the render
     and restored after: the engine must see the prop, not earlier reconstructions of it."""
@@ -215,7 +225,7 @@ def render_view_hiding(
     try:
         for obj, _ in saved:
             obj.hide_render = True
-        return render_view(scene, camera, size, path)
+        return render_view(scene, camera, size, path, transparent)
     finally:
         for obj, value in saved:
             if obj.hide_render != value:

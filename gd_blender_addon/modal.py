@@ -29,7 +29,13 @@ import bpy
 
 from . import dependencies, jobs
 from .errors import UserError
-from .preferences import MISSING_TORCH, get_prefs, weights_for
+from .preferences import (
+    MISSING_TORCH,
+    SCENE_MODEL,
+    get_prefs,
+    scene_weights_for,
+    weights_for,
+)
 from .refine_job import view_size
 
 # ---------------------------------------------------------------------------- the model
@@ -55,6 +61,14 @@ def model_request(context: bpy.types.Context) -> ModelRequest:
     return ModelRequest(prefs.model, prefs.device.lower(), weights_for(prefs))
 
 
+def scene_model_request(context: bpy.types.Context) -> ModelRequest:
+    """The scene model (Reconstruct Scene) with the preferences' device and Scene Weights
+    File (main thread, as `model_request`)."""
+    request = model_request(context)
+    prefs = get_prefs(context)
+    return ModelRequest(SCENE_MODEL, request.device, scene_weights_for(prefs))
+
+
 def load_engine_model(name: str, device: str, weights: str | None) -> Any:
     """`engine.resolve.resolve_model`, cached per (name, device, weights). Worker thread: no
     bpy here (`model_request` resolved the paths). Tests replace this."""
@@ -73,16 +87,24 @@ def load_engine_model(name: str, device: str, weights: str | None) -> Any:
     return model
 
 
-def load_model_work(request: ModelRequest, progress: jobs.Progress, cancel: threading.Event) -> Any:
-    """Worker: the requested model, with a clear error for missing weights."""
+MISSING_WEIGHTS_ADVICE = (
+    "Download them in the add-on's preferences (Download Weights) or choose a weights file there"
+)
+
+
+def load_model_work(
+    request: ModelRequest,
+    progress: jobs.Progress,
+    cancel: threading.Event,
+    advice: str = MISSING_WEIGHTS_ADVICE,
+) -> Any:
+    """Worker: the requested model, with one clear error for missing weights (`advice`:
+    what the user can do about it)."""
     progress(0.0, f"loading {request.name}")
     try:
         return load_engine_model(*request)
-    except FileNotFoundError as err:
-        raise UserError(
-            f"Model weights missing: {err}. Download them in the add-on's preferences "
-            "(Download Weights) or choose a weights file there"
-        ) from None
+    except FileNotFoundError as err:  # engine.resolve.WeightsNotFoundError is one
+        raise UserError(f"Model weights missing: {err}. {advice}") from None
 
 
 def clear_models() -> None:
@@ -370,18 +392,25 @@ class SceneJobOperator(JobOperator):
         reason = cls.blocker(context)
         return f"Disabled: {reason}" if reason else (cls.__doc__ or "")
 
-    def add_model_stage(self, context: bpy.types.Context) -> None:
-        """Queue loading the preferences' model in the worker. Once it is there (main
-        thread) pick the render size, `_size`, which the render steps queued after this read
-        when they run. Any number of views: the model reads at most its `max_views` of
-        them, spread around the prop (`refine_job.spread_views`); refinement uses all."""
-        request = model_request(context)
+    def add_model_stage(
+        self,
+        context: bpy.types.Context,
+        request: ModelRequest | None = None,
+        advice: str = MISSING_WEIGHTS_ADVICE,
+    ) -> None:
+        """Queue loading the preferences' model (or `request`) in the worker. Once it is
+        there (main thread) pick the render size, `_size`, which the render steps queued
+        after this read when they run. Any number of views: the model reads at most its
+        `max_views` of them, spread around the prop (`refine_job.spread_views`); refinement
+        uses all. `advice` ends the missing-weights error."""
+        request = request or model_request(context)
         resolution = int(context.scene.gd_splat.resolution)
 
         def loaded(model: Any) -> None:
             self._model = model
             self._size = resolution or view_size(model)
 
-        self.add_work(
-            "loading the model", lambda: functools.partial(load_model_work, request), loaded
-        )
+        def make() -> jobs.Work:
+            return functools.partial(load_model_work, request, advice=advice)
+
+        self.add_work("loading the model", make, loaded)

@@ -1,9 +1,10 @@
-"""Operators: Reconstruct, Reconstruct Object, Densify Selected, Refine, import/export,
-install PyTorch, download weights. Each one polls, gathers its settings and queues stages;
-the rest lives in small modules: modal.py (the job operators' machinery: modal timer or
-blocking loop, progress, Esc, the model stage), jobs.py (the worker thread), rig.py (the
-camera rig), refine_job.py / densify_job.py / setup_jobs.py (worker jobs), results.py
-(landing a result), render_setup.py (Cycles settings for splats).
+"""Operators: Reconstruct, Reconstruct Object, Reconstruct Scene, Densify Selected, Refine,
+import/export, install PyTorch, download weights. Each one polls, gathers its settings and
+queues stages; the rest lives in small modules: modal.py (the job operators' machinery:
+modal timer or blocking loop, progress, Esc, the model stage), jobs.py (the worker thread),
+rig.py (the camera rig), refine_job.py / densify_job.py / setup_jobs.py (worker jobs),
+results.py (landing a result), render_setup.py (Cycles settings for splats), scene_job.py
+(Reconstruct Scene's depth range, camera check and worker job).
 
 The scene jobs (modal.SceneJobOperator) are UNDO but not REGISTER: Adjust Last Operation
 (the redo panel, F9) and Repeat Last (Shift+R) pick only REGISTER operators, and either would
@@ -108,6 +109,57 @@ def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
     except UserError as err:
         return str(err)
     return None
+
+
+def scene_cameras(context: bpy.types.Context) -> list[bpy.types.Object]:
+    """The cameras Reconstruct Scene would use: 2 to 4 selected perspective cameras, in name
+    order; UserError (or CaptureError) naming what is wrong."""
+    from .scene_job import check_count
+
+    cameras = selected_cameras(context)
+    check_count(len(cameras))
+    for camera in cameras:
+        check_camera(camera)
+    return cameras
+
+
+def reconstruct_scene_blocker(context: bpy.types.Context) -> str | None:
+    """Why Reconstruct Scene cannot run now, or None (cheap: no model, no renders)."""
+    reason = engine_blocker()
+    if reason:
+        return reason
+    try:
+        scene_cameras(context)
+    except (UserError, CaptureError) as err:
+        return str(err)
+    return None
+
+
+def scene_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:
+    """The meshes a render of the scene shows: in the view layer, not hidden from renders,
+    not splat objects (hidden while the views render)."""
+    return [o for o in context.view_layer.objects
+            if o.type == "MESH" and not o.hide_render and not is_splat(o)]  # fmt: skip
+
+
+def scene_depth_range(
+    context: bpy.types.Context, cameras: list[bpy.types.Object]
+) -> tuple[float, float]:
+    """(near, far) for the scene model: the depths, in front of the cameras, of the 8
+    corners of each visible mesh's world bounding box (`scene_job.depth_range`)."""
+    import numpy as np
+
+    from .scene_job import depth_range
+
+    corners = [np.array(obj.matrix_world) @ np.array([*corner, 1.0])
+               for obj in scene_meshes(context) for corner in obj.bound_box]  # fmt: skip
+    if not corners:
+        raise UserError(
+            "Nothing to reconstruct: the scene has no mesh that renders (all hidden from "
+            "renders, or none in the view layer)"
+        )
+    points = np.array(corners)[:, :3]
+    return depth_range(points, [np.array(c.matrix_world) for c in cameras])
 
 
 REFINE_NEEDS_SECONDS = (
@@ -483,6 +535,86 @@ class GD_OT_reconstruct_object(_RefineSteps, SceneJobOperator, bpy.types.Operato
         self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
 
 
+# ---------------------------------------------------------------------------- reconstruct scene
+SCENE_OBJECT_NAME = "GD Scene"
+MISSING_SCENE_WEIGHTS = (
+    "Reconstruct Scene needs the scene model's weights: train them (gd train --config "
+    "scene-small) and choose the file as Scene Weights File in the add-on's preferences"
+)
+
+
+class GD_OT_reconstruct_scene(SceneJobOperator, bpy.types.Operator):
+    """Reconstruct the scene (background included) seen by 2 to 4 selected cameras as one
+    splat object in the scene's own frame"""
+
+    bl_idname = "gd.reconstruct_scene"
+    bl_label = "Reconstruct Scene"
+    job_name = "Reconstruct Scene"
+
+    blocker = staticmethod(reconstruct_scene_blocker)
+
+    def prepare(self, context: bpy.types.Context) -> None:
+        from .modal import scene_model_request
+
+        scene = context.scene
+        cameras = scene_cameras(context)
+        self._near, self._far = scene_depth_range(context, cameras)
+        self._budget = int(settings(context).scene_candidates) or None
+        self._camera_names = [camera.name for camera in cameras]
+        self._views: list[Any] = []
+        self._records: list[dict[str, Any]] = []
+        self._paths: list[Path] = []
+        self.add_model_stage(context, scene_model_request(context), MISSING_SCENE_WEIGHTS)
+        self.add_step("checking the cameras", self._check_cameras)
+        self._tmp = Path(tempfile.mkdtemp(prefix="gd_scene_"))
+        hidden = _splat_objects(context)
+        for i, camera in enumerate(cameras):
+            path = self._tmp / f"view_{i:03d}.png"
+            step = functools.partial(self._render, scene, camera, path, hidden)
+            self.add_step(f"rendering {camera.name}", step)
+
+    def _camera(self, name: str) -> bpy.types.Object:
+        camera = bpy.data.objects.get(name)
+        if camera is None:
+            raise UserError(f"Camera '{name}' was deleted while the scene was being rendered")
+        return camera
+
+    def _check_cameras(self) -> None:
+        """The model's checks on the cameras (overlap...) before rendering any of them."""
+        from .scene_job import check_views
+
+        size = self._size
+        records = [camera_record(self._camera(n), size, size) for n in self._camera_names]
+        check_views(self._model, records, self._near, self._far)
+
+    def _render(self, scene: bpy.types.Scene, camera: bpy.types.Object, path: Path,
+                hidden: list[bpy.types.Object]) -> None:  # fmt: skip
+        from .rig import using_cycles
+
+        # The scene as it is: its world behind it, not the object workflow's clear film.
+        with using_cycles(scene):
+            pixels = render_view_hiding(scene, camera, self._size, path, hidden,
+                                        transparent=False)  # fmt: skip
+        self._views.append(pixels)
+        self._records.append(camera_record(camera, self._size, self._size))
+        self._paths.append(path)
+
+    def job(self) -> jobs.Work:
+        from .scene_job import reconstruct_scene_work
+
+        return functools.partial(
+            reconstruct_scene_work, self._model, list(self._views), list(self._records),
+            self._near, self._far, self._budget,
+        )  # fmt: skip
+
+    def finish(self, context: bpy.types.Context, rec: Any) -> None:
+        _, note = land_reconstruction(context, rec, SCENE_OBJECT_NAME, self._paths, [],
+                                      self._records, "scene")  # fmt: skip
+        depth = f"Depth range {self._near:.3g} to {self._far:.3g}"
+        note = f"{depth}. {note}" if note else depth
+        self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
+
+
 # ---------------------------------------------------------------------------- refine
 class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
     """Refine the active splat object against its stored views for Refine Seconds; with an
@@ -843,6 +975,7 @@ def menu_export(self: Any, context: bpy.types.Context) -> None:
 classes = (
     GD_OT_reconstruct,
     GD_OT_reconstruct_object,
+    GD_OT_reconstruct_scene,
     GD_OT_densify,
     GD_OT_refine,
     GD_OT_splat_render_settings,

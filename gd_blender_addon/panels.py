@@ -104,6 +104,14 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
         col = layout.column()
         col.use_property_split = True
         col.use_property_decorate = False
+        col.prop(opts, "scene_candidates")
+        _button(layout, "gd.reconstruct_scene", operators.reconstruct_scene_blocker(context),
+                "SCENE_DATA")  # fmt: skip
+
+        layout.separator()
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
         col.prop(opts, "rig_views")
         _button(layout, "gd.reconstruct_object", operators.reconstruct_object_blocker(context),
                 "MESH_MONKEY")  # fmt: skip

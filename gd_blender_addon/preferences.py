@@ -24,6 +24,8 @@ TORCH_BUILDS = (
      "PyPI's build: CUDA on Linux, CPU on Windows, Apple MPS on macOS"),
 )  # fmt: skip
 DEFAULT_MODEL = "object-small"
+SCENE_MODEL = "scene-small"
+"""The model Reconstruct Scene loads (engine/models/gd_scene.py)."""
 
 MISSING_TORCH = (
     "PyTorch is not installed in Blender's Python. Open Edit > Preferences > Add-ons > "
@@ -46,6 +48,12 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         name="Weights File",
         description="A .safetensors weights file to use instead of the shipped or downloaded "
         "one (leave empty for the default)",
+        subtype="FILE_PATH", default="",
+    )  # fmt: skip
+    scene_weights_path: StringProperty(  # type: ignore[valid-type]
+        name="Scene Weights File",
+        description=f"Reconstruct Scene: a .safetensors weights file of the scene model "
+        f"({SCENE_MODEL}) to use instead of the shipped or downloaded one",
         subtype="FILE_PATH", default="",
     )  # fmt: skip
     weights_url: StringProperty(  # type: ignore[valid-type]
@@ -110,6 +118,7 @@ class GD_AddonPreferences(bpy.types.AddonPreferences):
         box.prop(self, "weights_path")
         path = downloaded_weights_path(self.model)
         box.label(text=f"Downloaded weights: {path if path.is_file() else 'none'}")
+        box.prop(self, "scene_weights_path")
         col = box.column()
         col.prop(self, "weights_url")
         col.prop(self, "weights_sha256")
@@ -139,6 +148,7 @@ def get_prefs(context: bpy.types.Context | None = None) -> Any:
         device="AUTO",
         model=DEFAULT_MODEL,
         weights_path="",
+        scene_weights_path="",
         weights_url="",
         weights_sha256="",
         weights_config_sha256="",
@@ -152,6 +162,15 @@ def weights_for(prefs: Any) -> str | None:
     if prefs.weights_path:
         return bpy.path.abspath(prefs.weights_path)
     downloaded = downloaded_weights_path(prefs.model)
+    return str(downloaded) if downloaded.is_file() else None
+
+
+def scene_weights_for(prefs: Any) -> str | None:
+    """The scene model's weights file: the user's Scene Weights File, else a downloaded
+    one, else None (the engine's shipped default)."""
+    if prefs.scene_weights_path:
+        return bpy.path.abspath(prefs.scene_weights_path)
+    downloaded = downloaded_weights_path(SCENE_MODEL)
     return str(downloaded) if downloaded.is_file() else None
 
 

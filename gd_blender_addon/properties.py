@@ -82,6 +82,12 @@ class GD_SceneSettings(bpy.types.PropertyGroup):
         name="Detail Budget", description="Most Gaussians Densify may add to the selected region",
         default=20000, min=1, soft_max=200000, max=10_000_000,
     )  # fmt: skip
+    scene_candidates: IntProperty(  # type: ignore[valid-type]
+        name="Scene Candidates",
+        description="Reconstruct Scene: Gaussians per view the scene model densifies (each "
+        "becomes about 4.6 finer ones); 0 uses the model's own number",
+        default=0, min=0, soft_max=20000, max=1_000_000,
+    )  # fmt: skip
     rig_views: IntProperty(  # type: ignore[valid-type]
         name="Rig Views",
         description="Reconstruct Object: how many cameras the temporary rig renders the "
