@@ -1,13 +1,23 @@
-"""Reconstruction benchmark: 4 views at 256² -> coarse and fine Gaussians on the CPU.
+"""Reconstruction benchmark: posed views -> coarse and fine Gaussians on the CPU.
 
     .venv/bin/python bench/reconstruct.py                        # shipped object-small weights
     .venv/bin/python bench/reconstruct.py --weights runs/x/checkpoint/model.safetensors
     .venv/bin/python bench/reconstruct.py --no-write --repeats 1 # quick look, no results file
+    .venv/bin/python bench/reconstruct.py --model scene-small    # the scene model (issue 18)
+    .venv/bin/python bench/reconstruct.py --model scene-small --random-init --no-write
 
-For each bundled sample prop (`examples/sample_props`, 4 input views at 256²) it times
-`model.reconstruct` with densification (the product) and without (coarse only), the
-median of `--repeats` runs each, after one warm-up reconstruction that is excluded
-(first calls load numba kernels and size allocator pools). Wall time and process CPU
+The model comes from `engine.resolve.resolve_model` (`--model` a preset name, `--weights` a
+weights file, or both: that preset with those weights; `--random-init`: the preset untrained,
+for timing before weights exist). Its kind picks the input and the results file:
+
+- object model: each bundled sample prop (`examples/sample_props`, 4 input views at 256²),
+  results in bench/results/reconstruct.md;
+- scene model: each bundled sample scene (`examples/sample_scene`, 2 context views at 256²
+  with the scene's near/far), results in bench/results/reconstruct_scene.md.
+
+For each sample it times `model.reconstruct` with densification (the product) and without
+(coarse only), the median of `--repeats` runs each, after one warm-up reconstruction that is
+excluded (first calls load numba kernels and size allocator pools). Wall time and process CPU
 time (user + system, all threads) are both recorded: on a loaded machine wall time
 includes waiting for a core, CPU time does not.
 
@@ -17,7 +27,9 @@ torch included) is its own. One more child, with the first thread setting, attri
 densification time to its parts (wrapped functions, exclusive times) and runs
 torch.profiler once; instrumentation never touches the timed children.
 
-Targets (issue #5): total ≤ 10 s, densification adds ≤ 50 % to coarse-only, peak RSS ≤ 4 GB.
+Targets: object model (issue #5) total ≤ 10 s, densification adds ≤ 50 % to coarse-only,
+peak RSS ≤ 4 GB; scene model (issue 18) 2 views at 256² to fine Gaussians ≤ 2 s,
+densification adds ≤ 100 % to coarse-only.
 """
 
 from __future__ import annotations
@@ -34,62 +46,155 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from machine import cpu_and_memory, status_mb  # bench/ is the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "reconstruct.md"
-SAMPLES = ROOT / "examples" / "sample_props" / "objects"
-TARGET_TOTAL_S = 10.0
-TARGET_SHARE = 0.5
-TARGET_RSS_MB = 4096.0
+DEFAULT_MODEL = "object-small"
 NOTES_MARKER = "<!-- notes below are hand-written and kept when the benchmark re-runs -->"
+SEED = 0
+"""torch seed before the model is built: `--random-init` weights are the same every run."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between benchmarking the object and the scene model."""
+
+    noun: str  # one sample: "prop", "scene"
+    title: str
+    samples: Path  # a folder of sample folders
+    marker: str  # the file that makes a folder a sample
+    results: Path
+    call: str  # the timed call, as the results file shows it
+    issue: str
+    total_s: float  # target: full reconstruction, wall seconds
+    share: float  # target: densification adds at most this fraction of coarse-only
+    rss_mb: float | None  # target: peak RSS (None: reported, no target)
+
+
+OBJECT = Kind(
+    noun="prop",
+    title="Reconstruction benchmark",
+    samples=ROOT / "examples" / "sample_props" / "objects",
+    marker="transforms_input.json",
+    results=ROOT / "bench" / "results" / "reconstruct.md",
+    call="model.reconstruct(images, cameras)",
+    issue="issue #5",
+    total_s=10.0,
+    share=0.5,
+    rss_mb=4096.0,
+)
+SCENE = Kind(
+    noun="scene",
+    title="Scene reconstruction benchmark",
+    samples=ROOT / "examples" / "sample_scene" / "scenes",
+    marker="transforms_context.json",
+    results=ROOT / "bench" / "results" / "reconstruct_scene.md",
+    call="model.reconstruct(images, cameras, near=near, far=far)",
+    issue="issue 18",
+    total_s=2.0,
+    share=1.0,
+    rss_mb=None,
+)
+KINDS = {"object": OBJECT, "scene": SCENE}
 
 
 # ---------------------------------------------------------------------------- child side
+class Sample(NamedTuple):
+    """One benchmark input: `model.reconstruct(images, cameras, **kwargs)`."""
+
+    name: str
+    images: Any  # (V, H, W, C) tensor
+    cameras: Any  # engine.cameras.Cameras
+    kwargs: dict[str, float]
+
+
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
-def _load(weights: str, threads: int):
-    """The model (CPU, eval) and the input views of every sample prop."""
+def _sample_folders(kind: Kind) -> list[Path]:
+    return sorted(p for p in kind.samples.iterdir() if (p / kind.marker).is_file())
+
+
+def _object_samples() -> list[Sample]:
+    """Each sample prop's input views (straight RGBA) and cameras."""
+    from engine.views import load_nerf_scene
+
+    out = []
+    for p in _sample_folders(OBJECT):
+        views = load_nerf_scene(p / OBJECT.marker)
+        out.append(Sample(p.name, views.rgba(), views.cameras, {}))
+    return out
+
+
+def _scene_samples() -> list[Sample]:
+    """Each sample scene's context views, cameras and depth range."""
+    from engine.data.scenes import load_scene
+
+    out = []
+    for p in _sample_folders(SCENE):
+        s = load_scene(p)
+        rng = {"near": float(s["near"]), "far": float(s["far"])}
+        out.append(Sample(p.name, s["context_images"], s["context_cameras"], rng))
+    return out
+
+
+def _load(model: str | None, weights: str | None, random_init: bool, threads: int):
+    """The model (CPU, eval), its kind's name and the samples of that kind."""
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    from engine.models.gd_scene import GDSceneModel
     from engine.resolve import resolve_model
-    from engine.views import load_nerf_scene
 
-    model = resolve_model(weights, device="cpu")
-    props = sorted(p for p in SAMPLES.iterdir() if (p / "transforms_input.json").is_file())
-    views = [load_nerf_scene(p / "transforms_input.json") for p in props]
-    return model, [(p.name, v.rgba(), v.cameras) for p, v in zip(props, views, strict=True)]
+    if weights is not None and not model:
+        net = resolve_model(weights, device="cpu")  # the file's own metadata names the model
+    else:
+        net = resolve_model(
+            model or DEFAULT_MODEL, device="cpu", weights=weights, pretrained=not random_init
+        )
+    if isinstance(net, GDSceneModel):
+        return net, "scene", _scene_samples()
+    return net, "object", _object_samples()
 
 
-def measure(weights: str, repeats: int, threads: int) -> dict:
-    """Timings of coarse-only and full reconstructions of every sample prop."""
+def _reconstruct(model, sample: Sample, densify: bool = True):
+    return model.reconstruct(sample.images, sample.cameras, densify=densify, **sample.kwargs)
+
+
+def measure(
+    model: str | None, weights: str | None, random_init: bool, repeats: int, threads: int
+) -> dict:
+    """Timings of coarse-only and full reconstructions of every sample."""
     import torch
 
     base_rss = status_mb("VmRSS")
-    model, props = _load(weights, threads)
+    net, kind, samples = _load(model, weights, random_init, threads)
     loaded_rss = status_mb("VmRSS")
-    # Warm-up (excluded): one full and one coarse-only reconstruction of the first prop.
-    _, images, cameras = props[0]
-    model.reconstruct(images, cameras)
-    model.reconstruct(images, cameras, densify=False)
+    # Warm-up (excluded): one full and one coarse-only reconstruction of the first sample.
+    _reconstruct(net, samples[0])
+    _reconstruct(net, samples[0], densify=False)
     rows = []
-    for name, images, cameras in props:
+    for sample in samples:
         runs: dict[str, list[dict]] = {"coarse": [], "full": []}
         for r in range(repeats):
             # Alternate the order so neither mode always follows the other.
             for mode in ("coarse", "full") if r % 2 == 0 else ("full", "coarse"):
                 c0, t0 = _cpu_seconds(), time.perf_counter()
-                rec = model.reconstruct(images, cameras, densify=mode == "full")
+                rec = _reconstruct(net, sample, densify=mode == "full")
                 wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
                 runs[mode].append({"wall": wall, "cpu": cpu, "stats": rec.stats})
-        row = {"prop": name, "views": len(cameras), "size": f"{cameras.width}x{cameras.height}"}
+        cams = sample.cameras
+        row = {"name": sample.name, "views": len(cams), "size": f"{cams.width}x{cams.height}",
+               "inputs": sample.kwargs}  # fmt: skip
         for mode, rs in runs.items():
             row[mode] = {
                 "wall": statistics.median(x["wall"] for x in rs),
@@ -104,14 +209,17 @@ def measure(weights: str, repeats: int, threads: int) -> dict:
             }
         rows.append(row)
     return {
+        "kind": kind,
         "rows": rows,
         "peak_rss_mb": status_mb("VmHWM"),
         "base_rss_mb": base_rss,
         "loaded_rss_mb": loaded_rss,
         "threads": torch.get_num_threads(),
-        "image_size": model.image_size,
-        "model": model.name,
-        "sha256": model.weights_sha256,
+        "image_size": net.image_size,
+        "model": net.name,
+        "weights_path": None if net.weights_path is None else str(net.weights_path),
+        "sha256": net.weights_sha256,
+        "random_init": net.weights_path is None,
     }
 
 
@@ -145,31 +253,24 @@ class _Timers:
         return timed
 
 
-def breakdown(weights: str, threads: int, repeats: int) -> dict:
-    """Where reconstruction time goes (exclusive seconds per part, mean over runs of every
-    prop) and the torch.profiler's top operators for one full reconstruction."""
+Patch = tuple[Any, str, "str | Callable[[str | None], str]"]
+
+
+def _densify_patches() -> list[Patch]:
+    """The parts of gradient selection and densification, shared by both models."""
     import engine.gd.attention as attention
     import engine.gd.densify as densify
     import engine.gd.gradient_mask as gradient_mask
     import engine.gd.pipeline as pipeline
     import engine.gd.view_features as view_features
-    import engine.models.gd_object as gd_object
-    import engine.models.object_backbone as object_backbone
     import engine.render as render_mod
-
-    model, props = _load(weights, threads)
-    _, images, cameras = props[0]
-    model.reconstruct(images, cameras)  # warm-up, as in `measure`
-
-    timers = _Timers()
 
     def render_label(parent: str | None) -> str:
         if parent == "gradient mask: loss + backward":
             return "gradient mask: render forward"
         return "coarse re-render for view features"
 
-    patches = [
-        (object_backbone.ObjectBackbone, "forward", "backbone"),
+    return [
         (gradient_mask, "view_space_gradients", "gradient mask: loss + backward"),
         (render_mod, "render", render_label),
         (pipeline, "candidate_features", "view features (sampling + view attention)"),
@@ -181,8 +282,40 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
         (densify.GaussianHead, "forward", "HEAD (Gaussian parameters)"),
         (densify.GenerativeDensifier, "forward", "densifier other (split mask, gather, cat)"),
         (pipeline, "merge_fine", "merge"),
-        (gd_object, "merge", "merge"),
     ]
+
+
+def _backbone_patches(kind: str) -> list[Patch]:
+    """The coarse stage of the object or the scene model (its parts for the scene model)."""
+    if kind == "object":
+        import engine.models.gd_object as gd_object
+        import engine.models.object_backbone as object_backbone
+
+        return [
+            (object_backbone.ObjectBackbone, "forward", "backbone"),
+            (gd_object, "merge", "merge"),
+        ]
+    import engine.models.scene_backbone as sb
+
+    return [
+        (sb.SceneBackbone, "forward", "backbone: other (decoder, heads, Gaussians)"),
+        (sb.Encoder, "forward", "backbone: CNN encoder"),
+        (sb.ViewTransformer, "forward", "backbone: view transformer"),
+        (sb, "plane_sweep_cost", "backbone: plane-sweep cost volume"),
+        (sb.CostRefiner, "forward", "backbone: cost refiner"),
+    ]
+
+
+def breakdown(
+    model: str | None, weights: str | None, random_init: bool, threads: int, repeats: int
+) -> dict:
+    """Where reconstruction time goes (exclusive seconds per part, mean over runs of every
+    sample) and the torch.profiler's top operators for one full reconstruction."""
+    net, kind, samples = _load(model, weights, random_init, threads)
+    _reconstruct(net, samples[0])  # warm-up, as in `measure`
+
+    timers = _Timers()
+    patches = _backbone_patches(kind) + _densify_patches()
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, label in patches:
         setattr(obj, name, timers.wrap(getattr(obj, name), label))
@@ -190,8 +323,8 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
     stage: dict[str, float] = {}
     try:
         for _ in range(repeats):
-            for _, images, cameras in props:
-                rec = model.reconstruct(images, cameras)
+            for sample in samples:
+                rec = _reconstruct(net, sample)
                 runs += 1
                 for k, v in rec.stats["seconds"].items():
                     stage[k] = stage.get(k, 0.0) + v
@@ -203,7 +336,7 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        model.reconstruct(images, cameras)
+        _reconstruct(net, samples[-1])
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     return {
         "runs": runs,
@@ -216,9 +349,15 @@ def breakdown(weights: str, threads: int, repeats: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- parent side
-def _child(kind: str, weights: str, repeats: int, threads: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--weights", weights,
-           "--repeats", str(repeats), "--threads", str(threads)]  # fmt: skip
+def _child(what: str, args: argparse.Namespace, repeats: int, threads: int, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--child", what, "--repeats", str(repeats),
+           "--threads", str(threads)]  # fmt: skip
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.weights is not None:
+        cmd += ["--weights", str(args.weights)]
+    if args.random_init:
+        cmd.append("--random-init")
     env = dict(os.environ)
     if threads > 0:  # numba reads this when its thread pool starts, before any kernel runs
         env["NUMBA_NUM_THREADS"] = str(threads)
@@ -269,31 +408,69 @@ def _weights_note(weights: Path) -> str:
     return note
 
 
-def _thread_section(res: dict, meta: dict) -> list[str]:
+def _weights_line(first: dict) -> str:
+    """The results file's line on the weights: which file and its sha256, or that they
+    were random."""
+    if first["random_init"]:
+        return (
+            f"- Weights: **random (untrained)**: `{first['model']}` built with `--random-init` "
+            f"(torch seed {SEED}), no trained weights loaded. Timings only: the Gaussian "
+            "counts and which Gaussians are densified are an untrained model's, not the "
+            "product's; re-run with the trained weights for the record."
+        )
+    path = Path(first["weights_path"])
+    return (
+        f"- Weights: `{_shown(path)}` ({first['model']}, sha256 `{first['sha256']}`"
+        f"{_weights_note(path)})"
+    )
+
+
+def _input_line(kind: Kind, first: dict) -> str:
+    row = first["rows"][0]
+    where = f"`{_shown(kind.samples)}/*`"
+    if kind is SCENE:
+        rng = ", ".join(
+            f"{r['name']} near {r['inputs']['near']:g}, far {r['inputs']['far']:g}"
+            for r in first["rows"]
+        )
+        return (
+            f"- Input: each bundled sample scene ({where}), its {row['views']} context views "
+            f"at {row['size']} and its depth range ({rng}), resampled to the model's "
+            f"{first['image_size']}² input; CPU."
+        )
+    return (
+        f"- Input: each bundled sample prop ({where}), {row['views']} views at {row['size']}, "
+        f"resampled to the model's {first['image_size']}² input; CPU."
+    )
+
+
+def _thread_section(res: dict, kind: Kind, meta: dict) -> list[str]:
     """Tables and targets of one `measure` child (one torch/numba thread setting)."""
     rows = res["rows"]
     n = res["threads"]
+    count_names = list(rows[0]["full"]["counts"])
     lines = [
         f"## {n} thread{'s' if n != 1 else ''} (torch and numba)",
         "",
         "Wall seconds are medians (fastest run in brackets: the least disturbed one on a busy "
         f"machine); CPU seconds are medians. Peak RSS of this process: {res['peak_rss_mb']:.0f} "
         f"MB ({res['base_rss_mb']:.0f} MB at start, {res['loaded_rss_mb']:.0f} MB with model "
-        "and views loaded).",
+        "and views loaded). Gaussian counts (`rec.stats['counts']`) of the full run.",
         "",
-        "| prop | full wall s | full CPU s | coarse-only wall s | coarse-only CPU s | "
-        "densification adds (wall) | coarse | candidates | fine | final |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {kind.noun} | full wall s | full CPU s | coarse-only wall s | coarse-only CPU s | "
+        "densification adds (wall) | " + " | ".join(count_names) + " |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(count_names),
     ]
     for r in rows:
         f, c = r["full"], r["coarse"]
         add = f["wall"] - c["wall"]
         cnt = f["counts"]
         lines.append(
-            f"| {r['prop']} | {f['wall']:.2f} ({f['wall_min']:.2f}) | {f['cpu']:.2f} | "
+            f"| {r['name']} | {f['wall']:.2f} ({f['wall_min']:.2f}) | {f['cpu']:.2f} | "
             f"{c['wall']:.2f} ({c['wall_min']:.2f}) | {c['cpu']:.2f} | "
-            f"+{add:.2f} s ({add / c['wall']:.0%}) | {cnt['coarse']:,} | "
-            f"{cnt.get('candidates', 0):,} | {cnt.get('fine', 0):,} | {cnt['final']:,} |"
+            f"{add:+.2f} s ({add / c['wall']:+.0%}) | "
+            + " | ".join(f"{cnt.get(k, 0):,}" for k in count_names)
+            + " |"
         )
     stage_names = list(rows[0]["full"]["seconds"])
     lines += [
@@ -301,12 +478,12 @@ def _thread_section(res: dict, meta: dict) -> list[str]:
         "Per-stage seconds of the full runs (`rec.stats['seconds']`, each a median on its own, "
         "so they need not add up to the total):",
         "",
-        "| prop | " + " | ".join(stage_names) + " |",
+        f"| {kind.noun} | " + " | ".join(stage_names) + " |",
         "|---|" + "---:|" * len(stage_names),
     ]
     for r in rows:
         st = r["full"]["seconds"]
-        lines.append(f"| {r['prop']} | " + " | ".join(f"{st[k]:.2f}" for k in stage_names) + " |")
+        lines.append(f"| {r['name']} | " + " | ".join(f"{st[k]:.2f}" for k in stage_names) + " |")
 
     total = statistics.mean(r["full"]["wall"] for r in rows)
     coarse = statistics.mean(r["coarse"]["wall"] for r in rows)
@@ -316,17 +493,23 @@ def _thread_section(res: dict, meta: dict) -> list[str]:
     cpu_share = (cpu_total - cpu_coarse) / cpu_coarse
     met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
     suffix = ", under load" if meta["loaded"] else ""
+    plural = "s" if len(rows) != 1 else ""
+    rss = res["peak_rss_mb"]
+    rss_line = (
+        f"- peak RSS: {rss:.0f} MB (no target)"
+        if kind.rss_mb is None
+        else f"- peak RSS ≤ {kind.rss_mb / 1024:.0f} GB: {rss:.0f} MB — {met(rss <= kind.rss_mb)}"
+    )
     lines += [
         "",
-        f"Targets (mean over the {len(rows)} props{suffix}):",
+        f"Targets ({kind.issue}; mean over the {len(rows)} {kind.noun}{plural}{suffix}):",
         "",
-        f"- total ≤ {TARGET_TOTAL_S:.0f} s: {total:.2f} s wall ({cpu_total:.2f} s CPU) — "
-        f"{met(total <= TARGET_TOTAL_S)}",
-        f"- densification adds ≤ {TARGET_SHARE:.0%} to coarse-only ({coarse:.2f} s wall, "
-        f"{cpu_coarse:.2f} s CPU): +{share:.0%} wall, +{cpu_share:.0%} CPU time — "
-        f"{met(share <= TARGET_SHARE)}",
-        f"- peak RSS ≤ {TARGET_RSS_MB / 1024:.0f} GB: {res['peak_rss_mb']:.0f} MB — "
-        f"{met(res['peak_rss_mb'] <= TARGET_RSS_MB)}",
+        f"- total ≤ {kind.total_s:g} s: {total:.2f} s wall ({cpu_total:.2f} s CPU) — "
+        f"{met(total <= kind.total_s)}",
+        f"- densification adds ≤ {kind.share:.0%} to coarse-only ({coarse:.2f} s wall, "
+        f"{cpu_coarse:.2f} s CPU): {share:+.0%} wall, {cpu_share:+.0%} CPU time — "
+        f"{met(share <= kind.share)}",
+        rss_line,
         "",
     ]
     return lines
@@ -334,15 +517,14 @@ def _thread_section(res: dict, meta: dict) -> list[str]:
 
 def render_markdown(results: list[dict], brk: dict | None, meta: dict) -> str:
     first = results[0]
-    rows = first["rows"]
+    kind = KINDS[first["kind"]]
     lines = [
-        "# Reconstruction benchmark",
+        f"# {kind.title}",
         "",
         f"- Date: {meta['date']}",
         f"- Machine: {meta['machine']}",
         f"- Command: `{meta['command']}`",
-        f"- Weights: `{meta['weights']}` ({first['model']}, sha256 `{first['sha256']}`"
-        f"{meta['weights_note']})",
+        _weights_line(first),
         f"- Load average (1, 5, 15 min): {meta['load_before']}; {meta['load_after']}; "
         f"benchmark niceness {meta['nice']}",
     ]
@@ -354,18 +536,16 @@ def render_markdown(results: list[dict], brk: dict | None, meta: dict) -> str:
             "for a busy sibling). Re-run on a quiet machine for the record."
         )
     lines += [
-        f"- Input: each bundled sample prop (`examples/sample_props/objects/*`), "
-        f"{rows[0]['views']} views at {rows[0]['size']}, resampled to the model's "
-        f"{first['image_size']}² input; CPU.",
+        _input_line(kind, first),
         f"- Method: one fresh process per thread setting; one warm-up reconstruction (full, "
-        f"then coarse-only) excluded; then the median of {meta['repeats']} runs per prop and "
-        "mode, modes alternating. Full = `model.reconstruct(images, cameras)` (coarse + "
+        f"then coarse-only) excluded; then the median of {meta['repeats']} runs per "
+        f"{kind.noun} and mode, modes alternating. Full = `{kind.call}` (coarse + "
         "generative densification + merge); coarse-only = `densify=False`. Peak RSS: the "
         "process's VmHWM (Python, torch and the model included).",
         "",
     ]
     for res in results:
-        lines += _thread_section(res, meta)
+        lines += _thread_section(res, kind, meta)
     if brk is not None:
         n = brk["threads"]
         lines += [
@@ -393,48 +573,79 @@ def render_markdown(results: list[dict], brk: dict | None, meta: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _check_weights(args: argparse.Namespace) -> str | None:
+    """Why the model cannot be loaded (None: it can), said before any child starts."""
+    if args.weights is not None:
+        if not args.weights.is_file():
+            return (
+                f"{args.weights}: weights not found; pass --weights PATH.safetensors "
+                "(its .json beside it)"
+            )
+        return None
+    from engine.models import get_any_config
+    from engine.weights import shipped_weights
+
+    name = args.model or DEFAULT_MODEL
+    try:
+        get_any_config(name)
+    except ValueError as err:
+        return str(err)
+    if not args.random_init and not shipped_weights(name).is_file():
+        return (
+            f"no shipped weights for {name!r} ({_shown(shipped_weights(name))} is missing); "
+            "pass --weights PATH.safetensors (its .json beside it), or --random-init to time "
+            "the untrained model"
+        )
+    return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help=f"a preset name (default {DEFAULT_MODEL}; scene-small, "
+                   "scene-tiny: the scene model)")  # fmt: skip
     p.add_argument("--weights", type=Path,
-                   default=ROOT / "engine" / "assets" / "object-small.safetensors")  # fmt: skip
+                   help="a weights file (its .json beside it) instead of the preset's shipped "
+                        "one; alone, the file's metadata names the model")  # fmt: skip
+    p.add_argument("--random-init", action="store_true",
+                   help="the preset, untrained (timings only; the results say so)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="thread counts to measure, one process each (0: torch's default); "
                         "the attribution uses the first")  # fmt: skip
     p.add_argument("--no-breakdown", action="store_true", help="skip the attribution child")
     p.add_argument("--no-write", action="store_true", help="print, do not write the results")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path,
+                   help=f"results file (default {_shown(OBJECT.results)} for an object model, "
+                        f"{_shown(SCENE.results)} for a scene model)")  # fmt: skip
     p.add_argument("--child", choices=("measure", "breakdown"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.random_init and args.weights is not None:
+        p.error("--random-init and --weights exclude each other")
+    weights = None if args.weights is None else str(args.weights)
     if args.child == "measure":
-        threads = args.threads[0]
-        print("RESULT " + json.dumps(measure(str(args.weights), args.repeats, threads)))
+        res = measure(args.model, weights, args.random_init, args.repeats, args.threads[0])
+        print("RESULT " + json.dumps(res))
         return 0
     if args.child == "breakdown":
-        threads = args.threads[0]
-        print("RESULT " + json.dumps(breakdown(str(args.weights), threads, args.repeats)))
+        res = breakdown(args.model, weights, args.random_init, args.threads[0], args.repeats)
+        print("RESULT " + json.dumps(res))
         return 0
 
-    if not args.weights.is_file():
-        print(f"{args.weights}: weights not found; pass --weights PATH.safetensors "
-              "(its .json beside it)", file=sys.stderr)  # fmt: skip
+    problem = _check_weights(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
     load_before = os.getloadavg()
-    results = [
-        _child("measure", str(args.weights), args.repeats, t, timeout=1800) for t in args.threads
-    ]
+    results = [_child("measure", args, args.repeats, t, timeout=1800) for t in args.threads]
     brk = None
     if not args.no_breakdown:
         # One thread: attribution of work, not of waiting for a busy sibling thread.
-        brk = _child("breakdown", str(args.weights), 2, args.threads[0], timeout=1800)
-    load_after = os.getloadavg()
+        brk = _child("breakdown", args, 2, args.threads[0], timeout=1800)
     cores = os.cpu_count() or 1
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_description(),
         "command": shlex.join(["python", *sys.argv]),
-        "weights": _shown(args.weights),
-        "weights_note": _weights_note(args.weights),
         "load_before": "before " + ", ".join(f"{x:.2f}" for x in load_before),
         "load_after": _load_text("after"),
         # More runnable processes than half the cores before or after: not a quiet machine.
@@ -442,17 +653,17 @@ def main() -> int:
         "repeats": args.repeats,
         "nice": os.nice(0),
     }
-    del load_after
     text = render_markdown(results, brk, meta)
     print(text)
-    if args.out.is_file():
+    out = args.out or KINDS[results[0]["kind"]].results
+    if out.is_file():
         # Hand-written analysis below the marker survives re-runs (re-read it after one).
-        old = args.out.read_text(encoding="utf-8")
+        old = out.read_text(encoding="utf-8")
         if NOTES_MARKER in old:
             text += "\n" + old[old.index(NOTES_MARKER) :]
     if not args.no_write:
-        args.out.write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}", file=sys.stderr)
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
