@@ -97,3 +97,25 @@ def test_errors_name_the_problem(tmp_path):
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="not a scenes dataset"):
         ScenesDataset(root)
+
+
+def test_a_dataset_still_being_made_lists_scenes_finished_after_its_manifest(tmp_path, monkeypatch):
+    """Training may start while `gd data make` still renders: the manifest (written at the
+    end of a run) lists none of the new scenes, the markers on disk and (seed, index) do."""
+    import engine.data.layout as layout
+
+    seed, total, fractions = 1, 40, {"val": 0.2, "test": 0.2}
+    finished_now = [i for i in range(total) if i % 3 == 0]
+    manifest = {"seed": seed, "objects": total, "finished": 2, "split_fractions": fractions,
+                "splits": {"train": [], "val": [], "test": []}}  # fmt: skip
+    for i in finished_now:
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "done").touch()
+    monkeypatch.setattr(layout, "is_finished", lambda folder: (folder / "done").is_file())
+    folder = lambda i: tmp_path / str(i)  # noqa: E731
+    got = {s: layout.finished_in_split(manifest, s, folder) for s in ("train", "val", "test")}
+    for name, ids in got.items():
+        assert ids == [i for i in finished_now if layout.split_of(seed, i, fractions) == name]
+    assert sorted(sum(got.values(), [])) == finished_now
+    # A finished dataset is what its manifest says.
+    assert layout.finished_in_split({**manifest, "finished": total}, "train", folder) == []

@@ -149,15 +149,24 @@ def finished_in_split(
     "all") listed in a dataset's manifest; `item_dir(i)` is item i's folder.
 
     The manifest is rewritten only at the end of a run, so the completion markers on disk,
-    not its counts, say what is finished.
+    not its counts, say what is finished; and while a dataset is still being made (it has
+    fewer finished items than `objects`), items finished since the manifest was written
+    count too, in the split their (seed, index) puts them in (`split_of`), so training can
+    start on a dataset that is still growing.
     """
     if split == "all":
-        ids = sorted(i for name in SPLITS for i in manifest["splits"].get(name, []))
+        names: tuple[str, ...] = SPLITS
     elif split in SPLITS:
-        ids = list(manifest["splits"].get(split, []))
+        names = (split,)
     else:
         raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
-    return [i for i in ids if is_finished(item_dir(i))]
+    ids = {i for name in names for i in manifest["splits"].get(name, [])}
+    total, seed = manifest.get("objects"), manifest.get("seed")
+    growing = isinstance(total, int) and manifest.get("finished", total) < total
+    if growing and isinstance(seed, int):
+        fractions = manifest.get("split_fractions")
+        ids |= {i for i in range(total) if split_of(seed, i, fractions) in names}
+    return [i for i in sorted(ids) if is_finished(item_dir(i))]
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
