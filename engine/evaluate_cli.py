@@ -1,6 +1,7 @@
 """`gd evaluate MODEL DATA --out DIR [--views N]`: score a model's coarse and fine
-reconstructions (beside a visual-hull baseline) on the held-out target views of a props
-dataset and write a report (engine/evaluate.py)."""
+reconstructions on held-out target views and write a report: an object model on a props
+dataset beside a visual-hull baseline (engine/evaluate.py), a scene model on a scenes
+dataset beside plane-sweep stereo (engine/evaluate_scene.py)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", type=positive_int, default=None, metavar="T",
                    help="score only the first T target views left (default: all), e.g. "
                         "--views 4 --targets 4 scores the views --views 8 scores")  # fmt: skip
-    p.add_argument("--no-visual-hull", action="store_true",
-                   help="skip the visual-hull baseline")  # fmt: skip
+    p.add_argument("--no-visual-hull", "--no-baseline", action="store_true",
+                   help="skip the non-learned baseline (visual hull for props, plane-sweep "
+                        "stereo for scenes)")  # fmt: skip
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--weights", type=Path, default=None,
                    help="weights file for a model name (default: the shipped weights)")  # fmt: skip
@@ -52,9 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .data.layout import manifest_kind, read_manifest
     from .evaluate import evaluate, open_dataset
     from .resolve import resolve_model
 
+    if args.data.is_dir() and manifest_kind(read_manifest(args.data)) == "scenes":
+        return run_scenes(args)
     # Every check (data, split, model) happens before the output folder is created.
     dataset = open_dataset(args.data, args.split)
     device = resolve_device(args.device)
@@ -88,5 +93,47 @@ def run(args: argparse.Namespace) -> int:
         f"{s['objects']} objects: PSNR coarse {s['coarse']['psnr']:.2f} -> fine "
         f"{s['fine']['psnr']:.2f} dB (object pixels {s['coarse']['psnr_object']:.2f} -> "
         f"{s['fine']['psnr_object']:.2f}){hull_text}; report in {args.out / 'report.md'}"
+    )
+    return 0
+
+
+def run_scenes(args: argparse.Namespace) -> int:
+    """`gd evaluate` on a scenes dataset: the scene model against plane-sweep stereo."""
+    from .data.scenes import ScenesDataset
+    from .evaluate_scene import evaluate_scenes
+    from .models import GDSceneModel
+    from .resolve import resolve_model
+
+    dataset = ScenesDataset(args.data, args.split)
+    if len(dataset) == 0:
+        raise ValueError(f"{args.data}: split {args.split!r} has no finished scenes")
+    device = resolve_device(args.device)
+    model = resolve_model(args.model, device, weights=args.weights,
+                          pretrained=not args.random_init)  # fmt: skip
+    if not isinstance(model, GDSceneModel):
+        raise ValueError(f"{args.data} is a scenes dataset; {model.name} is not a scene model "
+                         "(use e.g. scene-small)")  # fmt: skip
+
+    def progress(done: int, total: int, result) -> None:
+        print(
+            f"[{done}/{total}] scene {result.index:06d}: PSNR baseline "
+            f"{result.psnr('baseline') or float('nan'):.2f} coarse {result.psnr('coarse'):.2f} "
+            f"fine {result.psnr('fine'):.2f} dB",
+            file=sys.stderr,
+        )
+
+    data = evaluate_scenes(
+        model, dataset, args.out, limit=args.limit, image_scenes=args.images,
+        baseline=not args.no_visual_hull,
+        meta={"command": "gd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "gd evaluate",
+              "data": str(args.data), "split": args.split},
+        progress=progress,
+    )  # fmt: skip
+    s = data["summary"]
+    print(
+        f"{s['scenes']} scenes: PSNR coarse {s['coarse']['psnr']:.2f} -> fine "
+        f"{s['fine']['psnr']:.2f} dB (fine - coarse {s['fine_minus_coarse']:+.2f}; "
+        f"baseline {s.get('baseline', {}).get('psnr', float('nan')):.2f}); report in "
+        f"{args.out / 'report.md'}"
     )
     return 0

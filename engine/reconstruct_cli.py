@@ -4,6 +4,11 @@
     gd reconstruct views/transforms.json -o prop.spz --no-densify --device cpu
     gd reconstruct views/transforms.json -o prop.glb --model my.safetensors --budget 2000
     gd reconstruct views/transforms.json -o prop.ply --refine 30     # + 30 s of refinement
+    gd reconstruct room/transforms_context.json -o room.ply --model scene-small
+
+With a scene model (`--model scene-small`) the views are 2 to 4 context views of a room or
+set, kept as they are (background and all, RGBA on black, no masks, no normalisation), and
+the scene's depth range comes from the transforms' "near" and "far" or `--near/--far`.
 
 The object model (`engine.models`) predicts coarse Gaussians from the views, then
 generative densification adds detail where the coarse render disagrees with the inputs.
@@ -47,6 +52,10 @@ Any number of views: the model reads at most its max_views of them (spread aroun
 prop); --refine SECONDS or --refine-steps N then optimise the Gaussians against all of
 them (views above 512 px are resampled to 512), holding some out and printing their PSNR
 when there are at least 8.
+
+--model scene-small reconstructs a scene (a room, a corner, a set) from 2 to 4 context
+views instead: the background is kept, nothing is cut out or normalised, and the depth
+range comes from the file's "near"/"far" or --near/--far.
 Bad input exits with status 2 and a one-line message, and nothing is written.
 """
 
@@ -100,6 +109,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="then refine the Gaussians against all views this long")  # fmt: skip
     refine.add_argument("--refine-steps", type=positive_int, default=None, metavar="N",
                         help="then refine the Gaussians for N optimisation steps")  # fmt: skip
+    p.add_argument("--near", type=positive_float, default=None,
+                   help="scene models: nearest depth of the scene in the cameras' units "
+                        "(default: the transforms' 'near')")  # fmt: skip
+    p.add_argument("--far", type=positive_float, default=None,
+                   help="scene models: farthest depth of the scene (default: the "
+                        "transforms' 'far')")  # fmt: skip
     p.add_argument("--random-init", action="store_true",
                    help="for testing only: an untrained, randomly initialised model")  # fmt: skip
     p.set_defaults(func=run)
@@ -150,8 +165,99 @@ def _progress_bar(label: str):
     return show
 
 
+def _save(gaussians: Any, output: Path) -> float:
+    """Write the result (only now touching the disk: parent folders this call creates are
+    removed again on failure); returns the seconds it took."""
+    from .io import save
+
+    created = [p for p in [output.parent, *output.parent.parents] if not p.exists()]
+    t0 = time.perf_counter()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        save(gaussians, output)
+    except BaseException as err:
+        for folder in created:  # deepest first; only folders this call made, if empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+            raise ValueError(f"{output}: {err.strerror or err}") from None
+        raise
+    return time.perf_counter() - t0
+
+
+def _run_scene(
+    args: argparse.Namespace,
+    model: Any,
+    source: Path,
+    device: Any,
+    read_s: float,
+    load_s: float,
+    refining: bool,
+) -> int:
+    """`gd reconstruct` with a scene model: the views as they are (background kept, RGBA on
+    black, no masks, no normalisation), the depth range from the flags or the file."""
+    from .camera_formats import read_nerf_transforms
+    from .models.gd_scene import BLACK
+    from .views import load_nerf_scene
+
+    if args.bbox is not None:
+        raise ValueError("--bbox is for object models; a scene model takes --near and --far")
+    extra = read_nerf_transforms(source).extra
+    near = args.near if args.near is not None else extra.get("near")
+    far = args.far if args.far is not None else extra.get("far")
+    if near is None or far is None:
+        raise ValueError(
+            f"{source} gives no depth range ('near' and 'far'): pass --near and --far, the "
+            "nearest and farthest depth of the scene in the cameras' units"
+        )
+    t0 = time.perf_counter()
+    max_side = model.image_size
+    if refining:
+        from .refine import RefineConfig
+
+        max_side = max(max_side, RefineConfig().max_side)
+    views = load_nerf_scene(source, BLACK, max_side=max_side, masks="none")
+    read_s += time.perf_counter() - t0
+    v = len(views.cameras)
+    if v > model.max_views and not refining:
+        raise ValueError(
+            f"{source} has {v} views; {model.name} reads 2 to {model.max_views} context views "
+            "(pass a transforms.json with the cameras to reconstruct from)"
+        )
+    use = torch.arange(min(v, model.max_views))
+    rec = model.reconstruct(views.images[use], views.cameras[use], near=near, far=far,
+                            densify=args.densify, budget=args.budget)  # fmt: skip
+    gaussians = rec.gaussians
+    refined = None
+    if refining:
+        from .refine import refine
+
+        refined = refine(
+            gaussians, views.images, views.cameras, seconds=args.refine,
+            steps=args.refine_steps, background=BLACK, progress=_progress_bar("refine"),
+        )  # fmt: skip
+        gaussians = refined.gaussians
+    save_s = _save(gaussians, args.output)
+    weights = getattr(model, "weights_path", None)
+    cams = views.cameras
+    print(f"read {v} views ({cams.width}x{cams.height}) from {source} in {read_s:.2f} s")
+    print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
+    print(f"depth range {float(near):g} to {float(far):g}; the model read {len(use)} views")
+    for line in format_stats(rec.stats):
+        print(line)
+    kind = "coarse + fine" if args.densify else "coarse only"
+    if refined is not None:
+        kind += " + refined"
+        for line in format_refine(refined, v):
+            print(line)
+    print(f"wrote {args.output}: {len(gaussians):,} Gaussians ({kind}) in {save_s:.2f} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from .io import format_for, save
+    from .io import format_for
 
     # Cheap checks first, so a typo fails before the model is loaded.
     format_for(args.output)
@@ -172,6 +278,12 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, device, pretrained=not args.random_init, hint=hint)
     load_s = time.perf_counter() - t0
     refining = args.refine is not None or args.refine_steps is not None
+    from .models import GDSceneModel
+
+    if isinstance(model, GDSceneModel):
+        return _run_scene(args, model, source, device, read_s, load_s, refining)
+    if args.near is not None or args.far is not None:
+        raise ValueError(f"--near and --far are for scene models; {model.name} is an object model")
     # Decoded reduced to the size the model resamples its views to (refinement: to the size
     # it optimises at), never full-size floats.
     max_side = getattr(model, "view_size", None)
@@ -215,22 +327,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         gaussians = refined.gaussians
 
-    # Only now touch the disk: the parent folders we create are removed again on failure.
-    created = [p for p in [args.output.parent, *args.output.parent.parents] if not p.exists()]
-    t0 = time.perf_counter()
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        save(gaussians, args.output)
-    except BaseException as err:
-        for folder in created:  # deepest first; only folders this call made, if empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
-            raise ValueError(f"{args.output}: {err.strerror or err}") from None
-        raise
-    save_s = time.perf_counter() - t0
+    save_s = _save(gaussians, args.output)
 
     v, cams = len(views.cameras), views.cameras
     weights = getattr(model, "weights_path", None)
