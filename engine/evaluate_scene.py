@@ -121,7 +121,7 @@ def evaluate_scene(
     model: GDSceneModel, sample: dict[str, Any], baseline: bool = True
 ) -> tuple[SceneEval, dict[str, Tensor]]:
     """Score one scene (module docstring); also returns the renders for the strips."""
-    size = model.image_size
+    size = model.view_size  # what the model reads at most: scores at that resolution
     ctx, ctx_cams = sample["context_images"], sample["context_cameras"]
     near, far = float(sample["near"]), float(sample["far"])
     t0 = time.perf_counter()
@@ -205,7 +205,7 @@ def render_scene_report(summary: dict[str, Any], scenes: list[SceneEval], meta: 
         f"- model: {meta.get('model')} (weights {meta.get('weights')}, sha256 "
         f"{meta.get('weights_sha256')})",
         f"- data: {meta.get('data')}, split {meta.get('split')}, {summary['scenes']} scenes, "
-        "2 context views each, every target view scored at the model's image size",
+        "2 context views each, every target view scored at the model's view size",
         f"- command: `{meta.get('command')}`",
         "- machine: " + ", ".join(f"{k} {v}" for k, v in (meta.get("machine") or {}).items()),
         f"- date: {meta.get('date')}", "",

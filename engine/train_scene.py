@@ -92,7 +92,14 @@ def scene_loss(
     cams = [v["cameras"].to(device=device) for v in views]
     near = torch.tensor([v["near"] for v in views], device=device)
     far = torch.tensor([v["far"] for v in views], device=device)
-    outs = model(images, cams, near, far, densify=densify, drop_backbone_features=drop_features)
+    detail = None
+    if core.detail_size != size:
+        sized = [resize_views(s["context_images"], s["context_cameras"], core.detail_size)
+                 for s in samples]  # fmt: skip
+        detail = (torch.stack([im for im, _ in sized]).to(device),
+                  [c.to(device=device) for _, c in sized])  # fmt: skip
+    outs = model(images, cams, near, far, densify=densify, drop_backbone_features=drop_features,
+                 detail=detail)  # fmt: skip
     total = images.new_zeros(())
     stats = {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
              "coarse_count": 0, "fine_count": 0, "depth": 0.0}  # fmt: skip
@@ -136,13 +143,17 @@ def scene_scores(
     views (`inverse_depth_error`, and the mean absolute depth error in metres)."""
     device = model.device
     size = model.image_size
-    view = scene_views(sample, TrainConfig(render_size=size), size, None)
+    view = scene_views(sample, TrainConfig(render_size=model.view_size), size, None)
     images = view["images"].to(device)[None]
     cams = [view["cameras"].to(device=device)]
     near = torch.tensor([view["near"]], device=device)
     far = torch.tensor([view["far"]], device=device)
+    d_images, d_cams = resize_views(sample["context_images"], sample["context_cameras"],
+                                    model.detail_size)  # fmt: skip
+    detail = (d_images.to(device)[None], [d_cams.to(device=device)])
     with torch.enable_grad():  # the gradient mask differentiates the coarse render
-        out = model(images, cams, near, far, densify=densify, budget=model.cfg.candidates)[0]
+        out = model(images, cams, near, far, densify=densify, budget=model.cfg.candidates,
+                    detail=detail)[0]  # fmt: skip
     gt = view["target_images"].to(device)
     t_cams = view["target_cameras"].to(device=device)
     bg = torch.tensor(BLACK, device=device)

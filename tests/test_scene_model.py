@@ -76,6 +76,22 @@ def test_reconstruct_keeps_the_coarse_set_and_adds_fine_gaussians(tiny, sample):
     assert torch.isfinite(fine.gaussians.means).all()
 
 
+def test_a_finer_detail_size_feeds_the_densifier_larger_views(sample):
+    """detail_size > image_size: per-pixel Gaussians from the small views, the densifier
+    reads (and training renders) the larger ones, as the object model's detail_size."""
+    torch.manual_seed(0)
+    cfg = get_scene_config("scene-tiny").with_(detail_size=128)
+    model = GDSceneModel(cfg).eval()
+    assert model.view_size == 128 and model.image_size == 64
+    rec = _reconstruct(model, sample)
+    assert rec.stats["counts"]["decoded"] == 2 * 64 * 64
+    assert rec.stats["counts"]["fine"] > 0
+    train_cfg = TrainConfig(model="scene-tiny", input_size=64, render_size=128, target_views=2)
+    terms = scene_loss(model.train(), [sample], train_cfg, True, False, random.Random(0))
+    terms.total.backward()
+    assert any(p.grad is not None for p in model.densifier.parameters())
+
+
 def test_reconstruct_refuses_input_it_cannot_use(tiny, sample):
     images, cams = sample["context_images"], sample["context_cameras"]
     near, far = float(sample["near"]), float(sample["far"])

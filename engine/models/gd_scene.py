@@ -93,6 +93,17 @@ class GDSceneModel(nn.Module):
         return self.cfg.image_size
 
     @property
+    def detail_size(self) -> int:
+        """Side of the square views the densifier reads."""
+        return self.cfg.detail_size or self.cfg.image_size
+
+    @property
+    def view_size(self) -> int:
+        """Side of the square views the model reads in full (backbone or densifier);
+        `reconstruct` resamples views to it, so give it views at least this size."""
+        return max(self.cfg.image_size, self.detail_size)
+
+    @property
     def max_views(self) -> int:
         return self.cfg.max_views
 
@@ -117,6 +128,7 @@ class GDSceneModel(nn.Module):
         densify: bool = True,
         budget: int | None = None,
         drop_backbone_features: bool = False,
+        detail: tuple[Tensor, Sequence[Cameras]] | None = None,
     ) -> list[SceneOutput]:
         """World-space forward for training.
 
@@ -129,8 +141,11 @@ class GDSceneModel(nn.Module):
             budget: candidates per context view (default `cfg.train_candidates`).
             drop_backbone_features: give the densifier zeros instead of backbone
                 features, so it also learns to densify splats that have none.
+            detail: the same context views at a finer size for the densifier, images
+                (B, V, S, S, 3) and B `Cameras` (None: `images` themselves).
         """
         out = self.backbone(images, cameras, near, far)
+        d_images, d_cameras = detail if detail is not None else (images, cameras)
         results = []
         for b, (coarse, feats) in enumerate(zip(out.gaussians, out.features, strict=True)):
             dens = None
@@ -139,7 +154,7 @@ class GDSceneModel(nn.Module):
                     feats = torch.zeros_like(feats)
                 k = (budget or self.cfg.train_candidates) * len(cameras[b])
                 dens = self.densifier(
-                    coarse, images[b], cameras[b], budget=k, backbone_feats=feats,
+                    coarse, d_images[b], d_cameras[b], budget=k, backbone_feats=feats,
                     background=BLACK, variant=self.cfg.gradient_variant,
                 )  # fmt: skip
             results.append(SceneOutput(coarse, out.depths[b], dens))
@@ -150,7 +165,7 @@ class GDSceneModel(nn.Module):
         self, images: Tensor, cameras: Cameras, near: float, far: float
     ) -> tuple[Tensor, Cameras, float, float]:
         """Validate context views and bring them to the model: (V, H, W, 3|4) ->
-        (V, S, S, 3) at S = `image_size` (resampled, cameras scaled to match; RGBA is
+        (V, S, S, 3) at S = `view_size` (resampled, cameras scaled to match; RGBA is
         composited on black).
 
         Raises:
@@ -201,7 +216,7 @@ class GDSceneModel(nn.Module):
         images = images.clamp(0.0, 1.0)
         if images.shape[-1] == 4:
             images = images[..., :3] * images[..., 3:]
-        images, cameras = resize_views(images.contiguous(), cameras, self.image_size)
+        images, cameras = resize_views(images.contiguous(), cameras, self.view_size)
         return images, cameras, near, far
 
     @torch.no_grad()
@@ -245,7 +260,8 @@ class GDSceneModel(nn.Module):
         t0 = time.perf_counter()
         self.eval()
         rng = torch.tensor([near], device=self.device), torch.tensor([far], device=self.device)
-        out = self.backbone(images[None], [cams], *rng)
+        small, small_cams = resize_views(images, cams, self.image_size)
+        out = self.backbone(small[None], [small_cams], *rng)
         coarse, feats = out.gaussians[0], out.features[0]
         decoded = len(coarse)
         # Below 1/255 opacity a Gaussian never passes the rasteriser's alpha cut.
@@ -266,6 +282,7 @@ class GDSceneModel(nn.Module):
 
         report(0.5, "densifying")
         t0 = time.perf_counter()
+        images, cams = resize_views(images, cams, self.detail_size)
         k = min((budget or self.cfg.candidates) * len(cams), len(coarse))
         selection = gradient_mask(
             coarse, images, cams, k=k, variant=self.cfg.gradient_variant, background=BLACK,

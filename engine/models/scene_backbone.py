@@ -143,6 +143,10 @@ class SceneModelConfig:
         image_size: square input resolution the model reads context views at
             (`GDSceneModel.reconstruct` resamples views to it; training may read smaller
             ones: the backbone is convolutional and its geometry is computed).
+        detail_size: square resolution of the views the densifier reads (gradient mask,
+            view features, the children's own samples); 0: `image_size`. Finer than the
+            backbone's input, it shows the fine Gaussians detail the per-pixel ones were
+            made without (as the object model's `detail_size`).
         max_views: most context views accepted (the cost grows with V²).
         backbone: `SceneBackboneConfig`.
         densify: the densifier (`candidates` per context view: `candidates_per_view`).
@@ -153,6 +157,7 @@ class SceneModelConfig:
 
     name: str = "scene-small"
     image_size: int = 256
+    detail_size: int = 0
     max_views: int = 4
     backbone: SceneBackboneConfig = field(default_factory=SceneBackboneConfig)
     densify: DensifyConfig = field(default_factory=lambda: SCENE_SMALL_DENSIFY)
