@@ -240,20 +240,37 @@ def _run_scene(
         )  # fmt: skip
         gaussians = refined.gaussians
     save_s = _save(gaussians, args.output)
+    notes = [f"depth range {float(near):g} to {float(far):g}; the model read {len(use)} views"]
+    _report(args, views, source, model, device, (read_s, load_s, save_s), notes, rec, refined)
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    views: Any,
+    source: Path,
+    model: Any,
+    device: Any,
+    seconds: tuple[float, float, float],
+    notes: list[str],
+    rec: Any,
+    refined: Any,
+) -> None:
+    """What was read, with which model, how long each stage took and what was written."""
+    read_s, load_s, save_s = seconds
+    v, cams = len(views.cameras), views.cameras
     weights = getattr(model, "weights_path", None)
-    cams = views.cameras
     print(f"read {v} views ({cams.width}x{cams.height}) from {source} in {read_s:.2f} s")
     print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
-    print(f"depth range {float(near):g} to {float(far):g}; the model read {len(use)} views")
-    for line in format_stats(rec.stats):
+    for line in [*notes, *format_stats(rec.stats)]:
         print(line)
     kind = "coarse + fine" if args.densify else "coarse only"
     if refined is not None:
         kind += " + refined"
         for line in format_refine(refined, v):
             print(line)
+    gaussians = refined.gaussians if refined is not None else rec.gaussians
     print(f"wrote {args.output}: {len(gaussians):,} Gaussians ({kind}) in {save_s:.2f} s")
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,21 +346,10 @@ def run(args: argparse.Namespace) -> int:
 
     save_s = _save(gaussians, args.output)
 
-    v, cams = len(views.cameras), views.cameras
-    weights = getattr(model, "weights_path", None)
-    print(f"read {v} views ({cams.width}x{cams.height}) from {source} in {read_s:.2f} s")
-    print(f"model {model.name} ({weights or 'random init'}) on {device}, loaded in {load_s:.2f} s")
-    if views.masks is not None:
-        print(views.masks.summary())
+    notes = [] if views.masks is None else [views.masks.summary()]
+    v = len(views.cameras)
     if len(model_views) < v:
-        print(f"the model read {len(model_views)} of the {v} views (its max_views, spread "
-              "around the prop by farthest-point sampling)")  # fmt: skip
-    for line in format_stats(rec.stats):
-        print(line)
-    kind = "coarse + fine" if args.densify else "coarse only"
-    if refined is not None:
-        kind += " + refined"
-        for line in format_refine(refined, v):
-            print(line)
-    print(f"wrote {args.output}: {len(gaussians):,} Gaussians ({kind}) in {save_s:.2f} s")
+        notes.append(f"the model read {len(model_views)} of the {v} views (its max_views, "
+                     "spread around the prop by farthest-point sampling)")  # fmt: skip
+    _report(args, views, source, model, device, (read_s, load_s, save_s), notes, rec, refined)
     return 0

@@ -127,20 +127,37 @@ def compute_loss(
         if out.densified is not None:
             sets.append(("fine", out.densified.merged.gaussians))
             stats["fine_count"] += len(out.densified.merged.gaussians)
-        for name, gaussians in sets:
-            drawn = render(gaussians, cams, background=bg)
-            loss = image_loss(drawn.colors, gt, cfg.ms_ssim_weight)
-            if cfg.alpha_weight:
-                loss = loss + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
-            total = total + loss
-            stats[name] += float(loss.detach())
-            stats[f"psnr_{name}"] += float(psnr(drawn.colors.detach(), gt).mean())
+        total = total + render_losses(sets, cams, gt, bg, cfg, stats, gt_alpha)
     n = len(samples)
     return LossTerms(
         total / n, stats["coarse"] / n, stats["fine"] / n,
         stats["psnr_coarse"] / n, stats["psnr_fine"] / n,
         stats["coarse_count"] // n, stats["fine_count"] // n,
     )  # fmt: skip
+
+
+def render_losses(
+    sets: list[tuple[str, Any]],
+    cams: Cameras,
+    gt: Tensor,
+    background: Tensor,
+    cfg: TrainConfig,
+    stats: dict[str, Any],
+    gt_alpha: Tensor | None = None,
+) -> Tensor:
+    """Sum of `image_loss` (plus the alpha term with `gt_alpha` and `cfg.alpha_weight`) of
+    each named Gaussian set rendered into `cams` against gt (C, H, W, 3); adds each set's
+    loss and PSNR to `stats[name]` and `stats["psnr_" + name]`."""
+    total = gt.new_zeros(())
+    for name, gaussians in sets:
+        drawn = render(gaussians, cams, background=background)
+        loss = image_loss(drawn.colors, gt, cfg.ms_ssim_weight)
+        if cfg.alpha_weight and gt_alpha is not None:
+            loss = loss + cfg.alpha_weight * (drawn.alphas - gt_alpha).square().mean()
+        total = total + loss
+        stats[name] += float(loss.detach())
+        stats[f"psnr_{name}"] += float(psnr(drawn.colors.detach(), gt).mean())
+    return total
 
 
 # ---------------------------------------------------------------------------- schedule

@@ -27,7 +27,7 @@ from .images import resize_views
 from .metrics import psnr
 from .models.gd_scene import BLACK, GDSceneModel
 from .render import render
-from .train import LossTerms, image_loss
+from .train import LossTerms, render_losses
 from .train_config import TrainConfig
 
 
@@ -114,12 +114,7 @@ def scene_loss(
         if out.densified is not None:
             sets.append(("fine", out.densified.merged.gaussians))
             stats["fine_count"] += len(out.densified.merged.gaussians)
-        for name, gaussians in sets:
-            drawn = render(gaussians, t_cams, background=bg)
-            loss = image_loss(drawn.colors, gt, cfg.ms_ssim_weight)
-            total = total + loss
-            stats[name] += float(loss.detach())
-            stats[f"psnr_{name}"] += float(psnr(drawn.colors.detach(), gt).mean())
+        total = total + render_losses(sets, t_cams, gt, bg, cfg, stats)
         if cfg.depth_weight and out.depths.requires_grad:
             err = inverse_depth_error(
                 out.depths, view["depths"].to(device), view["true_near"], view["true_far"]

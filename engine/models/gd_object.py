@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..cameras import Cameras, check_baseline
 from ..gaussians import Gaussians
@@ -27,6 +27,7 @@ from ..gd.gradient_mask import gradient_mask
 from ..gd.merge import MergeResult, merge
 from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
+from .base import GDModel, check_view_images
 from .config import ObjectModelConfig
 from .normalization import (
     Normalization,
@@ -83,7 +84,7 @@ def _check(cancel: threading.Event | None) -> None:
         raise Cancelled("cancelled")
 
 
-class GDObjectModel(nn.Module):
+class GDObjectModel(GDModel):
     """LaRa-style backbone + generative densification for objects.
 
     `pretrained_encoder`: a "dino" backbone's ViT starts from the hub's own pretrained
@@ -95,45 +96,12 @@ class GDObjectModel(nn.Module):
         self.cfg = cfg
         self.backbone = ObjectBackbone(cfg.backbone, pretrained_encoder)
         self.densifier = DensifyPipeline(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
-        self.weights_path = None
-        self.weights_sha256: str | None = None
 
     # ------------------------------------------------------------------ properties
     def adapt_init_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """`state` of a related model made loadable here (`ObjectBackbone.adapt_init_state`:
         a different Gaussian-volume up-sampling); used by training's `--init`."""
         return self.backbone.adapt_init_state(state, prefix="backbone.")
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def config(self) -> ObjectModelConfig:
-        return self.cfg
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
-
-    @property
-    def detail_size(self) -> int:
-        """Side of the square views the densifier reads."""
-        return self.cfg.detail_size or self.cfg.image_size
-
-    @property
-    def view_size(self) -> int:
-        """Side of the square views the model reads in full (backbone or densifier);
-        `reconstruct` resamples larger views down to it, so give it views this size."""
-        return max(self.cfg.image_size, self.detail_size)
-
-    @property
-    def max_views(self) -> int:
-        return self.cfg.max_views
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # ------------------------------------------------------------------ training forward
     def forward(
@@ -230,32 +198,11 @@ class GDObjectModel(nn.Module):
             ValueError: wrong view count, image shape or size, non-finite pixels, views
                 without a baseline (all cameras in one spot, or two with one pose).
         """
-        if not isinstance(images, Tensor):
-            images = torch.as_tensor(images)
-        if not isinstance(cameras, Cameras):
-            raise ValueError(
-                f"cameras must be engine.cameras.Cameras, got {type(cameras).__name__}"
-            )
-        v = len(cameras)
-        if not 1 <= v <= self.max_views:
-            raise ValueError(f"{self.name} takes 1 to {self.max_views} views, got {v}")
-        if v >= 2:
+        if isinstance(cameras, Cameras) and not 1 <= len(cameras) <= self.max_views:
+            raise ValueError(f"{self.name} takes 1 to {self.max_views} views, got {len(cameras)}")
+        images, cameras = check_view_images(images, cameras)
+        if len(cameras) >= 2:
             check_baseline(cameras)
-        if images.ndim != 4 or images.shape[-1] not in (3, 4):
-            raise ValueError(
-                f"images must be (V, H, W, 3) or (V, H, W, 4), got {tuple(images.shape)}"
-            )
-        if images.shape[0] != v:
-            raise ValueError(f"{images.shape[0]} images for {v} cameras")
-        if (images.shape[2], images.shape[1]) != (cameras.width, cameras.height):
-            raise ValueError(
-                f"images are {images.shape[2]}x{images.shape[1]} but the cameras are "
-                f"{cameras.width}x{cameras.height}"
-            )
-        images = images.to(torch.float32)
-        if not bool(torch.isfinite(images).all()):
-            bad = int(torch.nonzero(~torch.isfinite(images).flatten(1).all(1))[0])
-            raise ValueError(f"image {bad} has NaN or infinite pixels")
         rgb, alpha = alphas_from_views(images.clamp(0.0, 1.0))
         images = torch.cat([rgb, alpha[..., None]], -1)
         if cameras.width != cameras.height:
@@ -465,13 +412,6 @@ class GDObjectModel(nn.Module):
             merged.gaussians, gaussians.to("cpu"), merged.level, merged.parent,
             {"counts": counts, "seconds": seconds},
         )  # fmt: skip
-
-    @property
-    def fine_per_candidate(self) -> float:
-        """Fine Gaussians each candidate becomes (6.8 for R = [2, 4], c = 0.8)."""
-        from ..gd.config import fine_count
-
-        return fine_count(1000, self.cfg.densify) / 1000
 
 
 def _merge_in_world(

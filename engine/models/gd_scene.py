@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..cameras import Cameras, check_baseline, view_overlap
 from ..gaussians import Gaussians
 from ..gd.gradient_mask import gradient_mask
 from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
+from .base import GDModel, check_view_images
 from .gd_object import Cancelled, Progress, Reconstruction
 from .scene_backbone import SceneBackbone, SceneModelConfig
 
@@ -68,7 +69,7 @@ def check_depth_range(near: float, far: float) -> tuple[float, float]:
     return near, far
 
 
-class GDSceneModel(nn.Module):
+class GDSceneModel(GDModel):
     """MVSplat-style per-pixel Gaussians + generative densification for scenes."""
 
     def __init__(self, cfg: SceneModelConfig) -> None:
@@ -76,47 +77,6 @@ class GDSceneModel(nn.Module):
         self.cfg = cfg
         self.backbone = SceneBackbone(cfg.backbone)
         self.densifier = DensifyPipeline(cfg.densify, backbone_dim=cfg.backbone.feature_dim)
-        self.weights_path = None
-        self.weights_sha256: str | None = None
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    @property
-    def config(self) -> SceneModelConfig:
-        return self.cfg
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
-
-    @property
-    def detail_size(self) -> int:
-        """Side of the square views the densifier reads."""
-        return self.cfg.detail_size or self.cfg.image_size
-
-    @property
-    def view_size(self) -> int:
-        """Side of the square views the model reads in full (backbone or densifier);
-        `reconstruct` resamples views to it, so give it views at least this size."""
-        return max(self.cfg.image_size, self.detail_size)
-
-    @property
-    def max_views(self) -> int:
-        return self.cfg.max_views
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def fine_per_candidate(self) -> float:
-        """Fine Gaussians each candidate becomes (4.64 for three levels of R = 2, c = 0.6)."""
-        from ..gd.config import fine_count
-
-        return fine_count(1000, self.cfg.densify) / 1000
 
     # ------------------------------------------------------------------ training forward
     def forward(
@@ -173,33 +133,12 @@ class GDSceneModel(nn.Module):
                 match the cameras, non-finite pixels, copies of one pose, a bad depth
                 range, or a view that no other view overlaps.
         """
-        if not isinstance(images, Tensor):
-            images = torch.as_tensor(images)
-        if not isinstance(cameras, Cameras):
-            raise ValueError(
-                f"cameras must be engine.cameras.Cameras, got {type(cameras).__name__}"
-            )
-        v = len(cameras)
-        if not 2 <= v <= self.max_views:
+        if isinstance(cameras, Cameras) and not 2 <= len(cameras) <= self.max_views:
             raise ValueError(
                 f"{self.name} reconstructs a scene from 2 to {self.max_views} context views "
-                f"(two cameras that see the same part of it), got {v}"
+                f"(two cameras that see the same part of it), got {len(cameras)}"
             )
-        if images.ndim != 4 or images.shape[-1] not in (3, 4):
-            raise ValueError(
-                f"images must be (V, H, W, 3) or (V, H, W, 4), got {tuple(images.shape)}"
-            )
-        if images.shape[0] != v:
-            raise ValueError(f"{images.shape[0]} images for {v} cameras")
-        if (images.shape[2], images.shape[1]) != (cameras.width, cameras.height):
-            raise ValueError(
-                f"images are {images.shape[2]}x{images.shape[1]} but the cameras are "
-                f"{cameras.width}x{cameras.height}"
-            )
-        images = images.to(torch.float32)
-        if not bool(torch.isfinite(images).all()):
-            bad = int(torch.nonzero(~torch.isfinite(images).flatten(1).all(1))[0])
-            raise ValueError(f"image {bad} has NaN or infinite pixels")
+        images, cameras = check_view_images(images, cameras)
         near, far = check_depth_range(near, far)
         check_baseline(cameras)
         overlap = view_overlap(cameras, near, far)
