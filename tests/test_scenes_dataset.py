@@ -119,3 +119,21 @@ def test_a_dataset_still_being_made_lists_scenes_finished_after_its_manifest(tmp
     assert sorted(sum(got.values(), [])) == finished_now
     # A finished dataset is what its manifest says.
     assert layout.finished_in_split({**manifest, "finished": total}, "train", folder) == []
+
+
+def test_depth_png_round_trips_through_the_reader(tmp_path):
+    """write_depth_png (atomic, 16-bit millimetres, 0 for no surface or out of range) and
+    images.read_depth_png (NaN for those) agree."""
+    import numpy as np
+
+    from engine.data.images import read_depth_png
+    from engine.data.layout import DEPTH_SCALE
+    from engine.data.scene_generator import write_depth_png
+
+    depth = np.array([[1.2345, np.nan], [70.0, 0.0004]], dtype=np.float32)
+    path = tmp_path / "d" / "depth.png"
+    write_depth_png(path, depth)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["depth.png"]  # no temp file left
+    back = read_depth_png(path, DEPTH_SCALE)
+    assert abs(float(back[0, 0]) - 1.234) < 1e-6 or abs(float(back[0, 0]) - 1.235) < 1e-6
+    assert np.isnan(back[0, 1]) and np.isnan(back[1, 0]) and np.isnan(back[1, 1])

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_open
 from .layout import (
     DEPTH_SCALE,
     DONE_NAME,
@@ -34,7 +35,10 @@ def write_depth_png(path: Path, depth: np.ndarray) -> None:
     value = np.round(np.nan_to_num(depth, nan=0.0) / DEPTH_SCALE)
     value[(value < 1) | (value > 65535)] = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(value.astype(np.uint16)).save(path, optimize=True)
+    # Atomic like every other file of a scene: a killed worker never leaves half a PNG that
+    # the finished-marker check would not notice on a re-render with overwrite.
+    with atomic_open(path) as f:
+        Image.fromarray(value.astype(np.uint16)).save(f, format="PNG", optimize=True)
 
 
 class SceneGenerator:
