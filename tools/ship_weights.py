@@ -2,6 +2,7 @@
 
     python tools/ship_weights.py runs/small-gd --name object-small --report docs/eval/object-small
     python tools/ship_weights.py runs/small-gd-gate --stages-from engine/assets/object-small.json
+    python tools/ship_weights.py runs/scene-small --name scene-small --report docs/eval/scene-small
 
 The shipped JSON keeps the model config (so `load_model` rebuilds the right network),
 the training provenance (steps, data folder and seed, object counts, run configs of the
@@ -48,6 +49,13 @@ def main() -> int:
         default=None,
         help="inference budget K to record in the shipped config (default: the run's)",
     )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size to record in the shipped config (default: the run's); a scene "
+        "model's backbone is convolutional, so weights trained on 128² views may ship for 256²",
+    )
     args = p.parse_args()
     earlier = []
     if args.stages_from is not None:
@@ -67,13 +75,15 @@ def main() -> int:
         if args.candidates < 1:
             p.error("--candidates must be >= 1")
         config["candidates"] = args.candidates
+    if args.image_size is not None:
+        config["image_size"] = args.image_size
     shipped = {
         "config": config,
         "training": {
             "stages": stages,
             "data": str(data),
             "data_seed": manifest.get("seed"),
-            "data_counts": manifest.get("counts"),
+            "data_counts": _counts(data, manifest),
             "data_resolution": manifest.get("resolution"),
             "generator_version": manifest.get("generator_version"),
             "machine": f"{platform.machine()}, {platform.system()}, CPU only (2 cores)",
@@ -86,6 +96,23 @@ def main() -> int:
     size = dest.stat().st_size
     print(f"{dest} ({size / 1e6:.1f} MB, sha256 {digest})")
     return 0
+
+
+def _counts(data: Path, manifest: dict) -> dict | None:
+    """Finished items per split on disk (a dataset still being made has a stale manifest:
+    `finished_in_split` counts what the run could read)."""
+    from engine.data.layout import (
+        SPLITS,
+        finished_in_split,
+        manifest_kind,
+        object_dir,
+        scene_dir,
+    )
+
+    if not manifest:
+        return None
+    folder = scene_dir if manifest_kind(manifest) == "scenes" else object_dir
+    return {s: len(finished_in_split(manifest, s, lambda i: folder(data, i))) for s in SPLITS}
 
 
 if __name__ == "__main__":
