@@ -1,6 +1,9 @@
-"""`gd train`: train (or resume) the object model on a props dataset.
+"""`gd train`: train (or resume) the object model on a props dataset, or the scene model
+on a scenes dataset.
 
 gd train --config object-small --data datasets/props256_s1 --out runs/small --steps 6000
+gd train --config scene-small --data datasets/scenes256_s1 --out runs/scene-small \
+    --input-size 128 --depth-weight 0.2
 gd train --config runs/small/train_config.json --max-steps 500      # continue a run
 torchrun --nproc_per_node 2 -m engine.cli train --config ... --device cpu   # DDP
 """
@@ -16,9 +19,11 @@ from .train_config import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_command(subparsers, "train", "train the object model (resumes from checkpoints)")
+    p = add_command(subparsers, "train",
+                    "train the object or scene model (resumes from checkpoints)")  # fmt: skip
     p.add_argument("--config", default="object-small",
-                   help="a model preset (object-tiny, object-small, object-paper) or a "
+                   help="a model preset (object-tiny, object-small, object-paper on a props "
+                        "dataset; scene-tiny, scene-small on a scenes dataset) or a "
                         "train_config.json of an earlier run")  # fmt: skip
     # One flag per documented TrainConfig field, help from the field (None: keep the
     # config's value).

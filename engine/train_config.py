@@ -28,7 +28,8 @@ class TrainConfig:
     """
 
     model: str = option("object-small", "model preset to train (gd train --config)")
-    data: str = option("datasets/props256_s1", "props dataset folder (`gd data make`)", str)
+    data: str = option("datasets/props256_s1", "props or scenes dataset folder (`gd data make`)",
+                      str)  # fmt: skip
     out: str = option("runs/object-small", "run folder (checkpoints, metrics.jsonl, curves.png)",
                       str)  # fmt: skip
     steps: int = option(20_000, "total optimizer steps", positive_int)
