@@ -64,6 +64,21 @@ class LossTerms:
     fine_count: int = 0
     depth: float = 0.0
 
+    @staticmethod
+    def mean(total: Tensor, stats: dict[str, Any], n: int) -> LossTerms:
+        """The batch mean of `total` and of the per-item sums in `stats` (`new_stats`)."""
+        return LossTerms(
+            total / n, stats["coarse"] / n, stats["fine"] / n,
+            stats["psnr_coarse"] / n, stats["psnr_fine"] / n,
+            stats["coarse_count"] // n, stats["fine_count"] // n, stats["depth"] / n,
+        )  # fmt: skip
+
+
+def new_stats() -> dict[str, Any]:
+    """Per-batch sums `output_losses` (and a depth term) add to; `LossTerms.mean` reads them."""
+    return {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
+            "coarse_count": 0, "fine_count": 0, "depth": 0.0}  # fmt: skip
+
 
 def model_space(
     sample: dict[str, Any], device: torch.device
@@ -107,8 +122,7 @@ def compute_loss(
                  drop_backbone_features=drop_features,
                  alphas=torch.stack([a for a, _ in alphas]))  # fmt: skip
     total = images.new_zeros(())
-    stats = {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
-             "coarse_count": 0, "fine_count": 0}  # fmt: skip
+    stats = new_stats()
     bg = torch.tensor(WHITE, device=device)
     for (inp, in_cams, tgt, tgt_cams), (a_in, a_tgt), out in zip(
         prepared, alphas, outs, strict=True
@@ -118,26 +132,12 @@ def compute_loss(
         if cfg.render_size > 0:
             gt, cams = resize_views(gt, cams, cfg.render_size)
         gt, gt_alpha = gt[..., :3], gt[..., 3]
-        stats["coarse_count"] += len(out.coarse)
-        sets = []
-        # A frozen backbone's render has no gradient to give: skip it (validation still
-        # scores the coarse set).
-        if out.coarse.means.requires_grad:
-            sets.append(("coarse", out.coarse))
-        if out.densified is not None:
-            sets.append(("fine", out.densified.merged.gaussians))
-            stats["fine_count"] += len(out.densified.merged.gaussians)
-        total = total + render_losses(sets, cams, gt, bg, cfg, stats, gt_alpha)
-    n = len(samples)
-    return LossTerms(
-        total / n, stats["coarse"] / n, stats["fine"] / n,
-        stats["psnr_coarse"] / n, stats["psnr_fine"] / n,
-        stats["coarse_count"] // n, stats["fine_count"] // n,
-    )  # fmt: skip
+        total = total + output_losses(out, cams, gt, bg, cfg, stats, gt_alpha)
+    return LossTerms.mean(total, stats, len(samples))
 
 
-def render_losses(
-    sets: list[tuple[str, Any]],
+def output_losses(
+    out: Any,
     cams: Cameras,
     gt: Tensor,
     background: Tensor,
@@ -146,8 +146,18 @@ def render_losses(
     gt_alpha: Tensor | None = None,
 ) -> Tensor:
     """Sum of `image_loss` (plus the alpha term with `gt_alpha` and `cfg.alpha_weight`) of
-    each named Gaussian set rendered into `cams` against gt (C, H, W, 3); adds each set's
-    loss and PSNR to `stats[name]` and `stats["psnr_" + name]`."""
+    a model output's coarse and merged fine Gaussians (`out.coarse`, `out.densified`, as
+    the object and scene models return them) rendered into `cams` against gt (C, H, W, 3);
+    adds each set's loss, PSNR and count to `stats` (`new_stats`)."""
+    stats["coarse_count"] += len(out.coarse)
+    sets = []
+    # A frozen backbone's render has no gradient to give: skip it (validation still
+    # scores the coarse set).
+    if out.coarse.means.requires_grad:
+        sets.append(("coarse", out.coarse))
+    if out.densified is not None:
+        sets.append(("fine", out.densified.merged.gaussians))
+        stats["fine_count"] += len(out.densified.merged.gaussians)
     total = gt.new_zeros(())
     for name, gaussians in sets:
         drawn = render(gaussians, cams, background=background)

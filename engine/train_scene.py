@@ -27,7 +27,7 @@ from .images import resize_views
 from .metrics import psnr
 from .models.gd_scene import BLACK, GDSceneModel
 from .render import render
-from .train import LossTerms, render_losses
+from .train import LossTerms, new_stats, output_losses
 from .train_config import TrainConfig
 
 
@@ -101,32 +101,19 @@ def scene_loss(
     outs = model(images, cams, near, far, densify=densify, drop_backbone_features=drop_features,
                  detail=detail)  # fmt: skip
     total = images.new_zeros(())
-    stats = {"coarse": 0.0, "fine": 0.0, "psnr_coarse": 0.0, "psnr_fine": 0.0,
-             "coarse_count": 0, "fine_count": 0, "depth": 0.0}  # fmt: skip
+    stats = new_stats()
     bg = torch.tensor(BLACK, device=device)
     for view, out in zip(views, outs, strict=True):
         gt = view["target_images"].to(device)
         t_cams = view["target_cameras"].to(device=device)
-        stats["coarse_count"] += len(out.coarse)
-        sets = []
-        if out.coarse.means.requires_grad:
-            sets.append(("coarse", out.coarse))
-        if out.densified is not None:
-            sets.append(("fine", out.densified.merged.gaussians))
-            stats["fine_count"] += len(out.densified.merged.gaussians)
-        total = total + render_losses(sets, t_cams, gt, bg, cfg, stats)
+        total = total + output_losses(out, t_cams, gt, bg, cfg, stats)
         if cfg.depth_weight and out.depths.requires_grad:
             err = inverse_depth_error(
                 out.depths, view["depths"].to(device), view["true_near"], view["true_far"]
             )
             total = total + cfg.depth_weight * err
             stats["depth"] += float(err.detach())
-    n = len(samples)
-    return LossTerms(
-        total / n, stats["coarse"] / n, stats["fine"] / n,
-        stats["psnr_coarse"] / n, stats["psnr_fine"] / n,
-        stats["coarse_count"] // n, stats["fine_count"] // n, stats["depth"] / n,
-    )  # fmt: skip
+    return LossTerms.mean(total, stats, len(samples))
 
 
 @torch.no_grad()

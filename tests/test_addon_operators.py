@@ -18,6 +18,7 @@ import json
 import math
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -638,6 +639,22 @@ def test_export_import_round_trip(scene, spy, tmp_path, monkeypatch, as_mesh):
 
 
 # ---------------------------------------------------------------------------- cancel & errors
+def cancelled_run(operator: Callable[[], set[str]], when: str) -> set[str]:
+    """Run a job operator (e.g. `bpy.ops.gd.reconstruct`) with Esc pressed during its
+    captures ("capture") or once its job is 30 % done ("engine"); returns its result."""
+    from gd_blender_addon import jobs
+
+    def cancel(fraction: float, message: str, event: threading.Event) -> None:
+        if when == "capture" or fraction >= 0.3:
+            event.set()
+
+    jobs.progress_listeners.append(cancel)
+    try:
+        return operator()
+    finally:
+        jobs.progress_listeners.remove(cancel)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["capture", "engine"])
 def test_cancel_leaves_scene_unchanged(scene, spy, when):
@@ -645,16 +662,8 @@ def test_cancel_leaves_scene_unchanged(scene, spy, when):
 
     from gd_blender_addon import jobs
 
-    def cancel(fraction: float, message: str, event: threading.Event) -> None:
-        if when == "capture" or fraction >= 0.3:
-            event.set()
-
     before = snapshot(scene)
-    jobs.progress_listeners.append(cancel)
-    try:
-        assert bpy.ops.gd.reconstruct() == {"CANCELLED"}
-    finally:
-        jobs.progress_listeners.remove(cancel)
+    assert cancelled_run(bpy.ops.gd.reconstruct, when) == {"CANCELLED"}
     assert snapshot(scene) == before
     assert jobs.active_job() is None
 

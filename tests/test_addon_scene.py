@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -319,16 +318,8 @@ def test_cancel_leaves_the_scene_unchanged(scene, calls, when):
 
     from gd_blender_addon import jobs
 
-    def cancel(fraction: float, message: str, event: threading.Event) -> None:
-        if when == "capture" or fraction >= 0.3:
-            event.set()
-
     before = snapshot(scene)
-    jobs.progress_listeners.append(cancel)
-    try:
-        assert bpy.ops.gd.reconstruct_scene() == {"CANCELLED"}
-    finally:
-        jobs.progress_listeners.remove(cancel)
+    assert _ops.cancelled_run(bpy.ops.gd.reconstruct_scene, when) == {"CANCELLED"}
     assert snapshot(scene) == before
     assert jobs.active_job() is None
 
