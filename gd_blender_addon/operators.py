@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +98,24 @@ def densify_blocker(context: bpy.types.Context) -> str | None:
     return None
 
 
-def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
-    """Why Reconstruct Object cannot run now, or None."""
+def _blocker_unless(check: Callable[[], object], *errors: type[Exception]) -> str | None:
+    """`engine_blocker()`, else the message of the error in `errors` that `check` raises,
+    else None: the blockers whose own check is one call that raises what is wrong."""
     reason = engine_blocker()
     if reason:
         return reason
-    from .rig import check_selection
-
     try:
-        check_selection(list(context.selected_objects))
-    except UserError as err:
+        check()
+    except errors as err:
         return str(err)
     return None
+
+
+def reconstruct_object_blocker(context: bpy.types.Context) -> str | None:
+    """Why Reconstruct Object cannot run now, or None."""
+    from .rig import check_selection
+
+    return _blocker_unless(lambda: check_selection(list(context.selected_objects)), UserError)
 
 
 def scene_cameras(context: bpy.types.Context) -> list[bpy.types.Object]:
@@ -125,14 +132,7 @@ def scene_cameras(context: bpy.types.Context) -> list[bpy.types.Object]:
 
 def reconstruct_scene_blocker(context: bpy.types.Context) -> str | None:
     """Why Reconstruct Scene cannot run now, or None (cheap: no model, no renders)."""
-    reason = engine_blocker()
-    if reason:
-        return reason
-    try:
-        scene_cameras(context)
-    except (UserError, CaptureError) as err:
-        return str(err)
-    return None
+    return _blocker_unless(lambda: scene_cameras(context), UserError, CaptureError)
 
 
 def scene_meshes(context: bpy.types.Context) -> list[bpy.types.Object]:

@@ -23,6 +23,14 @@ def _button(layout: bpy.types.UILayout, idname: str, reason: str | None, icon: s
             col.label(text=line)
 
 
+def _settings_column(layout: bpy.types.UILayout) -> bpy.types.UILayout:
+    """A column of settings with their labels on the left, without animation dots."""
+    col = layout.column()
+    col.use_property_split = True
+    col.use_property_decorate = False
+    return col
+
+
 def _wrap(text: str, width: int) -> list[str]:
     lines, line = [], ""
     for word in text.split():
@@ -89,9 +97,7 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
         cameras = operators.selected_cameras(context)
         col.label(text=f"{len(cameras)} camera(s) selected", icon="CAMERA_DATA")
 
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
+        col = _settings_column(layout)
         col.prop(opts, "resolution")
         if isinstance(prefs, bpy.types.AddonPreferences):
             col.prop(prefs, "device")
@@ -100,21 +106,16 @@ class VIEW3D_PT_gd_splat(bpy.types.Panel):
 
         _button(layout, "gd.reconstruct", operators.reconstruct_blocker(context), "MOD_PARTICLES")
 
-        layout.separator()
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
-        col.prop(opts, "scene_candidates")
-        _button(layout, "gd.reconstruct_scene", operators.reconstruct_scene_blocker(context),
-                "SCENE_DATA")  # fmt: skip
-
-        layout.separator()
-        col = layout.column()
-        col.use_property_split = True
-        col.use_property_decorate = False
-        col.prop(opts, "rig_views")
-        _button(layout, "gd.reconstruct_object", operators.reconstruct_object_blocker(context),
-                "MESH_MONKEY")  # fmt: skip
+        # Reconstruct Scene and Reconstruct Object: each its own setting above its button.
+        for prop, idname, blocker, icon in (
+            ("scene_candidates", "gd.reconstruct_scene", operators.reconstruct_scene_blocker,
+             "SCENE_DATA"),
+            ("rig_views", "gd.reconstruct_object", operators.reconstruct_object_blocker,
+             "MESH_MONKEY"),
+        ):  # fmt: skip
+            layout.separator()
+            _settings_column(layout).prop(opts, prop)
+            _button(layout, idname, blocker(context), icon)
 
         layout.separator()
         col = layout.column()
