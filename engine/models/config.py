@@ -9,7 +9,7 @@ field that did, `BackboneConfig.dino_repo`, is never written and refused when re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..gd.config import (
     CHILD_SAMPLES,
@@ -160,20 +160,38 @@ class ObjectModelConfig:
                 f"object model config must be a JSON object, not {type(data).__name__}"
             )
         _refuse_code(data.get("backbone"))
-        known = {f.name for f in fields(ObjectModelConfig)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown object model config keys {sorted(unknown)}")
-        data = dict(data)
-        try:
-            backbone = BackboneConfig(**data.pop("backbone"))
-            densify = densify_config_from_dict(data.pop("densify"))
-            return ObjectModelConfig(**data, backbone=backbone, densify=densify)
-        except (TypeError, KeyError) as err:  # missing/extra keys, wrong JSON types
-            raise ValueError(f"malformed object model config ({err})") from None
+        return model_config_from_dict(ObjectModelConfig, BackboneConfig, data, "object")
 
     def with_(self, **changes: Any) -> ObjectModelConfig:
         return replace(self, **changes)
+
+
+ModelConfig = TypeVar("ModelConfig")
+
+
+def model_config_from_dict(
+    cls: type[ModelConfig], backbone_cls: type, data: dict[str, Any], kind: str
+) -> ModelConfig:
+    """`cls(**data)` with its nested `backbone` (a `backbone_cls`) and `densify` (a
+    `DensifyConfig`) rebuilt from their dicts: the object and the scene model configs'
+    `from_dict` past their own checks of what `data` is.
+
+    Raises:
+        ValueError: keys that are not fields of `cls` (a newer weights file), a missing
+            `backbone` or `densify`, or malformed values; `kind` ("object", "scene") names
+            the config in the message.
+    """
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {kind} model config keys {sorted(unknown)}")
+    data = dict(data)
+    try:
+        backbone = backbone_cls(**data.pop("backbone"))
+        densify = densify_config_from_dict(data.pop("densify"))
+        return cls(**data, backbone=backbone, densify=densify)
+    # Missing or extra keys, wrong JSON types (a list where a dict belongs: AttributeError).
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"malformed {kind} model config ({err})") from None
 
 
 def _refuse_code(backbone: Any) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,9 +43,9 @@ from ..gd.config import (
     SMALL,
     DensifyConfig,
     ViewFeatureConfig,
-    densify_config_from_dict,
 )
 from ..rotations import matrix_to_quaternion, normalize_quaternions, quaternion_multiply
+from .config import model_config_from_dict
 
 __all__ = [
     "SCENE_PRESETS",
@@ -184,16 +184,9 @@ class SceneModelConfig:
         """Inverse of `to_dict`. Raises ValueError on unknown keys or malformed values."""
         if not isinstance(data, dict) or not isinstance(data.get("backbone", {}), dict):
             raise ValueError("scene model config must be a JSON object with a backbone object")
-        known = {f.name for f in fields(SceneModelConfig)}
-        if set(data) - known:
-            raise ValueError(f"unknown scene model config keys {sorted(set(data) - known)}")
-        data = dict(data)
-        try:
-            backbone = SceneBackboneConfig(**data.pop("backbone", {}))
-            densify = densify_config_from_dict(data.pop("densify", asdict(SCENE_SMALL_DENSIFY)))
-            return SceneModelConfig(**data, backbone=backbone, densify=densify)
-        except (TypeError, KeyError, AttributeError) as err:
-            raise ValueError(f"malformed scene model config ({err})") from None
+        # Either may be left out: then the defaults.
+        data = {"backbone": {}, "densify": asdict(SCENE_SMALL_DENSIFY), **data}
+        return model_config_from_dict(SceneModelConfig, SceneBackboneConfig, data, "scene")
 
     def with_(self, **changes: Any) -> SceneModelConfig:
         return replace(self, **changes)
