@@ -17,8 +17,9 @@ import torch
 
 from ..devices import resolve_device
 from ..weights import WeightsNotFoundError, load_weights, shipped_weights
+from .base import Cancelled, Reconstruction
 from .config import PRESETS, ObjectModelConfig, UnsafeConfigError, get_model_config
-from .gd_object import Cancelled, GDObjectModel, Reconstruction
+from .gd_object import GDObjectModel
 from .gd_scene import GDSceneModel
 from .scene_backbone import SCENE_PRESETS, SceneModelConfig, get_scene_config
 

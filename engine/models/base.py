@@ -1,14 +1,63 @@
 """What the object and the scene model share: their config-backed sizes, where their
-weights came from, and the checks every view tensor passes before either reads it."""
+weights came from, the checks every view tensor passes before either reads it, and what
+their `reconstruct` reports, returns and raises when cancelled."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..cameras import Cameras
+from ..gaussians import Gaussians
+
+Progress = Callable[[float, str], None]
+"""Called with (fraction done in [0, 1], stage message)."""
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set; nothing was returned."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Raise `Cancelled` if `cancel` is set: called at each stage boundary."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+
+
+@dataclass
+class Reconstruction:
+    """Result of `reconstruct` / `densify`, in world coordinates.
+
+    Attributes:
+        gaussians: N final Gaussians: untouched coarse ones first (in order), then fine.
+        coarse: the coarse set the final one was made from (after pruning).
+        level: (N,) int64, 0 for coarse Gaussians, 1..L for fine ones.
+        parent: (N,) int64 index into `coarse`.
+        stats: "counts" and "seconds" (per stage) dictionaries.
+    """
+
+    gaussians: Gaussians
+    coarse: Gaussians
+    level: Tensor
+    parent: Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def coarse_only(
+        cls, coarse: Gaussians, counts: dict[str, int], seconds: dict[str, float]
+    ) -> Reconstruction:
+        """The coarse set as the final one (no densification, or nothing to densify):
+        every Gaussian level 0 and its own parent; `counts` gains "final"."""
+        n = len(coarse)
+        return cls(
+            coarse, coarse, torch.zeros(n, dtype=torch.int64), torch.arange(n),
+            {"counts": {**counts, "final": n}, "seconds": seconds},
+        )  # fmt: skip
 
 
 class GDModel(nn.Module):

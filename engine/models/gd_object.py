@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -27,7 +25,7 @@ from ..gd.gradient_mask import gradient_mask
 from ..gd.merge import MergeResult, merge
 from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
-from .base import GDModel, check_view_images
+from .base import GDModel, Progress, Reconstruction, check_cancel, check_view_images
 from .config import ObjectModelConfig
 from .normalization import (
     Normalization,
@@ -38,32 +36,7 @@ from .normalization import (
 from .object_backbone import ObjectBackbone
 from .silhouette import alphas_from_views, dilate_alphas, gate_opacities, silhouette_gate
 
-Progress = Callable[[float, str], None]
-
 WHITE = (1.0, 1.0, 1.0)
-
-
-class Cancelled(Exception):
-    """The caller's cancel event was set; nothing was returned."""
-
-
-@dataclass
-class Reconstruction:
-    """Result of `reconstruct` / `densify`, in world coordinates.
-
-    Attributes:
-        gaussians: N final Gaussians: untouched coarse ones first (in order), then fine.
-        coarse: the coarse set the final one was made from (after pruning).
-        level: (N,) int64, 0 for coarse Gaussians, 1..L for fine ones.
-        parent: (N,) int64 index into `coarse`.
-        stats: "counts" and "seconds" (per stage) dictionaries.
-    """
-
-    gaussians: Gaussians
-    coarse: Gaussians
-    level: Tensor
-    parent: Tensor
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,11 +50,6 @@ class ObjectOutput:
 
     coarse: Gaussians
     densified: DensifyPipelineResult | None
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("cancelled")
 
 
 class GDObjectModel(GDModel):
@@ -257,11 +225,11 @@ class GDObjectModel(GDModel):
         report = progress or (lambda f, m: None)
         times: dict[str, float] = {}
         start = t0 = time.perf_counter()
-        _check(cancel)
+        check_cancel(cancel)
         report(0.0, "preparing views")
         images, cams, norm = self._model_views(images, cameras, bbox)
         times["prepare"] = time.perf_counter() - t0
-        _check(cancel)
+        check_cancel(cancel)
 
         report(0.1, "coarse Gaussians")
         t0 = time.perf_counter()
@@ -273,17 +241,13 @@ class GDObjectModel(GDModel):
         keep = coarse.opacities > self.cfg.backbone.prune_opacity
         coarse, feats = coarse[keep], feats[keep]
         times["backbone"] = time.perf_counter() - t0
-        _check(cancel)
+        check_cancel(cancel)
         coarse_world = norm.gaussians_to_world(coarse).to("cpu")
         counts = {"decoded": decoded, "coarse": len(coarse)}
         if not densify or len(coarse) == 0:
-            n = len(coarse_world)
             times["total"] = time.perf_counter() - start
             report(1.0, "done")
-            return Reconstruction(
-                coarse_world, coarse_world, torch.zeros(n, dtype=torch.int64),
-                torch.arange(n), {"counts": {**counts, "final": n}, "seconds": times},
-            )  # fmt: skip
+            return Reconstruction.coarse_only(coarse_world, counts, times)
 
         report(0.5, "densifying")
         k = min(budget or self.cfg.candidates, len(coarse))
@@ -291,7 +255,7 @@ class GDObjectModel(GDModel):
         result, sel_time = self._densify_model_space(coarse, feats, images, cams, k, None)
         times["select"] = sel_time
         times["densify"] = time.perf_counter() - t0 - times["backbone"] - sel_time
-        _check(cancel)
+        check_cancel(cancel)
         fine_world, merged = _merge_in_world(coarse_world, result, norm)
         counts.update(
             candidates=int(result.selection.selected.sum()),
@@ -373,7 +337,7 @@ class GDObjectModel(GDModel):
         """
         report = progress or (lambda f, m: None)
         start = time.perf_counter()
-        _check(cancel)
+        check_cancel(cancel)
         n = len(gaussians)
         if select is not None:
             select = torch.as_tensor(select)
@@ -394,11 +358,11 @@ class GDObjectModel(GDModel):
         else:
             k = self.cfg.candidates if select is None else pool
         k = min(k, pool)
-        _check(cancel)
+        check_cancel(cancel)
         report(0.2, "densifying")
         sel = None if select is None else select.to(device)
         result, sel_time = self._densify_model_space(model_g, None, images, cams, k, sel)
-        _check(cancel)
+        check_cancel(cancel)
         fine_world, merged = _merge_in_world(gaussians.to("cpu"), result, norm)
         report(1.0, "done")
         counts = {

@@ -27,8 +27,7 @@ from ..gaussians import Gaussians
 from ..gd.gradient_mask import gradient_mask
 from ..gd.pipeline import DensifyPipeline, DensifyPipelineResult
 from ..images import resize_views
-from .base import GDModel, check_view_images
-from .gd_object import Cancelled, Progress, Reconstruction
+from .base import GDModel, Progress, Reconstruction, check_cancel, check_view_images
 from .scene_backbone import SceneBackbone, SceneModelConfig
 
 BLACK = (0.0, 0.0, 0.0)
@@ -51,11 +50,6 @@ class SceneOutput:
     coarse: Gaussians
     depths: Tensor
     densified: DensifyPipelineResult | None
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("cancelled")
 
 
 def check_depth_range(near: float, far: float) -> tuple[float, float]:
@@ -187,13 +181,13 @@ class GDSceneModel(GDModel):
         report = progress or (lambda f, m: None)
         times: dict[str, float] = {}
         start = t0 = time.perf_counter()
-        _check(cancel)
+        check_cancel(cancel)
         report(0.0, "preparing views")
         images, cams, near, far = self.prepare_views(images, cameras, near, far)
         images = images.to(self.device)
         cams = cams.to(device=self.device, dtype=torch.float32)
         times["prepare"] = time.perf_counter() - t0
-        _check(cancel)
+        check_cancel(cancel)
 
         report(0.1, "coarse Gaussians")
         t0 = time.perf_counter()
@@ -207,17 +201,12 @@ class GDSceneModel(GDModel):
         keep = coarse.opacities >= 1.0 / 255.0
         coarse, feats = coarse[keep], feats[keep]
         times["backbone"] = time.perf_counter() - t0
-        _check(cancel)
+        check_cancel(cancel)
         counts = {"decoded": decoded, "coarse": len(coarse)}
         if not densify or len(coarse) == 0:
-            n = len(coarse)
-            coarse = coarse.to("cpu")
             times["total"] = time.perf_counter() - start
             report(1.0, "done")
-            return Reconstruction(
-                coarse, coarse, torch.zeros(n, dtype=torch.int64), torch.arange(n),
-                {"counts": {**counts, "final": n}, "seconds": times},
-            )  # fmt: skip
+            return Reconstruction.coarse_only(coarse.to("cpu"), counts, times)
 
         report(0.5, "densifying")
         t0 = time.perf_counter()
@@ -228,7 +217,7 @@ class GDSceneModel(GDModel):
             mask_size=self.cfg.densify.mask_size,
         )  # fmt: skip
         times["select"] = time.perf_counter() - t0
-        _check(cancel)
+        check_cancel(cancel)
         result = self.densifier(
             coarse, images, cams, select=selection.selected, backbone_feats=feats,
             background=BLACK, coarse_render=selection.scores,
