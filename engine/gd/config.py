@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from .serialization import ORDERS
 
@@ -189,19 +190,27 @@ def fine_count(num_candidates: int, cfg: DensifyConfig) -> int:
 OBJECT = DensifyConfig()
 """Official object model (LaRa + GD): 12k candidates -> 81,600 fine Gaussians."""
 
+SCENE_LEVELS: dict[str, Any] = {
+    "candidates_per_view": True,
+    "upsample": (2, 2, 2),
+    # Not in the release: 0.6 reproduces the published count (2 views x 30k candidates
+    # of MVSplat's 131k: (2 + 2c + 4c²) · 60k + 71k ≈ 347k at c = 0.6).
+    "continue_ratio": (0.6, 0.6),
+    # Scene units vary and a pixel's footprint grows with its depth: the grid comes from
+    # the candidates' own scales.
+    "grid_size": None,
+}
+"""The paper's scene densifier, as `DensifyConfig` fields: K candidates per context view,
+three levels of R = 2, 60 % of the points continuing, no fixed grid. `SCENE` and the
+CPU-sized scene model's densifier (`models/scene_backbone.py`) share it."""
+
 SCENE = DensifyConfig(
+    **SCENE_LEVELS,
     candidates=30_000,
-    candidates_per_view=True,
-    upsample=(2, 2, 2),
     channels=(320, 256, 128),
     # Head width 8 as in the object model; the release does not state these.
     heads=(40, 32, 16),
     depths=(2, 2, 2),
-    # Not in the release either: 0.6 reproduces the published count (2 views x
-    # 30k candidates of MVSplat's 131k: (2 + 2c + 4c²) · 60k + 71k ≈ 347k at c = 0.6).
-    continue_ratio=(0.6, 0.6),
-    # Scene units vary: take the grid from the candidates' own scales.
-    grid_size=None,
     sh_degree=3,
 )
 """Scene model (MVSplat + GD)."""

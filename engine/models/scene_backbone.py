@@ -40,6 +40,7 @@ from ..cameras import Cameras, rigid_inverse
 from ..gaussians import MAX_SH_DEGREE, Gaussians, rgb_to_sh_dc
 from ..gd.config import (
     CHILD_SAMPLES,
+    SCENE_LEVELS,
     SMALL,
     DensifyConfig,
     ViewFeatureConfig,
@@ -193,17 +194,11 @@ class SceneModelConfig:
 
 
 SCENE_SMALL_DENSIFY = SMALL.with_(
+    **SCENE_LEVELS,
     candidates=2000,
-    candidates_per_view=True,
-    # The paper's scene densifier: three levels of R = 2, 60 % of the points continuing.
-    upsample=(2, 2, 2),
     channels=(32, 32, 32),
     heads=(4, 4, 4),
     depths=(1, 1, 1),
-    continue_ratio=(0.6, 0.6),
-    # Scene units vary and a pixel's footprint grows with its depth: the grid comes from
-    # the candidates' own scales.
-    grid_size=None,
     offset_scale=1.0,
     residual=True,
     sh_degree=1,
