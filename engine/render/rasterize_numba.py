@@ -22,10 +22,15 @@ The forward pass records every blended pair (its tile-list index k, the pixel wi
 tile and exp(-sigma)) in order of k. The backward pass walks that record backwards, which
 is every pixel's list back to front (recovering the transmittance by division, as 3DGS
 does): it touches only pairs that blended, not every pixel of every box up to a pixel's
-last contributor. Each (tile, Gaussian) pair's summed gradient goes into a buffer indexed
-by the pair. A pair belongs to exactly one tile and a tile to exactly one thread, so there
-are no write races and no per-thread copies of the gradients; a final serial pass sums
-the pairs into per-Gaussian gradients.
+last contributor. Each (tile, Gaussian) pair's summed gradient is added to its thread
+part's own row for that Gaussian, so there are no write races; the parts' rows are summed
+at the end. (A buffer indexed by pair, summed per Gaussian afterwards, cost ~8x the memory
+at 100k Gaussians and a scattered read of every pair: 30 ms of a 150 ms forward+backward.)
+The parts are capped so their rows stay within `_GRAD_BUFFER_BYTES`.
+
+Depth order comes from a radix sort on the depths' bits and the tile lists from a binning
+pass split over the threads; both give exactly the lists a stable sort and a serial pass
+give.
 
 Only the screen-space stage lives here; projection and SH are `project_numba.py` (the
 same maths as the PyTorch `projection.py`).
@@ -34,6 +39,7 @@ same maths as the PyTorch `projection.py`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -53,42 +59,100 @@ CACHE = configure().enabled
 SPAN_MARGIN = 1e-5
 
 
-@njit(cache=CACHE, nogil=True)
-def _bin_tiles(means2d, extents, order, tile, tiles_x, tiles_y, width, height):  # pragma: no cover
-    """Tile lists in depth order: returns (offsets (T+1,), ids (P,)) for T tiles, P pairs."""
+@njit(cache=CACHE, parallel=True, nogil=True)
+def _bin_tiles(
+    means2d, extents, order, tile, tiles_x, tiles_y, width, height, n_parts
+):  # pragma: no cover
+    """Tile lists in depth order: returns (offsets (T+1,), ids (P,)) for T tiles, P pairs.
+
+    The depth order is cut into n_parts consecutive chunks binned in parallel; within each
+    tile's list the chunks follow one another, so the list keeps the global depth order."""
     n_tiles = tiles_x * tiles_y
-    counts = np.zeros(n_tiles + 1, np.int64)
-    boxes = np.empty((order.size, 4), np.int64)
-    for j in range(order.size):
-        g = order[j]
-        ex = extents[g, 0] + BOX_MARGIN
-        ey = extents[g, 1] + BOX_MARGIN
-        # Pixels whose centres (u + 0.5) fall inside [m - e, m + e].
-        px0 = max(0, int(math.ceil(means2d[g, 0] - ex - 0.5)))
-        px1 = min(width - 1, int(math.floor(means2d[g, 0] + ex - 0.5)))
-        py0 = max(0, int(math.ceil(means2d[g, 1] - ey - 0.5)))
-        py1 = min(height - 1, int(math.floor(means2d[g, 1] + ey - 0.5)))
-        if px0 > px1 or py0 > py1:
-            boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3] = 1, 0, 1, 0  # empty range
-            continue
-        boxes[j, 0] = px0 // tile
-        boxes[j, 1] = px1 // tile
-        boxes[j, 2] = py0 // tile
-        boxes[j, 3] = py1 // tile
-        for ty in range(boxes[j, 2], boxes[j, 3] + 1):
-            for tx in range(boxes[j, 0], boxes[j, 1] + 1):
-                counts[ty * tiles_x + tx + 1] += 1
-    offsets = np.cumsum(counts)
-    ids = np.empty(offsets[-1], np.int64)
-    fill = offsets[:-1].copy()
-    for j in range(order.size):
-        g = order[j]
-        for ty in range(boxes[j, 2], boxes[j, 3] + 1):
-            for tx in range(boxes[j, 0], boxes[j, 1] + 1):
-                t = ty * tiles_x + tx
-                ids[fill[t]] = g
-                fill[t] += 1
+    n = order.size
+    chunk = (n + n_parts - 1) // n_parts
+    boxes = np.empty((n, 4), np.int64)
+    counts = np.zeros((n_parts, n_tiles), np.int64)
+    for part in prange(n_parts):
+        for j in range(part * chunk, min(n, (part + 1) * chunk)):
+            g = order[j]
+            ex = extents[g, 0] + BOX_MARGIN
+            ey = extents[g, 1] + BOX_MARGIN
+            # Pixels whose centres (u + 0.5) fall inside [m - e, m + e].
+            px0 = max(0, int(math.ceil(means2d[g, 0] - ex - 0.5)))
+            px1 = min(width - 1, int(math.floor(means2d[g, 0] + ex - 0.5)))
+            py0 = max(0, int(math.ceil(means2d[g, 1] - ey - 0.5)))
+            py1 = min(height - 1, int(math.floor(means2d[g, 1] + ey - 0.5)))
+            if px0 > px1 or py0 > py1:
+                boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3] = 1, 0, 1, 0  # empty
+                continue
+            boxes[j, 0] = px0 // tile
+            boxes[j, 1] = px1 // tile
+            boxes[j, 2] = py0 // tile
+            boxes[j, 3] = py1 // tile
+            for ty in range(boxes[j, 2], boxes[j, 3] + 1):
+                for tx in range(boxes[j, 0], boxes[j, 1] + 1):
+                    counts[part, ty * tiles_x + tx] += 1
+    offsets = np.empty(n_tiles + 1, np.int64)
+    fill = np.empty((n_parts, n_tiles), np.int64)  # where each chunk's run in a tile starts
+    total = 0
+    for t in range(n_tiles):
+        offsets[t] = total
+        for part in range(n_parts):
+            fill[part, t] = total
+            total += counts[part, t]
+    offsets[n_tiles] = total
+    ids = np.empty(total, np.int64)
+    for part in prange(n_parts):
+        for j in range(part * chunk, min(n, (part + 1) * chunk)):
+            g = order[j]
+            for ty in range(boxes[j, 2], boxes[j, 3] + 1):
+                for tx in range(boxes[j, 0], boxes[j, 1] + 1):
+                    t = ty * tiles_x + tx
+                    ids[fill[part, t]] = g
+                    fill[part, t] += 1
     return offsets, ids
+
+
+@njit(cache=CACHE, nogil=True)
+def _radix_argsort(keys, passes):  # pragma: no cover
+    """Stable ascending argsort of unsigned integer keys (N,): `passes` LSD passes of 11
+    bits (3 cover 32-bit keys, 6 cover 64-bit ones). O(N), where np.argsort(kind="stable")
+    on floats is a merge sort, ~10x slower at 100k."""
+    n = keys.size
+    idx = np.arange(n)
+    tmp = np.empty(n, np.int64)
+    key = keys.copy()  # the keys in the current order, moved with idx
+    key_tmp = np.empty_like(key)
+    counts = np.empty(2049, np.int64)
+    for p in range(passes):
+        shift = 11 * p
+        counts[:] = 0
+        for i in range(n):
+            counts[((key[i] >> shift) & 2047) + 1] += 1
+        for b in range(2048):
+            counts[b + 1] += counts[b]
+        for i in range(n):
+            d = (key[i] >> shift) & 2047
+            tmp[counts[d]] = idx[i]
+            key_tmp[counts[d]] = key[i]
+            counts[d] += 1
+        idx, tmp = tmp, idx
+        key, key_tmp = key_tmp, key
+    return idx
+
+
+def _depth_order(depths: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """The visible Gaussians (V,) sorted front to back by depth, ties in index order: the
+    order np.argsort(kind="stable") gives (but for -0 before +0), by a radix sort on the
+    floats' bits."""
+    d = np.ascontiguousarray(depths[visible])
+    unsigned = np.uint32 if d.dtype == np.float32 else np.uint64
+    bits = d.view(unsigned)
+    # IEEE floats order as integers once negatives have every bit flipped and positives
+    # only the sign bit.
+    top = unsigned(1) << unsigned(8 * d.itemsize - 1)
+    keys = np.where(bits & top, ~bits, bits | top)
+    return visible[_radix_argsort(keys, 3 if d.itemsize == 4 else 6)]
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
@@ -230,6 +294,11 @@ def _forward_kernel(
         overflow[part] = n_rec
 
 
+# Columns of the per-pair gradient rows the backward kernel writes: 2D mean (x, y), its
+# AbsGS absolute value (x, y), conic (a, b, c), opacity, then the colour channels.
+_MEAN, _ABS, _CONIC, _OPACITY, _COLOR = 0, 2, 4, 7, 8
+
+
 @njit(cache=CACHE, parallel=True, nogil=True)
 def _backward_kernel(
     means2d,
@@ -249,11 +318,7 @@ def _backward_kernel(
     tile_rec,
     grad_acc,
     grad_alpha,
-    pair_means2d,
-    pair_conics,
-    pair_colors,
-    pair_opacities,
-    pair_abs,
+    part_grads,
     means_only,
 ):  # pragma: no cover
     n_tiles = tile_rec.shape[0]
@@ -285,18 +350,19 @@ def _backward_kernel(
                 k = rec_k[part, r] if r >= r0 else -1
                 if k != k_cur:
                     if k_cur >= 0:
-                        # Pair k belongs to this tile alone, so plain stores need no lock.
-                        pair_means2d[k_cur, 0] = gm0
-                        pair_means2d[k_cur, 1] = gm1
-                        pair_abs[k_cur, 0] = ga0
-                        pair_abs[k_cur, 1] = ga1
+                        # Each thread part sums into its own rows: no write races.
+                        out = part_grads[part, ids[k_cur]]
+                        out[_MEAN] += gm0
+                        out[_MEAN + 1] += gm1
+                        out[_ABS] += ga0
+                        out[_ABS + 1] += ga1
                         if not means_only:
+                            out[_CONIC] += gc0
+                            out[_CONIC + 1] += gc1
+                            out[_CONIC + 2] += gc2
+                            out[_OPACITY] += g_op
                             for ch in range(n_ch):
-                                pair_colors[k_cur, ch] = g_col[ch]
-                            pair_opacities[k_cur] = g_op
-                            pair_conics[k_cur, 0] = gc0
-                            pair_conics[k_cur, 1] = gc1
-                            pair_conics[k_cur, 2] = gc2
+                                out[_COLOR + ch] += g_col[ch]
                     if k < 0:
                         break
                     k_cur = k
@@ -341,28 +407,27 @@ def _backward_kernel(
                 gc2 += 0.5 * g_sigma * dy * dy
 
 
-@njit(cache=CACHE, nogil=True)
-def _reduce_pairs(ids, pair_values, out):  # pragma: no cover
-    """out[ids[k]] += pair_values[k] for every pair k (rows of width out.shape[1])."""
-    for k in range(ids.size):
-        g = ids[k]
-        for j in range(out.shape[1]):
-            out[g, j] += pair_values[k, j]
-
-
 def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().cpu().numpy()
 
 
+@dataclass
 class _Bins:
-    """Per-camera tile lists, per-pixel transmittance and the blended pairs the forward
-    pass recorded (per thread part: pair index k, pixel within its tile, exp(-sigma)),
-    which is all the backward pass reads."""
+    """One camera's bins and what its forward pass recorded: all the backward pass reads.
 
-    def __init__(self, offsets: np.ndarray, ids: np.ndarray, trans: np.ndarray,
-                 records: tuple[np.ndarray, ...], tile_rec: np.ndarray) -> None:  # fmt: skip
-        self.offsets, self.ids, self.trans = offsets, ids, trans
-        self.records, self.tile_rec = records, tile_rec
+    Attributes:
+        offsets, ids: (T+1,), (P,) tile t's Gaussians are ids[offsets[t]:offsets[t+1]].
+        trans: (H, W) final transmittance per pixel.
+        records: per thread part, (parts, cap) each: the blended pairs' index k, pixel
+            within its tile and exp(-sigma), in order of k.
+        tile_rec: (T, 2) each tile's range in its part's records.
+    """
+
+    offsets: np.ndarray
+    ids: np.ndarray
+    trans: np.ndarray
+    records: tuple[np.ndarray, ...]
+    tile_rec: np.ndarray
 
 
 # Blended pairs recorded per pixel, first guess of the forward pass's buffers (grown, and
@@ -373,9 +438,8 @@ _RECORDS_PER_PIXEL = [8.0]
 def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, width, height,
                     n_parts, acc, alpha) -> _Bins:  # fmt: skip
     """Bin, draw and record one camera into acc (H, W, D) and alpha (H, W)."""
-    visible = np.flatnonzero(ext[:, 0] > 0)
-    order = visible[np.argsort(dep[visible], kind="stable")]
-    offsets, ids = _bin_tiles(m, ext, order, tile_size, tiles_x, tiles_y, width, height)
+    order = _depth_order(dep, np.flatnonzero(ext[:, 0] > 0))
+    offsets, ids = _bin_tiles(m, ext, order, tile_size, tiles_x, tiles_y, width, height, n_parts)
     n_tiles = tiles_x * tiles_y
     while True:
         cap = max(1024, int(_RECORDS_PER_PIXEL[0] * width * height / n_parts))
@@ -397,24 +461,49 @@ def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, widt
         _RECORDS_PER_PIXEL[0] = 1.25 * most * n_parts / (width * height)
 
 
+# The backward pass gives each thread part its own gradient rows for every Gaussian; parts
+# are capped so those rows stay within this many bytes (1M Gaussians, 3 channels, float32:
+# 44 MB a part, so up to 11 parts; fewer Gaussians leave every thread its part).
+_GRAD_BUFFER_BYTES = 512 * 2**20
+
+
+def _thread_parts(threads: int, n: int, n_ch: int, dtype: type) -> int:
+    """How many parts to split the tiles into: one per thread, within _GRAD_BUFFER_BYTES."""
+    per_part = max(1, n * (_COLOR + n_ch) * np.dtype(dtype).itemsize)
+    return max(1, min(threads, _GRAD_BUFFER_BYTES // per_part))
+
+
 class NumbaRasterize(torch.autograd.Function):
     """Differentiable compositing of screen-space Gaussians on the CPU."""
 
     @staticmethod
     def forward(ctx, means2d, conics, colors, opacities, extents, depths, width, height, tile_size):
-        num_cams, _, n_ch = colors.shape
+        num_cams, n, n_ch = colors.shape
         dtype = np.float64 if colors.dtype == torch.float64 else np.float32
         tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-        n_parts = numba.get_num_threads()
+        n_parts = _thread_parts(numba.get_num_threads(), n, n_ch, dtype)
         m_np, con_np = _numpy(means2d).astype(dtype), _numpy(conics).astype(dtype)
         col_np, op_np = _numpy(colors).astype(dtype), _numpy(opacities).astype(dtype)
         ext_np, dep_np = _numpy(extents), _numpy(depths)
         acc = np.zeros((num_cams, height, width, n_ch), dtype)
         alpha = np.zeros((num_cams, height, width), dtype)
         bins = [
-            _forward_camera(m_np[c], con_np[c], col_np[c], op_np[c], ext_np[c], dep_np[c],
-                            tile_size, tiles_x, tiles_y, width, height, n_parts, acc[c],
-                            alpha[c])  # fmt: skip
+            _forward_camera(
+                m_np[c],
+                con_np[c],
+                col_np[c],
+                op_np[c],
+                ext_np[c],
+                dep_np[c],
+                tile_size,
+                tiles_x,
+                tiles_y,
+                width,
+                height,
+                n_parts,
+                acc[c],
+                alpha[c],
+            )  # fmt: skip
             for c in range(num_cams)
         ]
         ctx.bins = bins
@@ -430,28 +519,26 @@ class NumbaRasterize(torch.autograd.Function):
         num_cams, n, n_ch = col_np.shape
         dtype = col_np.dtype
         # When only the 2D means need a gradient (the gradient mask renders detached
-        # Gaussians), the per-pair conic, colour and opacity terms are neither written
-        # nor reduced: 4 of the 10 pair columns remain.
+        # Gaussians), the conic, colour and opacity terms are neither written nor reduced:
+        # 4 of the 8 + D pair columns remain.
         means_only = not any(ctx.needs_input_grad[1:4])
-        widths = (2, 2) if means_only else (2, 2, 3, n_ch, 1)
-        g_acc = _numpy(grad_acc).astype(dtype)
-        g_alpha = _numpy(grad_alpha).astype(dtype)
-        outs = [np.zeros((num_cams, n, w), dtype) for w in widths]
-        unused = np.zeros((1, max(n_ch, 3)), np.float64)
+        n_cols = _CONIC if means_only else _COLOR + n_ch
+        g_acc = _numpy(grad_acc).astype(dtype, copy=False)
+        g_alpha = _numpy(grad_alpha).astype(dtype, copy=False)
+        total = np.empty((num_cams, n, n_cols), dtype)
+        part_grads = np.empty((n_parts, n, n_cols), dtype)
         for c, b in enumerate(ctx.bins):
-            p = b.ids.size
-            pairs = [np.zeros((p, w), np.float64) for w in widths]
-            if means_only:
-                pair_con, pair_col, pair_op = unused[:, :3], unused[:, :n_ch], unused[:, 0]
-            else:
-                pair_con, pair_col, pair_op = pairs[2], pairs[3], pairs[4][:, 0]
+            part_grads[:] = 0.0
             _backward_kernel(
                 m_np[c], con_np[c], col_np[c], op_np[c], b.ids, tile_size, tiles_x, width,
                 height, n_parts, b.trans, *b.records, b.tile_rec, g_acc[c], g_alpha[c],
-                pairs[0], pair_con, pair_col, pair_op, pairs[1], means_only,
+                part_grads, means_only,
             )  # fmt: skip
-            for values, out in zip(pairs, outs, strict=True):
-                _reduce_pairs(b.ids, values, out[c])
+            np.sum(part_grads, axis=0, out=total[c])
+        outs = [total[..., _MEAN:_ABS], total[..., _ABS:_CONIC]]
+        if not means_only:
+            outs += [total[..., _CONIC:_OPACITY], total[..., _COLOR:], total[..., _OPACITY:_COLOR]]
+        outs = [np.ascontiguousarray(out) for out in outs]
         device = grad_acc.device
         absgrad = torch.from_numpy(outs[1]).to(device)
         holder = ctx.means2d
