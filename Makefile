@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check engine gd_blender_addon tests bench examples
+	$(PY) -m ruff format --check engine gd_blender_addon tests bench examples
 	$(PY) -m pytest -q
 
 # The add-on tests on the newest Blender: bpy 5.3 runs on Python 3.13 (pyenv's 3.13.0 here)

@@ -38,9 +38,7 @@ def make_gaussians(n: int = 400, seed: int = 0):
 
     gen = torch.Generator().manual_seed(seed)
     means = (torch.rand(n, 3, generator=gen) - 0.5) * 0.8
-    scales = torch.exp(
-        torch.empty(n, 3).uniform_(math.log(0.015), math.log(0.05), generator=gen)
-    )
+    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.015), math.log(0.05), generator=gen))
     quats = torch.randn(n, 4, generator=gen)
     opacities = torch.empty(n).uniform_(0.5, 0.95, generator=gen)
     colors = torch.rand(n, 3, generator=gen)
@@ -220,8 +218,11 @@ def main() -> None:
                         help="Cycles transparent bounces: matched to the rasteriser (128, no "
                              "Russian roulette), Cycles' defaults, or as the add-on leaves "
                              "them")  # fmt: skip
-    parser.add_argument("--dense", action="store_true",
-                        help="translucent Gaussians packed tight (many layers per ray)")
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="translucent Gaussians packed tight (many layers per ray)",
+    )
     args = parser.parse_args()
     import bpy
 

@@ -197,7 +197,7 @@ def main() -> None:
         " `to_gaussians` = `object_to_gaussians(apply_transform=True)`; `export` ="
         " `export_object` to .ply; `ELLIPSOIDS evaluate` = the same object switched to"
         " one ico-sphere instance per Gaussian (unrealized), imported with"
-        " `display_mode=\"ELLIPSOIDS\"`.",
+        ' `display_mode="ELLIPSOIDS"`.',
         "",
         f"## Target: import of {args.n:,} Gaussians <= 3 s",
         "",

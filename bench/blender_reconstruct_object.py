@@ -191,6 +191,7 @@ def main() -> None:
                          f"{_psnr(r['engine'], r['mesh']):.2f} / "
                          f"{_psnr(r['engine'], r['mesh'], r['object']):.2f} | "
                          f"{_psnr(r['cycles'], r['engine']):.2f} |")  # fmt: skip
+
         def mean(key: str, masked: bool) -> float:
             return float(np.mean([_psnr(r[key], r["mesh"], r["object"] if masked else None)
                                   for r in rows]))  # fmt: skip

@@ -134,10 +134,17 @@ def measure(
             if not reset:
                 peak = -1
     return {
-        "config": config, "n": n, "mode": mode, "device": device, "fine": count,
-        "seconds": min(times), "user_seconds": min(user_times), "sys_seconds": min(sys_times),
+        "config": config,
+        "n": n,
+        "mode": mode,
+        "device": device,
+        "fine": count,
+        "seconds": min(times),
+        "user_seconds": min(user_times),
+        "sys_seconds": min(sys_times),
         "peak_bytes": peak,
-        "threads": torch.get_num_threads(), "calls_per_sample": inner,
+        "threads": torch.get_num_threads(),
+        "calls_per_sample": inner,
     }
 
 
@@ -146,16 +153,39 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("matmul (Linear fwd/bwd)", ("aten::mm", "aten::addmm", "aten::bmm")),
     ("attention (SDPA fwd/bwd)", ("scaled_dot_product",)),
     ("sort (serialization, SPLIT top-k)", ("aten::sort", "aten::argsort")),
-    ("gather/scatter (index, index_put)", ("aten::index", "aten::_index_put", "aten::scatter",
-                                           "aten::gather", "aten::index_select",
-                                           "aten::index_add")),
+    (
+        "gather/scatter (index, index_put)",
+        (
+            "aten::index",
+            "aten::_index_put",
+            "aten::scatter",
+            "aten::gather",
+            "aten::index_select",
+            "aten::index_add",
+        ),
+    ),
     ("cat/copy", ("aten::cat", "aten::copy_", "aten::clone", "aten::contiguous")),
     ("layer norm fwd/bwd", ("layer_norm",)),
     ("GELU/tanh/sin/cos fwd/bwd", ("gelu", "tanh", "aten::sin", "aten::cos")),
-    ("elementwise (mul/add/sum/...)", ("aten::mul", "aten::add", "aten::sum", "aten::div",
-                                       "aten::sub", "aten::pow", "aten::fill_", "aten::zero_",
-                                       "aten::where", "aten::bitwise", "aten::square",
-                                       "aten::addcmul", "aten::rsqrt", "aten::sigmoid")),
+    (
+        "elementwise (mul/add/sum/...)",
+        (
+            "aten::mul",
+            "aten::add",
+            "aten::sum",
+            "aten::div",
+            "aten::sub",
+            "aten::pow",
+            "aten::fill_",
+            "aten::zero_",
+            "aten::where",
+            "aten::bitwise",
+            "aten::square",
+            "aten::addcmul",
+            "aten::rsqrt",
+            "aten::sigmoid",
+        ),
+    ),
 )
 
 
@@ -208,9 +238,23 @@ def _child(args: argparse.Namespace) -> None:
 def _run_child(
     config: str, n: int, mode: str, device: str, repeats: int, threads: int, env: dict
 ) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--config", config, "--n", str(n),
-           "--mode", mode, "--device", device, "--repeats", str(repeats),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--config",
+        config,
+        "--n",
+        str(n),
+        "--mode",
+        mode,
+        "--device",
+        device,
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -259,8 +303,16 @@ def _attribution(config: str, sizes: list[int]) -> str:
     a, b = sorted(sizes)[-2:]
     res = {}
     for n in (a, b):
-        cmd = [sys.executable, __file__, "--child", "--attribute-child", "--config", config,
-               "--n", str(n)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--attribute-child",
+            "--config",
+            config,
+            "--n",
+            str(n),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -328,16 +380,30 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="CPU settings to time (memory with '1 thread' and 'no checkpointing')")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="CPU settings to time (memory with '1 thread' and 'no checkpointing')",
+    )
     p.add_argument("--config", default="small", help="densify preset (small, object, scene)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     p.add_argument("--modes", nargs="+", default=["forward", "backward"])
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per size, the same at every size (min is kept)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per size, the same at every size (min is kept)",
+    )
     p.add_argument("--no-attribute", action="store_true", help="skip the profiler attribution")
-    p.add_argument("--extra", type=int, nargs="*", default=[12_000],
-                   help="extra sizes timed forward-only (the 12k target)")
+    p.add_argument(
+        "--extra",
+        type=int,
+        nargs="*",
+        default=[12_000],
+        help="extra sizes timed forward-only (the 12k target)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args()
     if args.child:

@@ -147,8 +147,13 @@ def _viewer_settings(eye: list[float], target: list[float]) -> dict:
         "postEffectSettings": {
             "sharpness": {**off, "amount": 0},
             "bloom": {**off, "intensity": 0.1, "blurLevel": 2},
-            "grading": {**off, "brightness": 1, "contrast": 1, "saturation": 1,
-                        "tint": [1, 1, 1]},  # fmt: skip
+            "grading": {
+                **off,
+                "brightness": 1,
+                "contrast": 1,
+                "saturation": 1,
+                "tint": [1, 1, 1],
+            },
             "vignette": {**off, "intensity": 0.5, "inner": 0.3, "outer": 0.75, "curvature": 1},
             "fringing": {**off, "intensity": 0.5},
         },
@@ -320,11 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--size", type=int, default=360, help="screenshot size in pixels")
     parser.add_argument("--montage", type=Path, default=None, help="write the montage here")
-    parser.add_argument("--direction", default="0,-1,0",
-                        help="camera direction from the prop, Blender's world (default: front)")
+    parser.add_argument(
+        "--direction",
+        default="0,-1,0",
+        help="camera direction from the prop, Blender's world (default: front)",
+    )
     parser.add_argument("--zoom", type=float, default=1.0, help="> 1: closer")
-    parser.add_argument("--axes", choices=("standard", "raw"), default="standard",
-                        help="how files are written (raw: the old Z-up files, for contrast)")
+    parser.add_argument(
+        "--axes",
+        choices=("standard", "raw"),
+        default="standard",
+        help="how files are written (raw: the old Z-up files, for contrast)",
+    )
     args = parser.parse_args(argv)
     formats = tuple(f.strip().lstrip(".") for f in args.formats.split(",") if f.strip())
     if args.input is None:

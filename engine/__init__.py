@@ -4,6 +4,8 @@
     model = engine.load_model("object-small", device="auto")   # shipped weights, offline
     rec = model.reconstruct(images, cameras)                    # rec.coarse, rec.gaussians
     engine.io.save(rec.gaussians, "prop.ply")
+
+`import engine` stays light: the model code loads when `load_model` is first asked for.
 """
 
 from __future__ import annotations

@@ -411,7 +411,7 @@ def evaluate_object(
             "reconstruct_wall": wall,
             "render_targets_wall": render_wall,
             **hull_seconds,
-        },  # fmt: skip
+        },
         hull=hull_scores,
         backend=fine_out.backend,
         hist=_hist_samples(rec, seed=int(item.get("index", 0))),

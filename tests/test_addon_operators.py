@@ -254,7 +254,7 @@ def test_reconstruct_from_selected_cameras(scene, spy):
     after = snapshot(scene)
     for key in before:
         if key not in ("objects", "images", "pointclouds", "meshes", "hide_render", "matrices",
-                       "modes"):
+                       "modes"):  # fmt: skip
             assert after[key] == before[key], key
     assert set(after["objects"]) - set(before["objects"]) == {obj.name}
     assert _new_data(before, after) == {obj.data.name}

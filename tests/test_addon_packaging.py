@@ -119,7 +119,7 @@ def test_installs_and_enables_in_fresh_blender(package, tmp_path):
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     ext_dir = tmp_path / "blender" / "extensions" / "user_default" / "gd_splat"
     assert out["install"] == ["FINISHED"] and out["enabled"]
     assert out["panel"] and out["operator"] and not out["panel_after_disable"]
@@ -229,7 +229,7 @@ def test_installed_extension_end_to_end(package, tmp_path):
                           timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     assert out["reconstruct"] == out["densify"] == ["FINISHED"]
     assert out["export"] == out["import"] == ["FINISHED"]
     assert out["modifiers"] == ["NODES"]  # the splat display

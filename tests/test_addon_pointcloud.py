@@ -411,10 +411,12 @@ def test_reads_mesh_with_ply_scalar_sh_layout(bpy):
     mesh = bpy.data.meshes.new("other")
     mesh.vertices.add(n)
     mesh.attributes["position"].data.foreach_set("vector", g.means.numpy().ravel())
-    def add(name, kind, values):  # noqa: E306
+
+    def add(name, kind, values):
         attr = mesh.attributes.new(name, kind, "POINT")
         prop = "vector" if kind == "FLOAT_VECTOR" else "value"
         attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
+
     add("opacity", "FLOAT", g.opacity_logits.numpy())
     add("scale", "FLOAT_VECTOR", g.log_scales.numpy())
     add("rotation", "QUATERNION", g.quats.numpy())

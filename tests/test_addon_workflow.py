@@ -173,8 +173,9 @@ def test_reconstruct_object_renders_a_rig_reconstructs_refines_and_leaves_no_tra
     assert scene.cycles.transparent_max_bounces == render_setup.SPLAT_TRANSPARENT_BOUNCES
     assert scene.cycles.min_transparent_bounces == render_setup.SPLAT_MIN_TRANSPARENT_BOUNCES
     allowed = {"objects", "images", "pointclouds", "meshes", "hide_render", "matrices", "modes",
-               "selected", "cycles.transparent_max_bounces", "cycles.min_transparent_bounces"}
-    assert {k for k in before if after[k] != before[k]} <= allowed  # fmt: skip
+               "selected", "cycles.transparent_max_bounces",
+               "cycles.min_transparent_bounces"}  # fmt: skip
+    assert {k for k in before if after[k] != before[k]} <= allowed
     assert after["objects"] == sorted([*before["objects"], obj.name])
     assert after["hide_render"] == {**before["hide_render"], obj.name: False}
     assert after["selected"] == [obj.name]

@@ -62,8 +62,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(
-    ("words", "flag", "value"), BAD, ids=[f"{w[0]}{w[1] if w[0] == 'data' else ''}{f}={v}"
-                                          for w, f, v in BAD]  # fmt: skip
+    ("words", "flag", "value"),
+    BAD,
+    ids=[f"{w[0]}{w[1] if w[0] == 'data' else ''}{f}={v}" for w, f, v in BAD],
 )
 def test_bad_numbers_are_refused_while_parsing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], words: list[str], flag: str, value: str

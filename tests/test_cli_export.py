@@ -117,6 +117,7 @@ def test_axes_standard_writes_each_formats_frame_and_raw_writes_the_world(
     if suffix == ".ply":  # orientations and SH turned with the positions
         assert torch.allclose(std.sh, expected.sh, atol=1e-6)
         assert torch.allclose(std.covariances, expected.covariances, atol=1e-6)
+
     # The printed bounds are the world's (with raw axes: IN's own coordinates).
     def lo(means):
         return "min (" + ", ".join(f"{float(v):.4g}" for v in means.amin(0)) + ")"
@@ -131,8 +132,9 @@ def test_in_axes_raw_converts_an_old_raw_export_to_standard(scene, tmp_path, cap
     save(g, old, axes="raw")  # what this project wrote before the convention
     new = tmp_path / "new.ply"
     assert export(capsys, old, new, "--in-axes", "raw")[0] == 0
-    assert torch.equal(load(new, axes="raw").means, (g.means.double() @ torch.from_numpy(
-        PLY_SPACE).T).float())
+    assert torch.equal(
+        load(new, axes="raw").means, (g.means.double() @ torch.from_numpy(PLY_SPACE).T).float()
+    )
     assert near(load(new).means, g.means) == 0
 
 

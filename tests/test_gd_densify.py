@@ -60,7 +60,7 @@ def test_object_structure_produces_exactly_the_configured_counts() -> None:
 def test_counts_are_per_batch_element(n0: int, n1: int) -> None:
     torch.manual_seed(1)
     cfg = TINY.with_(upsample=(2, 2, 3), channels=(8, 8, 8), heads=(2, 2, 2), depths=(1, 0, 1),
-                     continue_ratio=(0.7, 0.5))
+                     continue_ratio=(0.7, 0.5))  # fmt: skip
     model = GenerativeDensifier(cfg, in_channels=12).eval()
     means, feats = _inputs(n0 + n1)
     batch = torch.tensor([0] * n0 + [1] * n1)[torch.randperm(n0 + n1)]
@@ -79,7 +79,7 @@ def test_counts_are_per_batch_element(n0: int, n1: int) -> None:
 def test_a_continue_ratio_of_one_disables_the_mask_of_that_level() -> None:
     torch.manual_seed(12)
     cfg = TINY.with_(upsample=(2, 2, 2), channels=(8, 8, 8), heads=(2, 2, 2), depths=(1, 1, 1),
-                     continue_ratio=(1.0, 0.5))
+                     continue_ratio=(1.0, 0.5))  # fmt: skip
     assert level_counts(10, cfg) == [(20, 0), (40, 20), (40, 40)]
     model = GenerativeDensifier(cfg, in_channels=12).train()
     assert model.levels[0].split is None and model.levels[0].head is None
@@ -130,8 +130,15 @@ def test_output_is_invariant_to_input_order() -> None:
 
     def canonical(out, parent_map):
         g = out.gaussians
-        cols = [out.level[:, None], parent_map[out.parent][:, None], g.means, g.log_scales,
-                g.quats, g.opacity_logits[:, None], g.sh.flatten(1)]
+        cols = [
+            out.level[:, None],
+            parent_map[out.parent][:, None],
+            g.means,
+            g.log_scales,
+            g.quats,
+            g.opacity_logits[:, None],
+            g.sh.flatten(1),
+        ]
         rows = torch.cat([c.double() for c in cols], dim=1)
         # Sort by (level, parent, x, y, z): unique for distinct children.
         key = rows[:, :5]
@@ -152,8 +159,10 @@ def test_gradients_reach_every_parameter_and_the_mask_through_the_ste() -> None:
     out = model(means, feats.requires_grad_())
     g = out.gaussians
     gen = torch.Generator().manual_seed(0)
-    loss = sum((t * torch.randn(t.shape, generator=gen)).sum()
-               for t in (g.means, g.log_scales, g.quats, g.opacity_logits, g.sh))
+    loss = sum(
+        (t * torch.randn(t.shape, generator=gen)).sum()
+        for t in (g.means, g.log_scales, g.quats, g.opacity_logits, g.sh)
+    )
     loss.backward()
     missing = [
         name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
@@ -324,8 +333,9 @@ def test_config_validation() -> None:
         DensifyConfig(orders=("peano",))
     assert OBJECT.levels == 2 and SCENE.levels == 3
     assert OBJECT.channels == (160, 256) and OBJECT.heads == (20, 32) and OBJECT.patch_size == 48
-    assert math.isclose(math.log(OBJECT.grid_size / OBJECT.scale_divisor),
-                        math.log(0.5 * OBJECT.voxel_size / 24))
+    assert math.isclose(
+        math.log(OBJECT.grid_size / OBJECT.scale_divisor), math.log(0.5 * OBJECT.voxel_size / 24)
+    )
 
 
 def _train_step(model, parents, feats, seed):

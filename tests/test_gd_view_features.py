@@ -149,9 +149,13 @@ def test_child_sampler_averages_the_views_that_see_the_point() -> None:
     _, depth = cams.project(pts)
     alphas = torch.full((3, H, W), 0.75)
     # Coarse depth matches view 0 and 1 exactly enough; view 2 is "occluded" (depth 0.5).
-    depths = torch.stack([torch.full((H, W), float(depth[0].mean())),
-                          torch.full((H, W), float(depth[1].mean())),
-                          torch.full((H, W), 0.5)])
+    depths = torch.stack(
+        [
+            torch.full((H, W), float(depth[0].mean())),
+            torch.full((H, W), float(depth[1].mean())),
+            torch.full((H, W), 0.5),
+        ]
+    )
     feats = ChildSampler(images, cams, alphas, depths, tolerance=1e6)(pts)
     assert feats.shape == (10, CHILD_SAMPLES)
     torch.testing.assert_close(feats[:, :3], colours.mean(0).expand(10, 3))

@@ -264,9 +264,9 @@ def test_hostile_files(tmp_path: Path, content: bytes, match: str) -> None:
         (lambda: ngsp_bytes(3)[:40], "table of contents"),
         # A stream that decompresses to more (or less) than its declared size.
         (lambda: ngsp_bytes(3, streams=[bytes(28), bytes(3), bytes(9), bytes(9), bytes(12)],
-                            sizes=[27, 3, 9, 9, 12]), "more than 27"),  # fmt: skip
+                            sizes=[27, 3, 9, 9, 12]), "more than 27"),
         (lambda: ngsp_bytes(3, streams=[bytes(26), bytes(3), bytes(9), bytes(9), bytes(12)],
-                            sizes=[27, 3, 9, 9, 12]), "holds 26 bytes"),  # fmt: skip
+                            sizes=[27, 3, 9, 9, 12]), "holds 26 bytes"),
         (lambda: ngsp_bytes(3)[:128] + b"\xff" * (len(ngsp_bytes(3)) - 128), "zstd"),
         # 40M points declared by a small file: refused before anything is allocated.
         (lambda: ngsp_bytes(3)[:8] + struct.pack("<I", 40_000_000) + ngsp_bytes(3)[12:],

@@ -485,9 +485,7 @@ def _border_fraction(mask: np.ndarray) -> float:
     return float(border.mean())
 
 
-def estimate_masks(
-    images: Tensor, cameras: Cameras, config: MaskConfig | None = None
-) -> Masks:
+def estimate_masks(images: Tensor, cameras: Cameras, config: MaskConfig | None = None) -> Masks:
     """Foreground masks of views without alpha (see the module docstring).
 
     Args:
@@ -624,8 +622,8 @@ def check_masks(
             raise MaskError(
                 f"view {k} shows no prop: {what} is empty ({fraction:.2%} of the frame); "
                 + ("nothing stood out from the background" if source == "estimated"
-                   else "the prop is hidden, clipped or out of frame")  # fmt: skip
-            )
+                   else "the prop is hidden, clipped or out of frame")
+            )  # fmt: skip
         # An exact alpha may cover the frame (a close-up); a mask file or an estimate not.
         if source != "alpha" and fraction > (
             cfg.max_fraction if source == "estimated" else cfg.whole_frame

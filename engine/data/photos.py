@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera -> Blender/OpenGL camera
         c2w = cams.camera_to_world.numpy() @ flip
         paths = render_photos(
-            scene, prop["spec"], c2w, prop["views"]["fov_deg"], folder / PHOTOS_DIR, index,
+            scene,
+            prop["spec"],
+            c2w,
+            prop["views"]["fov_deg"],
+            folder / PHOTOS_DIR,
+            index,
             args.ground_lights_prop,
         )
         write_nerf_transforms(photos_transforms(folder), frames.cameras, paths)

@@ -45,7 +45,6 @@ class GradientStats:
         return self.total / self.count.clamp_min(1)
 
 
-
 @dataclass
 class DensifyStats:
     """What one densification did (counts of Gaussians)."""
