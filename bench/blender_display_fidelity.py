@@ -30,36 +30,39 @@ if str(ROOT) not in sys.path:
 RES = 128
 
 
-def make_gaussians(n: int = 400, seed: int = 0):
-    """n seeded Gaussians in [-0.4, 0.4]³: sigma 0.015–0.05, opacity 0.5–0.95, SH degree 0."""
+def _seeded_gaussians(
+    n: int,
+    seed: int,
+    extent: float,
+    sigma: tuple[float, float],
+    opacity: tuple[float, float],
+):
+    """n seeded Gaussians, SH degree 0: centres uniform in [-extent/2, extent/2]³, each
+    axis' sigma log-uniform in `sigma`, opacity uniform in `opacity`, random rotations and
+    colours."""
     import torch
 
     from engine.gaussians import Gaussians
 
     gen = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=gen) - 0.5) * 0.8
-    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.015), math.log(0.05), generator=gen))
+    means = (torch.rand(n, 3, generator=gen) - 0.5) * extent
+    log_sigma = torch.empty(n, 3).uniform_(math.log(sigma[0]), math.log(sigma[1]), generator=gen)
     quats = torch.randn(n, 4, generator=gen)
-    opacities = torch.empty(n).uniform_(0.5, 0.95, generator=gen)
+    opacities = torch.empty(n).uniform_(*opacity, generator=gen)
     colors = torch.rand(n, 3, generator=gen)
-    return Gaussians.from_activated(means, scales, quats, opacities, colors=colors)
+    return Gaussians.from_activated(means, log_sigma.exp(), quats, opacities, colors=colors)
+
+
+def make_gaussians(n: int = 400, seed: int = 0):
+    """n seeded Gaussians in [-0.4, 0.4]³: sigma 0.015–0.05, opacity 0.5–0.95, SH degree 0."""
+    return _seeded_gaussians(n, seed, 0.8, sigma=(0.015, 0.05), opacity=(0.5, 0.95))
 
 
 def make_dense_gaussians(n: int = 600, seed: int = 0):
     """n seeded translucent Gaussians packed in [-0.25, 0.25]³ (sigma 0.03–0.08, opacity
     0.05–0.3): like a reconstruction, a ray crosses dozens of them, more than Cycles' default
     8 transparent bounces."""
-    import torch
-
-    from engine.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=gen) - 0.5) * 0.5
-    scales = torch.exp(torch.empty(n, 3).uniform_(math.log(0.03), math.log(0.08), generator=gen))
-    quats = torch.randn(n, 4, generator=gen)
-    opacities = torch.empty(n).uniform_(0.05, 0.3, generator=gen)
-    colors = torch.rand(n, 3, generator=gen)
-    return Gaussians.from_activated(means, scales, quats, opacities, colors=colors)
+    return _seeded_gaussians(n, seed, 0.5, sigma=(0.03, 0.08), opacity=(0.05, 0.3))
 
 
 # Transparent bounces of the Cycles render: "matched" (what the rasteriser does: every
