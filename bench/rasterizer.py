@@ -151,6 +151,7 @@ def child_raster(n: int, threads: int, opensplat: str | None) -> dict:
     result = {"ours_fwd": timed(ours_fwd, repeats), "ours_full": timed(ours_full, repeats)}
     ext = load_opensplat(opensplat)
     if ext is not None:
+
         def os_fwd():
             with torch.no_grad():
                 opensplat_render(ext, gg, cams)

@@ -487,23 +487,10 @@ class NumbaRasterize(torch.autograd.Function):
         ext_np, dep_np = _numpy(extents), _numpy(depths)
         acc = np.zeros((num_cams, height, width, n_ch), dtype)
         alpha = np.zeros((num_cams, height, width), dtype)
+        geometry = (tile_size, tiles_x, tiles_y, width, height, n_parts)
+        arrays = (m_np, con_np, col_np, op_np, ext_np, dep_np)
         bins = [
-            _forward_camera(
-                m_np[c],
-                con_np[c],
-                col_np[c],
-                op_np[c],
-                ext_np[c],
-                dep_np[c],
-                tile_size,
-                tiles_x,
-                tiles_y,
-                width,
-                height,
-                n_parts,
-                acc[c],
-                alpha[c],
-            )  # fmt: skip
+            _forward_camera(*(x[c] for x in arrays), *geometry, acc[c], alpha[c])
             for c in range(num_cams)
         ]
         ctx.bins = bins
