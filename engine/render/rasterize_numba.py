@@ -39,6 +39,8 @@ same maths as the PyTorch `projection.py`).
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numba
@@ -435,17 +437,69 @@ class _Bins:
 _RECORDS_PER_PIXEL = [8.0]
 
 
+class _ScratchPool:
+    """Large scratch arrays kept for reuse from one render to the next.
+
+    A fresh array of tens of MB is mapped by the OS page by page on first touch (glibc
+    serves allocations above its mmap threshold, at most 32 MB, straight from mmap and
+    returns them on free): measured, the first five forward passes of a 10k-Gaussian 256²
+    render took 2-4x the steady time, and renders above 32 MB of records paid it every time.
+    Sizes are rounded up (at most 1/8 more) so similar renders share arrays; at most
+    `limit` bytes are kept, beyond which arrays are simply dropped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free: dict[tuple[int, str], list[np.ndarray]] = {}
+        self._kept = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _rounded(size: int) -> int:
+        step = max(1, 1 << max(0, size.bit_length() - 4))  # 1/8 to 1/16 of the size
+        return -(-size // step) * step
+
+    def take(self, size: int, dtype: np.dtype | type) -> np.ndarray:
+        """A 1-D array of at least `size` elements (contents undefined)."""
+        key = (self._rounded(size), np.dtype(dtype).str)
+        with self._lock:
+            stack = self._free.get(key)
+            if stack:
+                array = stack.pop()
+                self._kept -= array.nbytes
+                return array
+        return np.empty(key[0], dtype)
+
+    def give(self, *arrays: np.ndarray) -> None:
+        """Return arrays from `take` for reuse."""
+        with self._lock:
+            for array in arrays:
+                if self._kept + array.nbytes <= self.limit:
+                    self._free.setdefault((array.size, array.dtype.str), []).append(array)
+                    self._kept += array.nbytes
+
+    def give_when_freed(self, owner: object, *arrays: np.ndarray) -> None:
+        """Return `arrays` once `owner` is garbage (what still reads them holds `owner`)."""
+        weakref.finalize(owner, self.give, *arrays)
+
+
+_SCRATCH = _ScratchPool(limit=256 * 2**20)
+
+
 def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, width, height,
-                    n_parts, acc, alpha) -> _Bins:  # fmt: skip
-    """Bin, draw and record one camera into acc (H, W, D) and alpha (H, W)."""
+                    n_parts, acc, alpha, record) -> _Bins:  # fmt: skip
+    """Bin and draw one camera into acc (H, W, D) and alpha (H, W); with `record`, keep
+    the blended pairs for the backward pass (without, the records are empty)."""
     order = _depth_order(dep, np.flatnonzero(ext[:, 0] > 0))
     offsets, ids = _bin_tiles(m, ext, order, tile_size, tiles_x, tiles_y, width, height, n_parts)
     n_tiles = tiles_x * tiles_y
     while True:
-        cap = max(1024, int(_RECORDS_PER_PIXEL[0] * width * height / n_parts))
-        cap = min(cap, int(ids.size) * tile_size * tile_size + 1)  # never more than pairs × pixels
-        rec = (np.empty((n_parts, cap), np.int32), np.empty((n_parts, cap), np.int32),
-               np.empty((n_parts, cap), col.dtype))  # fmt: skip
+        cap = 0
+        if record:
+            cap = max(1024, int(_RECORDS_PER_PIXEL[0] * width * height / n_parts))
+            cap = min(cap, int(ids.size) * tile_size * tile_size + 1)  # ≤ pairs × pixels
+        bases = [_SCRATCH.take(n_parts * cap, t) for t in (np.int32, np.int32, col.dtype)]
+        rec = tuple(x[: n_parts * cap].reshape(n_parts, cap) for x in bases)
         tile_rec = np.zeros((n_tiles, 2), np.int64)
         used = np.zeros(n_parts, np.int64)
         trans = np.ones((height, width), np.float64)
@@ -455,9 +509,13 @@ def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, widt
             acc, alpha, trans, last, *rec, tile_rec, used,
         )  # fmt: skip
         most = int(used.max()) if used.size else 0
-        if most <= cap:
-            _RECORDS_PER_PIXEL[0] = max(2.0, 1.25 * most * n_parts / (width * height))
-            return _Bins(offsets, ids, trans, rec, tile_rec)
+        if not record or most <= cap:
+            if record:
+                _RECORDS_PER_PIXEL[0] = max(2.0, 1.25 * most * n_parts / (width * height))
+            bins = _Bins(offsets, ids, trans, rec, tile_rec)
+            _SCRATCH.give_when_freed(bins, *bases)
+            return bins
+        _SCRATCH.give(*bases)
         _RECORDS_PER_PIXEL[0] = 1.25 * most * n_parts / (width * height)
 
 
@@ -477,7 +535,9 @@ class NumbaRasterize(torch.autograd.Function):
     """Differentiable compositing of screen-space Gaussians on the CPU."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, colors, opacities, extents, depths, width, height, tile_size):
+    def forward(
+        ctx, means2d, conics, colors, opacities, extents, depths, width, height, tile_size, record
+    ):
         num_cams, n, n_ch = colors.shape
         dtype = np.float64 if colors.dtype == torch.float64 else np.float32
         tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -490,7 +550,7 @@ class NumbaRasterize(torch.autograd.Function):
         geometry = (tile_size, tiles_x, tiles_y, width, height, n_parts)
         arrays = (m_np, con_np, col_np, op_np, ext_np, dep_np)
         bins = [
-            _forward_camera(*(x[c] for x in arrays), *geometry, acc[c], alpha[c])
+            _forward_camera(*(x[c] for x in arrays), *geometry, acc[c], alpha[c], record)
             for c in range(num_cams)
         ]
         ctx.bins = bins
@@ -513,7 +573,8 @@ class NumbaRasterize(torch.autograd.Function):
         g_acc = _numpy(grad_acc).astype(dtype, copy=False)
         g_alpha = _numpy(grad_alpha).astype(dtype, copy=False)
         total = np.empty((num_cams, n, n_cols), dtype)
-        part_grads = np.empty((n_parts, n, n_cols), dtype)
+        base = _SCRATCH.take(n_parts * n * n_cols, dtype)
+        part_grads = base[: n_parts * n * n_cols].reshape(n_parts, n, n_cols)
         for c, b in enumerate(ctx.bins):
             part_grads[:] = 0.0
             _backward_kernel(
@@ -522,6 +583,7 @@ class NumbaRasterize(torch.autograd.Function):
                 part_grads, means_only,
             )  # fmt: skip
             np.sum(part_grads, axis=0, out=total[c])
+        _SCRATCH.give(base)
         outs = [total[..., _MEAN:_ABS], total[..., _ABS:_CONIC]]
         if not means_only:
             outs += [total[..., _CONIC:_OPACITY], total[..., _COLOR:], total[..., _OPACITY:_COLOR]]
@@ -534,9 +596,9 @@ class NumbaRasterize(torch.autograd.Function):
         )
         grads = [torch.from_numpy(out).to(device) for out in outs]
         if means_only:
-            return grads[0], None, None, None, None, None, None, None, None
+            return grads[0], None, None, None, None, None, None, None, None, None
         return (
-            grads[0], grads[2], grads[3], grads[4][..., 0], None, None, None, None, None
+            grads[0], grads[2], grads[3], grads[4][..., 0], None, None, None, None, None, None
         )  # fmt: skip
 
 
@@ -562,6 +624,11 @@ def rasterize_numba(
         accumulated features (C, H, W, D) with no background, and alpha (C, H, W).
         After backward, `means2d.absgrad` (C, N, 2) holds the AbsGS absolute gradient.
     """
+    # Without a backward to come (no grad mode, nothing requiring grad) the forward pass
+    # keeps no records of its blended pairs.
+    record = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, colors, opacities)
+    )
     return NumbaRasterize.apply(
-        means2d, conics, colors, opacities, extents, depths, width, height, tile_size
+        means2d, conics, colors, opacities, extents, depths, width, height, tile_size, record
     )
