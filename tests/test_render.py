@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import engine.render.rasterize_numba as rn
 from engine.cameras import Cameras
 from engine.gaussians import Gaussians
 from engine.render import RenderError, render, resolve_backend
@@ -180,6 +183,69 @@ def test_means2d_gradient_available_for_frozen_gaussians(backend):
     assert grad[out.visible].abs().sum() > 0
     assert torch.all(grad[~out.visible] == 0)
     assert all(p.grad is None for p in g.parameters())
+
+
+def test_numba_depth_order_is_the_stable_argsort():
+    """The radix sort on the depths' bits gives np.argsort(kind="stable")'s order: ties in
+    index order, negative depths first, for float32 and float64."""
+    gen = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        depths = (gen.standard_normal(5000) * 4).astype(dtype)
+        depths[::9] = depths[4]  # many ties
+        visible = np.flatnonzero(gen.random(5000) > 0.2)
+        expected = visible[np.argsort(depths[visible], kind="stable")]
+        assert np.array_equal(rn._depth_order(depths, visible), expected)
+
+
+def test_numba_forward_without_backward_keeps_no_records():
+    """A render no backward follows composites the same image without recording pairs."""
+    g = random_gaussians(300, 12)
+    cams = ring_cameras(2, 40, 32)
+    with torch.no_grad():
+        plain = render(g, cams, backend="numba")
+    params = [p.detach().clone().requires_grad_(True) for p in g.parameters()]
+    tracked = render(Gaussians(*params), cams, backend="numba")
+    assert torch.equal(plain.colors, tracked.colors)
+    seen = []
+    original = rn._forward_camera
+    try:
+        rn._forward_camera = lambda *a: seen.append(original(*a)) or seen[-1]
+        with torch.no_grad():
+            render(g, cams, backend="numba")
+        assert seen and all(b.records[0].size == 0 for b in seen)
+        seen.clear()
+        render(Gaussians(*params), cams, backend="numba").colors.sum().backward()
+        assert seen and all(b.records[0].size > 0 for b in seen)
+    finally:
+        rn._forward_camera = original
+    assert params[0].grad is not None and params[0].grad.abs().sum() > 0
+
+
+def test_scratch_pool_reuses_arrays_only_once_their_owner_is_gone():
+    pool = rn._ScratchPool(limit=1 << 20)
+    a = pool.take(1000, np.float32)
+    assert a.size >= 1000 and a.dtype == np.float32
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    pool.give_when_freed(owner, a)
+    assert pool.take(1000, np.float32) is not a  # still owned: a fresh array
+    del owner
+    gc.collect()
+    assert pool.take(1010, np.float32) is a  # a similar size shares the rounded array
+    big = pool.take(1 << 20, np.float64)  # 8 MB: more than the pool keeps
+    pool.give(big)
+    assert pool.take(1 << 20, np.float64) is not big
+
+
+def test_numba_thread_parts_keep_the_gradient_rows_within_their_budget():
+    assert rn._thread_parts(8, 1000, 3, np.float32) == 8
+    per_part = 1_000_000 * (rn._COLOR + 3) * 4
+    parts = rn._thread_parts(64, 1_000_000, 3, np.float32)
+    assert 1 <= parts < 64 and parts * per_part <= rn._GRAD_BUFFER_BYTES
+    assert rn._thread_parts(4, 10**9, 3, np.float64) == 1
 
 
 def test_means_only_backward_gives_the_same_means2d_gradients():
