@@ -206,7 +206,6 @@ def _forward_kernel(
     out_acc,
     out_alpha,
     out_t,
-    out_last,
     rec_k,
     rec_pix,
     rec_gauss,
@@ -222,7 +221,6 @@ def _forward_kernel(
         # skip it anyway), not every pixel of the tile.
         trans = np.empty((tile, tile))
         acc = np.empty((tile, tile, n_ch))
-        last = np.empty((tile, tile), np.int64)
         done = np.empty((tile, tile), np.bool_)
         row_live = np.empty(tile, np.int64)
         n_rec = 0
@@ -233,7 +231,6 @@ def _forward_kernel(
             x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
             trans[:, :] = 1.0
             acc[:, :, :] = 0.0
-            last[:, :] = start
             done[:, :] = False
             row_live[:] = x1 - x0 + 1
             live = (x1 - x0 + 1) * (y1 - y0 + 1)
@@ -276,7 +273,6 @@ def _forward_kernel(
                         for ch in range(n_ch):
                             acc[ly, lx, ch] += w * colors[g, ch]
                         trans[ly, lx] = next_t
-                        last[ly, lx] = k + 1
                         # The blended pair, in (k, pixel) order: walked backwards it is
                         # every pixel's list back to front, all the backward pass needs.
                         if n_rec < cap:
@@ -292,7 +288,6 @@ def _forward_kernel(
                         out_acc[py, px, ch] = acc[ly, lx, ch]
                     out_alpha[py, px] = 1.0 - trans[ly, lx]
                     out_t[py, px] = trans[ly, lx]
-                    out_last[py, px] = last[ly, lx]
         overflow[part] = n_rec
 
 
@@ -503,10 +498,9 @@ def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, widt
         tile_rec = np.zeros((n_tiles, 2), np.int64)
         used = np.zeros(n_parts, np.int64)
         trans = np.ones((height, width), np.float64)
-        last = np.zeros((height, width), np.int64)
         _forward_kernel(
             m, con, col, op, ext, offsets, ids, tile_size, tiles_x, width, height, n_parts,
-            acc, alpha, trans, last, *rec, tile_rec, used,
+            acc, alpha, trans, *rec, tile_rec, used,
         )  # fmt: skip
         most = int(used.max()) if used.size else 0
         if not record or most <= cap:
