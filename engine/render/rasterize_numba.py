@@ -277,7 +277,7 @@ def _forward_kernel(
                         # every pixel's list back to front, all the backward pass needs.
                         if n_rec < cap:
                             rec_k[part, n_rec] = k
-                            rec_pix[part, n_rec] = ly * tile + lx
+                            rec_pix[part, n_rec] = (ly << 16) | lx  # no division to undo
                             rec_gauss[part, n_rec] = gauss
                         n_rec += 1
             tile_rec[t, 1] = n_rec
@@ -371,7 +371,7 @@ def _backward_kernel(
                     for ch in range(n_ch):
                         g_col[ch] = 0.0
                 pix = rec_pix[part, r]
-                ly, lx = pix // tile, pix % tile
+                ly, lx = pix >> 16, pix & 0xFFFF
                 py, px = y0 + ly, x0 + lx
                 dx = mx - (px + 0.5)
                 dy = my - (py + 0.5)
