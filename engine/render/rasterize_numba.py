@@ -618,6 +618,8 @@ def rasterize_numba(
         accumulated features (C, H, W, D) with no background, and alpha (C, H, W).
         After backward, `means2d.absgrad` (C, N, 2) holds the AbsGS absolute gradient.
     """
+    if not 1 <= tile_size <= 1024:  # a recorded pair packs its row and column in 16 bits
+        raise ValueError(f"tile_size must be 1 to 1024 pixels, got {tile_size}")
     # Without a backward to come (no grad mode, nothing requiring grad) the forward pass
     # keeps no records of its blended pairs.
     record = torch.is_grad_enabled() and any(
