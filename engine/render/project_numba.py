@@ -240,6 +240,11 @@ def _project_backward(
         jw1 = np.empty(3)
         t0 = np.empty(3)
         t1 = np.empty(3)
+        # Every output row is written here (the SH row summed over the cameras below), so
+        # the caller allocates them uninitialised: no serial memset of N x 16 x 3 floats.
+        for k in range(out_sh.shape[1]):
+            for ch in range(out_sh.shape[2]):
+                out_sh[i, k, ch] = 0.0
         qn = _rotation(quats, i, rot)
         for c in range(3):
             scale[c] = math.exp(log_scales[i, c])
@@ -440,7 +445,7 @@ class _NumbaProject(torch.autograd.Function):
             grad(g_colors, (n_cams, n, 3)), grad(g_opac, (n_cams, n)),
             grad(g_depths, (n_cams, n)),
         )  # fmt: skip
-        outs = [np.zeros_like(a) for a in arrays]
+        outs = [np.empty_like(a) for a in arrays]  # the kernel writes every element
         if n:
             _project_backward(*arrays, *cams, *scalars, *grads_in, *outs)
         return (*(torch.from_numpy(o) for o in outs), *([None] * 9))
