@@ -221,6 +221,14 @@ def test_numba_forward_without_backward_keeps_no_records():
     assert params[0].grad is not None and params[0].grad.abs().sum() > 0
 
 
+def test_numba_rasteriser_refuses_a_tile_size_it_cannot_record():
+    args = [torch.zeros(1, 1, 2), torch.zeros(1, 1, 3), torch.zeros(1, 1, 3)]
+    args += [torch.zeros(1, 1), torch.zeros(1, 1, 2), torch.zeros(1, 1)]
+    for tile in (0, 1025):
+        with pytest.raises(ValueError, match="tile_size must be 1 to 1024 pixels"):
+            rasterize_numba(*args, 8, 8, tile)
+
+
 def test_scratch_pool_reuses_arrays_only_once_their_owner_is_gone():
     pool = rn._ScratchPool(limit=1 << 20)
     a = pool.take(1000, np.float32)

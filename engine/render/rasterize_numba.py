@@ -291,8 +291,8 @@ def _forward_kernel(
         overflow[part] = n_rec
 
 
-# Columns of the per-pair gradient rows the backward kernel writes: 2D mean (x, y), its
-# AbsGS absolute value (x, y), conic (a, b, c), opacity, then the colour channels.
+# Columns of the per-Gaussian gradient rows the backward kernel sums into: 2D mean (x, y),
+# its AbsGS absolute value (x, y), conic (a, b, c), opacity, then the colour channels.
 _MEAN, _ABS, _CONIC, _OPACITY, _COLOR = 0, 2, 4, 7, 8
 
 
@@ -489,11 +489,12 @@ def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, widt
     offsets, ids = _bin_tiles(m, ext, order, tile_size, tiles_x, tiles_y, width, height, n_parts)
     n_tiles = tiles_x * tiles_y
     while True:
-        cap = 0
         if record:
             cap = max(1024, int(_RECORDS_PER_PIXEL[0] * width * height / n_parts))
             cap = min(cap, int(ids.size) * tile_size * tile_size + 1)  # ≤ pairs × pixels
-        bases = [_SCRATCH.take(n_parts * cap, t) for t in (np.int32, np.int32, col.dtype)]
+            bases = [_SCRATCH.take(n_parts * cap, t) for t in (np.int32, np.int32, col.dtype)]
+        else:  # nothing recorded: the kernel writes no pair when cap is 0
+            cap, bases = 0, [np.empty(0, t) for t in (np.int32, np.int32, col.dtype)]
         rec = tuple(x[: n_parts * cap].reshape(n_parts, cap) for x in bases)
         tile_rec = np.zeros((n_tiles, 2), np.int64)
         used = np.zeros(n_parts, np.int64)
@@ -503,10 +504,11 @@ def _forward_camera(m, con, col, op, ext, dep, tile_size, tiles_x, tiles_y, widt
             acc, alpha, trans, *rec, tile_rec, used,
         )  # fmt: skip
         most = int(used.max()) if used.size else 0
-        if not record or most <= cap:
-            if record:
-                _RECORDS_PER_PIXEL[0] = max(2.0, 1.25 * most * n_parts / (width * height))
-            bins = _Bins(offsets, ids, trans, rec, tile_rec)
+        bins = _Bins(offsets, ids, trans, rec, tile_rec)
+        if not record:
+            return bins
+        if most <= cap:
+            _RECORDS_PER_PIXEL[0] = max(2.0, 1.25 * most * n_parts / (width * height))
             _SCRATCH.give_when_freed(bins, *bases)
             return bins
         _SCRATCH.give(*bases)
@@ -536,8 +538,9 @@ class NumbaRasterize(torch.autograd.Function):
         dtype = np.float64 if colors.dtype == torch.float64 else np.float32
         tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
         n_parts = _thread_parts(numba.get_num_threads(), n, n_ch, dtype)
-        m_np, con_np = _numpy(means2d).astype(dtype), _numpy(conics).astype(dtype)
-        col_np, op_np = _numpy(colors).astype(dtype), _numpy(opacities).astype(dtype)
+        m_np, con_np, col_np, op_np = (
+            _numpy(t).astype(dtype, copy=False) for t in (means2d, conics, colors, opacities)
+        )
         ext_np, dep_np = _numpy(extents), _numpy(depths)
         acc = np.zeros((num_cams, height, width, n_ch), dtype)
         alpha = np.zeros((num_cams, height, width), dtype)
@@ -560,8 +563,8 @@ class NumbaRasterize(torch.autograd.Function):
         num_cams, n, n_ch = col_np.shape
         dtype = col_np.dtype
         # When only the 2D means need a gradient (the gradient mask renders detached
-        # Gaussians), the conic, colour and opacity terms are neither written nor reduced:
-        # 4 of the 8 + D pair columns remain.
+        # Gaussians), the conic, colour and opacity terms are neither summed nor returned:
+        # 4 of the 8 + D gradient columns remain.
         means_only = not any(ctx.needs_input_grad[1:4])
         n_cols = _CONIC if means_only else _COLOR + n_ch
         g_acc = _numpy(grad_acc).astype(dtype, copy=False)
