@@ -153,6 +153,14 @@ class JobOperator:
 
     _job: jobs.Job | None = None
     _timer: Any = None
+    job_name = "job"
+    """What the status bar and the reports call the job; a subclass with a `bl_label` and
+    no `job_name` of its own gets its label."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "job_name" not in vars(cls) and "bl_label" in vars(cls):
+            cls.job_name = cls.bl_label
 
     # -- subclass API
     def prepare(self, context: bpy.types.Context) -> None:
@@ -176,8 +184,6 @@ class JobOperator:
 
     def cleanup(self, context: bpy.types.Context) -> None:
         """Always called at the end (temporary files...)."""
-
-    job_name = "job"
 
     def add_step(self, message: str, step: Callable[[], None]) -> None:
         """Queue main-thread work (one render): each step gets its own timer tick."""

@@ -266,7 +266,6 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.reconstruct"
     bl_label = "Reconstruct"
-    job_name = "Reconstruct"
 
     source: EnumProperty(name="Source", items=RECONSTRUCT_SOURCES, default="SCENE")  # type: ignore[valid-type]
 
@@ -498,7 +497,6 @@ class GD_OT_reconstruct_object(_RefineSteps, SceneJobOperator, bpy.types.Operato
 
     bl_idname = "gd.reconstruct_object"
     bl_label = "Reconstruct Object"
-    job_name = "Reconstruct Object"
 
     blocker = staticmethod(reconstruct_object_blocker)
 
@@ -549,7 +547,6 @@ class GD_OT_reconstruct_scene(SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.reconstruct_scene"
     bl_label = "Reconstruct Scene"
-    job_name = "Reconstruct Scene"
 
     blocker = staticmethod(reconstruct_scene_blocker)
 
@@ -622,7 +619,6 @@ class GD_OT_refine(_RefineSteps, SceneJobOperator, bpy.types.Operator):
 
     bl_idname = "gd.refine"
     bl_label = "Refine"
-    job_name = "Refine"
 
     blocker = staticmethod(refine_blocker)
 
@@ -875,7 +871,6 @@ class GD_OT_install_dependencies(JobOperator, bpy.types.Operator):
     bl_idname = "gd.install_dependencies"
     bl_label = "Install PyTorch"
     bl_options = {"REGISTER", "INTERNAL"}
-    job_name = "Install PyTorch"
 
     build: EnumProperty(  # type: ignore[valid-type]
         name="Build",
