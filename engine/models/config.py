@@ -9,7 +9,7 @@ field that did, `BackboneConfig.dino_repo`, is never written and refused when re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..gd.config import (
     CHILD_SAMPLES,
@@ -111,33 +111,49 @@ class BackboneConfig:
                 raise ValueError(f"{name} must be a multiple of 8 (GroupNorm groups)")
 
 
-@dataclass(frozen=True)
-class ObjectModelConfig:
-    """The whole object model.
+@dataclass(frozen=True, kw_only=True)
+class ModelConfigBase:
+    """The fields the object model's config (`ObjectModelConfig`) and the scene model's
+    (`engine.models.scene_backbone.SceneModelConfig`) share, in the order a weights file's
+    config lists them; each of those declares its own defaults."""
 
-    Attributes:
-        name: preset name.
-        image_size: square input resolution the backbone is trained at.
-        detail_size: square resolution of the views the densifier reads (gradient
-            mask, view features, the children's own samples); 0: `image_size`. Finer
-            than the backbone's input, it shows the fine Gaussians detail the coarse
-            ones were made without.
-        max_views: most input views accepted.
-        backbone, densify: sub-network configs.
-        candidates: default densification budget K at inference.
-        train_candidates: K while training (smaller renders, faster steps).
-        gradient_variant: "abs" (AbsGS) or "plain" candidate scores.
-    """
+    name: str
+    """Preset name."""
+    image_size: int
+    """Square input resolution the backbone reads its views at."""
+    detail_size: int = 0
+    """Square resolution of the views the densifier reads (gradient mask, view features,
+    the children's own samples); 0: `image_size`. Finer than the backbone's input, it shows
+    the fine Gaussians detail the coarse ones were made without."""
+    max_views: int
+    """Most input views accepted."""
+    backbone: Any
+    """The backbone's config (a `BackboneConfig` or a `SceneBackboneConfig`)."""
+    densify: DensifyConfig
+    """The generative densifier's config."""
+    candidates: int
+    """Default densification budget K at inference."""
+    train_candidates: int
+    """K while training (smaller renders, faster steps)."""
+    gradient_variant: str = "abs"
+    """Candidate scores: "abs" (AbsGS) or "plain"."""
+
+    def with_(self, **changes: Any) -> Self:
+        """A copy with `changes` (`dataclasses.replace`)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectModelConfig(ModelConfigBase):
+    """The whole object model (the fields: `ModelConfigBase`)."""
 
     name: str = "object-small"
     image_size: int = 128
-    detail_size: int = 0
     max_views: int = 8
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     densify: DensifyConfig = SMALL
     candidates: int = 2000
     train_candidates: int = 2000
-    gradient_variant: str = "abs"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON-ready data, for a weights file: `backbone.dino_repo` is
@@ -161,9 +177,6 @@ class ObjectModelConfig:
             )
         _refuse_code(data.get("backbone"))
         return model_config_from_dict(ObjectModelConfig, BackboneConfig, data, "object")
-
-    def with_(self, **changes: Any) -> ObjectModelConfig:
-        return replace(self, **changes)
 
 
 ModelConfig = TypeVar("ModelConfig")

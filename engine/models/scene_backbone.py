@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from ..gd.config import (
     ViewFeatureConfig,
 )
 from ..rotations import matrix_to_quaternion, normalize_quaternions, quaternion_multiply
-from .config import model_config_from_dict
+from .config import ModelConfigBase, model_config_from_dict
 
 __all__ = [
     "SCENE_PRESETS",
@@ -135,38 +135,27 @@ class SceneBackboneConfig:
         return 2 ** (len(self.channels) - 1)
 
 
-@dataclass(frozen=True)
-class SceneModelConfig:
-    """The scene model: `SceneBackbone` and its generative densifier (`gd_scene.py`).
-
-    Attributes:
-        name: preset name.
-        image_size: square input resolution the model reads context views at
-            (`GDSceneModel.reconstruct` resamples views to it; training may read smaller
-            ones: the backbone is convolutional and its geometry is computed).
-        detail_size: square resolution of the views the densifier reads (gradient mask,
-            view features, the children's own samples); 0: `image_size`. Finer than the
-            backbone's input, it shows the fine Gaussians detail the per-pixel ones were
-            made without (as the object model's `detail_size`).
-        max_views: most context views accepted (the cost grows with V²).
-        backbone: `SceneBackboneConfig`.
-        densify: the densifier (`candidates` per context view: `candidates_per_view`).
-        candidates: inference K per context view.
-        train_candidates: K per context view while training.
-        gradient_variant: "abs" (AbsGS) or "plain" candidate scores.
-    """
+@dataclass(frozen=True, kw_only=True)
+class SceneModelConfig(ModelConfigBase):
+    """The scene model: `SceneBackbone` and its generative densifier (`gd_scene.py`); the
+    fields are `ModelConfigBase`'s, with `backbone` a `SceneBackboneConfig`."""
 
     name: str = "scene-small"
     image_size: int = 256
-    detail_size: int = 0
+    """Square input resolution the model reads context views at (`GDSceneModel.reconstruct`
+    resamples views to it; training may read smaller ones: the backbone is convolutional
+    and its geometry is computed)."""
     max_views: int = 4
+    """Most context views accepted (the cost grows with V²)."""
     backbone: SceneBackboneConfig = field(default_factory=SceneBackboneConfig)
     densify: DensifyConfig = field(default_factory=lambda: SCENE_SMALL_DENSIFY)
+    """The densifier (`candidates` per context view: `candidates_per_view`)."""
     # K = 1000 a view, as in training: on 16 validation scenes K = 1000 / 2000 / 4000 / 8000
     # gave fine - coarse +0.06 / +0.05 / -0.08 / -0.31 dB (docs/eval/scene-small).
     candidates: int = 1000
+    """Inference K per context view."""
     train_candidates: int = 1000
-    gradient_variant: str = "abs"
+    """K per context view while training."""
 
     def __post_init__(self) -> None:
         if not self.densify.candidates_per_view:
@@ -188,9 +177,6 @@ class SceneModelConfig:
         # Either may be left out: then the defaults.
         data = {"backbone": {}, "densify": asdict(SCENE_SMALL_DENSIFY), **data}
         return model_config_from_dict(SceneModelConfig, SceneBackboneConfig, data, "scene")
-
-    def with_(self, **changes: Any) -> SceneModelConfig:
-        return replace(self, **changes)
 
 
 SCENE_SMALL_DENSIFY = SMALL.with_(
