@@ -217,8 +217,8 @@ def _constants(dtype: np.dtype | type) -> np.ndarray:
 @njit(cache=CACHE, nogil=True, inline="always")
 def _alpha(x, mx, ca, cdy, bdy, op, zero, cap, a_max):  # pragma: no cover
     """At pixel centre x of a row: (sigma >= 0, exp(-sigma), o·exp(-sigma), alpha), with
-    ca = a/2, cdy = c·dy²/2, bdy = b·dy. Both passes call this, so they compute bit-identical
-    alphas and agree on which pixels blended."""
+    ca = a/2, cdy = c·dy²/2, bdy = b·dy. sigma is clamped into [0, SIGMA_CAP] for the exp
+    only; the caller rejects sigma < 0 as the other backends do."""
     dx = mx - x
     sigma = ca * dx * dx + cdy + bdy * dx
     gauss = _exp_neg(min(max(sigma, zero), cap))
@@ -349,13 +349,16 @@ def _forward_kernel(
                         for lx in range(tile):
                             st[o_c + _u(lx)] += st[o_w + row + _u(lx)] * c
                     n_done = zero
-                    n_blend = 0
                     for lx in range(tile):
                         n_done += st[o_done + row + _u(lx)]
-                        n_blend += np.int32(st[o_g + row + _u(lx)] != zero)
                     saturated = row_live[ly] - (w_tile - int(n_done))
                     row_live[ly] -= saturated
                     live -= saturated
+                    if cap == 0:
+                        continue  # no backward pass follows: nothing to record
+                    n_blend = 0
+                    for lx in range(tile):
+                        n_blend += np.int32(st[o_g + row + _u(lx)] != zero)
                     if n_blend == 0:
                         continue
                     # The row's blended pixels, for the backward pass: walked backwards, the
