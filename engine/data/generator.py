@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from .layout import (
 )
 from .procedural.spec import sample_prop
 
+if TYPE_CHECKING:
+    from .procedural.scene import RenderSettings
+
 # Surface points recorded per object (world coordinates) for checks such as re-projecting
 # them into the renders: they must land on the silhouette.
 SURFACE_POINTS = 64
@@ -39,12 +42,9 @@ class Generator:
         self,
         root: str | Path,
         seed: int,
-        resolution: int = 256,
+        settings: RenderSettings,
         n_input: int = 4,
         n_target: int = 8,
-        samples: int = 4,
-        denoise: bool = True,
-        threads: int = 1,
         input_rig: str = "ring",
     ) -> None:
         from .procedural import scene as blender_scene  # imports bpy
@@ -53,8 +53,8 @@ class Generator:
         self.n_input, self.n_target = int(n_input), int(n_target)
         self.input_rig = input_rig  # engine.data.camera_poses.INPUT_RIGS
         self._scene_mod = blender_scene
-        self.settings = blender_scene.RenderSettings(resolution, samples, denoise, threads)
-        self.scene = blender_scene.configure(self.settings)
+        self.settings = settings
+        self.scene = blender_scene.configure(settings)
 
     def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
         """Render object `index` unless it is finished; returns its done-marker dict."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,9 @@ from .layout import (
 )
 from .procedural.room_spec import sample_room
 
+if TYPE_CHECKING:
+    from .procedural.scene import RenderSettings
+
 
 def write_depth_png(path: Path, depth: np.ndarray) -> None:
     """Save (H, W) depth in metres (NaN: no surface) as a 16-bit PNG of
@@ -45,21 +48,13 @@ class SceneGenerator:
     """Renders scenes into a dataset folder; holds the Blender scene of this process."""
 
     def __init__(
-        self,
-        root: str | Path,
-        seed: int,
-        resolution: int = 256,
-        n_target: int = 6,
-        samples: int = 4,
-        denoise: bool = True,
-        threads: int = 1,
+        self, root: str | Path, seed: int, settings: RenderSettings, n_target: int = 6
     ) -> None:
         from .procedural import room  # imports bpy
-        from .procedural.scene import RenderSettings
 
         self.root, self.seed, self.n_target = Path(root), int(seed), int(n_target)
         self._room = room
-        self.rs = room.configure_rooms(RenderSettings(resolution, samples, denoise, threads))
+        self.rs = room.configure_rooms(settings)
 
     def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
         """Render scene `index` unless it is finished; returns its done-marker dict."""

@@ -38,20 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # Blender's chatter on fd 1 -> stderr
     sys.stdout = sys.stderr
-    if args.kind == "scenes":
-        from .scene_generator import SceneGenerator  # imports bpy
+    from .procedural.scene import RenderSettings  # imports bpy
 
-        gen: Any = SceneGenerator(
-            args.out, args.seed, args.res, args.views_target, args.samples,
-            not args.no_denoise, args.threads,
-        )  # fmt: skip
+    settings = RenderSettings(args.res, args.samples, not args.no_denoise, args.threads)
+    if args.kind == "scenes":
+        from .scene_generator import SceneGenerator
+
+        gen: Any = SceneGenerator(args.out, args.seed, settings, args.views_target)
     else:
-        from .generator import Generator  # imports bpy
+        from .generator import Generator
 
         gen = Generator(
-            args.out, args.seed, args.res, args.views_in, args.views_target,
-            args.samples, not args.no_denoise, args.threads, input_rig=args.rig,
-        )  # fmt: skip
+            args.out, args.seed, settings, args.views_in, args.views_target, input_rig=args.rig
+        )
     for line in sys.stdin:
         line = line.strip()
         if not line:
