@@ -138,6 +138,23 @@ def sample_material(rng: np.random.Generator, allow_decal: bool = True) -> dict[
 
 
 # ---------------------------------------------------------------------------- templates
+Template = Callable[[np.random.Generator], list[Part]]
+TEMPLATES: dict[str, tuple[float, Template]] = {}
+"""Prop templates by name: (relative weight of being drawn, the function that samples the
+prop's parts). `sample_prop` draws among them in this order, which is the order they are
+defined in below (`_template`): a new template goes last, or existing datasets change."""
+
+
+def _template(weight: float) -> Callable[[Template], Template]:
+    """Register the template `_t_<name>` in TEMPLATES as <name>, drawn with `weight`."""
+
+    def register(fn: Template) -> Template:
+        TEMPLATES[fn.__name__.removeprefix("_t_")] = (weight, fn)
+        return fn
+
+    return register
+
+
 def _lathe_profile(rng: np.random.Generator, points: int, height: float) -> list[list[float]]:
     """A smooth random profile bottom to top with positive radii."""
     radii = np.clip(np.cumsum(rng.normal(0, 0.08, points)) + rng.uniform(0.15, 0.35), 0.05, 0.5)
@@ -145,6 +162,7 @@ def _lathe_profile(rng: np.random.Generator, points: int, height: float) -> list
     return [[round(float(r), 5), round(float(z), 5)] for r, z in zip(radii, zs, strict=True)]
 
 
+@_template(0.11)
 def _t_box(rng: np.random.Generator) -> list[Part]:
     size = rng.uniform(0.3, 1.0, 3).round(4).tolist()
     bevel = float(rng.choice([0.0, rng.uniform(0.005, 0.05)]))
@@ -154,6 +172,7 @@ def _t_box(rng: np.random.Generator) -> list[Part]:
     ]
 
 
+@_template(0.08)
 def _t_can(rng: np.random.Generator) -> list[Part]:
     r, h = rng.uniform(0.15, 0.4), rng.uniform(0.4, 1.0)
     return [
@@ -163,6 +182,7 @@ def _t_can(rng: np.random.Generator) -> list[Part]:
     ]
 
 
+@_template(0.08)
 def _t_bottle(rng: np.random.Generator) -> list[Part]:
     r, body = rng.uniform(0.12, 0.25), rng.uniform(0.4, 0.7)
     neck_r, neck_h = r * rng.uniform(0.25, 0.45), rng.uniform(0.12, 0.3)
@@ -184,6 +204,7 @@ def _t_bottle(rng: np.random.Generator) -> list[Part]:
     return [_part("revolve", {"profile": profile, "segments": 40}, np.eye(4), 0, subdiv=1), cap]
 
 
+@_template(0.1)
 def _t_lathe(rng: np.random.Generator) -> list[Part]:
     profile = _lathe_profile(rng, int(rng.integers(5, 9)), float(rng.uniform(0.5, 1.0)))
     profile = [[0.0, profile[0][1]], *profile]
@@ -192,6 +213,7 @@ def _t_lathe(rng: np.random.Generator) -> list[Part]:
     return [_part("revolve", args, np.eye(4), 0, subdiv=int(rng.integers(0, 2)))]
 
 
+@_template(0.06)
 def _t_sphere(rng: np.random.Generator) -> list[Part]:
     n = 16
     profile = [
@@ -201,16 +223,19 @@ def _t_sphere(rng: np.random.Generator) -> list[Part]:
     return [_part("revolve", {"profile": profile, "segments": 40}, squash, 0)]
 
 
+@_template(0.06)
 def _t_torus(rng: np.random.Generator) -> list[Part]:
     major = rng.uniform(0.25, 0.4)
     args = {"major": major, "minor": major * rng.uniform(0.15, 0.5)}
     return [_part("torus", args, _rot_x(rng.uniform(0, 90)), 0)]
 
 
+@_template(0.06)
 def _t_monkey(rng: np.random.Generator) -> list[Part]:
     return [_part("monkey", {}, np.eye(4), 0, subdiv=int(rng.integers(0, 3)))]
 
 
+@_template(0.09)
 def _t_table(rng: np.random.Generator) -> list[Part]:
     w, d, h = rng.uniform(0.6, 1.0), rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9)
     top_t, leg_r = rng.uniform(0.03, 0.08), rng.uniform(0.015, 0.04)
@@ -227,6 +252,7 @@ def _t_table(rng: np.random.Generator) -> list[Part]:
     return parts
 
 
+@_template(0.09)
 def _t_chair(rng: np.random.Generator) -> list[Part]:
     w, h, back = rng.uniform(0.4, 0.6), rng.uniform(0.35, 0.5), rng.uniform(0.35, 0.6)
     leg_r, seat_t = rng.uniform(0.012, 0.03), rng.uniform(0.03, 0.06)
@@ -248,6 +274,7 @@ def _t_chair(rng: np.random.Generator) -> list[Part]:
     return parts
 
 
+@_template(0.08)
 def _t_mug(rng: np.random.Generator) -> list[Part]:
     r, h = rng.uniform(0.2, 0.3), rng.uniform(0.35, 0.6)
     body = {"profile": [[0.0, -h / 2], [r, -h / 2], [r, h / 2]], "segments": 40, "cap_top": False}
@@ -257,6 +284,7 @@ def _t_mug(rng: np.random.Generator) -> list[Part]:
     return [_part("revolve", body, np.eye(4), 0), handle]
 
 
+@_template(0.06)
 def _t_lamp(rng: np.random.Generator) -> list[Part]:
     base_r, pole_h = rng.uniform(0.12, 0.25), rng.uniform(0.5, 0.9)
     shade_lo, shade_hi, shade_h = (
@@ -278,6 +306,7 @@ def _t_lamp(rng: np.random.Generator) -> list[Part]:
     return parts
 
 
+@_template(0.06)
 def _t_rack(rng: np.random.Generator) -> list[Part]:
     """Ladder / towel rack / fence section: two rails and thin rungs."""
     w, h = rng.uniform(0.3, 0.6), rng.uniform(0.6, 1.0)
@@ -290,6 +319,7 @@ def _t_rack(rng: np.random.Generator) -> list[Part]:
     return parts
 
 
+@_template(0.07)
 def _t_cluster(rng: np.random.Generator) -> list[Part]:
     """2-4 primitives stacked or side by side (toys, gadgets, knick-knacks)."""
     parts = []
@@ -326,23 +356,6 @@ def _t_cluster(rng: np.random.Generator) -> list[Part]:
             ]
             parts.append(_part("revolve", {"profile": prof, "segments": 24}, m, material))
     return parts
-
-
-TEMPLATES: dict[str, tuple[float, Callable[[np.random.Generator], list[Part]]]] = {
-    "box": (0.11, _t_box),
-    "can": (0.08, _t_can),
-    "bottle": (0.08, _t_bottle),
-    "lathe": (0.1, _t_lathe),
-    "sphere": (0.06, _t_sphere),
-    "torus": (0.06, _t_torus),
-    "monkey": (0.06, _t_monkey),
-    "table": (0.09, _t_table),
-    "chair": (0.09, _t_chair),
-    "mug": (0.08, _t_mug),
-    "lamp": (0.06, _t_lamp),
-    "rack": (0.06, _t_rack),
-    "cluster": (0.07, _t_cluster),
-}
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
