@@ -172,6 +172,18 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> list[str]:
     return names
 
 
+def add_field_flag(parser: argparse.ArgumentParser, cls: type, name: str, *flags: str,
+                   **kwargs: Any) -> argparse.Action:  # fmt: skip
+    """`parser.add_argument(*flags, **kwargs)` for the `option(...)` field `name` of dataclass
+    `cls`: its default, help and `type=` checker are the field's, so a setting documented
+    where it is declared is not written out again beside its flag. `flags` default to
+    `--some-name` for a field `some_name`; `kwargs` add to (or override) what the field gives.
+    """
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    given = {"default": f.default, "help": f.metadata["help"], "type": f.metadata["parse"]}
+    return parser.add_argument(*(flags or ("--" + name.replace("_", "-"),)), **(given | kwargs))
+
+
 NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 

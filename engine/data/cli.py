@@ -6,13 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_args import int_range, name_list, nonnegative_int, positive_int
+from ..cli_args import add_field_flag, int_range, nonnegative_int, positive_int
 from .camera_poses import INPUT_RIGS
-from .layout import KINDS, SPLITS
-
-# Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
-# one object's views alone take gigabytes.
-RESOLUTIONS = int_range(8, 8192)
+from .layout import KINDS
+from .make import MakeConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,29 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "finished items are skipped.",
     )
     make.add_argument("out", type=Path, help="dataset folder (created if missing)")
-    make.add_argument("--kind", choices=KINDS, default="props",
-                      help="props (transparent film) or scenes (rooms with depth)")  # fmt: skip
+    # Defaults, help and checks of the settings are MakeConfig's (`add_field_flag`).
+    add_field_flag(make, MakeConfig, "kind", choices=KINDS)
     make.add_argument("--objects", type=positive_int, required=True,
                       help="number of objects (or scenes)")  # fmt: skip
-    make.add_argument("--res", type=RESOLUTIONS, default=256, help="image side in pixels (8..8192)")
-    make.add_argument("--seed", type=nonnegative_int, default=0,
-                      help="object i depends on (seed, i)")  # fmt: skip
-    make.add_argument("--workers", type=nonnegative_int, default=0,
-                      help="Blender processes (0: one a core)")  # fmt: skip
-    make.add_argument("--views-in", type=positive_int, default=None,
-                      help="input views on the ring (props, default 4); scenes have 2 context "
-                           "views")  # fmt: skip
-    make.add_argument("--views-target", type=positive_int, default=None,
-                      help="target views (props: random poses, default 8; scenes: on the "
-                           "clip between and beyond the context pair, default 6)")  # fmt: skip
-    make.add_argument("--rig", choices=INPUT_RIGS, default="ring",
-                      help="input cameras: a ring at 20 degrees (the model's training views) "
-                           "or spread over the upper hemisphere")  # fmt: skip
-    make.add_argument("--samples", type=positive_int, default=4, help="Cycles samples a pixel")
+    add_field_flag(make, MakeConfig, "resolution", "--res")
+    for name in ("seed", "workers", "views_in", "views_target"):
+        add_field_flag(make, MakeConfig, name)
+    add_field_flag(make, MakeConfig, "input_rig", "--rig", choices=INPUT_RIGS)
+    add_field_flag(make, MakeConfig, "samples")
     make.add_argument("--no-denoise", action="store_true", help="skip OpenImageDenoise")
-    make.add_argument("--splits", type=name_list(SPLITS), default=None,
-                      help="render only objects of these splits, comma-separated "
-                           "(e.g. test,val first; run again without it for the rest)")  # fmt: skip
+    add_field_flag(make, MakeConfig, "splits")
     make.add_argument("--quiet", action="store_true", help="no progress bar")
     make.set_defaults(func=_make)
 
@@ -66,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make(args: argparse.Namespace) -> int:
-    from .make import MakeConfig, make_dataset
+    from .make import make_dataset
 
     cfg = MakeConfig(
         out=args.out, objects=args.objects, resolution=args.res, seed=args.seed,

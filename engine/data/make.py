@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cli_args import int_range, name_list, nonnegative_int, option, positive_int
 from .camera_poses import INPUT_RIGS
 from .layout import (
     DEFAULT_SPLIT_FRACTIONS,
@@ -38,6 +39,10 @@ from .layout import (
     write_json_atomic,
 )
 from .worker import DONE, FAIL
+
+# Image sides `gd data make` renders: below 8 px nothing is recognisable, above 8192 px
+# one object's views alone take gigabytes.
+RESOLUTIONS = int_range(8, 8192)
 
 # Manifest keys that must match when resuming into an existing folder.
 _FIXED_KEYS = ("seed", "resolution", "views", "generator_version", "render")
@@ -59,21 +64,40 @@ class MakeConfig:
 
     out: Path
     objects: int
-    resolution: int = 256
-    seed: int = 0
-    workers: int = 0  # 0: one per CPU core
-    views_in: int | None = None  # None: DEFAULT_VIEWS[kind] (set in __post_init__)
-    views_target: int | None = None
-    # Input cameras: "ring" or "hemisphere" (engine.data.camera_poses.INPUT_RIGS).
-    input_rig: str = "ring"
-    samples: int = 4
+    resolution: int = option(256, "image side in pixels (8..8192)", RESOLUTIONS)
+    seed: int = option(0, "object i depends on (seed, i)", nonnegative_int)
+    workers: int = option(0, "Blender processes (0: one a core)", nonnegative_int)
+    # None: DEFAULT_VIEWS[kind] (set in __post_init__).
+    views_in: int | None = option(
+        None,
+        "input views on the ring (props, default 4); scenes have 2 context views",
+        positive_int,
+    )
+    views_target: int | None = option(
+        None,
+        "target views (props: random poses, default 8; scenes: on the clip between and beyond "
+        "the context pair, default 6)",
+        positive_int,
+    )
+    # One of engine.data.camera_poses.INPUT_RIGS.
+    input_rig: str = option(
+        "ring",
+        "input cameras: a ring at 20 degrees (the model's training views) or spread over the "
+        "upper hemisphere",
+    )
+    samples: int = option(4, "Cycles samples a pixel", positive_int)
     denoise: bool = True
     progress: bool = True
-    # Render only objects of these splits (None: all). Objects of other splits stay
-    # unrendered and a later run without the filter fills them in, so the held-out split
-    # can be made first and training data grown while a model trains.
-    splits: tuple[str, ...] | None = None
-    kind: str = "props"
+    # None: all. Objects of other splits stay unrendered and a later run without the filter
+    # fills them in, so the held-out split can be made first and training data grown while
+    # a model trains.
+    splits: tuple[str, ...] | None = option(
+        None,
+        "render only objects of these splits, comma-separated (e.g. test,val first; run again "
+        "without it for the rest)",
+        name_list(SPLITS),
+    )
+    kind: str = option("props", "props (transparent film) or scenes (rooms with depth)")
 
     def __post_init__(self) -> None:
         defaults = DEFAULT_VIEWS.get(self.kind, DEFAULT_VIEWS["props"])
