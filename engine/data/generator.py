@@ -7,7 +7,6 @@ created, so `import engine.data` never loads Blender. One process holds one Blen
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +14,11 @@ import numpy as np
 
 from .camera_poses import distance_for_fill, plan_poses, sample_view_plan
 from .layout import (
-    DONE_NAME,
     GENERATOR_VERSION,
     PROP_NAME,
     VIEW_SPLITS,
+    ItemGenerator,
     object_dir,
-    start_item,
     transforms_path,
     write_json_atomic,
 )
@@ -35,8 +33,12 @@ SURFACE_POINTS = 64
 _VIEW_STREAM, _POINT_STREAM = 1, 2
 
 
-class Generator:
-    """Renders objects into a dataset folder; holds the Blender scene of this process."""
+class Generator(ItemGenerator):
+    """Renders objects into a dataset folder; holds the Blender scene of this process.
+    `generate(index)` renders object `index` unless it is finished and returns its done
+    marker (`ItemGenerator.generate`)."""
+
+    item_dir = staticmethod(object_dir)
 
     def __init__(
         self,
@@ -49,21 +51,17 @@ class Generator:
     ) -> None:
         from .procedural import scene as blender_scene  # imports bpy
 
-        self.root, self.seed = Path(root), int(seed)
+        super().__init__(root, seed)
         self.n_input, self.n_target = int(n_input), int(n_target)
         self.input_rig = input_rig  # engine.data.camera_poses.INPUT_RIGS
         self._scene_mod = blender_scene
         self.settings = settings
         self.scene = blender_scene.configure(settings)
 
-    def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
-        """Render object `index` unless it is finished; returns its done-marker dict."""
+    def _render(self, out: Path, index: int) -> dict[str, Any]:
+        """Object `index`'s views and prop.json into `out`; what its done marker adds."""
         from engine.camera_formats import write_nerf_transforms
 
-        out = object_dir(self.root, index)
-        if not start_item(out, overwrite):
-            return {"index": index, "skipped": True}
-        start = time.perf_counter()
         bs = self._scene_mod
         spec = sample_prop(self.seed, index)
         plan = sample_view_plan(
@@ -110,11 +108,7 @@ class Generator:
             "vertex_count": len(built.vertices),
         }
         write_json_atomic(out / PROP_NAME, prop)
-        done = {
-            "index": index,
-            "seconds": round(time.perf_counter() - start, 3),
+        return {
             "template": spec["template"],
             "views": {"input": self.n_input, "target": self.n_target},
         }
-        write_json_atomic(out / DONE_NAME, done)  # last: marks the object finished
-        return done

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,36 @@ def start_item(item_dir: str | os.PathLike, overwrite: bool = False) -> bool:
         shutil.rmtree(item)
     item.mkdir(parents=True)
     return True
+
+
+class ItemGenerator:
+    """Base of the Blender generators (props: `generator.Generator`, scenes:
+    `scene_generator.SceneGenerator`): item i of the dataset at `root` made with `seed` is
+    rendered into `item_dir(root, i)` by the subclass's `_render`."""
+
+    item_dir: Callable[[str | os.PathLike, int], Path]
+    """The folder of item i (`object_dir` or `scene_dir`)."""
+
+    def __init__(self, root: str | os.PathLike, seed: int) -> None:
+        self.root, self.seed = Path(root), int(seed)
+
+    def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
+        """Render item `index` unless it is finished (`start_item`). Returns its done marker,
+        written last: the index, the seconds taken and what `_render` returns ({"index":
+        index, "skipped": True} for a finished item, untouched)."""
+        out = self.item_dir(self.root, index)
+        if not start_item(out, overwrite):
+            return {"index": index, "skipped": True}
+        start = time.perf_counter()
+        facts = self._render(out, index)
+        done = {"index": index, "seconds": round(time.perf_counter() - start, 3), **facts}
+        write_json_atomic(out / DONE_NAME, done)  # last: marks the item finished
+        return done
+
+    def _render(self, out: Path, index: int) -> dict[str, Any]:
+        """Write item `index`'s files into the fresh folder `out`; returns what its done
+        marker records besides the index and the seconds."""
+        raise NotImplementedError
 
 
 def split_of(seed: int, index: int, fractions: dict[str, float] | None = None) -> str:

@@ -7,7 +7,6 @@ Blender. Scene i depends only on (seed, i) (`procedural.room_spec.sample_room`).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +16,11 @@ from PIL import Image
 from ..atomic import atomic_open
 from .layout import (
     DEPTH_SCALE,
-    DONE_NAME,
     ROOM_NAME,
     SCENE_GENERATOR_VERSION,
     SCENE_VIEW_SPLITS,
+    ItemGenerator,
     scene_dir,
-    start_item,
     transforms_path,
     write_json_atomic,
 )
@@ -44,28 +42,29 @@ def write_depth_png(path: Path, depth: np.ndarray) -> None:
         Image.fromarray(value.astype(np.uint16)).save(f, format="PNG", optimize=True)
 
 
-class SceneGenerator:
-    """Renders scenes into a dataset folder; holds the Blender scene of this process."""
+class SceneGenerator(ItemGenerator):
+    """Renders scenes into a dataset folder; holds the Blender scene of this process.
+    `generate(index)` renders scene `index` unless it is finished and returns its done
+    marker (`ItemGenerator.generate`)."""
+
+    item_dir = staticmethod(scene_dir)
 
     def __init__(
         self, root: str | Path, seed: int, settings: RenderSettings, n_target: int = 6
     ) -> None:
         from .procedural import room  # imports bpy
 
-        self.root, self.seed, self.n_target = Path(root), int(seed), int(n_target)
+        super().__init__(root, seed)
+        self.n_target = int(n_target)
         self._room = room
         self.rs = room.configure_rooms(settings)
 
-    def generate(self, index: int, overwrite: bool = False) -> dict[str, Any]:
-        """Render scene `index` unless it is finished; returns its done-marker dict."""
+    def _render(self, out: Path, index: int) -> dict[str, Any]:
+        """Scene `index`'s views, depths and room.json into `out`; what its done marker adds."""
         from engine.camera_formats import write_nerf_transforms
 
         from .procedural.scene import rendered_cameras
 
-        out = scene_dir(self.root, index)
-        if not start_item(out, overwrite):
-            return {"index": index, "skipped": True}
-        start = time.perf_counter()
         spec = sample_room(self.seed, index, self.n_target)
         self._room.build_room(self.rs, spec)
         fov = spec["clip"]["fov_deg"]
@@ -101,11 +100,7 @@ class SceneGenerator:
             write_nerf_transforms(transforms_path(out, split), cameras, paths, extra)
         write_json_atomic(out / ROOM_NAME, {"generator_version": SCENE_GENERATOR_VERSION,
                                             "spec": spec, "near": near, "far": far})  # fmt: skip
-        done = {
-            "index": index,
-            "seconds": round(time.perf_counter() - start, 3),
+        return {
             "views": {"context": 2, "target": self.n_target},
             "furniture": len(spec["furniture"]),
         }
-        write_json_atomic(out / DONE_NAME, done)  # last: marks the scene finished
-        return done
