@@ -226,9 +226,11 @@ def _alpha(x, mx, ca, cdy, bdy, op, zero, cap, a_max):  # pragma: no cover
     only; the caller rejects sigma < 0 as the other backends do."""
     dx = mx - x
     sigma = ca * dx * dx + cdy + bdy * dx
-    gauss = _exp_neg(min(max(sigma, zero), cap))
+    # Selects, not min()/max(): with fastmath flags those stop the loop vectoriser.
+    clamped = zero if sigma < zero else (cap if sigma > cap else sigma)
+    gauss = _exp_neg(clamped)
     raw = op * gauss
-    return sigma >= zero, gauss, raw, min(a_max, raw)
+    return sigma >= zero, gauss, raw, (raw if raw < a_max else a_max)
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
@@ -244,159 +246,161 @@ def _u(i):  # pragma: no cover
 _FUSED = 4
 
 
-@njit(cache=CACHE, parallel=True, nogil=True)
-def _forward_kernel(
-    means2d,
-    conics,
-    colors,
-    opacities,
-    extents,
-    offsets,
-    ids,
-    tile,
-    tiles_x,
-    width,
-    height,
-    n_parts,
-    k,
-    out_acc,
-    out_alpha,
-    out_t,
-    rec_k,
-    rec_row,
-    rec_gauss,
-    tile_rec,
-    overflow,
-):  # pragma: no cover
+# Field stride of the kernels' scratch arrays when a tile has at most this many pixels
+# (16x16). A compile-time stride makes the distance between two fields a constant larger
+# than any row, so LLVM needs no runtime overlap check between them (with a run-time stride
+# the backward's ~25 fields need more checks than LLVM allows, and its row loop stays
+# scalar; the forward's pay them on every row).
+_STRIDE = 256
+
+
+@njit(cache=CACHE, nogil=True, inline="always", fastmath={"reassoc", "nsz"})
+def _forward_part(
+    part, means2d, conics, colors, opacities, extents, offsets, ids, tile, tiles_x, width,
+    height, n_parts, k, out_acc, out_alpha, out_t, rec_k, rec_row, rec_gauss, tile_rec,
+    overflow, stride,
+):  # fmt: skip  # pragma: no cover
+    """One thread part of `_forward_kernel`, with fields `stride` elements apart."""
     n_tiles = offsets.size - 1
     n_ch = colors.shape[1]
     cap = rec_k.shape[1]
     half, one, zero, a_max, a_min, t_min, s_cap = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
-    npix = tile * tile
-    n_acc = max(n_ch, _FUSED)
+    S = _u(stride)
     # Fields of one scratch array a thread: one array, so that LLVM sees that they do not
     # alias and vectorises the pixel loops. Per pixel: transmittance, saturated (0/1), the
     # current Gaussian's blend weight and exp(-sigma) where it blends (else 0), the
-    # accumulated channels; per column and row its pixel centre.
-    o_t, o_done, o_w, o_g = _u(0), _u(npix), _u(2 * npix), _u(3 * npix)
-    o_acc = _u(4 * npix)
-    o_x = o_acc + _u(n_acc * npix)
-    o_y = o_x + _u(tile)
-    o_a1, o_a2, o_a3 = o_acc + _u(npix), o_acc + _u(2 * npix), o_acc + _u(3 * npix)
-    for part in prange(n_parts):
-        st = np.empty((4 + n_acc) * npix + 2 * tile, colors.dtype)
-        row_live = np.empty(tile, np.int64)
-        n_rec = 0
-        for t in range(part, n_tiles, n_parts):
-            ty, tx = t // tiles_x, t % tiles_x
-            x0, y0 = tx * tile, ty * tile
-            x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
-            w_tile = x1 - x0 + 1
-            for i in range(tile):
-                st[o_x + _u(i)] = x0 + i
-                st[o_x + _u(i)] += half
-                st[o_y + _u(i)] = y0 + i
-                st[o_y + _u(i)] += half
-            st[o_t:o_done] = one
-            st[o_done:o_x] = zero
-            row_live[:] = w_tile
-            live = w_tile * (y1 - y0 + 1)
-            tile_rec[t, 0] = n_rec
-            for kk in range(offsets[t], offsets[t + 1]):
-                if live == 0:
-                    break  # every pixel of the tile is saturated
-                g = ids[kk]
-                # The box it was binned with; outside it alpha < 1/255.
-                px0, px1 = _pixel_span(means2d[g, 0], extents[g, 0], x0, x1)
-                py0, py1 = _pixel_span(means2d[g, 1], extents[g, 1], y0, y1)
-                if px0 > px1:
+    # accumulated fused channels, the pixel centre's x; per row its centre's y; then the
+    # accumulated channels beyond _FUSED.
+    o_t, o_done, o_w, o_g = _u(0), S, _u(2) * S, _u(3) * S
+    o_acc, o_a1, o_a2, o_a3 = _u(4) * S, _u(5) * S, _u(6) * S, _u(7) * S
+    o_x, o_y = _u(8) * S, _u(9) * S
+    o_more = _u(10) * S
+    st = np.empty(o_more + _u(max(0, n_ch - _FUSED)) * S, colors.dtype)
+    row_live = np.empty(tile, np.int64)
+    n_rec = 0
+    for t in range(part, n_tiles, n_parts):
+        ty, tx = t // tiles_x, t % tiles_x
+        x0, y0 = tx * tile, ty * tile
+        x1, y1 = min(width, x0 + tile) - 1, min(height, y0 + tile) - 1
+        w_tile = x1 - x0 + 1
+        for ly in range(tile):
+            st[o_y + _u(ly)] = y0 + ly
+            st[o_y + _u(ly)] += half
+            for lx in range(tile):
+                st[o_x + _u(ly * tile + lx)] = x0 + lx
+                st[o_x + _u(ly * tile + lx)] += half
+        st[o_t:o_done] = one
+        st[o_done:o_x] = zero
+        st[o_more:] = zero
+        row_live[:] = w_tile
+        live = w_tile * (y1 - y0 + 1)
+        tile_rec[t, 0] = n_rec
+        for kk in range(offsets[t], offsets[t + 1]):
+            if live == 0:
+                break  # every pixel of the tile is saturated
+            g = ids[kk]
+            # The box it was binned with; outside it alpha < 1/255.
+            px0, px1 = _pixel_span(means2d[g, 0], extents[g, 0], x0, x1)
+            py0, py1 = _pixel_span(means2d[g, 1], extents[g, 1], y0, y1)
+            if px0 > px1:
+                continue
+            mx, my, op = means2d[g, 0], means2d[g, 1], opacities[g]
+            ca, cb, cc = conics[g, 0] * half, conics[g, 1], conics[g, 2] * half
+            c0 = colors[g, 0]
+            c1 = colors[g, 1] if n_ch > 1 else zero
+            c2 = colors[g, 2] if n_ch > 2 else zero
+            c3 = colors[g, 3] if n_ch > 3 else zero
+            x_lo, x_hi = st[o_x + _u(px0 - x0)], st[o_x + _u(px1 - x0)]  # row 0's
+            for py in range(py0, py1 + 1):
+                ly = py - y0
+                if row_live[ly] == 0:
+                    continue  # every pixel of the row is saturated
+                dy = my - st[o_y + _u(ly)]
+                cdy, bdy = cc * dy * dy, cb * dy
+                row = _u(ly * tile)
+                # The whole tile row in one branch-free loop (8-wide vector code): pixels
+                # outside the box or below 1/255 get weight 0. Stores are unconditional
+                # arithmetic, not selects of the old value, which LLVM would turn into
+                # masked stores (slow on AMD cores).
+                for lx in range(tile):
+                    i = row + _u(lx)
+                    x = st[o_x + i]
+                    ok, gauss, raw, alpha = _alpha(x, mx, ca, cdy, bdy, op, zero, s_cap, a_max)
+                    t0 = st[o_t + i]
+                    t1 = t0 * (one - alpha)
+                    d0 = st[o_done + i]
+                    valid = ok & (alpha >= a_min) & (d0 == zero) & (x >= x_lo) & (x <= x_hi)
+                    blend = valid & (t1 >= t_min)
+                    b = one if blend else zero
+                    w = alpha * t0 * b
+                    st[o_w + i] = w
+                    st[o_g + i] = gauss * b
+                    st[o_t + i] = t0 * (one - alpha * b)
+                    st[o_done + i] = d0 + (one - d0) * (one if valid & (t1 < t_min) else zero)
+                    st[o_acc + i] += w * c0
+                    st[o_a1 + i] += w * c1
+                    st[o_a2 + i] += w * c2
+                    st[o_a3 + i] += w * c3
+                for ch in range(_FUSED, n_ch):
+                    c = colors[g, ch]
+                    o_c = o_more + _u(ch - _FUSED) * S + row
+                    for lx in range(tile):
+                        st[o_c + _u(lx)] += st[o_w + row + _u(lx)] * c
+                n_done = zero
+                for lx in range(tile):
+                    n_done += st[o_done + row + _u(lx)]
+                saturated = row_live[ly] - (w_tile - int(n_done))
+                row_live[ly] -= saturated
+                live -= saturated
+                if cap == 0:
+                    continue  # no backward pass follows: nothing to record
+                n_blend = 0
+                for lx in range(tile):
+                    n_blend += np.int32(st[o_g + row + _u(lx)] != zero)
+                if n_blend == 0:
                     continue
-                mx, my, op = means2d[g, 0], means2d[g, 1], opacities[g]
-                ca, cb, cc = conics[g, 0] * half, conics[g, 1], conics[g, 2] * half
-                c0 = colors[g, 0]
-                c1 = colors[g, 1] if n_ch > 1 else zero
-                c2 = colors[g, 2] if n_ch > 2 else zero
-                c3 = colors[g, 3] if n_ch > 3 else zero
-                x_lo, x_hi = st[o_x + _u(px0 - x0)], st[o_x + _u(px1 - x0)]
-                for py in range(py0, py1 + 1):
-                    ly = py - y0
-                    if row_live[ly] == 0:
-                        continue  # every pixel of the row is saturated
-                    dy = my - st[o_y + _u(ly)]
-                    cdy, bdy = cc * dy * dy, cb * dy
-                    row = _u(ly * tile)
-                    # The whole tile row in one branch-free loop (8-wide vector code): pixels
-                    # outside the box or below 1/255 get weight 0. Stores are unconditional
-                    # arithmetic, not selects of the old value, which LLVM would turn into
-                    # masked stores (slow on AMD cores).
+                # The row's blended pixels, for the backward pass: walked backwards, the
+                # records are every pixel's list back to front.
+                if n_rec < cap:
+                    rec_k[part, n_rec] = kk
+                    rec_row[part, n_rec] = ly
+                    base = _u(n_rec * tile)
                     for lx in range(tile):
-                        i = row + _u(lx)
-                        x = st[o_x + _u(lx)]
-                        ok, gauss, raw, alpha = _alpha(x, mx, ca, cdy, bdy, op, zero, s_cap, a_max)
-                        t0 = st[o_t + i]
-                        t1 = t0 * (one - alpha)
-                        d0 = st[o_done + i]
-                        valid = ok & (alpha >= a_min) & (d0 == zero) & (x >= x_lo) & (x <= x_hi)
-                        blend = valid & (t1 >= t_min)
-                        b = one if blend else zero
-                        w = alpha * t0 * b
-                        st[o_w + i] = w
-                        st[o_g + i] = gauss * b
-                        st[o_t + i] = t0 * (one - alpha * b)
-                        st[o_done + i] = d0 + (one - d0) * (one if valid & (t1 < t_min) else zero)
-                        st[o_acc + i] += w * c0
-                        st[o_a1 + i] += w * c1
-                        st[o_a2 + i] += w * c2
-                        st[o_a3 + i] += w * c3
-                    for ch in range(_FUSED, n_ch):
-                        c = colors[g, ch]
-                        o_c = o_acc + _u(ch * npix) + row
-                        for lx in range(tile):
-                            st[o_c + _u(lx)] += st[o_w + row + _u(lx)] * c
-                    n_done = zero
-                    for lx in range(tile):
-                        n_done += st[o_done + row + _u(lx)]
-                    saturated = row_live[ly] - (w_tile - int(n_done))
-                    row_live[ly] -= saturated
-                    live -= saturated
-                    if cap == 0:
-                        continue  # no backward pass follows: nothing to record
-                    n_blend = 0
-                    for lx in range(tile):
-                        n_blend += np.int32(st[o_g + row + _u(lx)] != zero)
-                    if n_blend == 0:
-                        continue
-                    # The row's blended pixels, for the backward pass: walked backwards, the
-                    # records are every pixel's list back to front.
-                    if n_rec < cap:
-                        rec_k[part, n_rec] = kk
-                        rec_row[part, n_rec] = ly
-                        base = _u(n_rec * tile)
-                        for lx in range(tile):
-                            rec_gauss[part, base + _u(lx)] = st[o_g + row + _u(lx)]
-                    n_rec += 1
-            tile_rec[t, 1] = n_rec
-            for py in range(y0, y1 + 1):
-                for px in range(x0, x1 + 1):
-                    i = _u((py - y0) * tile + px - x0)
-                    for ch in range(n_ch):
-                        out_acc[py, px, ch] = st[o_acc + _u(ch * npix) + i]
-                    out_alpha[py, px] = one - st[o_t + i]
-                    out_t[py, px] = st[o_t + i]
-        overflow[part] = n_rec
+                        rec_gauss[part, base + _u(lx)] = st[o_g + row + _u(lx)]
+                n_rec += 1
+        tile_rec[t, 1] = n_rec
+        for py in range(y0, y1 + 1):
+            for px in range(x0, x1 + 1):
+                i = _u((py - y0) * tile + px - x0)
+                for ch in range(n_ch):
+                    o_c = o_acc + _u(ch) * S if ch < _FUSED else o_more + _u(ch - _FUSED) * S
+                    out_acc[py, px, ch] = st[o_c + i]
+                out_alpha[py, px] = one - st[o_t + i]
+                out_t[py, px] = st[o_t + i]
+    overflow[part] = n_rec
+
+
+@njit(cache=CACHE, parallel=True, nogil=True, fastmath={"reassoc", "nsz"})
+def _forward_kernel(
+    means2d, conics, colors, opacities, extents, offsets, ids, tile, tiles_x, width, height,
+    n_parts, k, out_acc, out_alpha, out_t, rec_k, rec_row, rec_gauss, tile_rec, overflow,
+):  # fmt: skip  # pragma: no cover
+    # The part body twice, so that LLVM sees the stride as a constant in the common case.
+    if tile * tile <= _STRIDE:  # every tile of the default size or smaller
+        for part in prange(n_parts):
+            _forward_part(part, means2d, conics, colors, opacities, extents, offsets, ids, tile,
+                          tiles_x, width, height, n_parts, k, out_acc, out_alpha, out_t, rec_k,
+                          rec_row, rec_gauss, tile_rec, overflow, _STRIDE)  # fmt: skip
+    else:
+        for part in prange(n_parts):
+            _forward_part(part, means2d, conics, colors, opacities, extents, offsets, ids, tile,
+                          tiles_x, width, height, n_parts, k, out_acc, out_alpha, out_t, rec_k,
+                          rec_row, rec_gauss, tile_rec, overflow, tile * tile)  # fmt: skip
 
 
 # Columns of the per-Gaussian gradient rows the backward kernel sums into: 2D mean (x, y),
 # its AbsGS absolute value (x, y), conic (a, b, c), opacity, then the colour channels.
 _MEAN, _ABS, _CONIC, _OPACITY, _COLOR = 0, 2, 4, 7, 8
-
-
-# Field stride of the backward pass's scratch array when a tile has at most this many
-# pixels (16x16). A compile-time stride makes the distance between two fields a constant
-# larger than any row, so LLVM needs no runtime overlap check between them: with ~25
-# fields, a runtime stride needs more checks than LLVM's limit and the row loop stays
-# scalar.
-_STRIDE = 256
 
 
 @njit(cache=CACHE, nogil=True, inline="always", error_model="numpy", fastmath={"reassoc", "nsz"})
@@ -528,7 +532,7 @@ def _backward_part(
                 gauss = st[o_e + i]
                 dx = mx - st[o_x + i]
                 raw = op * gauss
-                alpha = raw if raw < a_max else a_max  # (min() stops the vectoriser)
+                alpha = raw if raw < a_max else a_max  # (not min(): see _alpha)
                 inv = one / (one - alpha)
                 tr = st[o_t + i] * inv  # transmittance in front of k
                 st[o_t + i] = tr
