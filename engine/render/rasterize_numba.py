@@ -311,12 +311,27 @@ def _forward_part(
             c2 = colors[g, 2] if n_ch > 2 else zero
             c3 = colors[g, 3] if n_ch > 3 else zero
             x_lo, x_hi = st[o_x + _u(px0 - x0)], st[o_x + _u(px1 - x0)]  # row 0's
+            # sigma <= thr is where alpha >= 1/255, padded so that float32 rounding in the
+            # row loop never blends a pixel this bound rules out.
+            thr = math.log(np.float64(op) / ALPHA_MIN) + 0.01
+            a2 = 2.0 * np.float64(ca)
             for py in range(py0, py1 + 1):
                 ly = py - y0
                 if row_live[ly] == 0:
                     continue  # every pixel of the row is saturated
                 dy = my - st[o_y + _u(ly)]
                 cdy, bdy = cc * dy * dy, cb * dy
+                # The row's ellipse span (sigma <= thr, a quadratic in dx = mx - x): a row
+                # whose span misses the box's columns in this tile (an ellipse's corner
+                # of its box) cannot blend; skipping it is cheaper than its vector loop.
+                if a2 > 0.0:
+                    lin, disc = np.float64(bdy), 0.0
+                    disc = lin * lin - 2.0 * a2 * (np.float64(cdy) - thr)
+                    if disc < 0.0:
+                        continue
+                    root = math.sqrt(disc)
+                    if mx - (root - lin) / a2 > x_hi or mx + (root + lin) / a2 < x_lo:
+                        continue
                 row = _u(ly * tile)
                 # The whole tile row in one branch-free loop (8-wide vector code): pixels
                 # outside the box or below 1/255 get weight 0. Stores are unconditional
@@ -346,19 +361,15 @@ def _forward_part(
                     o_c = o_more + _u(ch - _FUSED) * S + row
                     for lx in range(tile):
                         st[o_c + _u(lx)] += st[o_w + row + _u(lx)] * c
-                n_done = zero
+                n_done = blended = zero  # exp(-sigma) >= exp(-SIGMA_CAP) where it blended
                 for lx in range(tile):
                     n_done += st[o_done + row + _u(lx)]
+                    blended += st[o_g + row + _u(lx)]
                 saturated = row_live[ly] - (w_tile - int(n_done))
                 row_live[ly] -= saturated
                 live -= saturated
-                if cap == 0:
-                    continue  # no backward pass follows: nothing to record
-                n_blend = 0
-                for lx in range(tile):
-                    n_blend += np.int32(st[o_g + row + _u(lx)] != zero)
-                if n_blend == 0:
-                    continue
+                if cap == 0 or blended == zero:
+                    continue  # no backward pass follows, or nothing to record
                 # The row's blended pixels, for the backward pass: walked backwards, the
                 # records are every pixel's list back to front.
                 if n_rec < cap:
