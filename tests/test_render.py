@@ -185,7 +185,7 @@ def _screen_space_scene(n: int, w: int, h: int, n_ch: int, seed: int, dtype=torc
 @pytest.mark.parametrize(("n_ch", "tile"), [(6, 16), (3, 32), (5, 8), (1, 4)])
 def test_numba_backward_gradcheck_beyond_the_fused_channels_and_default_tile(n_ch, tile):
     """Channels beyond the four composited in the backward's main loop take a loop of
-    their own, and tiles above 16x16 a scratch layout with a run-time stride."""
+    their own; tiles other than 16 px (above MAX_TILE they are drawn as MAX_TILE ones)."""
     w, h = 37, 21
     inputs, extents, depths, w_acc, w_alpha = _screen_space_scene(9, w, h, n_ch, seed=5)
 
@@ -195,6 +195,11 @@ def test_numba_backward_gradcheck_beyond_the_fused_channels_and_default_tile(n_c
 
     inputs = [t.clone().requires_grad_(True) for t in inputs]
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        big = rasterize_numba(*inputs, extents, depths, w, h, tile_size=tile)
+        default = rasterize_numba(*inputs, extents, depths, w, h)
+    for a, b in zip(big, default, strict=True):
+        assert torch.equal(a, b)  # the tile size changes no pixel
 
 
 def test_numba_float32_gradients_follow_the_float64_ones():
