@@ -16,8 +16,10 @@ Budget 0 is the start itself (the fine row is the fine render's own score).
 One refinement run of the longest budget per (prop, start); the shorter budgets are
 snapshots of that run (`refine(snapshots=...)`). The schedule is budget-independent (the
 means' rate decays over `lr_decay_steps` steps, densification stops at a step, no
-held-out views, no best-state selection), so a snapshot at 10 s is the state a 10-s run
-ends with; copying a snapshot is not counted against the budget.
+held-out views, no best-state selection; the low-resolution warm-up's 200 steps take a
+few seconds, well inside half the shortest budget, where a time budget would cut them),
+so a snapshot at 10 s is the state a 10-s run ends with; copying a snapshot is not
+counted against the budget.
 
 Rows are appended to a JSON-lines file as each (prop, start) finishes; running the same
 command again resumes, and `--report` writes the markdown from the rows alone.

@@ -143,6 +143,35 @@ def test_snapshots_are_the_states_shorter_runs_end_with(scene, start):
     assert same(timed.snapshots[1][2], timed.gaussians)
 
 
+def test_warmup_steps_render_smaller_views_then_full_size(scene, start, monkeypatch):
+    """Coarse-to-fine: the first `warmup_steps` steps see the views at `warmup_side`, the
+    rest (and every held-out score) at full size; the warm-up never takes more than half
+    the budget, so a short run still ends on full-size steps."""
+    import engine.render as render_module
+
+    images, cams = scene
+    sizes: list[int] = []
+
+    def spy(gaussians, cameras, *args, **kwargs):
+        sizes.append(cameras.width)
+        return render(gaussians, cameras, *args, **kwargs)
+
+    monkeypatch.setattr(render_module, "render", spy)
+    cfg = RefineConfig(warmup_steps=10, warmup_side=16, eval_every=50)
+    res = refine(start, images, cams, steps=30, holdout=0, config=cfg)
+    assert sizes == [16] * 10 + [SIZE] * 20
+    assert sum(res.loss_history[-5:]) < sum(res.loss_history[:5])
+    sizes.clear()
+    refine(start, images, cams, steps=12, holdout=0, config=cfg)
+    assert sizes == [16] * 6 + [SIZE] * 6
+    sizes.clear()
+    refine(start, images, cams, steps=6, config=cfg)  # one view held out, scored at 32²
+    assert sizes == [SIZE] + [16] * 3 + [SIZE] * 3 + [SIZE]
+    sizes.clear()
+    refine(start, images, cams, steps=6, holdout=0, config=RefineConfig(warmup_steps=0))
+    assert sizes == [SIZE] * 6
+
+
 def test_split_clone_keeps_the_cap_and_prunes_transparent(scene, start):
     images, cams = scene
     g = start.clone()

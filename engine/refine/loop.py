@@ -217,6 +217,12 @@ def refine(
         w = max(1, round(cameras.width * cfg.max_side / longer))
         h = max(1, round(cameras.height * cfg.max_side / longer))
         images, cameras = resize_views(images, cameras, w, h)
+    small_images, small_cameras = images, cameras
+    longer = max(cameras.width, cameras.height)
+    if cfg.warmup_steps and longer > cfg.warmup_side:
+        w = max(1, round(cameras.width * cfg.warmup_side / longer))
+        h = max(1, round(cameras.height * cfg.warmup_side / longer))
+        small_images, small_cameras = resize_views(images, cameras, w, h)
     held = holdout_indices(len(cameras), holdout, cfg)
     train_mask = torch.ones(len(cameras), dtype=torch.bool)
     train_mask[held] = False
@@ -312,15 +318,19 @@ def refine(
         # means lr: 3DGS's exponential decay, over lr_decay_steps (or the budget).
         decay = min(1.0, step / cfg.lr_decay_steps) if cfg.lr_decay_steps else fraction()
         params.set_lr("means", lrs["means"] * cfg.means_lr_final**decay)
-        out = render(params.gaussians(), cameras[batch], background=bg, backend=backend,
+        # Coarse-to-fine: the first steps at warmup_side. Never past half the budget, so a
+        # short run still ends with full-size steps.
+        warm = step < cfg.warmup_steps and fraction() < 0.5
+        step_images, step_cameras = (small_images, small_cameras) if warm else (images, cameras)
+        out = render(params.gaussians(), step_cameras[batch], background=bg, backend=backend,
                      absgrad=absgrad, depth=False)  # fmt: skip
-        loss = refine_loss(out.colors, images[batch], cfg.ssim_weight)
+        loss = refine_loss(out.colors, step_images[batch], cfg.ssim_weight)
         loss.backward()
         grad = getattr(out.means2d, "absgrad", None) if absgrad else None
         if grad is None:
             grad = out.means2d.grad
         if grad is not None:
-            stats.add(grad.detach(), out.radii > 0, cameras.width, cameras.height)
+            stats.add(grad.detach(), out.radii > 0, step_cameras.width, step_cameras.height)
         params.step()
         step += 1
         losses.append(float(loss.detach()))
