@@ -346,7 +346,9 @@ def _forward_kernel(
                     # The whole tile row in one branch-free loop (8-wide vector code): pixels
                     # outside the box or below 1/255 get weight 0. Stores are unconditional
                     # arithmetic, not selects of the old value, which LLVM would turn into
-                    # masked stores (slow on AMD cores).
+                    # masked stores (slow on AMD cores). It also counts the row's saturated
+                    # pixels and sums exp(-sigma) where it blended (>= exp(-SIGMA_CAP) > 0).
+                    n_done = blended = zero
                     for lx in range(tile):
                         i = row + _u(lx)
                         x = st[o_x + i]
@@ -361,7 +363,10 @@ def _forward_kernel(
                         st[o_w + i] = w
                         st[o_g + i] = gauss * b
                         st[o_t + i] = t0 * (one - alpha * b)
-                        st[o_done + i] = d0 + (one - d0) * (one if valid & (t1 < t_min) else zero)
+                        d1 = d0 + (one - d0) * (one if valid & (t1 < t_min) else zero)
+                        st[o_done + i] = d1
+                        n_done += d1
+                        blended += gauss * b
                         st[o_acc + i] += w * c0
                         st[o_a1 + i] += w * c1
                         st[o_a2 + i] += w * c2
@@ -371,10 +376,6 @@ def _forward_kernel(
                         o_c = o_more + _u(ch - _FUSED) * S + row
                         for lx in range(tile):
                             st[o_c + _u(lx)] += st[o_w + row + _u(lx)] * c
-                    n_done = blended = zero  # exp(-sigma) >= exp(-SIGMA_CAP) where it blended
-                    for lx in range(tile):
-                        n_done += st[o_done + row + _u(lx)]
-                        blended += st[o_g + row + _u(lx)]
                     saturated = row_live[ly] - (w_tile - int(n_done))
                     row_live[ly] -= saturated
                     live -= saturated
@@ -420,27 +421,22 @@ def _backward_kernel(
         S = _u(_STRIDE)
         # Per pixel of the tile: transmittance in front of the current Gaussian, the alpha
         # gradient's own term, the output gradient and the colour of everything behind for
-        # the fused channels, the current Gaussian's gradient terms in the columns of
-        # part_grads (summed over its rows when its run of rows ends), the alpha gradient of
-        # the channels beyond _FUSED, exp(-sigma) of the current row, the pixel centre's x; then
-        # the output gradient, colour behind and gradient term of each channel beyond _FUSED.
+        # the fused channels, the alpha gradient of the channels beyond _FUSED, exp(-sigma)
+        # of the current row, the pixel centre's x; then the output gradient, colour behind
+        # and gradient term of each channel beyond _FUSED. The current Gaussian's gradient
+        # terms for the other columns of part_grads are summed over each row as the row loop
+        # runs (vector reductions) and over its rows in `run`.
         o_t, o_ga = _u(0), S
         o_g0, o_g1, o_g2, o_g3 = _u(2) * S, _u(3) * S, _u(4) * S, _u(5) * S
         o_r0, o_r1, o_r2, o_r3 = _u(6) * S, _u(7) * S, _u(8) * S, _u(9) * S
-        o_s = _u(10) * S
-        o_m0, o_m1 = o_s + _u(_MEAN) * S, o_s + _u(_MEAN + 1) * S
-        o_b0, o_b1 = o_s + _u(_ABS) * S, o_s + _u(_ABS + 1) * S
-        o_q0, o_q1 = o_s + _u(_CONIC) * S, o_s + _u(_CONIC + 1) * S
-        o_q2, o_op = o_s + _u(_CONIC + 2) * S, o_s + _u(_OPACITY) * S
-        o_c0, o_c1 = o_s + _u(_COLOR) * S, o_s + _u(_COLOR + 1) * S
-        o_c2, o_c3 = o_s + _u(_COLOR + 2) * S, o_s + _u(_COLOR + 3) * S
-        o_xga = o_s + _u(_COLOR + _FUSED) * S
+        o_xga = _u(10) * S
         o_e = o_xga + S
         o_x = o_e + S
         o_more = o_x + S  # channel ch >= _FUSED: gradient, colour behind, gradient term
         n_more = max(0, n_ch - _FUSED)
         n_out = _CONIC if means_only else _COLOR + n_ch
         st = np.empty(o_more + _u(3 * n_more) * S, colors.dtype)
+        run = np.zeros(_COLOR + _FUSED, colors.dtype)  # the current Gaussian's sums so far
         y_centre = np.empty(tile, colors.dtype)  # stored, so that dy stays in the float type
         for t in range(part, n_tiles, n_parts):
             r0, r1 = tile_rec[t, 0], tile_rec[t, 1]
@@ -480,11 +476,11 @@ def _backward_kernel(
                     if k_cur >= 0:
                         # Each thread part sums into its own rows: no write races.
                         out = part_grads[part, ids[k_cur]]
-                        for j in range(n_out):
-                            if j < _COLOR + _FUSED:
-                                o_j = o_s + _u(j) * S
-                            else:
-                                o_j = o_more + _u(3 * (j - _COLOR - _FUSED) + 2) * S
+                        for j in range(min(n_out, _COLOR + _FUSED)):
+                            out[j] += run[j]
+                        run[:] = zero
+                        for j in range(_COLOR + _FUSED, n_out):
+                            o_j = o_more + _u(3 * (j - _COLOR - _FUSED) + 2) * S
                             sj = zero
                             for rr in range(r + 1, r_end):
                                 row = o_j + _u(rec_row[part, rr] * tile)
@@ -530,6 +526,8 @@ def _backward_kernel(
                         xga = st[o_xga + row + _u(lx)] * (one - first)
                         st[o_xga + row + _u(lx)] = xga + (c - rv) * tr * gc
                         st[o_rc + _u(lx)] = alpha * c + (one - alpha) * rv
+                s_m0 = s_m1 = s_b0 = s_b1 = s_q0 = s_q1 = s_q2 = s_op = zero
+                s_c0 = s_c1 = s_c2 = s_c3 = zero
                 for lx in range(tile):
                     i = row + _u(lx)
                     gauss = st[o_e + i]
@@ -546,10 +544,10 @@ def _backward_kernel(
                     st[o_r1 + i] = alpha * c1 + (one - alpha) * rv1
                     st[o_r2 + i] = alpha * c2 + (one - alpha) * rv2
                     st[o_r3 + i] = alpha * c3 + (one - alpha) * rv3
-                    st[o_c0 + i] = w * gc0
-                    st[o_c1 + i] = w * gc1
-                    st[o_c2 + i] = w * gc2
-                    st[o_c3 + i] = w * gc3
+                    s_c0 += w * gc0
+                    s_c1 += w * gc1
+                    s_c2 += w * gc2
+                    s_c3 += w * gc3
                     g_rest = (c0 - rv0) * gc0 + (c1 - rv1) * gc1 + (c2 - rv2) * gc2
                     g_a = (g_rest + (c3 - rv3) * gc3) * tr + st[o_ga + i] * inv + st[o_xga + i]
                     # Where alpha is clamped it depends on neither opacity nor sigma.
@@ -557,14 +555,26 @@ def _backward_kernel(
                     g_sigma = -raw * g_a
                     gmx = g_sigma * (ca * dx + cbdy)
                     gmy = g_sigma * (ccdy + cb * dx)
-                    st[o_m0 + i] = gmx
-                    st[o_m1 + i] = gmy
-                    st[o_b0 + i] = gmx if gmx >= zero else -gmx  # (abs() is a call here)
-                    st[o_b1 + i] = gmy if gmy >= zero else -gmy
-                    st[o_q0 + i] = half * g_sigma * dx * dx
-                    st[o_q1 + i] = g_sigma * dx * dy
-                    st[o_q2 + i] = g_sigma * hdy2
-                    st[o_op + i] = gauss * g_a
+                    s_m0 += gmx
+                    s_m1 += gmy
+                    s_b0 += gmx if gmx >= zero else -gmx  # (abs() is a call here)
+                    s_b1 += gmy if gmy >= zero else -gmy
+                    s_q0 += half * g_sigma * dx * dx
+                    s_q1 += g_sigma * dx * dy
+                    s_q2 += g_sigma * hdy2
+                    s_op += gauss * g_a
+                run[_MEAN] += s_m0
+                run[_MEAN + 1] += s_m1
+                run[_ABS] += s_b0
+                run[_ABS + 1] += s_b1
+                run[_CONIC] += s_q0
+                run[_CONIC + 1] += s_q1
+                run[_CONIC + 2] += s_q2
+                run[_OPACITY] += s_op
+                run[_COLOR] += s_c0
+                run[_COLOR + 1] += s_c1
+                run[_COLOR + 2] += s_c2
+                run[_COLOR + 3] += s_c3
 
 
 def _numpy(t: Tensor) -> np.ndarray:
