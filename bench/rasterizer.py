@@ -296,9 +296,10 @@ def main() -> None:
         f"- machine: {', '.join(x for x in cpu_and_memory() if x)}, {os.cpu_count()} logical "
         f"CPUs, Python {platform.python_version()}, torch {first['torch'] if first else '?'}",
         f"- load: 1/5/15-min load average {'/'.join(f'{x:.1f}' for x in load_before)} before, "
-        f"{'/'.join(f'{x:.1f}' for x in load_after)} after. The machine was shared with other "
-        "engineers' jobs: wall times include waiting for a core, CPU times (in brackets) "
-        "do not. On an idle machine a two-thread wall time approaches half the CPU time.",
+        f"{'/'.join(f'{x:.1f}' for x in load_after)} after (the benchmark's own children "
+        "account for 1 to 2). On a VM the host's other tenants are not visible here: wall "
+        "times include waiting for a core, CPU times (in brackets) do not, and on an "
+        "uncontended machine a two-thread wall time approaches half the CPU time.",
         "- scene: random Gaussians in the unit cube, scales 0.005–0.06, SH degree 3, one "
         "camera at distance 2.5, FOV 39.6°, 256²; loss for the backward: mean colour "
         "(+ mean alpha for ours). Each row a fresh process; medians of 15 runs after 10 "

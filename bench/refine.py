@@ -197,8 +197,8 @@ def report(args: argparse.Namespace, command: str) -> str:
         f"- load: 1-min load average {first['load_before'][0]:.1f} before the first run, "
         f"{last['load_after'][0]:.1f} after the last; between {min(loads):.1f} and "
         f"{max(loads):.1f} (mean {sum(loads) / len(loads):.1f}) at the starts and ends of "
-        "the runs. The 2 cores were shared with other engineers' jobs (this ran under "
-        "`nice`), so every budget bought fewer steps than it would on an idle machine.",
+        "the runs; the benchmark's own two threads account for about 2, more means other "
+        "work shared the cores and every budget bought fewer steps.",
         f"- data: {len(props)} held-out props of the test split of `{args.data.name}` "
         "(seed 1), 16 input views over the upper hemisphere, 8 random target views, 256².",
         f"- setup: `refine(start, 16 views, {rows[0].get('budget_arg', 'seconds=60')}, "
