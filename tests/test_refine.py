@@ -261,6 +261,10 @@ def test_bad_views_and_tiny_budget_are_clear_errors(scene, start):
         refine(start, images, cams, seconds=1e-6)
     with pytest.raises(ValueError, match="batch_views"):
         _Config(batch_views=0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _Config(warmup_steps=-1)
+    with pytest.raises(ValueError, match="warmup_side"):
+        _Config(warmup_side=0)
 
 
 def test_learned_densifier_keeps_counts_within_the_cap(scene, start):
