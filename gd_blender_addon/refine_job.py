@@ -112,12 +112,13 @@ def on_white(images: Any) -> Any:
 
 
 def _refine(gaussians: Any, images: Any, cameras: Any, settings: RefineSettings,
-            select: Any, progress: Progress, cancel: threading.Event) -> Any:  # fmt: skip
+            select: Any, progress: Progress, cancel: threading.Event,
+            config: Any = None) -> Any:  # fmt: skip
     from engine.refine import refine
 
     result = refine(
         gaussians, on_white(images), cameras, **settings.budget(), select=select,
-        progress=progress, cancel=cancel,
+        progress=progress, cancel=cancel, config=config,
     )  # fmt: skip
     if result.cancelled or cancel.is_set():
         raise jobs.JobCancelled()  # Esc drops the whole job: nothing lands
@@ -195,7 +196,12 @@ def refine_object_work(
     images, cameras = prepare_views(views, records, min(side, cap) if cap else side)
     if select is not None and bool(select.all()):
         select = None
-    result = _refine(gaussians, images, cameras, settings, select, progress, cancel)
+    # No low-resolution warm-up: it suits a feed-forward start, but this splat may have
+    # been refined already, and low-resolution steps blur what full-size ones sharpened
+    # until the warm-up ends (measured on 3 refined props, 10 more seconds: 5 s in, 27.9
+    # against 31.4 dB held-out; at the end level, 31.45 against 31.40).
+    config = RefineConfig(warmup_steps=0)
+    result = _refine(gaussians, images, cameras, settings, select, progress, cancel, config)
     trainable = result.trainable.cpu()
     order = torch.cat([(~trainable).nonzero().flatten(), trainable.nonzero().flatten()])
     new_level, new_parent = inherit_lineage(gaussians.means, level, parent, select, result)

@@ -334,6 +334,28 @@ def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy
 
 
 @pytest.mark.slow
+def test_refine_button_continues_without_the_warm_up(scene, spy, monkeypatch):
+    """The Refine button may continue a splat that was refined already, so it refines at
+    full size from its first step (the low-resolution warm-up suits feed-forward starts,
+    which Reconstruct refines with the defaults)."""
+    import bpy
+
+    import engine.refine as engine_refine
+
+    obj = _reconstructed(scene)
+    seen = []
+    original = engine_refine.refine
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("config"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_refine, "refine", recording)
+    assert bpy.ops.gd.refine(refine_steps=2) == {"FINISHED"}
+    assert obj.name in bpy.data.objects
+    assert len(seen) == 1 and seen[0].warmup_steps == 0
+
+
 def test_refine_region_and_whole_object(scene, spy):
     import bpy
 
