@@ -31,7 +31,8 @@ class RefineConfig:
     well. Measured on 8 hemisphere props, 10 s from the fine start: +0.4 to +0.6 dB
     (29.63 against 29.27, 29.11 against 28.55 on two groups of 4), from the visual hull
     +0.1 to +0.2; at 30 s +0.1 for both (compare `bench/refine.py --set warmup_steps=0`).
-    0: full size throughout."""
+    0: full size throughout, which suits continuing a splat refined already (there the
+    warm-up blurs it until it ends: 27.9 against 31.4 dB 5 s into 10 more seconds)."""
     warmup_side: int = 128
     """Longer side of the views during the warm-up steps (no effect when the views are
     not larger)."""
