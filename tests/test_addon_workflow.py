@@ -333,7 +333,6 @@ def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy
         assert np.array_equal(restored[key], values), key
 
 
-@pytest.mark.slow
 def test_refine_button_continues_without_the_warm_up(scene, spy, monkeypatch):
     """The Refine button may continue a splat that was refined already, so it refines at
     full size from its first step (the low-resolution warm-up suits feed-forward starts,
@@ -356,6 +355,7 @@ def test_refine_button_continues_without_the_warm_up(scene, spy, monkeypatch):
     assert len(seen) == 1 and seen[0].warmup_steps == 0
 
 
+@pytest.mark.slow
 def test_refine_region_and_whole_object(scene, spy):
     import bpy
 

@@ -112,6 +112,17 @@ def _check_args(
             raise RefineError("select is empty: nothing would be refined")
 
 
+def _shrink_to(images: Tensor, cameras: Cameras, side: int) -> tuple[Tensor, Cameras]:
+    """(V, H, W, 3) views and their cameras resampled so the longer side is at most `side`
+    (aspect kept; unchanged when already within it)."""
+    longer = max(cameras.width, cameras.height)
+    if longer <= side:
+        return images, cameras
+    w = max(1, round(cameras.width * side / longer))
+    h = max(1, round(cameras.height * side / longer))
+    return resize_views(images, cameras, w, h)
+
+
 def _snapshot(params: GaussianParams) -> tuple[Gaussians, Tensor]:
     return params.snapshot(), params.trainable.clone()
 
@@ -212,17 +223,11 @@ def refine(
 
     images = images.to(device=device, dtype=torch.float32)
     cameras = cameras.to(device=device, dtype=torch.float32)
-    longer = max(cameras.width, cameras.height)
-    if cfg.max_side and longer > cfg.max_side:
-        w = max(1, round(cameras.width * cfg.max_side / longer))
-        h = max(1, round(cameras.height * cfg.max_side / longer))
-        images, cameras = resize_views(images, cameras, w, h)
+    if cfg.max_side:
+        images, cameras = _shrink_to(images, cameras, cfg.max_side)
     small_images, small_cameras = images, cameras
-    longer = max(cameras.width, cameras.height)
-    if cfg.warmup_steps and longer > cfg.warmup_side:
-        w = max(1, round(cameras.width * cfg.warmup_side / longer))
-        h = max(1, round(cameras.height * cfg.warmup_side / longer))
-        small_images, small_cameras = resize_views(images, cameras, w, h)
+    if cfg.warmup_steps:
+        small_images, small_cameras = _shrink_to(images, cameras, cfg.warmup_side)
     held = holdout_indices(len(cameras), holdout, cfg)
     train_mask = torch.ones(len(cameras), dtype=torch.bool)
     train_mask[held] = False
