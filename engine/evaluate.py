@@ -345,6 +345,7 @@ def evaluate_object(
     device: torch.device,
     keep_renders: bool = False,
     visual_hull: bool = True,
+    budget: int | None = None,
 ) -> ObjectEval:
     """Reconstruct one object from its input views and score coarse and fine on its
     target views, beside the visual-hull splat of the same inputs (see the module
@@ -359,6 +360,7 @@ def evaluate_object(
         keep_renders: keep the (T, H, W, 3) renders for the image strips.
         visual_hull: also make and score the visual-hull splat (from the input views at
             their native size, normalised as the model normalises them: from the cameras).
+        budget: densification candidates K passed to `reconstruct` (None: the model's own).
     """
     size = int(getattr(model, "view_size", model.image_size))
     # RGBA, as the add-on's captures are: a model that reads silhouettes gets them, the
@@ -367,7 +369,8 @@ def evaluate_object(
     images, cameras = resize_views(rgba, item["input_cameras"], size)
     _sync(device)
     t0 = time.perf_counter()
-    rec = model.reconstruct(images.to(device), cameras.to(device=device))
+    kwargs = {} if budget is None else {"budget": budget}
+    rec = model.reconstruct(images.to(device), cameras.to(device=device), **kwargs)
     _sync(device)
     wall = time.perf_counter() - t0
 
@@ -577,7 +580,12 @@ def render_report(summary: dict, objects: Sequence[ObjectEval], meta: dict) -> s
     lines = [
         f"# Evaluation: {meta['model']['name']} on {meta['data']['path']} ({meta['split']})",
         "",
-        f"- Model: `{meta['model']['name']}` — {meta['model']['weights_note']}",
+        f"- Model: `{meta['model']['name']}` — {meta['model']['weights_note']}"
+        + (
+            f"; K = {meta['model']['candidates']} densification candidates per object"
+            if meta["model"].get("candidates")
+            else ""
+        ),
         (
             f"- Weights: `{meta['model']['weights_path']}`, sha256 `{meta['model']['sha256']}`"
             if meta["model"]["weights_path"]
@@ -761,6 +769,7 @@ def evaluate(
     views: int | None = None,
     targets: int | None = None,
     visual_hull: bool = True,
+    budget: int | None = None,
     meta: dict[str, Any] | None = None,
     progress: Callable[[int, int, ObjectEval], None] | None = None,
 ) -> dict[str, Any]:
@@ -778,6 +787,8 @@ def evaluate(
             `plan_views` for where they come from when the ring has fewer.
         targets: score only the first T target views left after `views` (None: all).
         visual_hull: score the visual-hull baseline beside the model.
+        budget: densification candidates K per object (None: the model's default,
+            `config.candidates`).
         meta: provenance to merge into the report (data path, split, command line).
         progress: called after each object with (done, total, result).
     Returns:
@@ -806,7 +817,7 @@ def evaluate(
         item = apply_plan(item, plan)
         keep = position < image_objects
         result = evaluate_object(model, item, device, keep_renders=keep,
-                                 visual_hull=visual_hull)  # fmt: skip
+                                 visual_hull=visual_hull, budget=budget)  # fmt: skip
         if keep:
             image_files += _write_strips(out_dir, result, image_views)
             result.renders = {}
@@ -831,6 +842,8 @@ def evaluate(
             "weights_note": "trained weights" if weights_path else
             "no weights file: random initialisation (untrained)",
             "config": _config_dict(getattr(model, "config", None)),
+            "candidates": budget if budget is not None else getattr(
+                getattr(model, "config", None), "candidates", None),
         },
         "data": {
             "path": str(dataset.root),

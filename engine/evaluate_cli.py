@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", type=positive_int, default=None, metavar="T",
                    help="score only the first T target views left (default: all), e.g. "
                         "--views 4 --targets 4 scores the views --views 8 scores")  # fmt: skip
+    p.add_argument("--budget", type=positive_int, default=None, metavar="K",
+                   help="densification candidates per object (default: the model's own, "
+                        "e.g. object-small's 1000); a props dataset only")  # fmt: skip
     p.add_argument("--no-visual-hull", "--no-baseline", action="store_true",
                    help="skip the non-learned baseline (visual hull for props, plane-sweep "
                         "stereo for scenes)")  # fmt: skip
@@ -79,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         model, dataset, args.out, split=args.split, limit=args.limit,
         image_objects=args.images, image_views=args.image_views, device=device,
         views=args.views, targets=args.targets, visual_hull=not args.no_visual_hull,
+        budget=args.budget,
         meta={"command": "gd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "gd evaluate"},
         progress=progress,
     )  # fmt: skip
@@ -104,6 +108,9 @@ def run_scenes(args: argparse.Namespace) -> int:
     from .models import GDSceneModel
     from .resolve import resolve_model
 
+    if args.budget is not None:
+        raise ValueError("--budget is for object models on a props dataset; the scene "
+                         "model's candidates come from its config")  # fmt: skip
     dataset = ScenesDataset(args.data, args.split)
     if len(dataset) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} has no finished scenes")

@@ -123,3 +123,7 @@ def test_evaluate_scores_a_scenes_dataset_beside_the_baseline(tmp_path, capsys):
     _fails(["evaluate", "object-tiny", str(SAMPLE), "--split", "all", "--random-init", "--out",
             str(tmp_path / "no")], capsys, "not a scene model")  # fmt: skip
     assert not (tmp_path / "no").exists()
+    _fails(["evaluate", "scene-tiny", str(SAMPLE), "--split", "all", "--random-init", "--out",
+            str(tmp_path / "no"), "--budget", "10"],
+           capsys, "--budget is for object models")  # fmt: skip
+    assert not (tmp_path / "no").exists()

@@ -33,6 +33,7 @@ from engine.gaussians import Gaussians
 from engine.gd.merge import merge
 from engine.images import resize_views
 from engine.metrics import psnr
+from engine.models.config import get_model_config
 from engine.plots import plot_histograms, plot_training_curves, read_metrics_jsonl
 from engine.render import render
 
@@ -342,6 +343,27 @@ def test_gd_evaluate_end_to_end_with_the_real_model(tiny_props, tmp_path):
     assert counts["final"] == counts["coarse"] + counts["added"]
     assert "reconstruct_wall" in obj["seconds"]
     assert "random initialisation" in (out / "report.md").read_text()
+
+
+def test_gd_evaluate_budget_sets_the_candidates_and_is_reported(tiny_props, tmp_path):
+    """`--budget K` is the K every reconstruction densifies with, and the report says so."""
+    runs = {}
+    for budget in (None, 7):
+        out = tmp_path / f"k{budget}"
+        extra = [] if budget is None else ["--budget", str(budget)]
+        rc = main(["evaluate", "object-tiny", str(tiny_props), "--out", str(out), "--limit", "1",
+                   "--device", "cpu", "--random-init", "--images", "0", *extra])  # fmt: skip
+        assert rc == 0
+        runs[budget] = json.loads((out / "metrics.json").read_text())
+        assert (
+            f"K = {runs[budget]['meta']['model']['candidates']} densification"
+            in (out / "report.md").read_text()
+        )
+    default = runs[None]["meta"]["model"]["candidates"]
+    assert default == get_model_config("object-tiny").candidates
+    assert runs[7]["meta"]["model"]["candidates"] == 7
+    assert runs[7]["objects"][0]["counts"]["candidates"] == 7
+    assert runs[None]["objects"][0]["counts"]["candidates"] > 7
 
 
 def test_weights_in_folder(tmp_path):
