@@ -73,6 +73,13 @@ class BackboneConfig:
             variance over the views that see it inside their silhouettes (agreement means
             surface, and the mean is its colour) enter the Gaussian volume through a
             zero-initialised MLP, so weights trained without it start unchanged.
+        view_colours: colour the decoded Gaussians from the views (`view_colours.py`): a
+            Gaussian's DC colour becomes the mean of the input pixels under its centre
+            over the views that see it (a soft depth test against a render of the decoded
+            set), where any view sees it; unseen Gaussians keep the network's colour, and
+            the higher SH bands are the network's. No parameters: weights trained without
+            it load unchanged.
+        view_colour_tolerance: that depth test's tolerance, in Gaussian-volume voxels.
     """
 
     encoder: str = "cnn"
@@ -98,6 +105,8 @@ class BackboneConfig:
     silhouette: bool = False
     gate_dilation: int = 2
     photo_volume: bool = False
+    view_colours: bool = False
+    view_colour_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
         if self.sh_degree < 1:
@@ -228,14 +237,16 @@ def _refuse_code(backbone: Any) -> None:
 # The densifier of the object model: children re-sample the input views where they are
 # (DESIGN.md §8), the grid is tied to the Gaussian volume's voxel (level 1 = half a voxel).
 # v2 (issue 16) reads the input silhouettes; trained from v1's weights (`--init`), whose
-# backbone lacks only the zero-initialised silhouette layers. v3 (shipped) adds the
-# photo-consistency volume, from v2's weights the same way. A weights file carries its own
-# config, so a shipped model still loads as itself while this preset describes the next.
+# backbone lacks only the zero-initialised silhouette layers. v3 adds the photo-consistency
+# volume, from v2's weights the same way; v4 (shipped) colours the decoded Gaussians from the
+# views (`view_colours`, no parameters: v3's weights load as they are). A weights file
+# carries its own config, so a shipped model still loads as itself while this preset
+# describes the next.
 # A 48³ Gaussian volume (`upsample` 3, trained from v3 through
 # `ObjectBackbone.adapt_init_state`: 2,500 backbone + 600 densifier steps) was measured and
 # not kept: test coarse 22.95 -> 23.02 dB but fine 23.87 -> 23.62, with 3x the coarse
 # Gaussians (9.2k) and 3x the backbone time.
-_SMALL_BACKBONE = BackboneConfig(silhouette=True, photo_volume=True)
+_SMALL_BACKBONE = BackboneConfig(silhouette=True, photo_volume=True, view_colours=True)
 # Residual heads start every child as a smaller copy of its parent, so the fine render
 # begins close to the coarse one and training only has to learn the improvement.
 _SMALL_DENSIFY = SMALL.with_(

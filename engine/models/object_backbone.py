@@ -9,7 +9,9 @@
       -> 3D convolutional refinement (a small U-Net)
       -> up-sampled Gaussian volume -> decoder: `gaussians_per_voxel` Gaussians per voxel
          (offset within the voxel, scale, rotation, opacity, SH) and a feature per Gaussian
-         for the densifier.
+         for the densifier
+      -> with `view_colours`, each Gaussian the views see takes their colour at its centre
+         (`view_colours.py`).
 
 DESIGN.md §8: on two cores, geometric inductive bias beats capacity, so the projection
 is computed, not learned; attention only decides how to weigh the views.
@@ -35,6 +37,7 @@ from .silhouette import (
     sample_alphas,
     silhouette_gate,
 )
+from .view_colours import recolour, view_colours
 
 
 @dataclass
@@ -324,6 +327,13 @@ class ObjectBackbone(nn.Module):
                 masks = dilate_alphas(alphas[bi], cfg.gate_dilation)
                 gated.append(gate_opacities(g, silhouette_gate(g.means, masks, cams.to(device))))
             decoded = BackboneOutput(gated, decoded.features)
+        if cfg.view_colours:
+            tolerance = cfg.view_colour_tolerance * self.voxel_size
+            coloured = []
+            for bi, (g, cams) in enumerate(zip(decoded.gaussians, cameras, strict=True)):
+                colours, seen = view_colours(g, images[bi], cams.to(device), tolerance)
+                coloured.append(recolour(g, colours, seen))
+            decoded = BackboneOutput(coloured, decoded.features)
         return decoded
 
     def _photo_volume(
