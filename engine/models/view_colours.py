@@ -42,17 +42,24 @@ def view_colours(
         tolerance: depth-test tolerance in the cameras' units (see `ChildSampler`).
     Returns:
         colours (N, 3) in [0, 1], the weighted mean of the pixels under each centre, and
-        seen (N,) bool.
+        seen (N,) bool. Gaussians below the rasteriser's 1/255 opacity cut never render, so
+        they are not looked up: seen False, colour 0 (the backbone decodes a whole volume,
+        and most of it is such Gaussians, which inference prunes and training drops).
     """
+    n = len(gaussians)
+    colours = images.new_zeros(n, 3)
+    seen = torch.zeros(n, dtype=torch.bool, device=images.device)
     live = gaussians.opacities >= 1.0 / 255.0
     if not bool(live.any()):
-        n = len(gaussians)
-        return images.new_zeros(n, 3), torch.zeros(n, dtype=torch.bool, device=images.device)
+        return colours, seen
+    drawn = gaussians[live].detach()
     white = torch.ones(3, device=images.device, dtype=images.dtype)
-    out = render(gaussians[live].detach(), cameras, background=white)
+    out = render(drawn, cameras, background=white)
     sampler = ChildSampler(images, cameras, out.alphas, out.depths, tolerance=tolerance)
-    stats = sampler(gaussians.means.detach())
-    return stats[:, :3].clamp(0.0, 1.0), stats[:, 7] > MIN_SEEN
+    stats = sampler(drawn.means)
+    colours[live] = stats[:, :3].clamp(0.0, 1.0).to(colours.dtype)
+    seen[live] = stats[:, 7] > MIN_SEEN
+    return colours, seen
 
 
 def recolour(gaussians: Gaussians, colours: Tensor, seen: Tensor) -> Gaussians:
