@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         union = (est | true).flatten(1).sum(1).float().clamp_min(1)
         row["iou"] = (inter / union).tolist()
         row["consistency"] = photos.masks.consistency
+        row["warnings"] = photos.masks.warnings
         ground = photos.masks.ground_height
         row["ground"] = float("nan") if ground is None else ground
         row["alpha_psnr"], row["alpha_obj"], from_alpha = _scores(model, alpha, targets)
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "alpha_psnr": float(np.mean([r["alpha_psnr"] for r in ok])) if ok else float("nan"),
         "photo_psnr": float(np.mean([r["photo_psnr"] for r in ok])) if ok else float("nan"),
         "mask_s": float(np.mean([r["mask_s"] for r in rows])),
+        "warned": [r["index"] for r in ok if r["warnings"]],
         "seconds": total,
     }
     print(summary)
@@ -168,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         sheet.save(STRIP)
     _write_report(args, rows, summary, argv)
     return 0
+
+
+def _warned_views(warnings: list[str]) -> str:
+    """The view numbers of `Masks.warnings` ("view 2: ..."), or a dash."""
+    return " ".join(w.split(":", 1)[0].removeprefix("view ") for w in warnings) or "—"
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -202,23 +209,26 @@ def _write_report(args, rows, s, argv) -> None:
         f"| mask IoU vs true alpha: mean (views) | {_f(s['iou_mean'], 3)} | |",
         f"| mask IoU: worst view / worst prop (mean of its views) | "
         f"{_f(s['iou_worst'], 3)} / {_f(s['iou_prop_worst'], 3)} | |",
+        f"| props accepted with a warning (`Masks.warnings`: a view's mask probably lost part "
+        f"of the prop) | {len(s['warned'])}: {', '.join(map(str, s['warned'])) or '—'} | |",
         "",
         f"**{'Met' if passed else 'Not met'}.**",
         "",
         "| prop | IoU (4 views) | cross-view IoU (min) | ground z | alpha PSNR | photo PSNR | "
-        "gap | gap (object) | masks s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "gap | gap (object) | warned views | masks s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | "
+            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | | "
                          f"{r['mask_s']:.1f} |")  # fmt: skip
             continue
         lines.append(
             f"| {r['index']} | {' '.join(f'{i:.2f}' for i in r['iou'])} | "
             f"{min(r['consistency']):.2f} | {_f(r['ground'])} | "
             f"{r['alpha_psnr']:.2f} | {r['photo_psnr']:.2f} | "
-            f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {r['mask_s']:.1f} |"
+            f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {_warned_views(r['warnings'])} | "
+            f"{r['mask_s']:.1f} |"
         )
     lines += [
         "",

@@ -352,7 +352,9 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
         masks = getattr(rec, "masks", None)
         if masks is not None:
             note = f"{note} {masks.summary().capitalize()}".strip()
-        self.report({"INFO"}, reconstruct_report(rec, time.monotonic() - self._started, note))
+        # A mask that probably lost part of the prop is worth the artist's look (yellow).
+        level = {"WARNING"} if masks is not None and masks.warnings else {"INFO"}
+        self.report(level, reconstruct_report(rec, time.monotonic() - self._started, note))
 
 
 # ---------------------------------------------------------------------------- densify
@@ -847,7 +849,8 @@ class GD_OT_preview_masks(bpy.types.Operator):
             self.report({"ERROR"}, f"Cannot cut out the photos: {err}")
             return {"CANCELLED"}
         summary = masks.summary() if masks is not None else "masks: none (photos as they are)"
-        self.report({"INFO"}, f"{summary}; see the image '{image.name}' in an Image Editor")
+        level = {"WARNING"} if masks is not None and masks.warnings else {"INFO"}
+        self.report(level, f"{summary}; see the image '{image.name}' in an Image Editor")
         return {"FINISHED"}
 
 

@@ -115,6 +115,30 @@ def test_opaque_photos_are_cut_out_before_reconstructing(scene, spy, tmp_path):
         assert (est & true).sum() / (est | true).sum() > 0.8, k
 
 
+def test_lost_parts_warnings_are_reported_as_warnings(scene, spy, tmp_path, monkeypatch, capfd):
+    import bpy
+
+    import engine.data.masks as masks_module
+
+    transforms, _ = _write_photos(tmp_path / "photos", scene)
+    _import(scene, transforms)
+    assert bpy.ops.gd.preview_masks() == {"FINISHED"}
+    assert "Warning" not in capfd.readouterr().out
+    # As if the estimate had found that view 0's mask lost part of the prop.
+    estimate = masks_module.estimate_masks
+
+    def warned(*args, **kwargs):
+        masks = estimate(*args, **kwargs)
+        masks.warnings.append("view 0: 40% of its mask's area stands above the ground ...")
+        return masks
+
+    monkeypatch.setattr(masks_module, "estimate_masks", warned)
+    assert bpy.ops.gd.preview_masks() == {"FINISHED"}
+    out = capfd.readouterr().out
+    assert "Warning" in out and "warning: view 0: 40% of its mask's area" in out
+    assert spy.calls == []
+
+
 @pytest.mark.slow
 def test_mask_files_are_used(scene, spy, tmp_path):
     transforms, truth = _write_photos(tmp_path / "photos", scene, masks=True)

@@ -26,6 +26,7 @@ from engine.data.masks import (
     find_ground,
     find_mask_file,
     ground_errors,
+    lost_parts,
     resolve_masks,
     subject_sphere,
 )
@@ -259,6 +260,33 @@ def test_the_ground_plane_under_the_prop_is_found_and_its_shadow_left_out():
     for k in range(len(cameras)):
         assert iou(est[k], truth[k]) >= 0.9, k
         assert float((est[k] & shadow[k]).sum()) <= 0.02 * float(shadow[k].sum()), k
+
+
+def test_a_mask_that_lost_part_of_the_prop_is_warned_about():
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    images = rgba[..., :3].numpy()
+    center, radius = subject_sphere(cameras)
+    cfg = MaskConfig()
+    found = find_ground(images, cameras, center, radius, cfg)
+    assert found is not None
+    errors, _ = ground_errors(images, cameras, found[0])
+    everywhere = np.ones(truth.shape, bool)
+    true = truth.numpy()
+    assert max(lost_parts(true, errors, found[1], everywhere, cfg)) <= cfg.lost_fraction
+    # View 0's mask loses the upper two thirds of the box: what stands there is no ground.
+    rows = np.nonzero(true[0].any(1))[0]
+    cut = true.copy()
+    cut[0, : rows[0] + 2 * (rows[-1] - rows[0]) // 3] = False
+    lost = lost_parts(cut, errors, found[1], everywhere, cfg)
+    assert lost[0] > cfg.lost_fraction, lost
+    assert max(lost[1:]) <= cfg.lost_fraction, lost
+    # The estimate of the whole box warns about nothing; the warnings reach the summary
+    # the CLI and the add-on print.
+    assert estimate_masks(rgba[..., :3], cameras).warnings == []
+    warned = estimate_masks(rgba[..., :3], cameras, MaskConfig(lost_fraction=-1.0))
+    assert len(warned.warnings) == len(cameras)
+    assert "warning: view 0:" in warned.summary()
 
 
 def test_no_ground_plane_is_found_behind_a_backdrop():
