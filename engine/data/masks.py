@@ -121,7 +121,7 @@ class MaskConfig:
     inside the subject's disk but away from its mask (`lost_parts`) add up to more than
     this fraction of the mask's area: the estimate has probably lost part of the prop. On
     the 21 props of `bench/photos.py` this warns about the four props whose masks lose a
-    visible part (mask IoU 0.66-0.82 in some view) and none of the others; a mask that
+    visible part (mask IoU 0.24-0.82 in its worst view) and none of the others; a mask that
     loses a part seen against ground that no other view frames (a lamp shade against the
     far bricks) cannot be told from this."""
 
