@@ -23,7 +23,14 @@ import numpy as np
 
 from .lighting import setup_world
 from .materials import build_material
-from .scene import RenderSettings, configure, render_to, set_camera, set_matrix
+from .scene import (
+    RenderSettings,
+    configure,
+    render_to,
+    resync_next_render,
+    set_camera,
+    set_matrix,
+)
 from .shapes import build_part
 
 ROOM_COLLECTION = "gd_room"
@@ -91,6 +98,7 @@ def build_room(rs: RoomScene, spec: dict[str, Any]) -> list[bpy.types.Object]:
     mesh objects."""
     clear_room()
     scene = rs.scene
+    resync_next_render(scene)
     setup_world(scene, spec["world"])
     collection = bpy.data.collections.new(ROOM_COLLECTION)
     scene.collection.children.link(collection)

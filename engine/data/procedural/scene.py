@@ -93,6 +93,18 @@ def clear_prop(scene: bpy.types.Scene) -> None:
     ids += [i for i in bpy.data.images if not i.filepath.endswith(".exr")]
     if ids:
         bpy.data.batch_remove(ids)
+    resync_next_render(scene)
+
+
+def resync_next_render(scene: bpy.types.Scene) -> None:
+    """Make the next render sync the whole scene afresh (after a prop or room was replaced).
+
+    Cycles' persistent data keeps what it synced by datablock; a new prop's materials and
+    images, allocated where the removed ones were, could be taken for them and drawn with
+    their textures (a prop showing the previous prop's photo or label, depending on what
+    the session rendered before). The next view renders without persistent data (Cycles
+    then drops what it kept), and `render_to` turns it back on for the views after it."""
+    scene.render.use_persistent_data = False
 
 
 @dataclass
@@ -181,6 +193,7 @@ def render_to(scene: bpy.types.Scene, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     scene.render.filepath = str(path)
     bpy.ops.render.render(write_still=True)
+    scene.render.use_persistent_data = True  # off for a new prop's first view
 
 
 def surface_points(built: BuiltProp, rng: np.random.Generator, count: int) -> np.ndarray:
