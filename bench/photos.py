@@ -15,6 +15,12 @@ as `gd evaluate`); the gap is alpha minus photos. The estimated masks are compar
 true alpha of the input views (IoU at 0.5). A prop whose photos are refused (`MaskError`)
 is listed with the reason and counted as a failure, not dropped.
 
+Two more reconstructions split the gap between its causes: the photos through the *true*
+alpha ("gap, true mask": what the photos' colours, lighting and JPEG cost with a perfect
+mask), and the alpha PNGs' colours through the *estimated* mask ("gap, mask shape": what
+the mask's outline costs alone). What the full gap adds to the shape's is the ground's
+colour inside a mask that is too large.
+
 Targets (issue #17): mean gap <= 1.5 dB, every prop <= 3 dB.
 """
 
@@ -51,10 +57,10 @@ TARGET_MEAN_GAP, TARGET_MAX_GAP = 1.5, 3.0
 NOTES_MARKER = "<!-- notes below are hand-written and kept when the benchmark re-runs -->"
 
 
-def _scores(model, views, targets) -> tuple[float, float, torch.Tensor]:
+def _scores(model, rgba, cameras, targets) -> tuple[float, float, torch.Tensor]:
     """(full-image PSNR, object PSNR, renders (T, H, W, 3)) of a reconstruction from
-    `views`, on `targets`."""
-    rec = model.reconstruct(views.rgba(), views.cameras)
+    straight RGBA views (V, H, W, 4) and their cameras, on `targets`."""
+    rec = model.reconstruct(rgba, cameras)
     white = torch.ones(3)
     with torch.no_grad():
         out = render(rec.gaussians, targets.cameras.to(dtype=torch.float32), background=white)
@@ -110,13 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         targets = load_nerf_scene(transforms_path(folder, "target"), masks="alpha")
         true = alpha.alphas > 0.5
         row: dict = {"index": index}
+        raw = load_nerf_scene(photos_transforms(folder), masks="none", max_side=size)
+        row["alpha_psnr"], row["alpha_obj"], from_alpha = _scores(
+            model, alpha.rgba(), alpha.cameras, targets
+        )
+        true_mask = torch.cat([raw.images, alpha.alphas[..., None]], -1)
+        row["true_mask_gap"] = row["alpha_psnr"] - _scores(model, true_mask, raw.cameras,
+                                                           targets)[0]  # fmt: skip
         t0 = time.perf_counter()
         try:
             photos = load_nerf_scene(photos_transforms(folder), masks="auto", max_side=size)
         except MaskError as err:
             row.update(error=str(err), mask_s=time.perf_counter() - t0)
             rows.append(row)
-            print(f"{index}: refused: {err}", flush=True)
+            print(f"{index}: refused: {err} (gap with the true mask "
+                  f"{row['true_mask_gap']:+.2f} dB)", flush=True)  # fmt: skip
             continue
         row["mask_s"] = time.perf_counter() - t0
         est = photos.alphas > 0.5
@@ -127,13 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         row["warnings"] = photos.masks.warnings
         ground = photos.masks.ground_height
         row["ground"] = float("nan") if ground is None else ground
-        row["alpha_psnr"], row["alpha_obj"], from_alpha = _scores(model, alpha, targets)
-        row["photo_psnr"], row["photo_obj"], pred = _scores(model, photos, targets)
+        row["photo_psnr"], row["photo_obj"], pred = _scores(
+            model, photos.rgba(), photos.cameras, targets
+        )
         row["gap"] = row["alpha_psnr"] - row["photo_psnr"]
         row["gap_obj"] = row["alpha_obj"] - row["photo_obj"]
+        shape = torch.cat([alpha.rgba()[..., :3], photos.alphas[..., None]], -1)
+        row["shape_gap"] = row["alpha_psnr"] - _scores(model, shape, alpha.cameras, targets)[0]
         rows.append(row)
         print(f"{index}: IoU {np.mean(row['iou']):.3f} alpha {row['alpha_psnr']:.2f} photos "
-              f"{row['photo_psnr']:.2f} gap {row['gap']:+.2f} dB (object {row['gap_obj']:+.2f}) "
+              f"{row['photo_psnr']:.2f} gap {row['gap']:+.2f} dB (object {row['gap_obj']:+.2f}; "
+              f"true mask {row['true_mask_gap']:+.2f}, mask shape {row['shape_gap']:+.2f}) "
               f"masks {row['mask_s']:.1f} s", flush=True)  # fmt: skip
         if len(strips) < args.strip_props:
             raw = np.asarray(Image.open(photos.paths[0]).convert("RGB"), np.float32) / 255
@@ -148,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_gap": float(np.mean(gaps)) if gaps else float("nan"),
         "max_gap": float(np.max(gaps)) if gaps else float("nan"),
         "mean_gap_obj": float(np.mean([r["gap_obj"] for r in ok])) if ok else float("nan"),
+        "mean_true_mask_gap": _mean(ok, "true_mask_gap"),
+        "mean_shape_gap": _mean(ok, "shape_gap"),
         "iou_mean": float(np.mean(ious)) if ious else float("nan"),
         "iou_worst": float(np.min(ious)) if ious else float("nan"),
         "iou_prop_worst": float(min(np.mean(r["iou"]) for r in ok)) if ok else float("nan"),
@@ -170,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         sheet.save(STRIP)
     _write_report(args, rows, summary, argv)
     return 0
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
 
 def _warned_views(warnings: list[str]) -> str:
@@ -206,6 +230,10 @@ def _write_report(args, rows, s, argv) -> None:
         f"| mean gap (alpha − photos), full image | {_f(s['mean_gap'])} dB | ≤ {TARGET_MEAN_GAP} |",
         f"| worst prop's gap | {_f(s['max_gap'])} dB | ≤ {TARGET_MAX_GAP} |",
         f"| mean gap, object pixels | {_f(s['mean_gap_obj'])} dB | |",
+        f"| mean gap with the true mask (photo colours, perfect mask) | "
+        f"{_f(s['mean_true_mask_gap'])} dB | |",
+        f"| mean gap of the mask's shape alone (alpha PNG colours, estimated mask) | "
+        f"{_f(s['mean_shape_gap'])} dB | |",
         f"| mask IoU vs true alpha: mean (views) | {_f(s['iou_mean'], 3)} | |",
         f"| mask IoU: worst view / worst prop (mean of its views) | "
         f"{_f(s['iou_worst'], 3)} / {_f(s['iou_prop_worst'], 3)} | |",
@@ -215,19 +243,20 @@ def _write_report(args, rows, s, argv) -> None:
         f"**{'Met' if passed else 'Not met'}.**",
         "",
         "| prop | IoU (4 views) | cross-view IoU (min) | ground z | alpha PSNR | photo PSNR | "
-        "gap | gap (object) | warned views | masks s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "gap | gap (object) | gap, true mask | gap, mask shape | warned views | masks s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | | "
-                         f"{r['mask_s']:.1f} |")  # fmt: skip
+            lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | "
+                         f"{r['true_mask_gap']:+.2f} | | | {r['mask_s']:.1f} |")  # fmt: skip
             continue
         lines.append(
             f"| {r['index']} | {' '.join(f'{i:.2f}' for i in r['iou'])} | "
             f"{min(r['consistency']):.2f} | {_f(r['ground'])} | "
             f"{r['alpha_psnr']:.2f} | {r['photo_psnr']:.2f} | "
-            f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {_warned_views(r['warnings'])} | "
+            f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {r['true_mask_gap']:+.2f} | "
+            f"{r['shape_gap']:+.2f} | {_warned_views(r['warnings'])} | "
             f"{r['mask_s']:.1f} |"
         )
     lines += [

@@ -119,11 +119,14 @@ class MaskConfig:
     lost_fraction: float = 0.15
     """Warn (`Masks.warnings`) about a view when the pixels that stand above the ground
     inside the subject's disk but away from its mask (`lost_parts`) add up to more than
-    this fraction of the mask's area: the estimate has probably lost part of the prop. On
-    the 21 props of `bench/photos.py` this warns about the four props whose masks lose a
-    visible part (mask IoU 0.24-0.82 in its worst view) and none of the others; a mask that
-    loses a part seen against ground that no other view frames (a lamp shade against the
-    far bricks) cannot be told from this."""
+    this fraction of the mask's area: the estimate has probably lost part of the prop.
+    Chosen on the 21 props of `bench/photos.py` as first rendered, where it warned about
+    the four props whose masks lost a visible part (mask IoU 0.24-0.82 in the worst view)
+    and none of the others; on those props re-rendered without the generator's stale
+    textures it warns about two of them (181, 246), once falsely (312, IoU 0.97-0.99) and
+    misses a table top one view loses (313, IoU 0.49). A mask that loses a part seen
+    against ground that no other view frames (a lamp shade against the far bricks) cannot
+    be told from this."""
 
 
 @dataclass
