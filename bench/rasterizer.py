@@ -292,7 +292,7 @@ def main() -> None:
         "# CPU rasteriser beside OpenSplat, refinement step, numba cache (`bench/rasterizer.py`)",
         "",
         f"- date: {started.isoformat(timespec='seconds')}",
-        f"- command: `nice python {' '.join(sys.argv)}`",
+        f"- command: `python {' '.join(sys.argv)}` (niceness {os.nice(0)})",
         f"- machine: {', '.join(x for x in cpu_and_memory() if x)}, {os.cpu_count()} logical "
         f"CPUs, Python {platform.python_version()}, torch {first['torch'] if first else '?'}",
         f"- load: 1/5/15-min load average {'/'.join(f'{x:.1f}' for x in load_before)} before, "
