@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         targets = load_nerf_scene(transforms_path(folder, "target"), masks="alpha")
         true = alpha.alphas > 0.5
         row: dict = {"index": index}
-        raw = load_nerf_scene(photos_transforms(folder), masks="none", max_side=size)
+        unmasked = load_nerf_scene(photos_transforms(folder), masks="none", max_side=size)
         row["alpha_psnr"], row["alpha_obj"], from_alpha = _scores(
             model, alpha.rgba(), alpha.cameras, targets
         )
-        true_mask = torch.cat([raw.images, alpha.alphas[..., None]], -1)
-        row["true_mask_gap"] = row["alpha_psnr"] - _scores(model, true_mask, raw.cameras,
+        true_mask = torch.cat([unmasked.images, alpha.alphas[..., None]], -1)
+        row["true_mask_gap"] = row["alpha_psnr"] - _scores(model, true_mask, unmasked.cameras,
                                                            targets)[0]  # fmt: skip
         t0 = time.perf_counter()
         try:

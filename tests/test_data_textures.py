@@ -1,10 +1,11 @@
 """Real Blender, real Cycles: a prop's textures are its own, whatever was rendered before it.
 
-One Blender session renders many props, with Cycles' persistent data on. Each prop's
-texture images used to take the same names as the previous prop's ("mat0_photo"), and
-Cycles went on drawing the earlier pixels: a prop rendered after another could show the
-other's photo or label (seen in the photo benchmark, whose photos and alpha renders came
-from sessions that had rendered different props before).
+One Blender session renders many props, with Cycles' persistent data on. A new prop's
+materials and images, allocated where the removed prop's were, used to be taken for them,
+and Cycles drew the earlier pixels: a prop rendered after another could show the other's
+photo or label, depending on what the session had rendered before (seen in the photo
+benchmark, whose photos and alpha renders came from sessions that had rendered different
+props before). Unique image names alone did not fix it (1 failure in 6 runs).
 """
 
 from __future__ import annotations
