@@ -278,8 +278,9 @@ def main() -> None:
     args = p.parse_args()
     # The command that made the rows (a --report rerun only rewrites the file from them).
     argv = [a for a in sys.argv[1:] if a != "--report"]
-    command = "nice " + shlex.join(["python", "bench/refine.py", *argv])
+    command = shlex.join(["python", "bench/refine.py", *argv])
     if not args.report:
+        command += f" (niceness {os.nice(0)})"
         run(args)
     text = report(args, command)
     print(text)
