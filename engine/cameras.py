@@ -123,7 +123,7 @@ class Cameras(TensorBundle):
     _lead = "world_to_camera"  # device and dtype (TensorBundle)
 
     @classmethod
-    def _unchecked(
+    def trusted(
         cls, w2c: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, width: int, height: int
     ) -> Cameras:
         """Build without validation, for results derived from already valid cameras."""
@@ -215,7 +215,7 @@ class Cameras(TensorBundle):
             if idx.dtype != torch.bool:
                 idx = idx.long()
             idx = idx.to(self.device)
-        return Cameras._unchecked(
+        return Cameras.trusted(
             self.world_to_camera[idx], self.fx[idx], self.fy[idx], self.cx[idx], self.cy[idx],
             self.width, self.height,
         )  # fmt: skip
@@ -226,7 +226,7 @@ class Cameras(TensorBundle):
         if dtype is not None and not dtype.is_floating_point:
             raise CameraError(f"cameras need a floating point dtype, got {dtype}")
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-        return Cameras._unchecked(
+        return Cameras.trusted(
             move(self.world_to_camera), move(self.fx), move(self.fy), move(self.cx), move(self.cy),
             self.width, self.height,
         )  # fmt: skip
@@ -285,7 +285,7 @@ class Cameras(TensorBundle):
         """
         width, height = as_size(width, "width"), as_size(height, "height")
         sx, sy = width / self.width, height / self.height
-        return Cameras._unchecked(
+        return Cameras.trusted(
             self.world_to_camera, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
             width, height,
         )  # fmt: skip
@@ -305,7 +305,7 @@ class Cameras(TensorBundle):
                     f"and {other.width}x{other.height} pixels"
                 )
         items = [c.to(first.device, first.dtype) for c in items]
-        return Cameras._unchecked(
+        return Cameras.trusted(
             *(torch.cat([getattr(c, name) for c in items]) for name in
               ("world_to_camera", "fx", "fy", "cx", "cy")),
             first.width, first.height,

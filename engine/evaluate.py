@@ -217,7 +217,8 @@ def _finite_list(values: Tensor) -> list[float | None]:
     return [float(v) if math.isfinite(float(v)) else None for v in values.detach().cpu()]
 
 
-def _nanmean(values: Sequence[float | None]) -> float | None:
+def nanmean(values: Sequence[float | None]) -> float | None:
+    """Mean of the finite values (None and NaN skipped), None when there are none."""
     kept = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(kept)) if kept else None
 
@@ -279,7 +280,7 @@ class ObjectEval:
     hist: dict[str, dict[str, Tensor]] = field(default_factory=dict, repr=False)
 
     def mean(self, which: str, metric: str) -> float | None:
-        return _nanmean(getattr(self, which).get(metric, []))
+        return nanmean(getattr(self, which).get(metric, []))
 
     def to_json(self) -> dict[str, Any]:
         """Per-object summary and per-view values."""
@@ -432,9 +433,9 @@ def summarize(objects: Sequence[ObjectEval]) -> dict[str, Any]:
     metrics = [m for m in METRICS if any(m in o.coarse for o in objects)]
     out: dict[str, Any] = {"objects": len(objects), "metrics": metrics}
     for which in ("coarse", "fine", "white"):
-        out[which] = {m: _nanmean([o.mean(which, m) for o in objects]) for m in metrics}
+        out[which] = {m: nanmean([o.mean(which, m) for o in objects]) for m in metrics}
     if all(o.hull for o in objects):
-        out["visual_hull"] = {m: _nanmean([o.mean("hull", m) for o in objects]) for m in metrics}
+        out["visual_hull"] = {m: nanmean([o.mean("hull", m) for o in objects]) for m in metrics}
         # The model's margin over the non-learned reference (positive: the model is better;
         # for LPIPS, lower is better, so its margin is hull - model).
         sign = {m: -1.0 if m == "lpips" else 1.0 for m in metrics}
@@ -472,7 +473,7 @@ def summarize(objects: Sequence[ObjectEval]) -> dict[str, Any]:
     # The released GD evaluation keeps, per object, whichever render scores higher. Shown
     # only for comparison with published numbers, labelled as such (DESIGN §2).
     out["best_of_per_object_not_headline"] = {
-        m: _nanmean(
+        m: nanmean(
             [
                 max(v for v in (o.mean("fine", m), o.mean("coarse", m)) if v is not None)
                 if (o.mean("fine", m), o.mean("coarse", m)) != (None, None)
@@ -487,7 +488,7 @@ def summarize(objects: Sequence[ObjectEval]) -> dict[str, Any]:
     stages: list[str] = []
     for o in objects:
         stages += [s for s in o.seconds if s not in stages]
-    out["seconds_mean"] = {s: _nanmean([o.seconds.get(s) for o in objects]) for s in stages}
+    out["seconds_mean"] = {s: nanmean([o.seconds.get(s) for o in objects]) for s in stages}
     return out
 
 
@@ -741,21 +742,6 @@ def open_dataset(data: str | os.PathLike, split: str) -> PropsDataset:
     return dataset
 
 
-def weights_in_folder(folder: Path) -> Path:
-    """The model weights in a folder: `model.safetensors`, a training run's
-    `checkpoint/model.safetensors`, or the folder's only `.safetensors` file."""
-    for candidate in (folder / "model.safetensors", folder / "checkpoint" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    found = sorted(folder.glob("*.safetensors"))
-    if len(found) != 1:
-        raise ValueError(
-            f"{folder}: no model.safetensors, checkpoint/model.safetensors or single "
-            f".safetensors file (found {len(found)})"
-        )
-    return found[0]
-
-
 def evaluate(
     model: Any,
     dataset: PropsDataset,
@@ -841,7 +827,7 @@ def evaluate(
             "sha256": weights_sha,
             "weights_note": "trained weights" if weights_path else
             "no weights file: random initialisation (untrained)",
-            "config": _config_dict(getattr(model, "config", None)),
+            "config": config_dict(getattr(model, "config", None)),
             "candidates": budget if budget is not None else getattr(
                 getattr(model, "config", None), "candidates", None),
         },
@@ -874,7 +860,9 @@ def evaluate(
     return write_outputs(out_dir, objects, summary, full_meta)
 
 
-def _config_dict(config: Any) -> Any:
+def config_dict(config: Any) -> Any:
+    """A model config as JSON-ready data for a report (its to_dict(), a dataclass's fields,
+    else its str())."""
     if config is None:
         return None
     to_dict = getattr(config, "to_dict", None)

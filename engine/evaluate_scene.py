@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .atomic import write_atomic
 from .cameras import Cameras
-from .evaluate import _config_dict, _nanmean, image_metrics, machine_description
+from .evaluate import config_dict, image_metrics, machine_description, nanmean
 from .gaussians import Gaussians, rgb_to_sh_dc
 from .images import resize_views, save_png
 from .models.gd_scene import BLACK, GDSceneModel
@@ -161,7 +161,7 @@ def _score_set(
     drawn = render(gaussians, t_cams, background=BLACK, depth=False).colors.clamp(0, 1)
     renders[name] = drawn
     per_view = image_metrics(drawn, targets, mask)
-    result.images[name] = {k: _nanmean(v) for k, v in per_view.items() if k != "psnr_object"}
+    result.images[name] = {k: nanmean(v) for k, v in per_view.items() if k != "psnr_object"}
     if name != "fine":
         ctx_render = render(gaussians, small_cams, background=BLACK)
         result.depth[name] = depth_scores(ctx_render.depths, ctx_render.alphas, true_depth)
@@ -171,7 +171,7 @@ def summarize_scenes(scenes: list[SceneEval]) -> dict[str, Any]:
     """Means over scenes, fine − coarse, the share of scenes where fine ≥ coarse + 0.5 dB."""
 
     def mean(values: list[float | None]) -> float | None:
-        return _nanmean(values)
+        return nanmean(values)
 
     methods = [m for m in ("baseline", "coarse", "fine") if m in scenes[0].images]
     out: dict[str, Any] = {"scenes": len(scenes)}
@@ -290,7 +290,7 @@ def evaluate_scenes(
         "model": model.name,
         "weights": str(model.weights_path) if model.weights_path else "random init",
         "weights_sha256": model.weights_sha256,
-        "config": _config_dict(model.cfg),
+        "config": config_dict(model.cfg),
         "machine": machine_description(device),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **(meta or {}),

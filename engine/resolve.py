@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .weights import WeightsNotFoundError, shipped_weights
+from .weights import WeightsNotFoundError, shipped_weights, weights_in_folder
 
 if TYPE_CHECKING:
     from .models import GDObjectModel, GDSceneModel
@@ -43,7 +43,7 @@ def resolve_model(
 
     Args:
         model: a preset name ("object-small", "scene-small", ...), a `.safetensors` file
-            (its `.json` beside it) or a folder holding one (`engine.evaluate.weights_in_folder`: a
+            (its `.json` beside it) or a folder holding one (`engine.weights.weights_in_folder`: a
             training run's folder works). Anything with a path separator, a `.safetensors`
             suffix or that exists on disk is a path.
         device: "auto", "cpu", "cuda", "mps" or a torch.device.
@@ -62,8 +62,6 @@ def resolve_model(
     path = Path(model)
     if path.suffix == ".safetensors" or os.sep in str(model) or path.exists():
         if path.is_dir():
-            from .evaluate import weights_in_folder
-
             path = weights_in_folder(path)
         if not path.is_file():
             raise WeightsNotFoundError(f"{path}: weights file not found")

@@ -34,6 +34,21 @@ def shipped_weights(name: str) -> Path:
     return ASSETS / f"{name}.safetensors"
 
 
+def weights_in_folder(folder: Path) -> Path:
+    """The model weights in a folder: `model.safetensors`, a training run's
+    `checkpoint/model.safetensors`, or the folder's only `.safetensors` file."""
+    for candidate in (folder / "model.safetensors", folder / "checkpoint" / "model.safetensors"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise ValueError(
+            f"{folder}: no model.safetensors, checkpoint/model.safetensors or single "
+            f".safetensors file (found {len(found)})"
+        )
+    return found[0]
+
+
 def metadata_path(weights: str | os.PathLike) -> Path:
     return Path(weights).with_suffix(".json")
 

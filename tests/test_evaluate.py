@@ -27,7 +27,6 @@ from engine.evaluate import (
     object_mask,
     open_dataset,
     plan_views,
-    weights_in_folder,
 )
 from engine.gaussians import Gaussians
 from engine.gd.merge import merge
@@ -364,22 +363,6 @@ def test_gd_evaluate_budget_sets_the_candidates_and_is_reported(tiny_props, tmp_
     assert runs[7]["meta"]["model"]["candidates"] == 7
     assert runs[7]["objects"][0]["counts"]["candidates"] == 7
     assert runs[None]["objects"][0]["counts"]["candidates"] > 7
-
-
-def test_weights_in_folder(tmp_path):
-    run = tmp_path / "run"
-    (run / "checkpoint").mkdir(parents=True)
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        (run / "checkpoint" / name).write_bytes(b"")
-    assert weights_in_folder(run) == run / "checkpoint" / "model.safetensors"
-    assert weights_in_folder(run / "checkpoint") == run / "checkpoint" / "model.safetensors"
-    one = tmp_path / "one"
-    one.mkdir()
-    (one / "object-small.safetensors").write_bytes(b"")
-    assert weights_in_folder(one) == one / "object-small.safetensors"
-    (one / "other.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="found 2"):
-        weights_in_folder(one)
 
 
 def test_gd_evaluate_saved_weights_records_sha256(tiny_props, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 
 import engine.weights
 from engine.resolve import WeightsNotFoundError, resolve_model
+from engine.weights import weights_in_folder
 
 
 def test_a_preset_name_with_random_weights():
@@ -45,3 +46,19 @@ def test_missing_files_name_the_path(tmp_path, how):
             (tmp_path / "nowhere").mkdir()
             resolve_model(tmp_path / "nowhere", "cpu")
     assert issubclass(WeightsNotFoundError, FileNotFoundError)  # CLI: one line, exit 2
+
+
+def test_weights_in_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        (run / "checkpoint" / name).write_bytes(b"")
+    assert weights_in_folder(run) == run / "checkpoint" / "model.safetensors"
+    assert weights_in_folder(run / "checkpoint") == run / "checkpoint" / "model.safetensors"
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "object-small.safetensors").write_bytes(b"")
+    assert weights_in_folder(one) == one / "object-small.safetensors"
+    (one / "other.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="found 2"):
+        weights_in_folder(one)

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..atomic import atomic_open, atomic_path
-from ..camera_formats import read_nerf_transforms
 from ..cameras import Cameras
+from ..views import nerf_files
 from .datasets import PropsDataset
 from .images import read_rgba
 from .layout import object_dir, transforms_path, write_json_atomic
@@ -44,9 +44,7 @@ def build_cache(root: str | os.PathLike, split: str, size: int, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     n = len(dataset.indices)
     first = object_dir(root, dataset.indices[0])
-    counts = [
-        len(read_nerf_transforms(transforms_path(first, s)).cameras) for s in ("input", "target")
-    ]
+    counts = [len(nerf_files(transforms_path(first, s)).cameras) for s in ("input", "target")]
     views = sum(counts)
     w2c = np.zeros((n, views, 4, 4))
     intr = np.zeros((n, views, 4))
@@ -63,13 +61,13 @@ def build_cache(root: str | os.PathLike, split: str, size: int, progress: bool =
             folder = object_dir(root, dataset.indices[i])
             j = 0
             for split_name, count in zip(("input", "target"), counts, strict=True):
-                frames = read_nerf_transforms(transforms_path(folder, split_name))
-                if len(frames.cameras) != count:
+                files = nerf_files(transforms_path(folder, split_name))
+                if len(files.cameras) != count:
                     raise ValueError(
-                        f"{folder}: {len(frames.cameras)} {split_name} views, expected {count}"
+                        f"{folder}: {len(files.cameras)} {split_name} views, expected {count}"
                     )
-                cams = frames.cameras.scaled(size, size)
-                for k, path in enumerate(frames.image_paths):
+                cams = files.cameras.scaled(size, size)
+                for k, path in enumerate(files.image_paths):
                     rgba[i, j] = np.round(read_rgba(path, (size, size)) * 255).astype(np.uint8)
                     w2c[i, j] = cams.world_to_camera[k].numpy()
                     intr[i, j] = [
@@ -115,7 +113,7 @@ class CachedProps(Dataset):
 
     def cameras(self, i: int, views: slice) -> Cameras:
         k = self.intr[i, views]
-        return Cameras._unchecked(
+        return Cameras.trusted(
             self.w2c[i, views], k[:, 0], k[:, 1], k[:, 2], k[:, 3], self.size, self.size
         )
 

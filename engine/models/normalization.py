@@ -53,7 +53,7 @@ class Normalization:
         rot, t = w2c[:, :3, :3], w2c[:, :3, 3]
         c = self.center.to(w2c)
         w2c[:, :3, 3] = (rot @ c + t) / self.scale
-        return Cameras._unchecked(
+        return Cameras.trusted(
             w2c, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height
         )
 

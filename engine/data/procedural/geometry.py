@@ -160,7 +160,7 @@ def beam_matrix(start: np.ndarray, end: np.ndarray) -> np.ndarray:
 
 
 def part_mesh_data(part: dict[str, Any]) -> MeshData | None:
-    """Numpy mesh of a part spec (`spec._part`) in its parent's frame, or None for
+    """Numpy mesh of a part spec (`spec.make_part`) in its parent's frame, or None for
     `monkey` (made by bmesh in `shapes.build_part`)."""
     shape, args = part["shape"], part["args"]
     if shape == "box":

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .geometry import part_mesh_data
-from .spec import TEMPLATES, Part, _part, sample_material
+from .spec import TEMPLATES, Part, make_part, sample_material
 from .textures import sample_photo_spec
 
 Spec = dict[str, Any]
@@ -242,7 +242,7 @@ def _box_part(lo: np.ndarray, hi: np.ndarray, material: int) -> Part:
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
     m = np.eye(4)
     m[:3, 3] = 0.5 * (lo + hi)
-    return _part("box", {"size": (hi - lo).round(5).tolist()}, m, material, smooth=False)
+    return make_part("box", {"size": (hi - lo).round(5).tolist()}, m, material, smooth=False)
 
 
 def _wall_parts(

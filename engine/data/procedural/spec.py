@@ -56,7 +56,7 @@ def _rot_z(deg: float) -> np.ndarray:
     return m
 
 
-def _part(
+def make_part(
     shape: str,
     args: dict[str, Any],
     matrix: np.ndarray,
@@ -66,6 +66,8 @@ def _part(
     subdiv: int = 0,
     smooth: bool = True,
 ) -> Part:
+    """One part of a prop spec: a shape with its arguments, its 4x4 matrix in the prop's
+    frame (rounded so specs compare and serialise exactly), material slot and modifiers."""
     return {
         "shape": shape,
         "args": args,
@@ -84,7 +86,7 @@ def _cylinder_args(radius: float, height: float, segments: int = 24) -> dict[str
 
 def _beam(start, end, radius: float, material: int, segments: int = 12) -> Part:
     """A thin cylinder from start to end (legs, rails, poles, rungs)."""
-    return _part(
+    return make_part(
         "revolve", _cylinder_args(radius, 1.0, segments), beam_matrix(start, end), material
     )
 
@@ -168,7 +170,9 @@ def _t_box(rng: np.random.Generator) -> list[Part]:
     bevel = float(rng.choice([0.0, rng.uniform(0.005, 0.05)]))
     subdiv = int(rng.integers(1, 3)) if bevel > 0 and rng.random() < 0.3 else 0
     return [
-        _part("box", {"size": size}, np.eye(4), 0, bevel=bevel, subdiv=subdiv, smooth=subdiv > 0)
+        make_part(
+            "box", {"size": size}, np.eye(4), 0, bevel=bevel, subdiv=subdiv, smooth=subdiv > 0
+        )
     ]
 
 
@@ -176,7 +180,7 @@ def _t_box(rng: np.random.Generator) -> list[Part]:
 def _t_can(rng: np.random.Generator) -> list[Part]:
     r, h = rng.uniform(0.15, 0.4), rng.uniform(0.4, 1.0)
     return [
-        _part(
+        make_part(
             "revolve", _cylinder_args(r, h, 40), np.eye(4), 0, bevel=float(rng.uniform(0.005, 0.02))
         )
     ]
@@ -195,13 +199,13 @@ def _t_bottle(rng: np.random.Generator) -> list[Part]:
     ]  # fmt: skip
     top = z0 + body + shoulder + neck_h
     cap_h = float(rng.uniform(0.03, 0.08))
-    cap = _part(
+    cap = make_part(
         "revolve",
         _cylinder_args(neck_r * 1.15, cap_h, 24),
         _translate(0, 0, top + cap_h / 2 - 0.01),
         1,
     )
-    return [_part("revolve", {"profile": profile, "segments": 40}, np.eye(4), 0, subdiv=1), cap]
+    return [make_part("revolve", {"profile": profile, "segments": 40}, np.eye(4), 0, subdiv=1), cap]
 
 
 @_template(0.1)
@@ -210,7 +214,7 @@ def _t_lathe(rng: np.random.Generator) -> list[Part]:
     profile = [[0.0, profile[0][1]], *profile]
     open_top = bool(rng.random() < 0.5)
     args = {"profile": profile, "segments": 40, "cap_top": not open_top}
-    return [_part("revolve", args, np.eye(4), 0, subdiv=int(rng.integers(0, 2)))]
+    return [make_part("revolve", args, np.eye(4), 0, subdiv=int(rng.integers(0, 2)))]
 
 
 @_template(0.06)
@@ -220,26 +224,26 @@ def _t_sphere(rng: np.random.Generator) -> list[Part]:
         [math.sin(math.pi * k / n) * 0.5, -math.cos(math.pi * k / n) * 0.5] for k in range(n + 1)
     ]
     squash = _scale(*rng.uniform(0.6, 1.0, 3))
-    return [_part("revolve", {"profile": profile, "segments": 40}, squash, 0)]
+    return [make_part("revolve", {"profile": profile, "segments": 40}, squash, 0)]
 
 
 @_template(0.06)
 def _t_torus(rng: np.random.Generator) -> list[Part]:
     major = rng.uniform(0.25, 0.4)
     args = {"major": major, "minor": major * rng.uniform(0.15, 0.5)}
-    return [_part("torus", args, _rot_x(rng.uniform(0, 90)), 0)]
+    return [make_part("torus", args, _rot_x(rng.uniform(0, 90)), 0)]
 
 
 @_template(0.06)
 def _t_monkey(rng: np.random.Generator) -> list[Part]:
-    return [_part("monkey", {}, np.eye(4), 0, subdiv=int(rng.integers(0, 3)))]
+    return [make_part("monkey", {}, np.eye(4), 0, subdiv=int(rng.integers(0, 3)))]
 
 
 @_template(0.09)
 def _t_table(rng: np.random.Generator) -> list[Part]:
     w, d, h = rng.uniform(0.6, 1.0), rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9)
     top_t, leg_r = rng.uniform(0.03, 0.08), rng.uniform(0.015, 0.04)
-    parts = [_part("box", {"size": [w, d, top_t]}, _translate(0, 0, h), 0, bevel=0.01)]
+    parts = [make_part("box", {"size": [w, d, top_t]}, _translate(0, 0, h), 0, bevel=0.01)]
     ix, iy = 0.5 * w - 2 * leg_r, 0.5 * d - 2 * leg_r
     corners = [(sx * ix, sy * iy) for sx in (-1, 1) for sy in (-1, 1)]
     parts += [_beam((x, y, 0), (x, y, h), leg_r, 1) for x, y in corners]
@@ -256,7 +260,7 @@ def _t_table(rng: np.random.Generator) -> list[Part]:
 def _t_chair(rng: np.random.Generator) -> list[Part]:
     w, h, back = rng.uniform(0.4, 0.6), rng.uniform(0.35, 0.5), rng.uniform(0.35, 0.6)
     leg_r, seat_t = rng.uniform(0.012, 0.03), rng.uniform(0.03, 0.06)
-    parts = [_part("box", {"size": [w, w, seat_t]}, _translate(0, 0, h), 0, bevel=0.008)]
+    parts = [make_part("box", {"size": [w, w, seat_t]}, _translate(0, 0, h), 0, bevel=0.008)]
     i = 0.5 * w - 1.5 * leg_r
     for sx in (-1, 1):
         for sy in (-1, 1):
@@ -280,8 +284,8 @@ def _t_mug(rng: np.random.Generator) -> list[Part]:
     body = {"profile": [[0.0, -h / 2], [r, -h / 2], [r, h / 2]], "segments": 40, "cap_top": False}
     hr = h * rng.uniform(0.25, 0.35)
     handle_m = _translate(r, 0, 0) @ _rot_x(90)
-    handle = _part("torus", {"major": hr, "minor": hr * rng.uniform(0.15, 0.25)}, handle_m, 1)
-    return [_part("revolve", body, np.eye(4), 0), handle]
+    handle = make_part("torus", {"major": hr, "minor": hr * rng.uniform(0.15, 0.25)}, handle_m, 1)
+    return [make_part("revolve", body, np.eye(4), 0), handle]
 
 
 @_template(0.06)
@@ -293,7 +297,9 @@ def _t_lamp(rng: np.random.Generator) -> list[Part]:
         rng.uniform(0.15, 0.3),
     )
     parts = [
-        _part("revolve", _cylinder_args(base_r, 0.04, 32), _translate(0, 0, 0.02), 0, bevel=0.008),
+        make_part(
+            "revolve", _cylinder_args(base_r, 0.04, 32), _translate(0, 0, 0.02), 0, bevel=0.008
+        ),
         _beam((0, 0, 0.04), (0, 0, pole_h), rng.uniform(0.01, 0.025), 1),
     ]
     shade = {
@@ -302,7 +308,7 @@ def _t_lamp(rng: np.random.Generator) -> list[Part]:
         "cap_bottom": False,
         "cap_top": False,
     }
-    parts.append(_part("revolve", shade, _translate(0, 0, pole_h - 0.6 * shade_h), 2))
+    parts.append(make_part("revolve", shade, _translate(0, 0, pole_h - 0.6 * shade_h), 2))
     return parts
 
 
@@ -333,11 +339,13 @@ def _t_cluster(rng: np.random.Generator) -> list[Part]:
         material = int(k % 3)
         if kind == "box":
             parts.append(
-                _part("box", {"size": rng.uniform(0.15, 0.45, 3).tolist()}, m, material, bevel=0.01)
+                make_part(
+                    "box", {"size": rng.uniform(0.15, 0.45, 3).tolist()}, m, material, bevel=0.01
+                )
             )
         elif kind == "cylinder":
             parts.append(
-                _part(
+                make_part(
                     "revolve",
                     _cylinder_args(rng.uniform(0.05, 0.2), rng.uniform(0.15, 0.5)),
                     m,
@@ -346,7 +354,7 @@ def _t_cluster(rng: np.random.Generator) -> list[Part]:
             )
         elif kind == "cone":
             cone = {"profile": [[rng.uniform(0.1, 0.25), -0.15], [0.0, 0.15]], "segments": 32}
-            parts.append(_part("revolve", cone, m, material))
+            parts.append(make_part("revolve", cone, m, material))
         else:
             r = rng.uniform(0.08, 0.2)
             n = 12
@@ -354,7 +362,7 @@ def _t_cluster(rng: np.random.Generator) -> list[Part]:
                 [math.sin(math.pi * j / n) * r, -math.cos(math.pi * j / n) * r]
                 for j in range(n + 1)
             ]
-            parts.append(_part("revolve", {"profile": prof, "segments": 24}, m, material))
+            parts.append(make_part("revolve", {"profile": prof, "segments": 24}, m, material))
     return parts
 
 
