@@ -198,13 +198,13 @@ def _run_scene(
 ) -> int:
     """`gd reconstruct` with a scene model: the views as they are (background kept, RGBA on
     black, no masks, no normalisation), the depth range from the flags or the file."""
-    from .camera_formats import read_nerf_transforms
     from .models.gd_scene import BLACK
-    from .views import load_nerf_scene
+    from .views import load_views, nerf_files
 
     if args.bbox is not None:
         raise ValueError("--bbox is for object models; a scene model takes --near and --far")
-    extra = read_nerf_transforms(source).extra
+    files = nerf_files(source)
+    extra = files.extra
     near = args.near if args.near is not None else extra.get("near")
     far = args.far if args.far is not None else extra.get("far")
     if near is None or far is None:
@@ -218,7 +218,7 @@ def _run_scene(
         from .refine import RefineConfig
 
         max_side = max(max_side, RefineConfig().max_side)
-    views = load_nerf_scene(source, BLACK, max_side=max_side, masks="none")
+    views = load_views(files.image_paths, files.cameras, BLACK, max_side=max_side)
     read_s += time.perf_counter() - t0
     v = len(views.cameras)
     if v > model.max_views and not refining:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +86,15 @@ class ViewFiles:
         image_paths: the V image files.
         mask_paths: per view its foreground mask file, or None.
         source: the transforms.json or COLMAP folder they were read from.
+        extra: a transforms.json's top-level keys beyond the cameras' (a scene's "near"
+            and "far", the data generator's bookkeeping); empty for COLMAP.
     """
 
     cameras: Cameras
     image_paths: list[Path]
     mask_paths: list[Path | None]
     source: Path
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- files
@@ -113,7 +116,7 @@ def nerf_files(path: str | os.PathLike) -> ViewFiles:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: transforms file not found")
     frames = read_nerf_transforms(path)
-    return ViewFiles(frames.cameras, frames.image_paths, frames.mask_paths, path)
+    return ViewFiles(frames.cameras, frames.image_paths, frames.mask_paths, path, frames.extra)
 
 
 def colmap_files(folder: str | os.PathLike, images: str | os.PathLike | None = None) -> ViewFiles:

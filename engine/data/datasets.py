@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from engine.camera_formats import read_nerf_transforms
-from engine.views import ViewSet, load_views
+from engine.views import ViewSet, load_views, nerf_files
 
 from .images import WHITE
 from .layout import finished_in_split, object_dir, read_manifest, transforms_path
@@ -80,8 +79,8 @@ class PropsDataset(Dataset):
     def views(self, position: int, split: str) -> ViewSet:
         """The "input" or "target" views of the object at `position` in this dataset."""
         folder = object_dir(self.root, self.indices[position])
-        frames = read_nerf_transforms(transforms_path(folder, split))
-        paths, cameras = frames.image_paths, frames.cameras
+        files = nerf_files(transforms_path(folder, split))
+        paths, cameras = files.image_paths, files.cameras
         if split == "target" and self.n_target is not None:
             paths, cameras = paths[: self.n_target], cameras[: self.n_target]
         return load_views(paths, cameras, self.background)

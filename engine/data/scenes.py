@@ -6,7 +6,7 @@ One item is one scene (README.md in this folder has the layout):
     context_depths (V, H, W)     planar depth, m   target_*         the same for T targets
     near, far      ()            the scene's depth range (one pair for all its views)
 
-Cameras are read by `engine.camera_formats.read_nerf_transforms`, pixels by
+Cameras and files are read by `engine.views.nerf_files`, pixels by
 `engine.views.load_views`, depth PNGs by `images.read_depth_png`; this module
 only joins them. Depth is planar (along the camera's viewing axis, not along the ray), in
 metres, 0 where no surface was hit (the sky through an opening).
@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from engine.camera_formats import read_nerf_transforms
-from engine.camera_formats.nerf import NerfFrames
-from engine.views import load_views
+from engine.views import ViewFiles, load_views, nerf_files
 
 from .layout import (
     DEPTH_SCALE,
@@ -51,29 +49,29 @@ def _number(value: Any, what: str, path: Path) -> float:
     return float(value)
 
 
-def scene_range(frames: NerfFrames, path: Path) -> tuple[float, float]:
-    """(near, far) of a scene's transforms file (`frames.extra`), checked: 0 < near < far.
+def scene_range(files: ViewFiles, path: Path) -> tuple[float, float]:
+    """(near, far) of a scene's transforms file (`files.extra`), checked: 0 < near < far.
 
     Raises:
         ValueError: missing or malformed, naming `path`.
     """
-    if "near" not in frames.extra or "far" not in frames.extra:
+    if "near" not in files.extra or "far" not in files.extra:
         raise ValueError(f"{path}: no 'near' / 'far' (not a scenes dataset transforms file?)")
-    near = _number(frames.extra["near"], "'near'", path)
-    far = _number(frames.extra["far"], "'far'", path)
+    near = _number(files.extra["near"], "'near'", path)
+    far = _number(files.extra["far"], "'far'", path)
     if not 0 < near < far:
         raise ValueError(f"{path}: needs 0 < near < far, got near {near}, far {far}")
     return near, far
 
 
-def read_scene_depths(frames: NerfFrames, path: Path) -> Tensor:
+def read_scene_depths(files: ViewFiles, path: Path) -> Tensor:
     """Planar depth of every frame of a scene's transforms file, in metres.
 
     The depth PNG of frame `k` is `depth_folder / <its image's name>` beside the transforms
     file, holding round(depth / depth_scale) as uint16.
 
     Args:
-        frames: the parsed transforms file (`read_nerf_transforms(path)`).
+        files: the transforms file's views (`engine.views.nerf_files(path)`).
         path: that file (names it in errors; depth folders are relative to it).
     Returns:
         (V, H, W) float32 depth in metres, 0 where no surface was hit.
@@ -84,7 +82,7 @@ def read_scene_depths(frames: NerfFrames, path: Path) -> Tensor:
     """
     from .images import read_depth_png
 
-    extra = frames.extra
+    extra = files.extra
     if "depth_folder" not in extra:
         raise ValueError(f"{path}: no 'depth_folder' (not a scenes dataset transforms file?)")
     if extra.get("depth_kind", "planar") != "planar":
@@ -93,9 +91,9 @@ def read_scene_depths(frames: NerfFrames, path: Path) -> Tensor:
     if scale <= 0:
         raise ValueError(f"{path}: 'depth_scale' must be positive, got {scale}")
     folder = path.parent / str(extra["depth_folder"])
-    size = (frames.cameras.height, frames.cameras.width)
+    size = (files.cameras.height, files.cameras.width)
     depths = []
-    for image in frames.image_paths:
+    for image in files.image_paths:
         depth_path = folder / image.name
         if not depth_path.is_file():
             raise FileNotFoundError(f"{depth_path}: depth image not found")
@@ -133,10 +131,10 @@ def load_scene(
     ranges = {}
     for split in SCENE_VIEW_SPLITS:
         path = transforms_path(folder, split)
-        frames = read_nerf_transforms(path)
-        ranges[split] = scene_range(frames, path)
-        depths = read_scene_depths(frames, path)
-        paths, cameras = frames.image_paths, frames.cameras
+        files = nerf_files(path)
+        ranges[split] = scene_range(files, path)
+        depths = read_scene_depths(files, path)
+        paths, cameras = files.image_paths, files.cameras
         if split == "target" and n_target is not None:
             paths, cameras, depths = paths[:n_target], cameras[:n_target], depths[:n_target]
         views = load_views(paths, cameras, _BLACK, max_side=max_side)
