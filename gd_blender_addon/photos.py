@@ -232,12 +232,12 @@ def apply_mask_files(
     Raises:
         CaptureError: FILES and the camera has no mask file.
     """
-    from engine.data.masks import read_mask
+    from engine.data.masks import alpha_usable, read_mask
 
     if mode not in ("FILES", "AUTO"):
         return pixels, False
-    if mode == "AUTO" and bool((pixels[..., 3] < 0.999).any()):
-        return pixels, False  # the photo's own alpha wins
+    if mode == "AUTO" and alpha_usable(pixels[None, ..., 3]):
+        return pixels, False  # the photo's own alpha wins (the engine's rule, per view)
     path = mask_file(camera)
     if path is None:
         if mode == "FILES":
@@ -249,31 +249,6 @@ def apply_mask_files(
     out = pixels.copy()
     out[..., 3] = read_mask(path, (pixels.shape[1], pixels.shape[0]))
     return out, True
-
-
-def cut_out(images: Any, cameras: Any, mode: str, from_files: bool) -> tuple[Any, Any]:
-    """Views (V, S, S, 4) RGBA with alpha replaced by the foreground masks of `mode`.
-
-    Args:
-        mode: the panel value (AUTO, ALPHA, FILES, NONE); with `from_files` the alpha
-            already holds the mask files (`apply_mask_files`) and is checked as such.
-    Returns:
-        (images (V, S, S, 4), `engine.data.masks.Masks`).
-    Raises:
-        engine.data.masks.MaskError: the masks are missing or implausible.
-    """
-    import torch
-
-    from engine.data.masks import Masks, check_masks, resolve_masks
-
-    if from_files:
-        check_masks(images[..., 3].numpy(), "files")
-        masks = Masks(images[..., 3].clone(), "files",
-                      [float((a > 0.5).float().mean()) for a in images[..., 3]])  # fmt: skip
-    else:
-        masks = resolve_masks(images, cameras, MASK_MODES[mode])
-    out = torch.cat([images[..., :3], masks.alphas.to(images)[..., None]], -1)
-    return out.contiguous(), masks
 
 
 def mask_strip(images: Any, masked: Any) -> np.ndarray:
