@@ -23,11 +23,13 @@ def random_gaussians(
     *,
     gen: torch.Generator | None = None,
     means_std: float = 1.0,
+    means_range: tuple[float, float] | None = None,
     log_scale_range: tuple[float, float] | None = (-4.0, -3.0),
     log_scale_normal: tuple[float, float] | None = None,
     quats_std: float = 1.0,
     opacity_std: float = 1.0,
     sh_std: float = 1.0,
+    sh_range: tuple[float, float] | None = None,
     quats: torch.Tensor | None = None,
     sh: torch.Tensor | None = None,
 ) -> Gaussians:
@@ -35,15 +37,20 @@ def random_gaussians(
     opacity logits, SH from `gen` (default: a generator seeded with `seed`).
 
     Each file format's tests pick ranges its encoding holds without clamping:
-    means ~ N(0, means_std²); log-scales uniform in `log_scale_range`, or
-    N(mean, std²) with `log_scale_normal=(mean, std)`; quaternions ~ N(0, quats_std²) (not
-    normalised); opacity logits ~ N(0, opacity_std²); SH ~ N(0, sh_std²) with
+    means ~ N(0, means_std²), or uniform in `means_range=(lo, hi)` on every axis;
+    log-scales uniform in `log_scale_range`, or N(mean, std²) with
+    `log_scale_normal=(mean, std)`; quaternions ~ N(0, quats_std²) (not normalised); opacity
+    logits ~ N(0, opacity_std²); SH ~ N(0, sh_std²), or uniform in `sh_range`, with
     (sh_degree + 1)² coefficients. `quats` or `sh` given are used as they are and not
     drawn (a test that draws them first, from the same `gen`, keeps its values).
     """
     if gen is None:
         gen = torch.Generator().manual_seed(seed)
-    means = torch.randn(n, 3, generator=gen) * means_std
+    if means_range is not None:
+        lo, hi = means_range
+        means = torch.rand(n, 3, generator=gen) * (hi - lo) + lo
+    else:
+        means = torch.randn(n, 3, generator=gen) * means_std
     if log_scale_normal is not None:
         mean, std = log_scale_normal
         log_scales = torch.randn(n, 3, generator=gen) * std + mean
@@ -53,7 +60,10 @@ def random_gaussians(
     if quats is None:
         quats = torch.randn(n, 4, generator=gen) * quats_std
     opacity_logits = torch.randn(n, generator=gen) * opacity_std
-    if sh is None:
+    if sh is None and sh_range is not None:
+        lo, hi = sh_range
+        sh = torch.rand(n, (sh_degree + 1) ** 2, 3, generator=gen) * (hi - lo) + lo
+    elif sh is None:
         sh = torch.randn(n, (sh_degree + 1) ** 2, 3, generator=gen) * sh_std
     return Gaussians(means=means, log_scales=log_scales, quats=quats,
                      opacity_logits=opacity_logits, sh=sh)  # fmt: skip

@@ -8,24 +8,19 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.gaussians import Gaussians
 from engine.io import load, save
 from engine.io.axes import GLTF_Y_UP, PLY_SPACE
 from engine.transforms import rotate_gaussians
+
+from .conftest import random_gaussians
 
 N = 120
 
 
 @pytest.fixture
 def scene(tmp_path):
-    gen = torch.Generator().manual_seed(1)
-    g = Gaussians(
-        means=torch.rand(N, 3, generator=gen) * 4 - 2,
-        log_scales=torch.rand(N, 3, generator=gen) - 4,
-        quats=torch.randn(N, 4, generator=gen),
-        opacity_logits=torch.randn(N, generator=gen) * 3,
-        sh=torch.rand(N, 16, 3, generator=gen) * 0.6 - 0.3,
-    )
+    g = random_gaussians(N, 3, 1, means_range=(-2.0, 2.0), log_scale_range=(-4.0, -3.0),
+                         opacity_std=3.0, sh_range=(-0.3, 0.3))  # fmt: skip
     path = tmp_path / "in.ply"
     save(g, path)
     return g, path

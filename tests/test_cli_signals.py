@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from engine import atomic
-from engine.gaussians import Gaussians
 from engine.io import save
+
+from .conftest import random_gaussians
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -52,17 +53,11 @@ sys.exit(cli.main(["export", sys.argv[1], sys.argv[2]]))
 
 
 def _scene(path: Path) -> None:
+    """50 Gaussians: unit quaternions (drawn first), log-scales ~ N(-3, 1), SH degree 0."""
     gen = torch.Generator().manual_seed(0)
-    n = 50
-    quats = torch.randn(n, 4, generator=gen)
-    g = Gaussians(
-        torch.randn(n, 3, generator=gen),
-        torch.randn(n, 3, generator=gen) - 3,
-        quats / quats.norm(dim=-1, keepdim=True),
-        torch.randn(n, generator=gen),
-        torch.randn(n, 1, 3, generator=gen),
-    )
-    save(g, path)
+    quats = torch.randn(50, 4, generator=gen)
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    save(random_gaussians(50, gen=gen, quats=quats, log_scale_normal=(-3.0, 1.0)), path)
 
 
 def _start_slow_export(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:

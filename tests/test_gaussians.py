@@ -10,16 +10,11 @@ import torch
 from engine.gaussians import SH_C0, Gaussians, GaussiansError, rgb_to_sh_dc, sh_dc_to_rgb
 from engine.rotations import matrix_to_quaternion, quaternion_multiply, quaternion_to_matrix
 
+from .conftest import random_gaussians
+
 
 def make(n: int = 5, degree: int = 1, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=gen),
-        log_scales=torch.randn(n, 3, generator=gen),
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen),
-    )
+    return random_gaussians(n, degree, seed, log_scale_normal=(0.0, 1.0))
 
 
 def test_activations():

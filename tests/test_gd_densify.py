@@ -11,6 +11,8 @@ from engine.gaussians import Gaussians
 from engine.gd.config import OBJECT, SCENE, SMALL, DensifyConfig, fine_count, level_counts
 from engine.gd.densify import GenerativeDensifier, SplitMask, split_top_k
 
+from .conftest import random_gaussians
+
 # Narrow and shallow, with the object model's structure (R = [2, 4], c = 0.8).
 TINY = SMALL.with_(channels=(8, 16), heads=(2, 2), depths=(1, 1), patch_size=16, drop_path=0.0)
 
@@ -21,15 +23,8 @@ def _inputs(n: int, c: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 
 
 def _parents(n: int, degree: int = 0, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    k = (degree + 1) ** 2
-    return Gaussians(
-        means=torch.rand(n, 3, generator=gen) - 0.5,
-        log_scales=torch.randn(n, 3, generator=gen) * 0.1 - 4,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, k, 3, generator=gen),
-    )
+    return random_gaussians(n, degree, seed, means_range=(-0.5, 0.5),
+                            log_scale_normal=(-4.0, 0.1))  # fmt: skip
 
 
 def test_official_object_count_formula() -> None:

@@ -10,16 +10,12 @@ from engine.gd.config import SMALL
 from engine.gd.densify import GenerativeDensifier
 from engine.gd.merge import merge
 
+from .conftest import random_gaussians
+
 
 def _coarse(n: int, degree: int = 1, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.rand(n, 3, generator=gen) - 0.5,
-        log_scales=torch.randn(n, 3, generator=gen) - 4,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen),
-        sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen),
-    )
+    return random_gaussians(n, degree, seed, means_range=(-0.5, 0.5),
+                            log_scale_normal=(-4.0, 1.0))  # fmt: skip
 
 
 def test_explicit_selection_leaves_the_rest_bit_identical() -> None:

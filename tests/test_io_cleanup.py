@@ -11,16 +11,12 @@ from engine.gaussians import Gaussians
 from engine.io import save
 from engine.io.cleanup import cap_sh_degree, clean, crop_to_box, drop_transparent
 
+from .conftest import random_gaussians
+
 
 def gaussians(n: int = 50, degree: int = 3, seed: int = 0) -> Gaussians:
-    gen = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.rand(n, 3, generator=gen) * 4 - 2,
-        log_scales=torch.rand(n, 3, generator=gen) - 3,
-        quats=torch.randn(n, 4, generator=gen),
-        opacity_logits=torch.randn(n, generator=gen) * 3,
-        sh=torch.randn(n, (degree + 1) ** 2, 3, generator=gen),
-    )
+    return random_gaussians(n, degree, seed, means_range=(-2.0, 2.0),
+                            log_scale_range=(-3.0, -2.0), opacity_std=3.0)  # fmt: skip
 
 
 def same(a: Gaussians, b: Gaussians) -> bool:

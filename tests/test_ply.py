@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import struct
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from engine.io import PlyFormatError, load, read_ply, save, write_ply
 from engine.io import ply as ply_module
 from engine.io.ply import standard_property_names
 
-from .conftest import fuzz
+from .conftest import fuzz, read_fuzzed, written_bytes
 from .conftest import random_gaussians as shared_random_gaussians
 
 FIELDS = ("means", "log_scales", "quats", "opacity_logits", "sh")
@@ -93,11 +92,10 @@ def valid_rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 @functools.cache
 def valid_file_bytes(n: int = 4, sh_degree: int = 1) -> bytes:
     """Bytes of a file written by `write_ply`, with one extra property."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "valid.ply"
-        extra = {"gd_level": np.arange(n, dtype=np.int32)}
-        write_ply(path, random_gaussians(n, sh_degree, seed=7), extra=extra)
-        return path.read_bytes()
+    extra = {"gd_level": np.arange(n, dtype=np.int32)}
+    return written_bytes(
+        write_ply, "valid.ply", random_gaussians(n, sh_degree, seed=7), extra=extra
+    )
 
 
 def expect_error(path: Path, *fragments: str) -> str:
@@ -110,22 +108,19 @@ def expect_error(path: Path, *fragments: str) -> str:
     return message
 
 
-def check_read_is_clean(path: Path) -> None:
-    """The fuzz property: a valid PlyData or a PlyFormatError naming the file, nothing else."""
-    try:
-        data = read_ply(path)
-    except PlyFormatError as e:
-        assert str(path) in str(e)
-        return
-    g = data.gaussians
-    g.validate()
+def _read_with_extras(path: Path) -> Gaussians:
+    """read_ply's Gaussians, after checking that every extra column has one value a
+    Gaussian (the PLY-specific part of the fuzz property)."""
+    data = read_ply(path)
     for values in data.extra.values():
-        assert values.shape == (len(g),)
+        assert values.shape == (len(data.gaussians),)
+    return data.gaussians
 
 
-@pytest.fixture(scope="module")
-def fuzz_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz") / "case.ply"
+def check_read_is_clean(content: bytes) -> Gaussians | None:
+    """The fuzz property (`conftest.read_fuzzed`): valid Gaussians with extra columns of
+    their length, or a PlyFormatError naming the file, nothing else."""
+    return read_fuzzed(content, _read_with_extras, PlyFormatError, "case.ply")
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -488,21 +483,18 @@ def test_gaussians_error_becomes_ply_format_error(
     prefix=st.sampled_from([b"", b"ply\n", b"ply\nformat binary_little_endian 1.0\n"]),
     data=st.binary(max_size=600),
 )
-def test_fuzz_random_bytes(fuzz_path: Path, prefix: bytes, data: bytes) -> None:
-    fuzz_path.write_bytes(prefix + data)
-    check_read_is_clean(fuzz_path)
+def test_fuzz_random_bytes(prefix: bytes, data: bytes) -> None:
+    check_read_is_clean(prefix + data)
 
 
 @FUZZ
 @given(cut=st.integers(0, 10_000), sh_degree=st.integers(0, 3))
-def test_fuzz_truncation(fuzz_path: Path, cut: int, sh_degree: int) -> None:
+def test_fuzz_truncation(cut: int, sh_degree: int) -> None:
     data = valid_file_bytes(3, sh_degree)
     cut = cut % (len(data) + 1)
-    fuzz_path.write_bytes(data[:cut])
+    g = check_read_is_clean(data[:cut])
     if cut == len(data):
-        assert len(read_ply(fuzz_path).gaussians) == 3
-    else:
-        check_read_is_clean(fuzz_path)
+        assert g is not None and len(g) == 3
 
 
 @FUZZ
@@ -514,17 +506,14 @@ def test_fuzz_truncation(fuzz_path: Path, cut: int, sh_degree: int) -> None:
     ),
     sh_degree=st.integers(0, 3),
 )
-def test_fuzz_byte_flips(
-    fuzz_path: Path, flips: list[tuple[float, int, bool]], sh_degree: int
-) -> None:
+def test_fuzz_byte_flips(flips: list[tuple[float, int, bool]], sh_degree: int) -> None:
     data = bytearray(valid_file_bytes(3, sh_degree))
     head_len = data.index(b"end_header\n") + len(b"end_header\n")
     for where, value, in_header in flips:
         # Half the flips land in the header, where they do the most interesting damage.
         pos = int(where * head_len) if in_header else head_len + int(where * (len(data) - head_len))
         data[pos] = value
-    fuzz_path.write_bytes(bytes(data))
-    check_read_is_clean(fuzz_path)
+    check_read_is_clean(bytes(data))
 
 
 _EXTRA_NAMES = ["red", "gd_level", "filter_3D", "f_rest_01"]
@@ -571,9 +560,8 @@ def random_headers(draw: st.DrawFn) -> bytes:
 
 @FUZZ
 @given(data=random_headers())
-def test_fuzz_random_headers(fuzz_path: Path, data: bytes) -> None:
-    fuzz_path.write_bytes(data)
-    check_read_is_clean(fuzz_path)
+def test_fuzz_random_headers(data: bytes) -> None:
+    check_read_is_clean(data)
 
 
 # ---------------------------------------------------------------------------- writing
