@@ -655,7 +655,7 @@ class ImageReader(Reader):
         return super().mutate(rng)
 
     def read(self, path: Path) -> Any:
-        from engine.data.images import read_rgba
+        from engine.images import read_rgba
 
         self.error = ValueError  # ImageTooLargeError is one
         # Both paths: full decoding, and reduced decoding (draft / reduce / resize).

@@ -9,7 +9,7 @@ For every object of the split that has photos (`engine.data.photos`: the 4 input
 re-rendered by Cycles as JPEGs of the prop on a textured ground plane in its HDRI
 environment, no alpha), the shipped model reconstructs the prop twice: from the dataset's
 alpha PNGs (`masks="alpha"`, what it was trained on) and from the photos (`masks="auto"`:
-no alpha and no mask files, so the masks are estimated by `engine.data.masks`). Both are
+no alpha and no mask files, so the masks are estimated by `engine.masks`). Both are
 scored on the object's held-out target views (PSNR on the full image and on object pixels,
 as `gd evaluate`); the gap is alpha minus photos. The estimated masks are compared with the
 true alpha of the input views (IoU at 0.5). A prop whose photos are refused (`MaskError`)
@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.data.layout import object_dir, split_of, transforms_path  # noqa: E402
-from engine.data.masks import MaskError  # noqa: E402
 from engine.data.photos import photos_transforms  # noqa: E402
 from engine.evaluate import object_mask  # noqa: E402
+from engine.masks import MaskError  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 from engine.render import render  # noqa: E402
 from engine.resolve import resolve_model  # noqa: E402

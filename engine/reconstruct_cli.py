@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from .cli_args import add_command, parse_background, positive_float, positive_int
-from .data.images import WHITE
 from .devices import DEVICE_CHOICES, resolve_device
+from .images import WHITE
 
 HELP = """\
 Reconstruct a prop as 3D Gaussians from posed views: a NeRF-style transforms.json

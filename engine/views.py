@@ -10,7 +10,7 @@ evaluation, the demo) comes here:
   to a size, cut out by their masks and composited on a background.
 
 The file formats are parsed in `engine.camera_formats`, images are decoded (with the pixel
-limit) in `engine.data.images`, masks made in `engine.data.masks`; this module joins them.
+limit) in `engine.images`, masks made in `engine.masks`; this module joins them.
 (`engine.data.camera_poses` is another thing: the poses the data generator renders from.)
 """
 
@@ -28,8 +28,7 @@ from torch import Tensor
 
 from .camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 from .cameras import Cameras
-from .data.images import WHITE, composite, image_size, read_rgba
-from .images import straight_rgba
+from .images import WHITE, composite, image_size, read_rgba, straight_rgba
 
 __all__ = [
     "COLMAP_IMAGE_DIRS",
@@ -60,7 +59,7 @@ class ViewSet:
         cameras: V cameras of W x H pixels.
         paths: the V image files.
         masks: where the alphas came from when a mask mode chose them
-            (`engine.data.masks.Masks`: source, coverage, cross-view consistency), else None.
+            (`engine.masks.Masks`: source, coverage, cross-view consistency), else None.
         background: the colour `images` are composited on.
     """
 
@@ -127,13 +126,13 @@ def colmap_files(folder: str | os.PathLike, images: str | os.PathLike | None = N
         of `COLMAP_IMAGE_DIRS` that holds every photo.
     Mask files are looked up in a `masks/` folder beside the photos' folder (in `folder`
     when the photos are in `folder` itself): `masks/<name>`, `masks/<name>.png` as COLMAP
-    writes them, or the photo's stem with an image suffix (`engine.data.masks`).
+    writes them, or the photo's stem with an image suffix (`engine.masks`).
 
     Raises:
         FileNotFoundError: `images` is None and no folder holds every photo.
         ValueError: a malformed model (CameraError is a ValueError).
     """
-    from .data.masks import find_mask_file
+    from .masks import find_mask_file
 
     folder = Path(folder)
     cameras, names = colmap_to_cameras(read_colmap(folder))
@@ -185,7 +184,7 @@ def check_views(
 
 def check_nerf_views(path: str | os.PathLike) -> ViewFiles:
     """Check a transforms.json, its cameras and its images' headers (existence, size,
-    `engine.data.images.MAX_IMAGE_PIXELS`) without decoding any pixels, so that bad input
+    `engine.images.MAX_IMAGE_PIXELS`) without decoding any pixels, so that bad input
     fails in a moment (before a model loads). Returns its `ViewFiles`.
 
     Raises:
@@ -223,7 +222,7 @@ def load_views(
         max_side: decode views larger than this (longer side) reduced to it, and return
             the cameras scaled to match (`Cameras.scaled`): what a model that resamples its
             inputs to `max_side` needs, without decoding the full images.
-        masks: which pixels are the prop (`engine.data.masks.resolve_masks`): "none" (the
+        masks: which pixels are the prop (`engine.masks.resolve_masks`): "none" (the
             images' alpha as it is, if any), "alpha" (a usable alpha channel required),
             "files" (`mask_paths`), or "auto" (alpha if usable, else files, else estimated
             from the views); the views are composited on `background` through them.
@@ -236,7 +235,7 @@ def load_views(
         ImageTooLargeError: an image has more than `MAX_IMAGE_PIXELS` pixels.
         ValueError: an image's size differs from the cameras' (naming it and both sizes),
             or it cannot be decoded.
-        engine.data.masks.MaskError: (a ValueError) the masks are missing or implausible.
+        engine.masks.MaskError: (a ValueError) the masks are missing or implausible.
     """
     paths = check_views(paths, cameras, resize)
     bg = tuple(float(c) for c in background)
@@ -247,7 +246,7 @@ def load_views(
     frames = [read_rgba(path, target) for path in paths]
     rgba = np.stack(frames)
     if masks != "none":
-        from .data.masks import composite_masked, resolve_masks
+        from .masks import composite_masked, resolve_masks
 
         tensor = torch.from_numpy(rgba)
         found = resolve_masks(tensor, cameras, masks, mask_paths)
@@ -271,8 +270,8 @@ def load_nerf_scene(
         match (`load_views`); e.g. a model's input size.
     masks: "auto" (default: the images' alpha when every view has a usable one, else the
         frames' `mask_path` files, else masks estimated from the views), "alpha", "files"
-        or "none" (`engine.data.masks`); views are composited on `background` through them.
-        Implausible masks raise `engine.data.masks.MaskError` (a ValueError).
+        or "none" (`engine.masks`); views are composited on `background` through them.
+        Implausible masks raise `engine.masks.MaskError` (a ValueError).
     Raises ValueError/FileNotFoundError naming the file for malformed JSON, missing images,
     images above `images.MAX_IMAGE_PIXELS` and images whose size differs from the cameras'.
     """

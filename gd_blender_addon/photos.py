@@ -10,7 +10,7 @@ square crop, resized, with the intrinsics moved and scaled to match (pure torch,
 worker thread).
 
 Photos are cut out before the model sees them (the panel's Masks: Auto / Alpha / Mask Files
-/ None; `engine.data.masks` does the work): mask files replace the photos' alpha on the
+/ None; `engine.masks` does the work): mask files replace the photos' alpha on the
 main thread (`apply_mask_files`), estimated masks are made in the worker (`masked_work`),
 and Preview Masks shows photos | cut-outs as an image first. Captures of cameras are
 checked the same way: a render that shows nothing stops Reconstruct before anything is
@@ -31,7 +31,7 @@ from mathutils import Matrix
 
 from .camera_capture import CaptureError, camera_record, read_image_pixels
 
-# The panel's Masks option -> engine.data.masks mode.
+# The panel's Masks option -> engine.masks mode.
 MASK_MODES = {"AUTO": "auto", "ALPHA": "alpha", "FILES": "files", "NONE": "none"}
 # Custom property on a camera's data: its photo's mask file, recorded by Import Photos.
 MASK_PATH_KEY = "gd_mask_path"
@@ -207,7 +207,7 @@ def mask_file(camera: bpy.types.Object) -> Path | None:
     """The foreground mask file of a camera's photo: the one Import Photos recorded (a
     frame's `mask_path`, a COLMAP `masks/` folder), else a `masks/` folder beside the photo
     or beside its folder holding a file of the photo's name; None when there is none."""
-    from engine.data.masks import find_mask_file
+    from engine.masks import find_mask_file
 
     recorded = camera.data.get(MASK_PATH_KEY)
     if recorded and Path(recorded).is_file():
@@ -232,7 +232,7 @@ def apply_mask_files(
     Raises:
         CaptureError: FILES and the camera has no mask file.
     """
-    from engine.data.masks import alpha_usable, read_mask
+    from engine.masks import alpha_usable, read_mask
 
     if mode not in ("FILES", "AUTO"):
         return pixels, False
@@ -314,7 +314,7 @@ def apply_masks(
 
     from engine.camera_formats import from_blender
     from engine.cameras import Cameras
-    from engine.data.masks import MaskConfig, MaskError, check_masks
+    from engine.masks import MaskConfig, MaskError, check_masks
 
     def name(text: str) -> str:  # "view 2 ..." -> "camera 'Cam.002' ..."
         for k, camera in enumerate(request.names):
@@ -346,7 +346,7 @@ def apply_masks(
         small = [cv2.resize(v, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else v
                  for v in views]  # fmt: skip
         cameras = Cameras.cat([from_blender(**r) for r in records]).scaled(sw, sh)
-        from engine.data.masks import resolve_masks
+        from engine.masks import resolve_masks
 
         masks = resolve_masks(torch.from_numpy(np.stack(small)), cameras, MASK_MODES[request.mode])
     except MaskError as err:
@@ -370,7 +370,7 @@ def masked_work(
     cancel: Any,
 ) -> Any:
     """Worker: cut out (or check) the views, then `work(views, progress, cancel)`; the
-    result gets a `masks` attribute (`engine.data.masks.Masks` or None) for the report."""
+    result gets a `masks` attribute (`engine.masks.Masks` or None) for the report."""
     progress(0.05, "finding the prop in the views" if request.mode != "RENDER" else "checking")
     views, masks = apply_masks(views, records, request)
     result = work(views, progress, cancel)
@@ -407,7 +407,7 @@ def preview_masks(
     image `PREVIEW_IMAGE` (each view cropped to the square the model reads, `size` px).
 
     Returns:
-        (the preview image, `engine.data.masks.Masks` or None).
+        (the preview image, `engine.masks.Masks` or None).
     Raises:
         CaptureError: no photo, missing mask files, implausible masks.
     """

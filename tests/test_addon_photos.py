@@ -118,7 +118,7 @@ def test_opaque_photos_are_cut_out_before_reconstructing(scene, spy, tmp_path):
 def test_lost_parts_warnings_are_reported_as_warnings(scene, spy, tmp_path, monkeypatch, capfd):
     import bpy
 
-    import engine.data.masks as masks_module
+    import engine.masks as masks_module
 
     transforms, _ = _write_photos(tmp_path / "photos", scene)
     _import(scene, transforms)

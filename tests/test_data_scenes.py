@@ -210,8 +210,8 @@ def test_tiny_render_files_cameras_and_depth(rendered):
     from PIL import Image
 
     from engine.camera_formats import read_nerf_transforms
-    from engine.data.images import read_depth_png
     from engine.data.layout import DEPTH_SCALE
+    from engine.images import read_depth_png
 
     root, _ = rendered
     manifest = json.loads((root / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""engine.data.masks: foreground masks of photos without alpha (estimated from the views),
+"""engine.masks: foreground masks of photos without alpha (estimated from the views),
 mask files, and the errors for views that show no common prop.
 
 The photos are ray-cast: a two-coloured box standing on a checkered ground plane under a
@@ -19,7 +19,7 @@ from PIL import Image
 from engine.camera_formats import write_nerf_transforms
 from engine.cameras import Cameras
 from engine.cli import main
-from engine.data.masks import (
+from engine.masks import (
     MaskConfig,
     MaskError,
     estimate_masks,

@@ -126,9 +126,9 @@ def test_depth_png_round_trips_through_the_reader(tmp_path):
     images.read_depth_png (NaN for those) agree."""
     import numpy as np
 
-    from engine.data.images import read_depth_png
     from engine.data.layout import DEPTH_SCALE
     from engine.data.scene_generator import write_depth_png
+    from engine.images import read_depth_png
 
     depth = np.array([[1.2345, np.nan], [70.0, 0.0004]], dtype=np.float32)
     path = tmp_path / "d" / "depth.png"

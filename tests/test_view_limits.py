@@ -1,6 +1,6 @@
 """Hostile view inputs (hardening issue 12): image bombs, huge legal images, nested JSON.
 
-Views are decoded in one place (`engine.data.images.read_rgba`), reduced to the size the
+Views are decoded in one place (`engine.images.read_rgba`), reduced to the size the
 model needs, and refused above `MAX_IMAGE_PIXELS` from their header; JSON readers of user
 files turn a `RecursionError` into their own error.
 """
@@ -19,7 +19,9 @@ from PIL import Image
 from engine.camera_formats import colmap_to_cameras, read_colmap, read_nerf_transforms
 from engine.cameras import CameraError
 from engine.cli import main
-from engine.data.images import (
+from engine.data.lara import read_gso_scene
+from engine.data.layout import read_json
+from engine.images import (
     MAX_IMAGE_PIXELS,
     ImageTooLargeError,
     composite,
@@ -27,8 +29,6 @@ from engine.data.images import (
     read_depth_png,
     read_rgba,
 )
-from engine.data.lara import read_gso_scene
-from engine.data.layout import read_json
 from engine.views import load_views
 
 from ._bomb_helpers import PEAK_LIMIT, png_uniform, run_measured
@@ -215,7 +215,7 @@ def test_png_chunk_length_past_the_file(tmp_path: Path) -> None:
     data[at : at + 4] = (0x7FFFFFF0).to_bytes(4, "big")
     (tmp_path / "v.png").write_bytes(data)
     path = tmp_path / "v.png"
-    code = f"from engine.data.images import read_rgba; read_rgba({str(path)!r})"
+    code = f"from engine.images import read_rgba; read_rgba({str(path)!r})"
     run = run_measured(python=code, data_limit=1 << 30)  # a machine without 2 GB to spare
     last = run.stderr.strip().splitlines()[-1]
     assert last == f"ValueError: {path}: cannot read image (out of memory decoding it)"

@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import write_atomic
 from ..cameras import CameraError, Cameras, check_rigid, rigid_inverse
-from ..data.images import ImageTooLargeError, image_size
+from ..images import ImageTooLargeError, image_size
 from ._common import flip_yz, in_file
 
 __all__ = ["NerfFrames", "read_nerf_transforms", "write_nerf_transforms"]

@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from ..atomic import atomic_open, atomic_path
 from ..cameras import Cameras
+from ..images import read_rgba
 from ..views import nerf_files
 from .datasets import PropsDataset
-from .images import read_rgba
 from .layout import object_dir, transforms_path, write_json_atomic
 
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from engine.views import ViewSet, load_views, nerf_files
 
-from .images import WHITE
+from ..images import WHITE
 from .layout import finished_in_split, object_dir, read_manifest, transforms_path
 
 __all__ = ["PropsDataset", "collate_views", "training_sample"]

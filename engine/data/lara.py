@@ -33,8 +33,8 @@ from torch.utils.data import Dataset
 from engine.cameras import Cameras
 from engine.views import ViewSet, load_views
 
+from ..images import WHITE, composite, image_size
 from .datasets import training_sample
-from .images import WHITE, composite, image_size
 from .layout import read_json
 
 _GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])

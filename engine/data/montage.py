@@ -34,7 +34,7 @@ def scene_sheet(folder: str | os.PathLike, tile: int = 128) -> Image.Image:
     """Two rows for one scene folder: its views in path order (targets before, between
     and after the context pair; context views framed in orange), and each view's depth
     beneath (near light, far dark, black: no surface)."""
-    from .images import read_depth_png
+    from ..images import read_depth_png
     from .layout import DEPTH_SCALE
 
     folder = Path(folder)

@@ -80,7 +80,7 @@ def read_scene_depths(files: ViewFiles, path: Path) -> Tensor:
         ValueError: no or a malformed depth description, a depth kind other than
             "planar", or a depth PNG whose size differs from its camera's.
     """
-    from .images import read_depth_png
+    from ..images import read_depth_png
 
     extra = files.extra
     if "depth_folder" not in extra:
