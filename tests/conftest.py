@@ -1,19 +1,24 @@
 """Shared test helpers: seeded random Gaussians, the harness of the file readers' fuzz
-tests, and the `bpy` fixture of the add-on tests. Import the helpers (`from .conftest
-import random_gaussians`); pytest loads this file first, and tests/ is a package, so the
-relative import finds it. Fixtures need no import."""
+tests, the `bpy` fixture and the add-on tests' fixtures (`addon`, `tiny`, `spy`, `scene`).
+Import the helpers (`from .conftest import random_gaussians`); pytest loads this file
+first, and tests/ is a package, so the relative import finds it. Fixtures need no import."""
 
 from __future__ import annotations
 
+import importlib
+import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 from engine.gaussians import Gaussians
+
+from ._addon_helpers import CAPTURE, Spy
 
 
 def random_gaussians(
@@ -120,3 +125,95 @@ def written_bytes(write: Callable[..., object], name: str, *args, **kwargs) -> b
         path = Path(d) / name
         write(path, *args, **kwargs)
         return path.read_bytes()
+
+
+# ---------------------------------------------------------------------------- add-on tests
+# The add-on enabled in headless Blender (per test module), the tiny randomly initialised
+# model and its spy in place of the real model loader, and a factory-empty scene with a
+# textured cube and four cameras (test_addon_*.py; helpers in _addon_helpers.py).
+@pytest.fixture(scope="module")
+def addon():
+    import bpy
+
+    addon_utils = importlib.import_module("addon_utils")  # after bpy, which puts it on sys.path
+
+    addon_utils.enable("gd_blender_addon", default_set=True)
+    import gd_blender_addon
+
+    yield gd_blender_addon
+    addon_utils.disable("gd_blender_addon", default_set=True)
+    assert not hasattr(bpy.types, "GD_OT_reconstruct")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    import torch
+
+    from engine.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("object-tiny", device="cpu", pretrained=False)
+
+
+@pytest.fixture
+def spy(addon, tiny, monkeypatch):
+    from gd_blender_addon import modal
+
+    spy = Spy(tiny)
+    monkeypatch.setattr(modal, "load_engine_model", lambda *a, **k: spy)
+    return spy
+
+
+@pytest.fixture
+def scene(addon):
+    """A factory-empty scene: a textured cube prop (0.6 wide, centred at (0.2, -0.1, 0.3))
+    and 4 perspective cameras around it; Cycles with one sample."""
+    import bpy
+    from mathutils import Matrix
+
+    from engine.data.camera_poses import look_at
+
+    # read_homefile keeps the enabled add-ons (read_factory_settings would unload them).
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    scene.cycles.use_denoising = False
+    scene.cycles.device = "CPU"
+    scene.render.resolution_x, scene.render.resolution_y = 640, 480  # must survive capture
+    scene.render.film_transparent = False
+    scene.gd_splat.resolution = CAPTURE
+    scene.gd_splat.refine_seconds = 0.0  # these tests are about the model's result
+    world = bpy.data.worlds.new("world")
+    world.use_nodes = True
+    scene.world = world
+    bpy.ops.mesh.primitive_cube_add(size=0.6, location=(0.2, -0.1, 0.3))
+    prop = bpy.context.active_object
+    prop.name = "Prop"
+    image = bpy.data.images.new("grid", 64, 64)
+    image.generated_type = "COLOR_GRID"
+    material = bpy.data.materials.new("grid")
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    texture = nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    material.node_tree.links.new(texture.outputs["Color"],
+                                 nodes["Principled BSDF"].inputs["Base Color"])  # fmt: skip
+    prop.data.materials.append(material)
+    centre = np.array([0.2, -0.1, 0.3])
+    cameras = []
+    for i in range(4):
+        angle = math.radians(45 + 90 * i)
+        eye = centre + 2.2 * np.array([math.cos(angle), math.sin(angle), 0.45])
+        data = bpy.data.cameras.new(f"Cam{i}")
+        data.lens = 50
+        cam = bpy.data.objects.new(f"Cam{i}", data)
+        cam.matrix_world = Matrix(look_at(eye, centre).tolist())
+        scene.collection.objects.link(cam)
+        cameras.append(cam)
+    scene.camera = cameras[0]
+    for obj in scene.objects:
+        obj.select_set(True)
+    bpy.context.view_layer.objects.active = prop
+    bpy.context.view_layer.update()  # evaluated matrices, as after any redraw
+    return scene

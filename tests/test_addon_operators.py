@@ -15,16 +15,26 @@ import hashlib
 import http.server
 import importlib.util
 import json
-import math
 import threading
 import weakref
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from ._addon_helpers import (
+    ATTRS,
+    CAPTURE,
+    Event,
+    Spy,
+    WindowManager,
+    attributes,
+    cancelled_run,
+    reconstruct,
+    snapshot,
+    window_override,
+)
 from ._splat_helpers import (
     REPRESENTATIONS,
     edit_select_all,
@@ -39,182 +49,8 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy wheel"),
 ]
 
-CAPTURE = 32  # render the cameras at 32^2 (the model resamples to its own size)
-ATTRS = ("opacity", "scale", "rotation", "f_dc", "gd_level", "gd_parent")
-
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def addon():
-    import bpy
-
-    addon_utils = importlib.import_module("addon_utils")  # after bpy, which puts it on sys.path
-
-    addon_utils.enable("gd_blender_addon", default_set=True)
-    import gd_blender_addon
-
-    yield gd_blender_addon
-    addon_utils.disable("gd_blender_addon", default_set=True)
-    assert not hasattr(bpy.types, "GD_OT_reconstruct")
-
-
-class Spy:
-    """Wraps the tiny model and records what reconstruct/densify returned."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.image_size, self.max_views = model.image_size, model.max_views
-        self.calls: list[tuple[str, Any, Any]] = []
-
-    def reconstruct(self, images, cameras, **kw):
-        rec = self.model.reconstruct(images, cameras, **kw)
-        self.calls.append(("reconstruct", (images, cameras, kw), rec))
-        return rec
-
-    def densify(self, gaussians, images, cameras, **kw):
-        res = self.model.densify(gaussians, images, cameras, **kw)
-        self.calls.append(("densify", (gaussians, images, cameras, kw), res))
-        return res
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    import torch
-
-    from engine.models import load_model
-
-    torch.manual_seed(0)
-    return load_model("object-tiny", device="cpu", pretrained=False)
-
-
-@pytest.fixture
-def spy(addon, tiny, monkeypatch):
-    from gd_blender_addon import modal
-
-    spy = Spy(tiny)
-    monkeypatch.setattr(modal, "load_engine_model", lambda *a, **k: spy)
-    return spy
-
-
-@pytest.fixture
-def scene(addon):
-    """A factory-empty scene: a textured cube prop (0.6 wide, centred at (0.2, -0.1, 0.3))
-    and 4 perspective cameras around it; Cycles with one sample."""
-    import bpy
-    from mathutils import Matrix
-
-    from engine.data.camera_poses import look_at
-
-    # read_homefile keeps the enabled add-ons (read_factory_settings would unload them).
-    bpy.ops.wm.read_homefile(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.samples = 1
-    scene.cycles.use_denoising = False
-    scene.cycles.device = "CPU"
-    scene.render.resolution_x, scene.render.resolution_y = 640, 480  # must survive capture
-    scene.render.film_transparent = False
-    scene.gd_splat.resolution = CAPTURE
-    scene.gd_splat.refine_seconds = 0.0  # these tests are about the model's result
-    world = bpy.data.worlds.new("world")
-    world.use_nodes = True
-    scene.world = world
-    bpy.ops.mesh.primitive_cube_add(size=0.6, location=(0.2, -0.1, 0.3))
-    prop = bpy.context.active_object
-    prop.name = "Prop"
-    image = bpy.data.images.new("grid", 64, 64)
-    image.generated_type = "COLOR_GRID"
-    material = bpy.data.materials.new("grid")
-    material.use_nodes = True
-    nodes = material.node_tree.nodes
-    texture = nodes.new("ShaderNodeTexImage")
-    texture.image = image
-    material.node_tree.links.new(texture.outputs["Color"],
-                                 nodes["Principled BSDF"].inputs["Base Color"])  # fmt: skip
-    prop.data.materials.append(material)
-    centre = np.array([0.2, -0.1, 0.3])
-    cameras = []
-    for i in range(4):
-        angle = math.radians(45 + 90 * i)
-        eye = centre + 2.2 * np.array([math.cos(angle), math.sin(angle), 0.45])
-        data = bpy.data.cameras.new(f"Cam{i}")
-        data.lens = 50
-        cam = bpy.data.objects.new(f"Cam{i}", data)
-        cam.matrix_world = Matrix(look_at(eye, centre).tolist())
-        scene.collection.objects.link(cam)
-        cameras.append(cam)
-    scene.camera = cameras[0]
-    for obj in scene.objects:
-        obj.select_set(True)
-    bpy.context.view_layer.objects.active = prop
-    bpy.context.view_layer.update()  # evaluated matrices, as after any redraw
-    return scene
-
-
-def _window_override():
-    import bpy
-
-    window = bpy.context.window_manager.windows[0]
-    return bpy.context.temp_override(window=window, screen=window.screen)
-
-
-RENDER_SETTINGS = (
-    "engine", "resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x",
-    "pixel_aspect_y", "film_transparent", "filepath", "use_border", "use_compositing",
-    "use_sequencer", "use_file_extension",
-)  # fmt: skip
-
-
-def snapshot(scene: Any) -> dict[str, Any]:
-    """Everything a failed or cancelled operator must leave alone."""
-    import bpy
-
-    render, image = scene.render, scene.render.image_settings
-    state = {f"render.{k}": getattr(render, k) for k in RENDER_SETTINGS}
-    for key in ("media_type", "file_format", "color_mode", "color_depth", "compression"):
-        if hasattr(image, key):
-            state[f"image.{key}"] = getattr(image, key)
-    for key in ("view_transform", "look", "exposure", "gamma"):
-        state[f"view.{key}"] = getattr(scene.view_settings, key)
-    state["camera"] = scene.camera.name if scene.camera else None
-    state["objects"] = sorted(o.name for o in bpy.data.objects)
-    state["images"] = sorted(i.name for i in bpy.data.images)
-    state["meshes"] = sorted(m.name for m in bpy.data.meshes)
-    state["pointclouds"] = sorted(p.name for p in bpy.data.pointclouds)
-    state["collections"] = sorted(c.name for c in bpy.data.collections)
-    state["hide_render"] = {o.name: o.hide_render for o in bpy.data.objects}
-    state["matrices"] = {o.name: [list(r) for r in o.matrix_world] for o in bpy.data.objects}
-    state["modes"] = {o.name: o.mode for o in bpy.data.objects}
-    return state
-
-
-def attributes(obj: Any) -> dict[str, np.ndarray]:
-    """Every point attribute (position included) of a splat object, as arrays."""
-    out = {}
-    n = point_count(obj)
-    for attr in obj.data.attributes:
-        if attr.domain != "POINT" or attr.name.startswith("."):
-            continue
-        width = {"FLOAT": 1, "INT": 1, "FLOAT_VECTOR": 3, "QUATERNION": 4, "FLOAT_COLOR": 4,
-                 "BOOLEAN": 1}[attr.data_type]  # fmt: skip
-        field = "vector" if attr.data_type == "FLOAT_VECTOR" else "value"
-        if attr.data_type == "FLOAT_COLOR":
-            field = "color"
-        dtype = np.int32 if attr.data_type in ("INT", "BOOLEAN") else np.float32
-        buf = np.empty(n * width, dtype)
-        attr.data.foreach_get(field, buf)
-        out[attr.name] = buf.reshape(n, width)
-    return out
-
-
-def reconstruct(scene: Any, spy: Spy) -> Any:
-    import bpy
-
-    before = {o.name for o in bpy.data.objects}
-    assert bpy.ops.gd.reconstruct() == {"FINISHED"}
-    new = [o for o in bpy.data.objects if o.name not in before]
-    assert len(new) == 1
-    return new[0]
 
 
 # ---------------------------------------------------------------------------- reconstruct
@@ -305,7 +141,7 @@ def test_reconstruct_is_one_undo_step(scene, spy, monkeypatch, as_mesh):
 
     use_representation(monkeypatch, as_mesh)
     before = snapshot(scene)
-    with _window_override():
+    with window_override():
         bpy.ops.ed.undo_push(message="before reconstruct")
         _select_all_registered()
         assert bpy.ops.gd.reconstruct("EXEC_DEFAULT", True) == {"FINISHED"}
@@ -414,7 +250,7 @@ def test_densify_selection_exact_and_undo(scene, spy, monkeypatch, as_mesh):
     set_selection(obj, mask)
     before = attributes(obj)
     scene.gd_splat.budget = 300
-    with _window_override():
+    with window_override():
         bpy.ops.ed.undo_push(message="before densify")
         _select_all_registered()
         # undo=True: what a button press does (Python calls skip the undo push by default);
@@ -447,7 +283,7 @@ def test_densify_selection_exact_and_undo(scene, spy, monkeypatch, as_mesh):
     assert np.array_equal(after["gd_level"][rows], before["gd_level"][~mask])
     assert np.array_equal(after["gd_parent"][rows], before["gd_parent"][~mask])
     # One undo step brings the previous cloud back.
-    with _window_override():
+    with window_override():
         _assert_not_repeatable(spy)
         assert bpy.ops.ed.undo() == {"FINISHED"}
     restored = attributes(bpy.data.objects[name])
@@ -639,20 +475,6 @@ def test_export_import_round_trip(scene, spy, tmp_path, monkeypatch, as_mesh):
 
 
 # ---------------------------------------------------------------------------- cancel & errors
-def cancelled_run(operator: Callable[[], set[str]], when: str) -> set[str]:
-    """Run a job operator (e.g. `bpy.ops.gd.reconstruct`) with Esc pressed during its
-    captures ("capture") or once its job is 30 % done ("engine"); returns its result."""
-    from gd_blender_addon import jobs
-
-    def cancel(fraction: float, message: str, event: threading.Event) -> None:
-        if when == "capture" or fraction >= 0.3:
-            event.set()
-
-    jobs.progress_listeners.append(cancel)
-    try:
-        return operator()
-    finally:
-        jobs.progress_listeners.remove(cancel)
 
 
 @pytest.mark.slow
@@ -1000,36 +822,6 @@ def test_jobs_cancel_drops_a_finished_result(addon):
 
 
 # ---------------------------------------------------------------------------- the modal path
-class _Event:
-    def __init__(self, kind: str, value: str = "NOTHING") -> None:
-        self.type, self.value = kind, value
-
-
-class _WindowManager:
-    """Records what the modal path asks of Blender's window manager."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.progress: list[int] = []
-
-    def event_timer_add(self, step, window=None):
-        self.calls.append("timer_add")
-        return "timer"
-
-    def event_timer_remove(self, timer) -> None:
-        self.calls.append("timer_remove")
-
-    def modal_handler_add(self, op) -> None:
-        self.calls.append("modal_handler_add")
-
-    def progress_begin(self, lo, hi) -> None:
-        self.calls.append("progress_begin")
-
-    def progress_update(self, value) -> None:
-        self.progress.append(value)
-
-    def progress_end(self) -> None:
-        self.calls.append("progress_end")
 
 
 def _fake_work(release: threading.Event, progress, cancel):
@@ -1073,7 +865,7 @@ def _fake_operator(release: threading.Event):
 
 
 def _fake_context():
-    return type("Ctx", (), {"window_manager": _WindowManager(), "window": None,
+    return type("Ctx", (), {"window_manager": WindowManager(), "window": None,
                             "workspace": None})()  # fmt: skip
 
 
@@ -1083,7 +875,7 @@ def _drive(op, context, events, release=None, limit=500):
         if status != {"RUNNING_MODAL"}:
             return status
     for _ in range(limit):
-        status = op.modal(context, _Event("TIMER"))
+        status = op.modal(context, Event("TIMER"))
         if release is not None:
             release.set()
         if status != {"RUNNING_MODAL"}:
@@ -1099,9 +891,9 @@ def test_modal_path_renders_one_view_per_tick_then_runs_the_worker(addon):
     wm = context.window_manager
     assert wm.calls[:2] == ["timer_add", "modal_handler_add"]
     # Mouse moves pass through to Blender; each timer tick renders one view.
-    assert op.modal(context, _Event("MOUSEMOVE")) == {"PASS_THROUGH"}
+    assert op.modal(context, Event("MOUSEMOVE")) == {"PASS_THROUGH"}
     for i in range(3):
-        assert op.modal(context, _Event("TIMER")) == {"RUNNING_MODAL"}
+        assert op.modal(context, Event("TIMER")) == {"RUNNING_MODAL"}
         assert op.rendered == list(range(i + 1))
     assert _drive(op, context, [], release) == {"FINISHED"}
     assert op.finished_with == 42 and op.cleaned
@@ -1122,7 +914,7 @@ def test_execute_in_the_ui_starts_the_modal_job(addon, monkeypatch):
     assert op.execute(context) == {"RUNNING_MODAL"}
     assert context.window_manager.calls[:2] == ["timer_add", "modal_handler_add"]
     assert op.rendered == []  # the renders wait for the timer
-    assert _drive(op, context, [_Event("ESC", "PRESS")]) == {"CANCELLED"}
+    assert _drive(op, context, [Event("ESC", "PRESS")]) == {"CANCELLED"}
 
     monkeypatch.setattr(modal, "is_interactive", lambda context: False)
     release.set()
@@ -1142,7 +934,7 @@ def test_a_job_keeps_neither_its_operator_nor_the_context(addon):
     op, context = _fake_operator(release), _fake_context()
     op.start_modal(context)
     for _ in range(4):  # 3 renders, then the worker starts
-        op.modal(context, _Event("TIMER"))
+        op.modal(context, Event("TIMER"))
     job = jobs.active_job()
     assert job is not None and job.alive
     assert _drive(op, context, [], release) == {"FINISHED"} and op.finished_with == 42
@@ -1159,7 +951,7 @@ def test_modal_escape_cancels(addon, when):
     op, context = _fake_operator(release), _fake_context()
     op.start_modal(context)
     ticks = 1 if when == "rendering" else 4  # 3 renders, then the worker starts
-    events = [_Event("TIMER")] * ticks + [_Event("ESC", "PRESS")]
+    events = [Event("TIMER")] * ticks + [Event("ESC", "PRESS")]
     assert _drive(op, context, events) == {"CANCELLED"}
     assert op.finished_with is None and op.cleaned
     assert op.reports[-1][0] == {"WARNING"} and "cancelled" in op.reports[-1][1]

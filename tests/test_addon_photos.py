@@ -3,7 +3,8 @@ alone unless asked, opaque photos are cut out (estimated masks, or mask files) b
 engine sees them, Preview Masks shows the cut, and captures or photos that show nothing
 stop with a clear error and leave the scene exactly as it was.
 
-The scene, the tiny model spy and the snapshot come from test_addon_operators.py.
+The scene, the tiny model spy (conftest.py) and the snapshot (_addon_helpers.py) are the
+other add-on tests'.
 """
 
 from __future__ import annotations
@@ -16,11 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from . import test_addon_operators as _ops
-
-# The fixtures of test_addon_operators.py, shared (pytest finds them by these names).
-addon, scene, spy, tiny = _ops.addon, _ops.scene, _ops.spy, _ops.tiny
-reconstruct, snapshot = _ops.reconstruct, _ops.snapshot
+from ._addon_helpers import attributes, reconstruct, snapshot
 
 pytestmark = [
     pytest.mark.blender,
@@ -206,11 +203,11 @@ def test_densify_against_empty_captures_is_refused_and_nothing_changes(scene, sp
         cam.select_set(True)
     bpy.context.view_layer.objects.active = obj
     scene.objects["Prop"].hide_render = True
-    before, state, calls = _ops.attributes(obj), snapshot(scene), len(spy.calls)
+    before, state, calls = attributes(obj), snapshot(scene), len(spy.calls)
     with pytest.raises(RuntimeError, match=r"camera 'Cam0' shows no prop: its render is empty"):
         bpy.ops.gd.densify_selected(whole_object=True)
     assert snapshot(scene) == state and len(spy.calls) == calls
-    after = _ops.attributes(obj)
+    after = attributes(obj)
     assert all(np.array_equal(after[key], values) for key, values in before.items())
 
 

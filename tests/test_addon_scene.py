@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from . import test_addon_operators as _ops
+from ._addon_helpers import cancelled_run, snapshot
 from ._splat_helpers import point_count, splat_type
 
 # The operator tests' fixture: the add-on enabled for this module.
-addon, snapshot = _ops.addon, _ops.snapshot
 
 pytestmark = [
     pytest.mark.blender,
@@ -319,7 +318,7 @@ def test_cancel_leaves_the_scene_unchanged(scene, calls, when):
     from gd_blender_addon import jobs
 
     before = snapshot(scene)
-    assert _ops.cancelled_run(bpy.ops.gd.reconstruct_scene, when) == {"CANCELLED"}
+    assert cancelled_run(bpy.ops.gd.reconstruct_scene, when) == {"CANCELLED"}
     assert snapshot(scene) == before
     assert jobs.active_job() is None
 

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from . import test_addon_operators as _ops
+from ._addon_helpers import Event, WindowManager, attributes, snapshot, window_override
 from ._splat_helpers import REPRESENTATIONS, point_count, set_selection, use_representation
 
 # The operator tests' fixtures (enabled add-on, tiny model spy, the cube-and-cameras scene).
-addon, tiny, spy, scene = _ops.addon, _ops.tiny, _ops.spy, _ops.scene
-attributes, snapshot, _window_override = _ops.attributes, _ops.snapshot, _ops._window_override
 
 pytestmark = [
     pytest.mark.blender,
@@ -314,7 +312,7 @@ def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy
     set_selection(obj, mask)
     before = attributes(obj)
     scene.gd_splat.refine_seconds = 30.0
-    with _window_override():
+    with window_override():
         bpy.ops.ed.undo_push(message="before refine")
         assert bpy.ops.gd.refine("EXEC_DEFAULT", True, refine_steps=4) == {"FINISHED"}
     obj = bpy.data.objects[name]
@@ -326,7 +324,7 @@ def test_refine_selection_changes_only_the_selection_in_one_undo_step(scene, spy
         assert np.array_equal(after[key][:frozen], values[~mask]), key
     # ...and the selected ones were refined.
     assert not np.array_equal(after["position"][frozen:], before["position"][mask])
-    with _window_override():
+    with window_override():
         assert bpy.ops.ed.undo() == {"FINISHED"}
     restored = attributes(bpy.data.objects[name])
     for key, values in before.items():
@@ -499,7 +497,7 @@ class _Context:
     def __init__(self) -> None:
         import bpy
 
-        self.window_manager, self.window, self.workspace = _ops._WindowManager(), None, None
+        self.window_manager, self.window, self.workspace = WindowManager(), None, None
         c = bpy.context
         self.scene, self.preferences, self.view_layer = c.scene, c.preferences, c.view_layer
         self.collection = c.collection
@@ -534,21 +532,21 @@ def test_modal_reconstruct_object_renders_one_view_a_tick_and_esc_leaves_nothing
     assert op.start_modal(context) == {"RUNNING_MODAL"}
     rendered = []
     for _ in range(200):  # the model loads in the worker, then one render a tick
-        assert op.modal(context, _ops._Event("TIMER")) == {"RUNNING_MODAL"}
+        assert op.modal(context, Event("TIMER")) == {"RUNNING_MODAL"}
         rendered = [p for p in op._capture.paths]
         if len(rendered) == 3:
             break
         threading.Event().wait(0.01)
     assert len(rendered) == 3 and len(op._stages) == 8 - 3 + 2  # 5 views, check, the job
-    assert op.modal(context, _ops._Event("ESC", "PRESS")) == {"RUNNING_MODAL"}
-    assert op.modal(context, _ops._Event("TIMER")) == {"CANCELLED"}
+    assert op.modal(context, Event("ESC", "PRESS")) == {"RUNNING_MODAL"}
+    assert op.modal(context, Event("TIMER")) == {"CANCELLED"}
     assert "cancelled" in op.reports[-1][1] and full_snapshot(scene) == before
 
     messages = []
     op, context = _modal_operator(operators.GD_OT_reconstruct_object, refine_steps=60), _Context()
     assert op.start_modal(context) == {"RUNNING_MODAL"}
     for _ in range(20000):
-        status = op.modal(context, _ops._Event("TIMER"))
+        status = op.modal(context, Event("TIMER"))
         if jobs.active_job() is not None:
             messages.append(jobs.active_job().message)
         if status != {"RUNNING_MODAL"}:
