@@ -393,8 +393,6 @@ def is_scene_model(name: str) -> bool:
 def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> Run:
     """Distributed setup, model (fresh, `--init` or resumed), freezing, optimizer and the
     data caches; writes `train_config.json` on the main process."""
-    from .data.cache import CachedProps, build_cache, cache_dir
-
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -402,6 +400,37 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
     if device.type == "cuda" and ddp.world > 1:
         device = torch.device("cuda", ddp.local_rank)  # one GPU per process
     out = Path(cfg.out)
+    model, model_cfg, scene = _make_model(cfg, model_cfg, device, ddp.rank)
+    params = [
+        p
+        for n, p in model.named_parameters()
+        if not (cfg.freeze_backbone and n.startswith("backbone."))
+    ]
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    resumed = load_checkpoint(out, model, opt)
+    step = resumed["step"] if resumed else 0
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1) + "\n")
+    train_set, val_set = _scene_sets(cfg) if scene else _object_sets(cfg, model_cfg, ddp)
+    if len(train_set) == 0:
+        raise ValueError(f"{cfg.data}: no finished items in the train split")
+    net = wrap_ddp(model, device, cfg)
+    epoch_len = max(1, len(train_set) // (cfg.batch_size * ddp.world))
+    it = batches(len(train_set), cfg.batch_size, ddp.rank, ddp.world, cfg.seed, step // epoch_len)
+    for _ in range(step % epoch_len):
+        next(it)
+    rng = random.Random(cfg.seed * 1000 + ddp.rank + step)
+    return Run(model, net, params, opt, step, it, rng, train_set, val_set, device, ddp)
+
+
+def _make_model(
+    cfg: TrainConfig, model_cfg: Any, device: torch.device, rank: int
+) -> tuple[nn.Module, Any, bool]:
+    """(model on `device`, its config, whether it is a scene model): fresh, seeded per
+    rank, or with `--init` (and `--init-densifier`) weights loaded."""
     scene = is_scene_model(cfg.model if model_cfg is None else model_cfg.name)
     if scene:
         from .models.scene_backbone import get_scene_config
@@ -412,7 +441,7 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
         raise ValueError(
             f"rig_views {cfg.rig_views}: {model_cfg.name} reads at most {model_cfg.max_views} views"
         )
-    torch.manual_seed(cfg.seed + ddp.rank)
+    torch.manual_seed(cfg.seed + rank)
     # A "dino" backbone trained from scratch starts from the hub's DINO weights (the one
     # place they are asked for); with --init they come from that file instead.
     if scene:
@@ -429,46 +458,29 @@ def setup_run(cfg: TrainConfig, model_cfg: ObjectModelConfig | None = None) -> R
         load_init_state(model, state, cfg.init)
     elif cfg.init_densifier:
         raise ValueError("init_densifier needs init (the backbone to pair it with)")
-    params = [
-        p
-        for n, p in model.named_parameters()
-        if not (cfg.freeze_backbone and n.startswith("backbone."))
-    ]
-    if cfg.freeze_backbone:
-        model.backbone.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    resumed = load_checkpoint(out, model, opt)
-    step = resumed["step"] if resumed else 0
+    return model, model_cfg, scene
+
+
+def _object_sets(cfg: TrainConfig, model_cfg: Any, ddp: Dist) -> tuple[Any, Any]:
+    """Train and val splits of a props dataset, decoded once into caches (`data.cache`)."""
+    from .data.cache import CachedProps, build_cache, cache_dir
+
+    # Views are decoded at the largest of the model's input size, its detail size and the
+    # render size: the model resizes them for its parts, the loss scores them at the render
+    # size and validation at full size.
+    size = max(model_cfg.image_size, model_cfg.detail_size, cfg.render_size)
+    # The main process decodes the caches; the others wait and then only read them.
     if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "train_config.json", json.dumps(asdict(cfg), indent=1) + "\n")
-    if scene:
-        train_set, val_set = _scene_sets(cfg)
-    else:
-        # Views are decoded at the largest of the model's input size, its detail size and
-        # the render size: the model resizes them for its parts, the loss scores them at
-        # the render size and validation at full size.
-        size = max(model_cfg.image_size, model_cfg.detail_size, cfg.render_size)
-        # The main process decodes the caches; the others wait and then only read them.
-        if ddp.main:
-            build_cache(cfg.data, "train", size, progress=True)
-            with contextlib.suppress(ValueError):
-                build_cache(cfg.data, "val", size, progress=False)
-        if ddp.world > 1:
-            dist.barrier()
-        train_set = CachedProps(cache_dir(cfg.data, "train", size))
-        val_set = None
-        if (cache_dir(cfg.data, "val", size) / "index.json").is_file():
-            val_set = CachedProps(cache_dir(cfg.data, "val", size))
-    if len(train_set) == 0:
-        raise ValueError(f"{cfg.data}: no finished items in the train split")
-    net = wrap_ddp(model, device, cfg)
-    epoch_len = max(1, len(train_set) // (cfg.batch_size * ddp.world))
-    it = batches(len(train_set), cfg.batch_size, ddp.rank, ddp.world, cfg.seed, step // epoch_len)
-    for _ in range(step % epoch_len):
-        next(it)
-    rng = random.Random(cfg.seed * 1000 + ddp.rank + step)
-    return Run(model, net, params, opt, step, it, rng, train_set, val_set, device, ddp)
+        build_cache(cfg.data, "train", size, progress=True)
+        with contextlib.suppress(ValueError):
+            build_cache(cfg.data, "val", size, progress=False)
+    if ddp.world > 1:
+        dist.barrier()
+    train_set = CachedProps(cache_dir(cfg.data, "train", size))
+    val_set = None
+    if (cache_dir(cfg.data, "val", size) / "index.json").is_file():
+        val_set = CachedProps(cache_dir(cfg.data, "val", size))
+    return train_set, val_set
 
 
 def _scene_sets(cfg: TrainConfig) -> tuple[Any, Any]:

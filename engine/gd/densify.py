@@ -328,24 +328,9 @@ class GenerativeDensifier(nn.Module):
                 required when `cfg.child_samples > 0`.
         """
         cfg = self.cfg
-        n = means.shape[0]
-        if feats.shape[0] != n:
-            raise ValueError(f"{n} means but {feats.shape[0]} feature rows")
-        if cfg.residual and parents is None:
-            raise ValueError("the residual head needs the parent Gaussians")
-        if (cfg.child_samples > 0) != (child_sampler is not None):
-            raise ValueError("pass a child_sampler exactly when cfg.child_samples > 0")
-        if grid_size is None:
-            grid_size = cfg.grid_size
-        if grid_size is None:
-            if parents is None:
-                raise ValueError("no grid size: set cfg.grid_size, pass grid_size or parents")
-            grid_size = grid_size_from_scales(parents.log_scales)
-        device = means.device
-        if batch is None:
-            batch = torch.zeros(n, dtype=torch.int64, device=device)
-        batch = batch.to(device=device, dtype=torch.int64)
-
+        n, device = means.shape[0], means.device
+        grid_size, batch = self._check_inputs(means, feats, parents, batch, grid_size,
+                                              child_sampler)  # fmt: skip
         ctx = _PassContext(grid_size, parents, child_sampler)
         x, f = means, self.in_proj(feats)
         root = torch.arange(n, device=device)
@@ -390,6 +375,35 @@ class GenerativeDensifier(nn.Module):
             batch=torch.cat([bl for _, _, bl, _ in outs]),
             keep_probs=keep_probs,
         )
+
+    def _check_inputs(
+        self,
+        means: Tensor,
+        feats: Tensor,
+        parents: Gaussians | None,
+        batch: Tensor | None,
+        grid_size: float | None,
+        child_sampler: Callable[[Tensor], Tensor] | None,
+    ) -> tuple[float, Tensor]:
+        """`forward`'s arguments checked: (the level-1 grid size, batch (N,) int64 on the
+        means' device); ValueError for inputs that do not fit the config."""
+        cfg = self.cfg
+        n = means.shape[0]
+        if feats.shape[0] != n:
+            raise ValueError(f"{n} means but {feats.shape[0]} feature rows")
+        if cfg.residual and parents is None:
+            raise ValueError("the residual head needs the parent Gaussians")
+        if (cfg.child_samples > 0) != (child_sampler is not None):
+            raise ValueError("pass a child_sampler exactly when cfg.child_samples > 0")
+        if grid_size is None:
+            grid_size = cfg.grid_size
+        if grid_size is None:
+            if parents is None:
+                raise ValueError("no grid size: set cfg.grid_size, pass grid_size or parents")
+            grid_size = grid_size_from_scales(parents.log_scales)
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.int64, device=means.device)
+        return grid_size, batch.to(device=means.device, dtype=torch.int64)
 
     def _attend(self, level: Level, x: Tensor, f: Tensor, grid: float, batch: Tensor) -> Tensor:
         """The level's attention blocks over `x` (N, 3) serialized at `grid`: feats (N, C).
