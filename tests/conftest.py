@@ -127,6 +127,29 @@ def written_bytes(write: Callable[..., object], name: str, *args, **kwargs) -> b
         return path.read_bytes()
 
 
+def visible_gaussians(
+    n: int,
+    *,
+    extent: float,
+    scale: float,
+    opacity: float,
+    gen: torch.Generator | None = None,
+    seed: int = 0,
+) -> Gaussians:
+    """n round Gaussians of one scale and opacity that a small render shows: means uniform
+    in a centred cube of side `extent`, random (unnormalised) quaternions and RGB colours,
+    drawn in that order from `gen` (default: seeded with `seed`)."""
+    if gen is None:
+        gen = torch.Generator().manual_seed(seed)
+    return Gaussians.from_activated(
+        means=(torch.rand(n, 3, generator=gen) - 0.5) * extent,
+        scales=torch.full((n, 3), scale),
+        quats=torch.randn(n, 4, generator=gen),
+        opacities=torch.full((n,), opacity),
+        colors=torch.rand(n, 3, generator=gen),
+    )
+
+
 # ---------------------------------------------------------------------------- add-on tests
 # The add-on enabled in headless Blender (per test module), the tiny randomly initialised
 # model and its spy in place of the real model loader, and a factory-empty scene with a

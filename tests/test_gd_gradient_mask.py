@@ -7,6 +7,8 @@ import torch
 
 from engine.gaussians import Gaussians
 
+from .conftest import visible_gaussians
+
 render_mod = pytest.importorskip("engine.render")
 if not hasattr(render_mod, "render"):
     pytest.skip("the renderer is not in this tree yet", allow_module_level=True)
@@ -24,14 +26,7 @@ RES = 24
 
 
 def _scene(n: int = 60, seed: int = 0) -> tuple[Gaussians, object]:
-    gen = torch.Generator().manual_seed(seed)
-    g = Gaussians.from_activated(
-        means=(torch.rand(n, 3, generator=gen) - 0.5) * 0.6,
-        scales=torch.full((n, 3), 0.04),
-        quats=torch.randn(n, 4, generator=gen),
-        opacities=torch.full((n,), 0.7),
-        colors=torch.rand(n, 3, generator=gen),
-    )
+    g = visible_gaussians(n, extent=0.6, scale=0.04, opacity=0.7, seed=seed)
     eyes = torch.tensor([[2.0, 0.0, 0.4], [0.0, 2.0, 0.4], [-2.0, 0.3, 0.4], [0.2, -2.0, 0.6]])
     cams = cameras_mod.Cameras.look_at(eyes, torch.zeros(3), fov_x_deg=35, width=RES, height=RES)
     return g, cams

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.gaussians import Gaussians
+from .conftest import visible_gaussians
 
 render_mod = pytest.importorskip("engine.render")
 if not hasattr(render_mod, "render"):
@@ -23,13 +23,7 @@ RES = 20
 
 def _setup(n: int = 50, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    coarse = Gaussians.from_activated(
-        means=(torch.rand(n, 3, generator=gen) - 0.5) * 0.5,
-        scales=torch.full((n, 3), 0.05),
-        quats=torch.randn(n, 4, generator=gen),
-        opacities=torch.full((n,), 0.6),
-        colors=torch.rand(n, 3, generator=gen),
-    )
+    coarse = visible_gaussians(n, extent=0.5, scale=0.05, opacity=0.6, gen=gen)
     eyes = torch.tensor([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [-2.0, 0.0, 0.5]])
     cams = cameras_mod.Cameras.look_at(eyes, torch.zeros(3), fov_x_deg=35, width=RES, height=RES)
     images = torch.rand(len(cams), RES, RES, 3, generator=gen)
