@@ -41,6 +41,12 @@ def settings(context: bpy.types.Context) -> Any:
     return context.scene.gd_splat
 
 
+def mask_report_level(masks: Any) -> set[str]:
+    """How to report a job that cut photos out with `masks` (`engine.masks.Masks` or None):
+    a mask that probably lost part of the prop is worth the artist's look (a warning)."""
+    return {"WARNING"} if masks is not None and masks.warnings else {"INFO"}
+
+
 def selected_cameras(context: bpy.types.Context) -> list[bpy.types.Object]:
     """Selected camera objects in name order (a stable view order)."""
     return sorted((o for o in context.selected_objects if o.type == "CAMERA"), key=lambda o: o.name)
@@ -352,9 +358,8 @@ class GD_OT_reconstruct(_RefineSteps, SceneJobOperator, bpy.types.Operator):
         masks = getattr(rec, "masks", None)
         if masks is not None:
             note = f"{note} {masks.summary().capitalize()}".strip()
-        # A mask that probably lost part of the prop is worth the artist's look (yellow).
-        level = {"WARNING"} if masks is not None and masks.warnings else {"INFO"}
-        self.report(level, reconstruct_report(rec, time.monotonic() - self._started, note))
+        self.report(mask_report_level(masks),
+                    reconstruct_report(rec, time.monotonic() - self._started, note))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- densify
@@ -849,8 +854,8 @@ class GD_OT_preview_masks(bpy.types.Operator):
             self.report({"ERROR"}, f"Cannot cut out the photos: {err}")
             return {"CANCELLED"}
         summary = masks.summary() if masks is not None else "masks: none (photos as they are)"
-        level = {"WARNING"} if masks is not None and masks.warnings else {"INFO"}
-        self.report(level, f"{summary}; see the image '{image.name}' in an Image Editor")
+        self.report(mask_report_level(masks),
+                    f"{summary}; see the image '{image.name}' in an Image Editor")  # fmt: skip
         return {"FINISHED"}
 
 
