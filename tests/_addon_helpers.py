@@ -38,6 +38,23 @@ class Spy:
         return res
 
 
+def grid_material() -> Any:
+    """A material showing Blender's 64² colour-grid test image as base colour: texture for
+    the props the add-on tests render."""
+    import bpy
+
+    image = bpy.data.images.new("grid", 64, 64)
+    image.generated_type = "COLOR_GRID"
+    material = bpy.data.materials.new("grid")
+    material.use_nodes = True
+    nodes = material.node_tree.nodes
+    texture = nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    material.node_tree.links.new(texture.outputs["Color"],
+                                 nodes["Principled BSDF"].inputs["Base Color"])  # fmt: skip
+    return material
+
+
 def window_override():
     import bpy
 

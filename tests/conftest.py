@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from engine.gaussians import Gaussians
 
-from ._addon_helpers import CAPTURE, Spy
+from ._addon_helpers import CAPTURE, Spy, grid_material
 
 
 def random_gaussians(
@@ -213,15 +213,7 @@ def scene(addon):
     bpy.ops.mesh.primitive_cube_add(size=0.6, location=(0.2, -0.1, 0.3))
     prop = bpy.context.active_object
     prop.name = "Prop"
-    image = bpy.data.images.new("grid", 64, 64)
-    image.generated_type = "COLOR_GRID"
-    material = bpy.data.materials.new("grid")
-    material.use_nodes = True
-    nodes = material.node_tree.nodes
-    texture = nodes.new("ShaderNodeTexImage")
-    texture.image = image
-    material.node_tree.links.new(texture.outputs["Color"],
-                                 nodes["Principled BSDF"].inputs["Base Color"])  # fmt: skip
+    material = grid_material()
     prop.data.materials.append(material)
     centre = np.array([0.2, -0.1, 0.3])
     cameras = []

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ._addon_helpers import cancelled_run, snapshot
+from ._addon_helpers import cancelled_run, grid_material, snapshot
 from ._splat_helpers import point_count, splat_type
 
 # The operator tests' fixture: the add-on enabled for this module.
@@ -94,15 +94,7 @@ def scene(addon):
     world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.3, 0.5, 0.8, 1.0)
     scene.world = world
-    image = bpy.data.images.new("grid", 64, 64)
-    image.generated_type = "COLOR_GRID"
-    material = bpy.data.materials.new("grid")
-    material.use_nodes = True
-    nodes = material.node_tree.nodes
-    texture = nodes.new("ShaderNodeTexImage")
-    texture.image = image
-    material.node_tree.links.new(texture.outputs["Color"],
-                                 nodes["Principled BSDF"].inputs["Base Color"])  # fmt: skip
+    material = grid_material()
     x, y, z = CENTRE
     bpy.ops.mesh.primitive_plane_add(size=4.0, location=(x, y, z - 0.5))
     bpy.context.active_object.name = "Floor"
