@@ -21,6 +21,10 @@ mask), and the alpha PNGs' colours through the *estimated* mask ("gap, mask shap
 the mask's outline costs alone). What the full gap adds to the shape's is the ground's
 colour inside a mask that is too large.
 
+When a mask refiner is in use (`engine.mask_refiner`: shipped weights, or `--refiner`), the
+photos are also reconstructed through the masks as estimated without it (`MaskConfig(
+refine=False)`), side by side: "gap, no refiner".
+
 Targets (issue #17): mean gap <= 1.5 dB, every prop <= 3 dB.
 """
 
@@ -45,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 from engine.data.layout import object_dir, split_of, transforms_path  # noqa: E402
 from engine.data.photos import photos_transforms  # noqa: E402
 from engine.evaluate import object_mask  # noqa: E402
-from engine.masks import MaskError  # noqa: E402
+from engine.mask_refiner import load_mask_refiner  # noqa: E402
+from engine.masks import MaskConfig, MaskError, estimate_masks  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 from engine.render import render  # noqa: E402
 from engine.resolve import resolve_model  # noqa: E402
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="object-small")
     p.add_argument("--strip-props", type=int, default=4, help="props shown in the strip")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--refiner", default=None,
+                   help="mask refiner weights to use instead of the shipped ones")  # fmt: skip
     args = p.parse_args(argv)
     torch.manual_seed(0)
     import json
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no objects with photos in {args.data} (split {args.split})", file=sys.stderr)
         return 2
     model = resolve_model(args.model, torch.device("cpu"))
+    refiner = load_mask_refiner(args.refiner)
     size = int(getattr(model, "view_size", model.image_size))
     rows, strips = [], []
     start = time.perf_counter()
@@ -125,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                                                            targets)[0]  # fmt: skip
         t0 = time.perf_counter()
         try:
-            photos = load_nerf_scene(photos_transforms(folder), masks="auto", max_side=size)
+            if refiner is None:
+                photos = load_nerf_scene(photos_transforms(folder), masks="auto", max_side=size)
+            else:  # the same masks="auto" path, with the refiner asked for
+                photos = _estimated(unmasked, MaskConfig(refiner_weights=args.refiner))
         except MaskError as err:
             row.update(error=str(err), mask_s=time.perf_counter() - t0)
             rows.append(row)
@@ -148,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         row["gap_obj"] = row["alpha_obj"] - row["photo_obj"]
         shape = torch.cat([alpha.rgba()[..., :3], photos.alphas[..., None]], -1)
         row["shape_gap"] = row["alpha_psnr"] - _scores(model, shape, alpha.cameras, targets)[0]
+        if refiner is not None:
+            try:
+                plain = _estimated(unmasked, MaskConfig(refine=False))
+                row["unrefined_gap"] = row["alpha_psnr"] - _scores(
+                    model, plain.rgba(), plain.cameras, targets)[0]  # fmt: skip
+            except MaskError:
+                row["unrefined_gap"] = float("nan")
         rows.append(row)
         print(f"{index}: IoU {np.mean(row['iou']):.3f} alpha {row['alpha_psnr']:.2f} photos "
               f"{row['photo_psnr']:.2f} gap {row['gap']:+.2f} dB (object {row['gap_obj']:+.2f}; "
@@ -168,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         "mean_gap_obj": float(np.mean([r["gap_obj"] for r in ok])) if ok else float("nan"),
         "mean_true_mask_gap": _mean(ok, "true_mask_gap"),
         "mean_shape_gap": _mean(ok, "shape_gap"),
+        "refiner": None if refiner is None else (args.refiner or "shipped"),
+        "mean_unrefined_gap": float(np.nanmean([r["unrefined_gap"] for r in ok]))
+        if refiner is not None and ok
+        else float("nan"),
         "iou_mean": float(np.mean(ious)) if ious else float("nan"),
         "iou_worst": float(np.min(ious)) if ious else float("nan"),
         "iou_prop_worst": float(min(np.mean(r["iou"]) for r in ok)) if ok else float("nan"),
@@ -190,6 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         sheet.save(STRIP)
     _write_report(args, rows, summary, argv)
     return 0
+
+
+def _estimated(unmasked, config: MaskConfig):
+    """The photos cut out by masks estimated with `config` (what masks="auto" does for views
+    without alpha or mask files), as a ViewSet."""
+    from engine.views import ViewSet
+
+    masks = estimate_masks(unmasked.images, unmasked.cameras, config)
+    a = masks.alphas[..., None]
+    images = unmasked.images * a + (1.0 - a)  # on white, as load_views composites
+    return ViewSet(images, masks.alphas, unmasked.cameras, unmasked.paths, masks)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -234,6 +267,8 @@ def _write_report(args, rows, s, argv) -> None:
         f"{_f(s['mean_true_mask_gap'])} dB | |",
         f"| mean gap of the mask's shape alone (alpha PNG colours, estimated mask) | "
         f"{_f(s['mean_shape_gap'])} dB | |",
+        f"| mean gap without the mask refiner (side by side; refiner: "
+        f"{s['refiner'] or 'none ships'}) | {_f(s['mean_unrefined_gap'])} dB | |",
         f"| mask IoU vs true alpha: mean (views) | {_f(s['iou_mean'], 3)} | |",
         f"| mask IoU: worst view / worst prop (mean of its views) | "
         f"{_f(s['iou_worst'], 3)} / {_f(s['iou_prop_worst'], 3)} | |",
@@ -243,20 +278,22 @@ def _write_report(args, rows, s, argv) -> None:
         f"**{'Met' if passed else 'Not met'}.**",
         "",
         "| prop | IoU (4 views) | cross-view IoU (min) | ground z | alpha PSNR | photo PSNR | "
-        "gap | gap (object) | gap, true mask | gap, mask shape | warned views | masks s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "gap | gap (object) | gap, true mask | gap, mask shape | gap, no refiner | warned views "
+        "| masks s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['index']} | refused: {r['error']} | | | | | | | "
-                         f"{r['true_mask_gap']:+.2f} | | | {r['mask_s']:.1f} |")  # fmt: skip
+                         f"{r['true_mask_gap']:+.2f} | | | | {r['mask_s']:.1f} |")  # fmt: skip
             continue
         lines.append(
             f"| {r['index']} | {' '.join(f'{i:.2f}' for i in r['iou'])} | "
             f"{min(r['consistency']):.2f} | {_f(r['ground'])} | "
             f"{r['alpha_psnr']:.2f} | {r['photo_psnr']:.2f} | "
             f"{r['gap']:+.2f} | {r['gap_obj']:+.2f} | {r['true_mask_gap']:+.2f} | "
-            f"{r['shape_gap']:+.2f} | {_warned_views(r['warnings'])} | "
+            f"{r['shape_gap']:+.2f} | {_f(r.get('unrefined_gap', float('nan')))} | "
+            f"{_warned_views(r['warnings'])} | "
             f"{r['mask_s']:.1f} |"
         )
     lines += [

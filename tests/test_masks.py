@@ -259,7 +259,8 @@ def test_the_ground_plane_under_the_prop_is_found_and_its_shadow_left_out():
     est = masks.alphas > 0.5
     for k in range(len(cameras)):
         assert iou(est[k], truth[k]) >= 0.9, k
-        assert float((est[k] & shadow[k]).sum()) <= 0.02 * float(shadow[k].sum()), k
+        # The shipped refiner may round the outline by a pixel where the shadow meets the box.
+        assert float((est[k] & shadow[k]).sum()) <= 0.04 * float(shadow[k].sum()), k
 
 
 def test_a_mask_that_lost_part_of_the_prop_is_warned_about():
@@ -296,3 +297,55 @@ def test_no_ground_plane_is_found_behind_a_backdrop():
     noise = torch.rand(rgba.shape[:3] + (3,), generator=torch.Generator().manual_seed(1))
     center, radius = subject_sphere(cameras)
     assert find_ground(noise.numpy(), cameras, center, radius, MaskConfig()) is None
+
+
+def test_the_refiner_corrects_the_estimate_and_the_checks_judge_its_result(tmp_path: Path):
+    """MaskConfig.refine runs the learned refiner (engine.mask_refiner) on the estimate: one
+    that changes nothing (zero correction) leaves the masks as estimated, and one that empties
+    them is refused by the plausibility checks, which judge the refined masks."""
+    from engine.mask_refiner import MaskRefiner, MaskRefinerConfig
+    from engine.weights import save_weights
+
+    cameras = ring()
+    rgba, truth = photos(cameras)
+    plain = estimate_masks(rgba[..., :3], cameras, MaskConfig(refine=False))
+    torch.manual_seed(0)
+    refiner = MaskRefiner(MaskRefinerConfig(channels=(8, 8, 8)))
+    identity = tmp_path / "identity.safetensors"
+    save_weights(refiner.state_dict(), identity, {"config": refiner.cfg.to_dict()})
+    same = estimate_masks(rgba[..., :3], cameras, MaskConfig(refiner_weights=str(identity)))
+    # (the refiner's logits clamp masks into [1e-3, 1 - 1e-3])
+    torch.testing.assert_close(same.alphas, plain.alphas, atol=1.01e-3, rtol=0)
+    assert same.consistency == plain.consistency
+    refiner = MaskRefiner(MaskRefinerConfig(channels=(8, 8, 8), band=128))
+    torch.nn.init.constant_(refiner.head.bias, -30.0)  # every pixel background
+    empty = tmp_path / "empty.safetensors"
+    save_weights(refiner.state_dict(), empty, {"config": refiner.cfg.to_dict()})
+    with pytest.raises(MaskError, match="empty|covers"):
+        estimate_masks(rgba[..., :3], cameras, MaskConfig(refiner_weights=str(empty)))
+
+
+def test_the_refiner_adds_only_what_stands_above_the_ground(tmp_path: Path):
+    """Where a ground plane is found, a refiner that would grow every mask by its whole band
+    adds only pixels the other views do not repeat as ground (`MaskConfig.refine_standing`):
+    the box's shadow, the colour of its face, stays out."""
+    from engine.mask_refiner import MaskRefiner, MaskRefinerConfig
+    from engine.weights import save_weights
+
+    cameras = ring()
+    rgba, truth, shadow = photos_with_shadow(cameras)
+    refiner = MaskRefiner(MaskRefinerConfig(channels=(8, 8, 8), band=6))
+    torch.nn.init.constant_(refiner.head.bias, 30.0)  # every pixel in the band: prop
+    grow = tmp_path / "grow.safetensors"
+    save_weights(refiner.state_dict(), grow, {"config": refiner.cfg.to_dict()})
+    plain = estimate_masks(rgba[..., :3], cameras, MaskConfig(refine=False))
+    grown = estimate_masks(rgba[..., :3], cameras, MaskConfig(refiner_weights=str(grow)))
+    no_gate = MaskConfig(refiner_weights=str(grow), refine_standing=0.0)
+    ungated = estimate_masks(rgba[..., :3], cameras, no_gate)
+    assert grown.standing is not None and grown.standing.shape == tuple(plain.alphas.shape)
+    for k in range(len(cameras)):
+        p, g, u = plain.alphas[k] > 0.5, grown.alphas[k] > 0.5, ungated.alphas[k] > 0.5
+        assert bool((g >= p).all()) and bool((u >= g).all())
+        # (the cue is blurred over 3 x 3 pixels: a pixel where the shadow meets the box)
+        assert float((g & shadow[k]).sum()) <= 0.04 * float(shadow[k].sum()), k
+        assert float((u & shadow[k]).sum()) > 0.1 * float(shadow[k].sum()), k
