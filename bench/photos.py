@@ -50,7 +50,7 @@ from engine.data.layout import object_dir, split_of, transforms_path  # noqa: E4
 from engine.data.photos import photos_transforms  # noqa: E402
 from engine.evaluate import object_mask  # noqa: E402
 from engine.mask_refiner import load_mask_refiner  # noqa: E402
-from engine.masks import MaskConfig, MaskError, estimate_masks  # noqa: E402
+from engine.masks import MaskConfig, MaskError, composite_masked, estimate_masks  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 from engine.render import render  # noqa: E402
 from engine.resolve import resolve_model  # noqa: E402
@@ -220,8 +220,7 @@ def _estimated(unmasked, config: MaskConfig):
     from engine.views import ViewSet
 
     masks = estimate_masks(unmasked.images, unmasked.cameras, config)
-    a = masks.alphas[..., None]
-    images = unmasked.images * a + (1.0 - a)  # on white, as load_views composites
+    images = composite_masked(unmasked.images, masks)  # on white, as load_views does
     return ViewSet(images, masks.alphas, unmasked.cameras, unmasked.paths, masks)
 
 

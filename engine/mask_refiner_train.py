@@ -43,13 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .atomic import atomic_path, write_atomic
+from .data.layout import OBJECTS_DIR, transforms_path
+from .data.photos import PHOTOS_TRANSFORMS, photos_transforms
 from .images import read_rgba
 from .mask_refiner import MaskRefiner, MaskRefinerConfig
 from .train import load_optimizer_tensors, optimizer_tensors
 from .views import nerf_files
 from .weights import load_weights, save_weights
 
-PHOTOS_TRANSFORMS = "transforms_photos.json"
 HOLD_OUT = 20  # props whose index is a multiple of this validate
 
 
@@ -69,15 +70,15 @@ class Views:
 
 def find_photo_props(root: Path) -> list[Path]:
     """Object folders of a props dataset whose photos are finished, in index order."""
-    return sorted(p.parent for p in (root / "objects").glob(f"*/{PHOTOS_TRANSFORMS}"))
+    return sorted(p.parent for p in (root / OBJECTS_DIR).glob(f"*/{PHOTOS_TRANSFORMS}"))
 
 
 def load_photo_views(folders: list[Path], size: int) -> Views:
     """Every photo of the folders with the alpha of its transparent render, at size²."""
     photos, masks, props = [], [], []
     for folder in folders:
-        shots = nerf_files(folder / PHOTOS_TRANSFORMS).image_paths
-        alphas = nerf_files(folder / "transforms_input.json").image_paths
+        shots = nerf_files(photos_transforms(folder)).image_paths
+        alphas = nerf_files(transforms_path(folder, "input")).image_paths
         if len(shots) != len(alphas):
             continue
         for shot, alpha in zip(shots, alphas, strict=True):
@@ -104,7 +105,7 @@ def estimate_all(folders: list[Path], out: Path, size: int) -> None:
         if target.is_file():
             continue
         t0 = time.perf_counter()
-        views = load_nerf_scene(folder / PHOTOS_TRANSFORMS, masks="none", max_side=size)
+        views = load_nerf_scene(photos_transforms(folder), masks="none", max_side=size)
         try:
             masks = estimate_masks(views.images, views.cameras, MaskConfig(refine=False))
             array = np.round(masks.alphas.numpy() * 255).astype(np.uint8)
