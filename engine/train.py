@@ -22,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +437,8 @@ def _make_model(
 
         model_cfg = model_cfg or get_scene_config(cfg.model)
     model_cfg = model_cfg or get_model_config(cfg.model)
+    if cfg.candidates:
+        model_cfg = replace(model_cfg, candidates=cfg.candidates, train_candidates=cfg.candidates)
     if cfg.rig_views[1] > model_cfg.max_views:
         raise ValueError(
             f"rig_views {cfg.rig_views}: {model_cfg.name} reads at most {model_cfg.max_views} views"

@@ -84,6 +84,10 @@ class TrainConfig:
                                   "learns coarse shapes; candidates from an untrained "
                                   "backbone are noise)", nonnegative_int)  # fmt: skip
     freeze_backbone: bool = option(False, "train the densifier only")
+    candidates: int = option(0, "densification candidates K the model trains with and its "
+                                "saved config infers with (per context view for scene "
+                                "models); 0: the model preset's own",
+                             nonnegative_int)  # fmt: skip
     feature_dropout: float = option(0.25, "probability of hiding the backbone features from "
                                           "the densifier (so it also densifies splats that "
                                           "have none)",

@@ -119,6 +119,36 @@ def test_init_densifier_pairs_one_runs_densifier_with_another_runs_backbone(
         train(tiny_cfg(one_object, tmp_path / "run2", steps=1, init_densifier=str(files[1])))
 
 
+def test_candidates_option_sets_the_k_the_model_trains_and_infers_with(
+    one_object: Path, tmp_path: Path, monkeypatch
+):
+    """`--candidates K` replaces the preset's densification candidates while training, and
+    the checkpoint's config carries it, so the weights infer with the K they learned."""
+    import engine.gd.pipeline as pipeline
+
+    asked = []
+    real = pipeline.gradient_mask
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["k"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "gradient_mask", spy)
+    preset = get_model_config("object-tiny")
+    k = preset.train_candidates + 5
+    run = train(tiny_cfg(one_object, tmp_path / "run", steps=2, densify_from=0, candidates=k))
+    assert asked and all(a == k for a in asked), asked
+    meta = json.loads((run / "checkpoint" / "model.json").read_text())
+    assert meta["config"]["candidates"] == k and meta["config"]["train_candidates"] == k
+    asked.clear()
+    run = train(tiny_cfg(one_object, tmp_path / "run0", steps=1, densify_from=0))
+    # (the training step asks train_candidates; the validation at the end, candidates)
+    assert asked[0] == preset.train_candidates != preset.candidates, asked
+    assert set(asked) <= {preset.train_candidates, preset.candidates}, asked
+    meta = json.loads((run / "checkpoint" / "model.json").read_text())
+    assert meta["config"]["candidates"] == preset.candidates
+
+
 def test_render_size_above_the_input_size_trains_on_finer_targets(
     one_object: Path, tmp_path: Path, monkeypatch
 ):
