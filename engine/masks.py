@@ -29,7 +29,10 @@ of a view are the prop:
 Implausible masks stop the run with `MaskError` instead of reconstructing fog: an empty
 mask, one covering (nearly) the whole frame, one running along the frame border (the prop
 is kept in frame), or a view whose mask disagrees with the hull the views carve together
-(low IoU: the cameras do not share one subject). Masks that are plausible but probably
+(low IoU: the cameras do not share one subject). Since every view carves that hull, one
+view that lost part of the prop makes the others read as inconsistent too; the error names
+the view without which the others agree (`odd_view_out`) and whether its mask lost part of
+their shape or reaches outside it. Masks that are plausible but probably
 lost part of the prop (what stands above the ground lies outside them: `lost_parts`) are
 used, with a warning in `Masks.warnings` and its summary, which the CLI and the add-on
 print, so the artist checks the mask preview or gives mask files.
@@ -652,7 +655,10 @@ def estimate_masks(images: Tensor, cameras: Cameras, config: MaskConfig | None =
         masks = soft > 0.5
     check_masks(masks, "estimated", cfg, border=True)
     consistency = consistency_iou(masks, cams, center, radius, cfg.grid)
-    check_consistency(consistency, cfg)
+    odd = None
+    if min(consistency) < cfg.min_consistency:
+        odd = odd_view_out(masks, cams, center, radius, cfg.grid, cfg.min_consistency)
+    check_consistency(consistency, cfg, odd)
     warnings = []
     if ground_height is not None:
         lost = lost_parts(masks, errors, plane[1], disks, cfg)
@@ -768,9 +774,86 @@ def check_masks(
             )
 
 
-def check_consistency(consistency: Sequence[float], config: MaskConfig | None = None) -> None:
-    """Refuse views whose mask disagrees with the hull all the masks carve together."""
+@dataclass
+class OddView:
+    """The one view whose mask the others disagree with (`odd_view_out`).
+
+    Attributes:
+        view: its index.
+        others: the lowest IoU of the other views' masks with the hull they carve
+            without it (they agree with one another).
+        covered: the fraction of its own mask inside that hull, re-projected into it:
+            near 1, its mask is part of the shape the others show (it lost part of the
+            prop); lower, it reaches outside it (it shows something else).
+        recall: the fraction of that hull's re-projection its mask covers.
+    """
+
+    view: int
+    others: float
+    covered: float
+    recall: float
+
+
+def odd_view_out(
+    masks: np.ndarray,
+    cameras: Cameras,
+    center: Tensor,
+    radius: float,
+    grid: int,
+    threshold: float,
+) -> OddView | None:
+    """The view without which the other views' masks agree, or None.
+
+    Every view carves the hull the consistency check compares all the masks with, so one
+    view that lost part of the prop (a stool's legs the colour of the ground) carves
+    that part from every view's hull and the views that kept it read as inconsistent.
+    Leaving each view out in turn finds the one whose absence makes the others agree
+    (every IoU of theirs at least `threshold`, the best such minimum wins). Needs at least
+    three views: with two, neither can be told from the other.
+
+    Args:
+        masks: (V, H, W) bool.
+    """
+    v_count = len(masks)
+    if v_count < 3:
+        return None
+    voxel = 2.0 * radius / grid
+    best: OddView | None = None
+    for j in range(v_count):
+        rest = [k for k in range(v_count) if k != j]
+        pts, kept = carve(masks[rest], cameras[rest], center, radius, grid)
+        hulls = reproject(pts, kept, cameras, voxel)
+        others = min(_iou(masks[k], hulls[k]) for k in rest)
+        if others < threshold or (best is not None and others <= best.others):
+            continue
+        own, hull = masks[j], hulls[j]
+        covered = float((own & hull).sum()) / max(float(own.sum()), 1.0)
+        recall = float((own & hull).sum()) / max(float(hull.sum()), 1.0)
+        best = OddView(j, others, covered, recall)
+    return best
+
+
+def check_consistency(
+    consistency: Sequence[float], config: MaskConfig | None = None, odd: OddView | None = None
+) -> None:
+    """Refuse views whose mask disagrees with the hull all the masks carve together;
+    with `odd` (`odd_view_out`), name the view the others disagree with and say how."""
     cfg = config or MaskConfig()
+    if odd is not None and min(consistency) < cfg.min_consistency:
+        # The others agreeing is no proof they are right (three views can lose the same
+        # part), so the message names the view and what differs, not who is wrong.
+        what = (
+            f"its mask covers only {odd.recall:.0%} of the shape the other views carve, so "
+            "it has probably lost part of the prop"
+            if odd.covered >= 0.9
+            else f"{1.0 - odd.covered:.0%} of its mask lies outside the shape the other views "
+            "carve: it shows something else, or they lost part of the prop"
+        )  # fmt: skip
+        raise MaskError(
+            f"view {odd.view}: {what} (they agree with one another without it, IoU >= "
+            f"{odd.others:.2f}); check the mask preview, give mask files, or leave that view "
+            "out"
+        )
     for k, iou in enumerate(consistency):
         if iou < cfg.min_consistency:
             raise MaskError(

@@ -22,11 +22,14 @@ from engine.cli import main
 from engine.masks import (
     MaskConfig,
     MaskError,
+    check_consistency,
+    consistency_iou,
     estimate_masks,
     find_ground,
     find_mask_file,
     ground_errors,
     lost_parts,
+    odd_view_out,
     resolve_masks,
     subject_sphere,
 )
@@ -349,3 +352,39 @@ def test_the_refiner_adds_only_what_stands_above_the_ground(tmp_path: Path):
         # (the cue is blurred over 3 x 3 pixels: a pixel where the shadow meets the box)
         assert float((g & shadow[k]).sum()) <= 0.04 * float(shadow[k].sum()), k
         assert float((u & shadow[k]).sum()) > 0.1 * float(shadow[k].sum()), k
+
+
+def test_the_view_the_others_disagree_with_is_named():
+    """One view's mask lost most of the box: it carves the hull every view is compared
+    with, so all of them read as inconsistent; leaving each view out finds the one without
+    which the others agree, and the error names it and says how it differs."""
+    cameras = ring()
+    _, truth = photos(cameras)
+    center, radius = subject_sphere(cameras)
+    cfg = MaskConfig()
+    true = truth.numpy()
+    assert min(consistency_iou(true, cameras, center, radius, cfg.grid)) >= 0.8
+    # View 2 keeps only the lower third of the box.
+    cut = true.copy()
+    rows = np.nonzero(true[2].any(1))[0]
+    cut[2, : rows[0] + 2 * (rows[-1] - rows[0]) // 3] = False
+    consistency = consistency_iou(cut, cameras, center, radius, cfg.grid)
+    worst = int(np.argmin(consistency))
+    assert consistency[worst] < cfg.min_consistency and worst != 2  # a good view is blamed
+    odd = odd_view_out(cut, cameras, center, radius, cfg.grid, cfg.min_consistency)
+    assert odd is not None and odd.view == 2, odd
+    assert odd.covered > 0.9 and odd.recall < 0.6 and odd.others >= 0.8, odd
+    with pytest.raises(MaskError, match="view 2: its mask covers only .* lost part of the prop"):
+        check_consistency(consistency, cfg, odd)
+    # View 2's mask is the box moved aside by a third of the frame: something else.
+    moved = true.copy()
+    moved[2] = np.roll(true[2], SIZE // 3, axis=1)
+    consistency = consistency_iou(moved, cameras, center, radius, cfg.grid)
+    odd = odd_view_out(moved, cameras, center, radius, cfg.grid, cfg.min_consistency)
+    assert odd is not None and odd.view == 2 and odd.covered < 0.9, odd
+    with pytest.raises(MaskError, match="view 2: .* lies outside .* shows something else"):
+        check_consistency(consistency, cfg, odd)
+    # Two views cannot tell which of them is odd: the plain message.
+    assert odd_view_out(cut[:2], cameras[:2], center, radius, cfg.grid, 0.5) is None
+    with pytest.raises(MaskError, match="the cameras do not show one prop"):
+        check_consistency([0.9, 0.3], cfg, None)
