@@ -102,9 +102,7 @@ class MaskRefiner(nn.Module):
         """
         prior = torch.logit(masks.clamp(_EPS, 1.0 - _EPS))
         hard = (masks > 0.5).float()
-        k = 2 * self.cfg.band + 1
-        grown = F.max_pool2d(hard, k, stride=1, padding=self.cfg.band)
-        shrunk = -F.max_pool2d(-hard, k, stride=1, padding=self.cfg.band)
+        grown, shrunk = _square_max(hard, self.cfg.band), -_square_max(-hard, self.cfg.band)
         band = grown - shrunk  # 1 within `band` px of the outline (both sides), else 0
         x = [images * 2.0 - 1.0, masks * 2.0 - 1.0]
         if self.cfg.cue:
@@ -123,6 +121,13 @@ class MaskRefiner(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
         return prior + band * self.head(x)
+
+
+def _square_max(x: Tensor, r: int) -> Tensor:
+    """(B, C, H, W) max over each pixel's (2r + 1)² window, as one max pool but separable:
+    a column pass then a row pass, 2(2r + 1) comparisons a pixel instead of (2r + 1)²."""
+    x = F.max_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0))
+    return F.max_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))
 
 
 def refine_masks(
