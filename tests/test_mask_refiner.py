@@ -191,7 +191,8 @@ def test_the_shipped_refiner_reads_the_cue_and_says_how_it_was_trained():
     model = load_mask_refiner()
     assert model is not None and not model.training and model.cfg.cue
     meta = json.loads((ASSETS / "mask-refiner.json").read_text())
-    assert [s["run"] for s in meta["training"]["stages"]][-1] == "runs/mask-refiner-cue"
+    assert [s["run"] for s in meta["training"]["stages"]][-1] == "runs/mask-refiner-b64"
+    assert model.cfg.band == meta["config"]["band"] == 64
     # A clean mask of a prop that stands out from its ground is left as it is.
     rng = np.random.default_rng(0)
     disk = _disk(64, 18)

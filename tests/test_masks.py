@@ -304,8 +304,9 @@ def test_no_ground_plane_is_found_behind_a_backdrop():
 
 def test_the_refiner_corrects_the_estimate_and_the_checks_judge_its_result(tmp_path: Path):
     """MaskConfig.refine runs the learned refiner (engine.mask_refiner) on the estimate: one
-    that changes nothing (zero correction) leaves the masks as estimated, and one that empties
-    them is refused by the plausibility checks, which judge the refined masks."""
+    that changes nothing (zero correction) leaves the masks as estimated but for the coverage
+    below `refined_floor`, and one that empties them is refused by the plausibility checks,
+    which judge the refined masks."""
     from engine.mask_refiner import MaskRefiner, MaskRefinerConfig
     from engine.weights import save_weights
 
@@ -318,7 +319,13 @@ def test_the_refiner_corrects_the_estimate_and_the_checks_judge_its_result(tmp_p
     save_weights(refiner.state_dict(), identity, {"config": refiner.cfg.to_dict()})
     same = estimate_masks(rgba[..., :3], cameras, MaskConfig(refiner_weights=str(identity)))
     # (the refiner's logits clamp masks into [1e-3, 1 - 1e-3])
-    torch.testing.assert_close(same.alphas, plain.alphas, atol=1.01e-3, rtol=0)
+    floor = MaskConfig().refined_floor
+    floored = torch.where(plain.alphas < floor, torch.zeros_like(plain.alphas), plain.alphas)
+    assert bool(((plain.alphas > 0.0) & (plain.alphas < floor)).any())  # the feather's rim
+    torch.testing.assert_close(same.alphas, floored, atol=1.01e-3, rtol=0)
+    kept = estimate_masks(rgba[..., :3], cameras,
+                          MaskConfig(refiner_weights=str(identity), refined_floor=0.0))  # fmt: skip
+    torch.testing.assert_close(kept.alphas, plain.alphas, atol=1.01e-3, rtol=0)
     assert same.consistency == plain.consistency
     refiner = MaskRefiner(MaskRefinerConfig(channels=(8, 8, 8), band=128))
     torch.nn.init.constant_(refiner.head.bias, -30.0)  # every pixel background
