@@ -266,6 +266,11 @@ def test_gd_train_cli_rejects_bad_input(tmp_path: Path, capsys):
     bad.write_text("{not json")
     assert gd_main(["train", "--config", str(bad)]) == 2
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything runs
+        gd_main(["train", "--config", "object-tiny", "--data", str(SAMPLE),
+                 "--out", str(tmp_path / "k"), "--candidates", "-1"])  # fmt: skip
+    assert exit_.value.code == 2 and "--candidates" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
 
 
 # ---------------------------------------------------------------------------- DDP
