@@ -202,6 +202,25 @@ def test_numba_backward_gradcheck_beyond_the_fused_channels_and_default_tile(n_c
         assert torch.equal(a, b)  # the tile size changes no pixel
 
 
+def test_float32_kernels_exp_is_within_its_stated_error():
+    """The forward kernel's float32 exp(-sigma) (a polynomial, so the pixel loop
+    vectorises) stays within 3.2e-6 of exp over the whole range it is used on."""
+    from numba import njit
+
+    @njit
+    def exp_all(xs):
+        out = np.empty_like(xs)
+        for i in range(xs.size):
+            out[i] = rn._exp_neg(xs[i])
+        return out
+
+    sigma = np.linspace(0.0, rn.SIGMA_CAP, 100_001, dtype=np.float32)
+    got = exp_all(sigma).astype(np.float64)
+    assert got.dtype == np.float64 and exp_all(sigma).dtype == np.float32
+    rel = np.abs(got / np.exp(-sigma.astype(np.float64)) - 1.0)
+    assert rel.max() <= 3.2e-6
+
+
 def test_numba_float32_gradients_follow_the_float64_ones():
     """The float32 backward (vector code, float32 state) against the float64 one."""
     w, h = 64, 48
