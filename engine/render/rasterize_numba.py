@@ -27,14 +27,15 @@ The backward pass walks that record backwards, which is every pixel's list back 
 (recovering the transmittance by division, as 3DGS does): it touches only the rows that
 blended, not every pixel of every box up to a pixel's last contributor. (A backward that
 recomputes every alpha instead, vectorised the same way, was 1.5-3x slower than reading
-the records: it walks three loops per row where the records need one over the blended
-pixels.) Each recorded row is again one branch-free vector loop over the tile's columns: a
-pixel that did not blend has exp(-sigma) = 0, so alpha = 0 and its terms vanish by
-themselves. The loop writes each pixel's gradient terms, and when a Gaussian's run of rows
-ends they are summed into its thread part's own row for that Gaussian, so there are no
-write races; the parts' rows are summed at the end. (Measured against the scalar backward
-that skipped unblended pixels one by one: the backward kernel 1.6x faster in a 30k
-four-view refinement step, 256², two threads.)
+the records: it walks three loops per row where reading the records took one, as it did
+then.) Each recorded row is again branch-free vector loops over the tile's columns (two:
+the colour and opacity terms, then the 2D mean and conic ones, so that neither spills its
+sums to the stack): a pixel that did not blend has exp(-sigma) = 0, so alpha = 0 and its
+terms vanish by themselves. The loops write each pixel's gradient terms, and when a
+Gaussian's run of rows ends they are summed into its thread part's own row for that
+Gaussian, so there are no write races; the parts' rows are summed at the end. (Measured
+against the scalar backward that skipped unblended pixels one by one: the backward kernel
+1.6x faster in a 30k four-view refinement step, 256², two threads.)
 (A buffer indexed by pair, summed per Gaussian afterwards, cost ~8x the memory at 100k
 Gaussians and a scattered read of every pair: 30 ms of a 150 ms forward+backward.) The
 parts are capped so their rows stay within `_GRAD_BUFFER_BYTES`.
@@ -416,17 +417,19 @@ def _backward_kernel(
         # Per pixel of the tile: transmittance in front of the current Gaussian, the alpha
         # gradient's own term, the output gradient and the colour of everything behind for
         # the fused channels, the alpha gradient of the channels beyond _FUSED, exp(-sigma)
-        # of the current row, the pixel centre's x; then the output gradient, colour behind
-        # and gradient term of each channel beyond _FUSED. The current Gaussian's gradient
-        # terms for the other columns of part_grads are summed over each row as the row loop
-        # runs (vector reductions) and over its rows in `run`.
+        # of the current row, the pixel centre's x, dL/dsigma of the current row; then the
+        # output gradient, colour behind and gradient term of each channel beyond _FUSED.
+        # The current Gaussian's gradient terms for the other columns of part_grads are
+        # summed over each row as the row loops run (vector reductions) and over its rows
+        # in `run`.
         o_t, o_ga = _u(0), S
         o_g0, o_g1, o_g2, o_g3 = _u(2) * S, _u(3) * S, _u(4) * S, _u(5) * S
         o_r0, o_r1, o_r2, o_r3 = _u(6) * S, _u(7) * S, _u(8) * S, _u(9) * S
         o_xga = _u(10) * S
         o_e = o_xga + S
         o_x = o_e + S
-        o_more = o_x + S  # channel ch >= _FUSED: gradient, colour behind, gradient term
+        o_gs = o_x + S  # the current row's dL/dsigma per pixel, for the geometry sums
+        o_more = o_gs + S  # channel ch >= _FUSED: gradient, colour behind, gradient term
         n_more = max(0, n_ch - _FUSED)
         n_out = _CONIC if means_only else _COLOR + n_ch
         st = np.empty(o_more + _u(3 * n_more) * S, colors.dtype)
@@ -520,12 +523,14 @@ def _backward_kernel(
                         xga = st[o_xga + row + _u(lx)] * (one - first)
                         st[o_xga + row + _u(lx)] = xga + (c - rv) * tr * gc
                         st[o_rc + _u(lx)] = alpha * c + (one - alpha) * rv
-                s_m0 = s_m1 = s_b0 = s_b1 = s_q0 = s_q1 = s_q2 = s_op = zero
-                s_c0 = s_c1 = s_c2 = s_c3 = zero
+                # Two passes over the row: the colour and opacity terms, then the 2D mean and
+                # conic ones from the stored dL/dsigma. One pass kept 12 vector sums and ~15
+                # invariants live, and AVX2's 16 registers spilled about every other
+                # instruction to the stack.
+                s_op = s_c0 = s_c1 = s_c2 = s_c3 = zero
                 for lx in range(tile):
                     i = row + _u(lx)
                     gauss = st[o_e + i]
-                    dx = mx - st[o_x + i]
                     raw = op * gauss
                     alpha = raw if raw < a_max else a_max  # (not min(): see _alpha)
                     inv = one / (one - alpha)
@@ -546,7 +551,13 @@ def _backward_kernel(
                     g_a = (g_rest + (c3 - rv3) * gc3) * tr + st[o_ga + i] * inv + st[o_xga + i]
                     # Where alpha is clamped it depends on neither opacity nor sigma.
                     g_a = g_a * (one if raw <= a_max else zero)
-                    g_sigma = -raw * g_a
+                    st[o_gs + i] = -raw * g_a
+                    s_op += gauss * g_a
+                s_m0 = s_m1 = s_b0 = s_b1 = s_q0 = s_q1 = s_q2 = zero
+                for lx in range(tile):
+                    i = row + _u(lx)
+                    g_sigma = st[o_gs + i]
+                    dx = mx - st[o_x + i]
                     gmx = g_sigma * (ca * dx + cbdy)
                     gmy = g_sigma * (ccdy + cb * dx)
                     s_m0 += gmx
@@ -556,7 +567,6 @@ def _backward_kernel(
                     s_q0 += half * g_sigma * dx * dx
                     s_q1 += g_sigma * dx * dy
                     s_q2 += g_sigma * hdy2
-                    s_op += gauss * g_a
                 run[_MEAN] += s_m0
                 run[_MEAN + 1] += s_m1
                 run[_ABS] += s_b0
